@@ -1,0 +1,171 @@
+"""Dense layers: `linear` (y = x W^T + b over the last axis), the `matmul`
+forms its gradient needs, and `sum_rows` for the bias gradient.
+
+Shapes: x [..., in], W [out, in] (PyTorch's layout), b [out] -> y [..., out].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from .base import Op, fmt, kernel, known, layer, prange, prod, register
+
+
+# ---- linear -----------------------------------------------------------------
+
+class Linear(Op):
+    name = "linear"
+
+    def infer(self, attrs, shapes, dtypes):
+        x, w = shapes[0], shapes[1]
+        if len(w) != 2:
+            raise ShapeError(f"linear: weight must be 2-D, got {fmt(w)}")
+        if known(x[-1]) and x[-1] != w[1]:
+            raise ShapeError(f"linear: input has {x[-1]} features (shape {fmt(x)}) "
+                             f"but the weight expects {w[1]}")
+        if len(shapes) == 3 and tuple(shapes[2]) != (w[0],):
+            raise ShapeError(f"linear: bias {fmt(shapes[2])} does not match {w[0]} outputs")
+        return tuple(x[:-1]) + (w[0],), dtypes[0]
+
+    def reference(self, attrs, x, w, b=None):
+        y = x @ w.T
+        return y + b if b is not None else y
+
+    def grad(self, gb, node, g):
+        x, w = node.inputs[0], node.inputs[1]
+        out = [gb.add("matmul", (g, w)),                       # dx = g W
+               gb.add("matmul", (g, x), {"ta": True})]         # dW = g^T x
+        if len(node.inputs) == 3:
+            out.append(gb.add("sum_rows", (g,)))               # db = sum over rows of g
+        return out
+
+    def kernel(self, attrs):
+        return (linear_bias, ()) if attrs.get("bias", True) else (linear_nobias, ())
+
+    def macs(self, attrs, in_shapes, out_shape):
+        return prod(d for d in in_shapes[0][1:] if known(d)) * in_shapes[1][0]
+
+
+register(Linear())
+
+
+@kernel
+def linear_nobias(x, w, out):
+    np.dot(x.reshape(-1, x.shape[-1]), w.T, out.reshape(-1, w.shape[0]))
+
+
+@kernel(parallel=True)
+def linear_bias(x, w, b, out):
+    o = out.reshape(-1, w.shape[0])
+    np.dot(x.reshape(-1, x.shape[-1]), w.T, o)
+    for i in prange(o.shape[0]):
+        for j in range(o.shape[1]):
+            o[i, j] += b[j]
+
+
+@layer("dense")
+def dense(ctx, x, n: int, *, bias: bool = True, init="auto", bias_init=0.0):
+    """Fully connected over the last axis: `dense(n)`; `bias_init=1` starts a gate open."""
+    fan_in = ctx.shape(x)[-1]
+    if not isinstance(n, int) or n < 1:
+        ctx.fail(f"dense: the number of units must be a positive integer, got {n!r}")
+    w = ctx.param("weight", (n, fan_in), init=init, fan_in=fan_in, fan_out=n)
+    ins = [x, w]
+    if bias:
+        ins.append(ctx.param("bias", (n,), init=bias_init, fan_in=fan_in, fan_out=n))
+    return ctx.emit("linear", ins, {"bias": bool(bias)})
+
+
+# ---- matmul -----------------------------------------------------------------
+
+class MatMul(Op):
+    """matmul(a, b): a [..., k] @ b [k, n] -> [..., n]  (tb: b is [n, k]).
+    With ta, a [..., m] and b [..., n] are flattened to rows and a^T b is
+    formed: [m, n] (the weight-gradient form)."""
+    name = "matmul"
+
+    def infer(self, attrs, shapes, dtypes):
+        a, b = shapes
+        if attrs.get("ta"):
+            if tuple(a[:-1]) != tuple(b[:-1]):
+                raise ShapeError(f"matmul: rows of {fmt(a)} and {fmt(b)} differ")
+            return (a[-1], b[-1]), dtypes[0]
+        k, n = (b[1], b[0]) if attrs.get("tb") else (b[0], b[1])
+        if known(a[-1]) and a[-1] != k:
+            raise ShapeError(f"matmul: inner sizes differ: {fmt(a)} @ {fmt(b)}")
+        return tuple(a[:-1]) + (n,), dtypes[0]
+
+    def reference(self, attrs, a, b):
+        if attrs.get("ta"):
+            return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+        return a @ (b.T if attrs.get("tb") else b)
+
+    def grad(self, gb, node, g):
+        a, b = node.inputs
+        if attrs_ta(node):        # y = a^T b: da = b g^T, db = a g
+            return [gb.add("matmul", (b, g), {"tb": True}), gb.add("matmul", (a, g))]
+        if node.attrs.get("tb"):  # y = a b^T: da = g b, db = g^T a
+            return [gb.add("matmul", (g, b)), gb.add("matmul", (g, a), {"ta": True})]
+        return [gb.add("matmul", (g, b), {"tb": True}),          # y = a b
+                gb.add("matmul", (a, g), {"ta": True})]
+
+    def kernel(self, attrs):
+        if attrs.get("ta"):
+            return matmul_tn, ()
+        return (matmul_nt, ()) if attrs.get("tb") else (matmul_nn, ())
+
+    def macs(self, attrs, in_shapes, out_shape):
+        return prod(d for d in in_shapes[0] if known(d)) * in_shapes[1][-1]
+
+
+def attrs_ta(node) -> bool:
+    return bool(node.attrs.get("ta"))
+
+
+register(MatMul())
+
+
+@kernel
+def matmul_nn(a, b, out):
+    np.dot(a.reshape(-1, a.shape[-1]), b, out.reshape(-1, b.shape[1]))
+
+
+@kernel
+def matmul_nt(a, b, out):
+    np.dot(a.reshape(-1, a.shape[-1]), b.T, out.reshape(-1, b.shape[0]))
+
+
+@kernel
+def matmul_tn(a, b, out):
+    np.dot(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]), out)
+
+
+# ---- sum_rows -----------------------------------------------------------------
+
+class SumRows(Op):
+    """Sum over every axis but the last: [..., n] -> [n]."""
+    name = "sum_rows"
+
+    def infer(self, attrs, shapes, dtypes):
+        return (shapes[0][-1],), dtypes[0]
+
+    def reference(self, attrs, x):
+        return x.reshape(-1, x.shape[-1]).sum(axis=0)
+
+    def grad(self, gb, node, g):
+        return [gb.add("broadcast_like", (g, node.inputs[0]))]
+
+    def kernel(self, attrs):
+        return sum_rows, ()
+
+
+register(SumRows())
+
+
+@kernel
+def sum_rows(x, out):
+    x2 = x.reshape(-1, x.shape[-1])
+    out[:] = 0
+    for i in range(x2.shape[0]):
+        for j in range(x2.shape[1]):
+            out[j] += x2[i, j]

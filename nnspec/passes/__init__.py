@@ -1,0 +1,1 @@
+"""Graph-to-graph passes; `pipeline.py` lists them in order."""

@@ -1,0 +1,85 @@
+"""Reverse-mode autodiff on the IR.
+
+`backward(graph, loss, wrt)` returns a new graph holding the forward nodes,
+then the backward nodes built from each op's `grad` rule (in other ops), and a
+map from each node in `wrt` to its gradient node.
+
+    forward:  x -> linear(x, W, b) -> relu -> ... -> loss
+    backward: seed = fill_like(loss, 1)
+              for each node in reverse order with a gradient g:
+                  input grads = op.grad(gb, node, g)      # new IR nodes
+              contributions from several consumers are summed with `add`
+
+Only nodes that lie between `wrt` and `loss` get gradients.
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from ..ir import Graph, LEAF_OPS
+from ..ops import get_op
+
+
+class GradBuilder:
+    """What an op's `grad` rule sees: `add` appends a node to the graph being
+    differentiated; `wants(i)` says whether input i needs a gradient."""
+
+    def __init__(self, graph: Graph, node, needed: set):
+        self.graph, self.node, self._needed = graph, node, needed
+
+    def add(self, op, inputs=(), attrs=None, *, shape=None, dtype=None) -> str:
+        return self.graph.add(op, inputs, attrs, name=f"d/{self.node.id}/{op}",
+                              layer=self.node.layer, shape=shape, dtype=dtype)
+
+    def const(self, value) -> str:
+        return self.graph.const(value)
+
+    def wants(self, i: int) -> bool:
+        return self.node.inputs[i] in self._needed
+
+
+def copy_graph(graph: Graph) -> Graph:
+    g = Graph(graph.name, graph.dtype)
+    g.nx = graph.nx.copy()
+    g.outputs = dict(graph.outputs)
+    g.meta = dict(graph.meta)
+    return g
+
+
+def backward(graph: Graph, loss: str, wrt=None):
+    wrt = list(graph.params if wrt is None else wrt)
+    g = copy_graph(graph)
+    ancestors = nx.ancestors(graph.nx, loss) | {loss}
+    needed = set()
+    for w in wrt:
+        needed |= (nx.descendants(graph.nx, w) | {w}) & ancestors
+    grads: dict[str, list[str]] = {loss: [g.add("fill_like", (loss,), {"value": 1.0},
+                                                 name="d/seed")]}
+    total: dict[str, str] = {}
+    for nid in reversed(list(graph.nx.nodes)):
+        if nid not in grads or nid not in needed:
+            continue
+        gs = grads.pop(nid)
+        acc = gs[0]
+        for other in gs[1:]:
+            acc = g.add("add", (acc, other), name=f"d/{nid}/sum")
+        total[nid] = acc
+        node = g.node(nid)
+        if node.op in LEAF_OPS:
+            continue
+        op = get_op(node.op)
+        if not op.differentiable:
+            continue
+        in_grads = op.grad(GradBuilder(g, node, needed), node, acc)
+        if len(in_grads) != len(node.inputs):
+            raise AssertionError(f"{node.op}: grad returned {len(in_grads)} gradients "
+                                 f"for {len(node.inputs)} inputs")
+        for inp, ig in zip(node.inputs, in_grads):
+            if ig is None or inp not in needed:
+                continue
+            if g.shape(ig) != graph.shape(inp):
+                raise AssertionError(
+                    f"{node.op}: gradient for input '{inp}' has shape {g.shape(ig)}, "
+                    f"the input has {graph.shape(inp)}")
+            grads.setdefault(inp, []).append(ig)
+    return g, {w: total[w] for w in wrt if w in total}
