@@ -1,0 +1,1 @@
+"""The front half: `.nn` text or YAML -> AST -> IR graph."""

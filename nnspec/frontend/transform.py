@@ -1,0 +1,201 @@
+"""lark parse tree -> AST.  Each method is named after the grammar alias it
+handles and builds the AST class of the same name."""
+from __future__ import annotations
+
+from lark import Token, Transformer, v_args
+
+from ..errors import Loc
+from . import ast
+
+
+def _unquote(s: str) -> str:
+    return s[1:-1]
+
+
+@v_args(meta=True)
+class ToAST(Transformer):
+    def __init__(self, file: str, source: str, line_offset: int = 0, col_offset: int = 0):
+        super().__init__()
+        self.file, self.source = file, source
+        self.line_offset, self.col_offset = line_offset, col_offset
+        self._full = None
+
+    def _loc(self, meta_or_tok) -> Loc | None:
+        line = getattr(meta_or_tok, "line", None)
+        col = getattr(meta_or_tok, "column", None)
+        if line is None:
+            return None
+        if line == 1:
+            col += self.col_offset
+        line += self.line_offset
+        if self.line_offset or self.col_offset:
+            if self._full is None:
+                try:
+                    with open(self.file) as f:
+                        self._full = f.read()
+                except OSError:
+                    self._full = "\n" * self.line_offset + self.source
+            return Loc(self.file, line, col, self._full)
+        return Loc(self.file, line, col, self.source)
+
+    # ---- module & definitions
+    def start(self, meta, items):
+        return ast.Module(self.file, [i for i in items if i is not None], self.source,
+                          loc=self._loc(meta))
+
+    def import_(self, meta, ch):
+        return ast.Import(_unquote(ch[0]), loc=self._loc(meta))
+
+    def const(self, meta, ch):
+        return ast.Const(str(ch[0]), ch[1], loc=self._loc(ch[0]))
+
+    def _block(self, meta, ch, kind):
+        name, params, inputs, body = ch
+        return ast.Block(str(name), params or [], inputs or [], body, kind,
+                         loc=self._loc(name))
+
+    def block(self, meta, ch):
+        return self._block(meta, ch, "block")
+
+    def cell(self, meta, ch):
+        return self._block(meta, ch, "cell")
+
+    def network(self, meta, ch):
+        name, params, body = ch
+        return ast.Network(str(name), params or [], body, loc=self._loc(name))
+
+    def train(self, meta, ch):
+        return ast.Train(ch[0], loc=self._loc(meta))
+
+    def params(self, meta, ch):
+        return list(ch)
+
+    def param(self, meta, ch):
+        return ast.Param(str(ch[0]), ch[1], loc=self._loc(ch[0]))
+
+    def names(self, meta, ch):
+        return [str(c) for c in ch]
+
+    def body(self, meta, ch):
+        return [c for c in ch if c is not None]
+
+    # ---- statements
+    def assign(self, meta, ch):
+        return ast.Assign(str(ch[0]), ch[1], loc=self._loc(ch[0]))
+
+    def assign_at(self, meta, ch):
+        return ast.AssignAt(str(ch[0]), ch[1], ch[2], loc=self._loc(ch[0]))
+
+    def unpack(self, meta, ch):
+        return ast.Unpack([str(c) for c in ch[:-1]], ch[-1], loc=self._loc(ch[0]))
+
+    def output(self, meta, ch):
+        return ast.Output(str(ch[0]), ch[1], loc=self._loc(ch[0]))
+
+    def return_(self, meta, ch):
+        return ast.Return(list(ch), loc=self._loc(meta))
+
+    def _input(self, meta, ch, kind):
+        name, dtype, shape = ch
+        return ast.Input(str(name), dtype or "float", shape, kind, loc=self._loc(name))
+
+    def input(self, meta, ch):
+        return self._input(meta, ch, "input")
+
+    def target(self, meta, ch):
+        return self._input(meta, ch, "target")
+
+    def state(self, meta, ch):
+        return ast.State(str(ch[0]), ch[1], loc=self._loc(ch[0]))
+
+    def int_type(self, meta, ch):
+        return "int"
+
+    def float_type(self, meta, ch):
+        return "float"
+
+    def shape(self, meta, ch):
+        return [c for c in ch if c is not None]
+
+    def if_(self, meta, ch):
+        test, body, orelse = ch
+        if orelse is None:
+            orelse = []
+        elif isinstance(orelse, ast.If):
+            orelse = [orelse]
+        return ast.If(test, body, orelse, loc=self._loc(meta))
+
+    def for_(self, meta, ch):
+        return ast.For(str(ch[0]), ch[1], ch[2], loc=self._loc(ch[0]))
+
+    # ---- expressions
+    def cond(self, meta, ch):
+        return ast.Cond(ch[0], ch[1], ch[2], loc=self._loc(meta))
+
+    def chain(self, meta, ch):
+        return ast.Chain([c for c in ch if not isinstance(c, Token)], loc=self._loc(meta))
+
+    def or_(self, meta, ch):
+        return ast.BoolOp("or", ch[0], ch[1], loc=self._loc(meta))
+
+    def and_(self, meta, ch):
+        return ast.BoolOp("and", ch[0], ch[1], loc=self._loc(meta))
+
+    def not_(self, meta, ch):
+        return ast.Not(ch[0], loc=self._loc(meta))
+
+    def compare(self, meta, ch):
+        return ast.Compare(str(ch[1]), ch[0], ch[2], loc=self._loc(ch[1]))
+
+    def binop(self, meta, ch):
+        return ast.BinOp(str(ch[1]), ch[0], ch[2], loc=self._loc(ch[1]))
+
+    def neg(self, meta, ch):
+        return ch[1] if str(ch[0]) == "+" else ast.Neg(ch[1], loc=self._loc(meta))
+
+    def pow(self, meta, ch):
+        return ast.BinOp("**", ch[0], ch[2], loc=self._loc(ch[1]))
+
+    def call(self, meta, ch):
+        func, args = ch
+        pos, kw = [], []
+        for a in args.children if args is not None else []:
+            (kw if isinstance(a, ast.Kwarg) else pos).append(a)
+        loc = func.loc if isinstance(func, ast.Name) else self._loc(meta)
+        return ast.Call(func, pos, kw, loc=loc)
+
+    def args(self, meta, ch):
+        from lark import Tree
+        return Tree("args", list(ch))
+
+    def kwarg(self, meta, ch):
+        return ast.Kwarg(str(ch[0]), ch[1], loc=self._loc(ch[0]))
+
+    def index(self, meta, ch):
+        return ast.Index(ch[0], ch[1], loc=self._loc(meta))
+
+    def attr(self, meta, ch):
+        return ast.Attr(ch[0], str(ch[1]), loc=self._loc(ch[1]))
+
+    def name(self, meta, ch):
+        return ast.Name(str(ch[0]), loc=self._loc(ch[0]))
+
+    def number(self, meta, ch):
+        s = str(ch[0])
+        value = float(s) if any(c in s for c in ".eE") else int(s)
+        return ast.Number(value, loc=self._loc(ch[0]))
+
+    def string(self, meta, ch):
+        return ast.String(_unquote(str(ch[0])), loc=self._loc(ch[0]))
+
+    def true(self, meta, ch):
+        return ast.Bool(True, loc=self._loc(meta))
+
+    def false(self, meta, ch):
+        return ast.Bool(False, loc=self._loc(meta))
+
+    def tuple(self, meta, ch):
+        return ast.Tuple([c for c in ch if c is not None], loc=self._loc(meta))
+
+    def list(self, meta, ch):
+        return ast.List([c for c in ch if c is not None], loc=self._loc(meta))
