@@ -1,0 +1,54 @@
+"""Data for training and evaluation: named data sets and user files, fitted to
+a network's inputs and targets.
+
+    train, test = nnspec.data.load("digits", net)   # dicts: name -> array
+    train, test = nnspec.data.load("mine.npz", net)
+    train, test = nnspec.data.load("mine.csv", net)  # last column is the target
+    train, test = nnspec.data.load("dir/", net)      # dir/train.npz + dir/test.npz
+
+A single file or named set is split deterministically (`SPLIT_SEED`, 20 %
+test, stratified by class for class-index targets), so every run of every
+seed is scored on the same test examples.  Arrays are bound to the network
+by name (see `bind`), reshaped when only the layout differs (64 values ->
+[1, 8, 8]) and cast to the network's dtypes; anything else is a `DataError`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError, did_you_mean
+from .bind import bind, class_output, conform, per_example, split
+from .files import read_path
+from .registry import DATASETS, register
+
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+
+__all__ = ["load", "read", "bind", "split", "class_output", "conform", "per_example",
+           "DATASETS", "register", "SPLIT_SEED", "TEST_FRACTION"]
+
+
+def load(name_or_path, net, *, test_fraction: float = TEST_FRACTION,
+         seed: int = SPLIT_SEED, target_column: int = -1):
+    """``(train, test)``: dicts of arrays named like the network's inputs and targets."""
+    raw, source = read(name_or_path, net, target_column)
+    if isinstance(raw, tuple):
+        train, test = raw
+        return bind(train, net, f"{source} (train)"), bind(test, net, f"{source} (test)")
+    data = bind(raw, net, source)
+    targets = [t for t in net.targets if data[t].dtype.kind in "iu" and data[t].ndim == 1]
+    return split(data, test_fraction, seed, stratify=targets[0] if len(targets) == 1 else None)
+
+
+def read(name_or_path, net=None, target_column: int = -1):
+    """The raw arrays of a named set or file, not yet bound: ``(arrays, source)``
+    where arrays is a dict or a ``(train, test)`` pair."""
+    name = str(name_or_path)
+    if name in DATASETS:
+        return DATASETS[name](net), name
+    p = Path(name)
+    if not p.exists() and p.suffix == "" and "/" not in name:
+        hint = did_you_mean(name, DATASETS)
+        raise DataError(f"unknown data set '{name}' (named sets: {', '.join(sorted(DATASETS))}; "
+                        f"or give a .npz / .csv path)" + (f"; {hint}" if hint else ""))
+    return read_path(p, target_column), p.name

@@ -1,0 +1,109 @@
+"""nnspec.data: the bundled digits, the split, binding arrays to a network, user files."""
+import numpy as np
+import pytest
+
+from nnspec import data
+from nnspec.errors import DataError
+from test_train_fakenet import FakeNet
+
+
+def test_digits_bundled():
+    d = data.DATASETS["digits"]()
+    x, y = d["input"], d["target"]
+    assert x.shape == (1797, 64) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() == 1.0
+    assert y.dtype == np.int64 and sorted(np.unique(y)) == list(range(10))
+    assert np.bincount(y).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+
+
+def test_split_is_deterministic_stratified_and_sized():
+    net = FakeNet()
+    train, test = data.load("digits", net)
+    train2, test2 = data.load("digits", net)
+    assert len(train["x"]) == 1438 and len(test["x"]) == 359
+    assert np.array_equal(test["x"], test2["x"]) and np.array_equal(train["label"], train2["label"])
+    # every class is in the test set in proportion (20 % of each, rounded)
+    counts = np.bincount(test["label"], minlength=10)
+    assert counts.tolist() == [36, 36, 35, 37, 36, 36, 36, 36, 35, 36]
+    # disjoint and complete
+    allx = np.concatenate([train["x"], test["x"]])
+    assert len(np.unique(allx, axis=0)) == len(np.unique(data.DATASETS["digits"]()["input"], axis=0))
+
+
+def test_digits_reshaped_for_a_conv_net():
+    train, test = data.load("digits", FakeNet(in_shape=(1, 8, 8)))
+    assert train["x"].shape == (1438, 1, 8, 8) and train["x"].dtype == np.float32
+    flat, _ = data.load("digits", FakeNet())
+    assert np.array_equal(train["x"].reshape(1438, 64), flat["x"])
+
+
+def test_shape_mismatch_names_array_and_shapes():
+    with pytest.raises(DataError) as e:
+        data.load("digits", FakeNet(in_shape=(1, 9, 9)))
+    msg = str(e.value)
+    assert "'x'" in msg and "[B, 1, 9, 9]" in msg and "[1797, 64]" in msg
+
+
+def test_npz_by_name(tmp_path):
+    rng = np.random.default_rng(0)
+    p = tmp_path / "d.npz"
+    np.savez(p, x=rng.random((50, 8, 8)), label=rng.integers(0, 10, 50))
+    train, test = data.load(p, FakeNet())
+    assert train["x"].shape == (40, 64) and train["x"].dtype == np.float32
+    assert train["label"].dtype == np.int64 and len(test["label"]) == 10
+
+
+def test_npz_missing_array_lists_what_is_there(tmp_path):
+    p = tmp_path / "d.npz"
+    np.savez(p, images=np.zeros((5, 64)), label=np.zeros(5, int))
+    with pytest.raises(DataError, match=r"no array for the input 'x' \(arrays found: images, label\)"):
+        data.load(p, FakeNet())
+
+
+def test_npz_refuses_pickled_objects(tmp_path):
+    p = tmp_path / "d.npz"
+    np.savez(p, x=np.array([{"a": 1}] * 3, dtype=object), label=np.zeros(3, int))
+    with pytest.raises(DataError, match="Python objects"):
+        data.load(p, FakeNet())
+
+
+def test_mismatched_lengths(tmp_path):
+    p = tmp_path / "d.npz"
+    np.savez(p, x=np.zeros((5, 64)), label=np.zeros(4, int))
+    with pytest.raises(DataError, match="'x' has 5, 'label' has 4"):
+        data.load(p, FakeNet())
+
+
+def test_class_out_of_range(tmp_path):
+    p = tmp_path / "d.npz"
+    np.savez(p, x=np.zeros((5, 64)), label=np.array([0, 1, 2, 10, 3]))
+    with pytest.raises(DataError, match="holds class 10, but output 'y' has 10 classes"):
+        data.load(p, FakeNet())
+
+
+def test_non_integer_labels(tmp_path):
+    p = tmp_path / "d.npz"
+    np.savez(p, x=np.zeros((5, 64)), label=np.array([0, 1, 2.5, 1, 3]))
+    with pytest.raises(DataError, match="integer class indices"):
+        data.load(p, FakeNet())
+
+
+def test_csv_last_column_is_target_with_header(tmp_path):
+    p = tmp_path / "d.csv"
+    rows = ["a,b,c,d,cls"] + [f"{i},{i + 1},{i + 2},{i + 3},{i % 3}" for i in range(10)]
+    p.write_text("\n".join(rows) + "\n")
+    train, test = data.load(p, FakeNet(in_shape=(4,), classes=3))
+    assert train["x"].shape[1:] == (4,) and len(train["x"]) + len(test["x"]) == 10
+    assert set(np.concatenate([train["label"], test["label"]])) == {0, 1, 2}
+
+
+def test_directory_with_given_split(tmp_path):
+    np.savez(tmp_path / "train.npz", x=np.zeros((7, 64)), label=np.zeros(7, int))
+    np.savez(tmp_path / "test.npz", x=np.ones((3, 64)), label=np.ones(3, int))
+    train, test = data.load(tmp_path, FakeNet())
+    assert len(train["x"]) == 7 and len(test["x"]) == 3 and test["x"].min() == 1
+
+
+def test_unknown_name_suggests():
+    with pytest.raises(DataError, match="did you mean 'digits'"):
+        data.load("digit", FakeNet())
