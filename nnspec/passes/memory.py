@@ -1,0 +1,112 @@
+"""Memory planning: every intermediate value gets a slice of one preallocated
+arena per dtype, reused once its last reader has run.
+
+Sizes are planned per example: a value of shape [B, 32] takes 32 units of the
+arena's batch part, placed at `offset * B`, so one plan serves every batch
+size (scaling all offsets and sizes by B keeps disjoint intervals disjoint)
+and the arena is allocated once per batch size seen.  Values without a batch
+axis (weight gradients, scalars) go in the fixed part, before the batch part.
+
+    arena[dtype] = [ fixed part | batch part (per_example * B) ]
+
+Leaves (inputs, params, state) and pinned values (parameter gradients, which
+live in the gradient arena) get no slot here.  First fit over the live blocks,
+sizes rounded up to 16 elements (64 bytes in float32) so slices stay aligned.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..ir import LEAF_OPS, Graph
+
+ALIGN = 16
+
+
+@dataclass(frozen=True)
+class Slot:
+    dtype: str
+    batch: bool        # in the batch part: offset and size are per example
+    offset: int
+    size: int          # elements (per example when batch)
+
+
+@dataclass
+class Plan:
+    slots: dict = field(default_factory=dict)         # node id -> Slot
+    fixed: dict = field(default_factory=dict)         # dtype -> elements
+    per_example: dict = field(default_factory=dict)   # dtype -> elements per example
+    naive: dict = field(default_factory=dict)         # dtype -> (fixed, per_example) without reuse
+
+    def arena_size(self, dtype: str, batch: int) -> int:
+        return self.fixed.get(dtype, 0) + self.per_example.get(dtype, 0) * batch
+
+    def offset(self, nid: str, batch: int) -> int:
+        s = self.slots[nid]
+        return self.fixed[s.dtype] + s.offset * batch if s.batch else s.offset
+
+
+def _size(shape) -> tuple[bool, int]:
+    batch = "B" in shape
+    n = 1
+    for d in shape:
+        if isinstance(d, int):
+            n *= d
+        elif d != "B":
+            raise NotImplementedError(f"memory planning: symbolic size {d!r} in {shape}")
+    return batch, n
+
+
+def _round(n: int) -> int:
+    return max(-(-n // ALIGN) * ALIGN, ALIGN)
+
+
+class _Allocator:
+    def __init__(self):
+        self.live: list[tuple[int, int, int]] = []   # (offset, size, last use)
+        self.top = 0
+
+    def alloc(self, size: int, now: int, last: int) -> int:
+        self.live = [b for b in self.live if b[2] >= now]
+        self.live.sort()
+        off = 0
+        for o, s, _ in self.live:
+            if o - off >= size:
+                break
+            off = max(off, o + s)
+        self.live.append((off, size, last))
+        self.top = max(self.top, off + size)
+        return off
+
+
+def plan(graph: Graph, pinned=(), keep=()) -> Plan:
+    """Slots for every non-leaf node not in `pinned`; values in `keep` (and
+    the roots) live to the end of the program."""
+    pinned, keep = set(pinned), set(keep)
+    order = list(graph.nx.nodes)
+    pos = {nid: k for k, nid in enumerate(order)}
+    end = len(order)
+    last = {}
+    for nid in order:
+        readers = [pos[c] for c in graph.consumers(nid)]
+        last[nid] = end if nid in keep else max(readers, default=pos[nid])
+    allocs: dict = {}
+    p = Plan()
+    for nid in order:
+        d = graph.nx.nodes[nid]
+        if d["op"] in LEAF_OPS and d["op"] != "const" or nid in pinned:
+            continue
+        batch, n = _size(d["shape"])
+        key = (d["dtype"], batch)
+        a = allocs.setdefault(key, _Allocator())
+        size = _round(n)
+        # a value is written while its inputs are read: it may take the space
+        # of values whose last reader ran before it, not of its own inputs
+        off = a.alloc(size, pos[nid], last[nid])
+        p.slots[nid] = Slot(d["dtype"], batch, off, size)
+        nf, nb = p.naive.get(d["dtype"], (0, 0))
+        p.naive[d["dtype"]] = (nf + (0 if batch else size), nb + (size if batch else 0))
+    for (dt, batch), a in allocs.items():
+        (p.per_example if batch else p.fixed)[dt] = a.top
+        p.fixed.setdefault(dt, 0)
+        p.per_example.setdefault(dt, 0)
+    return p
