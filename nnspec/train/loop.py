@@ -1,0 +1,135 @@
+"""The training loop.
+
+    result = fit(net, "digits", epochs=10, out_dir="runs/mlp")
+
+Each epoch: shuffle the training set with the run's own generator, take
+minibatches in that order, one compiled `net.train_step` per batch at the
+schedule's learning rate; then score train and test sets, write the
+checkpoint, metrics.json and curves.png.  Resuming loads the checkpoint
+(weights, optimizer state, generator state, history) and continues with the
+next epoch, so a resumed run gives the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import data as nndata
+from ..errors import TrainingError
+from .checkpoint import load_checkpoint, restore, save_checkpoint
+from .config import TrainConfig
+from .metrics import evaluate, plot_curves, write_metrics
+from .progress import Bar, fmt_metrics
+from .rundir import RunDir
+from .schedule import lr_at
+
+
+def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=None,
+        seed=None, out_dir=None, resume=False, progress=True, *, config=None) -> dict:
+    """Train `net` in place and return the metrics (what metrics.json holds).
+
+    `data` is a data set name or path (see `nnspec.data.load`) or a
+    ``(train, test)`` pair of dicts; unset arguments come from the spec's
+    train section (`graph.meta["train"]`), then `TrainConfig`'s defaults.
+    With `out_dir`, a checkpoint, metrics.json and curves.png are written
+    there after every epoch; `resume` continues from that checkpoint.
+    """
+    cfg = config or TrainConfig.from_meta(
+        net.graph.meta.get("train"), epochs=epochs, batch=batch, lr=lr, schedule=schedule,
+        clip=clip, seed=seed, data=data if isinstance(data, (str, Path)) else None)
+    train, test = data if isinstance(data, tuple) else nndata.load(cfg.data, net)
+    n = len(train[next(iter(net.targets))])
+    if n == 0:
+        raise TrainingError("the training set is empty")
+    bs = max(1, min(cfg.batch, n))
+    steps_per_epoch = math.ceil(n / bs)
+    total_steps = steps_per_epoch * cfg.epochs
+    run = RunDir(out_dir) if out_dir is not None else None
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+
+    net.set_optimizer(cfg.optimizer, **({"clip": cfg.clip} if cfg.clip else {}), **cfg.hyper)
+    rng = np.random.default_rng(cfg.seed)
+    epoch, step, history = 0, 0, []
+    if resume:
+        if run is None:
+            raise TrainingError("resume needs the run directory that holds the checkpoint")
+        ck = load_checkpoint(run.checkpoint)
+        rng = restore(net, ck, run.checkpoint)
+        epoch, step, history = ck["epoch"], ck["step"], ck["history"]
+        log(f"resuming {run.checkpoint} after epoch {epoch} (step {step})")
+    if run is not None:
+        run.claim()
+
+    bar = Bar(enabled=progress)
+    for epoch in range(epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        perm = rng.permutation(n)
+        loss_sum = 0.0
+        for i in range(steps_per_epoch):
+            idx = perm[i * bs:(i + 1) * bs]
+            xb = {k: train[k][idx] for k in net.inputs}
+            yb = {k: train[k][idx] for k in net.targets}
+            rate = lr_at(cfg.schedule, cfg.lr, step, steps_per_epoch, total_steps)
+            loss = float(net.train_step(xb, yb, rate))
+            step += 1
+            if not math.isfinite(loss):
+                bar.close()
+                raise _diverged(net, xb, yb, loss, step, epoch)
+            loss_sum += loss * len(idx)
+            bar.update(epoch + 1, cfg.epochs, i + 1, steps_per_epoch, loss,
+                       (i * bs + len(idx)) / max(time.perf_counter() - t0, 1e-9))
+        bar.close()
+        record = {"epoch": epoch + 1, "step": step, "lr": rate, "train_loss": loss_sum / n}
+        if cfg.eval_train:
+            record["train_accuracy"] = evaluate(net, train)["accuracy"]
+        scored = evaluate(net, test)
+        record.update(test_loss=scored["loss"], test_accuracy=scored["accuracy"],
+                      seconds=time.perf_counter() - t0)
+        history.append(record)
+        log(fmt_metrics(record, cfg.epochs))
+        if run is not None:
+            save_checkpoint(run.checkpoint, net, epoch=epoch + 1, step=step, rng=rng,
+                            history=history, config=cfg.to_dict())
+            write_metrics(run.metrics, summary(history, cfg, n, _length(test)))
+    result = summary(history, cfg, n, _length(test))
+    if run is not None:
+        write_metrics(run.metrics, result)
+        note = plot_curves(run.curves, history) if history else None
+        if note:
+            log(f"note: {note}")
+    return result
+
+
+def summary(history: list, cfg: TrainConfig, n_train: int, n_test: int) -> dict:
+    last = history[-1] if history else {}
+    return {
+        "format": "nnspec-metrics",
+        "test_accuracy": last.get("test_accuracy"),
+        "test_loss": last.get("test_loss"),
+        "train_loss": last.get("train_loss"),
+        "train_accuracy": last.get("train_accuracy"),
+        "epochs": last.get("epoch", 0), "steps": last.get("step", 0),
+        "seconds": sum(h["seconds"] for h in history),
+        "examples": {"train": n_train, "test": n_test},
+        "config": cfg.to_dict(),
+        "history": history,
+    }
+
+
+def _length(d: dict) -> int:
+    return len(next(iter(d.values()))) if d else 0
+
+
+def _diverged(net, xb, yb, loss, step, epoch) -> TrainingError:
+    try:
+        where = net.find_nonfinite(xb, yb)
+    except Exception as e:        # the diagnosis must not hide the divergence itself
+        where = f"(could not locate it: {e})"
+    return TrainingError(
+        f"training diverged at step {step} (epoch {epoch + 1}): the loss is {loss}; "
+        f"first non-finite values: {where or 'none found on a re-run of this batch'}. "
+        f"Try a lower learning rate or gradient clipping (clip).")
