@@ -33,6 +33,8 @@ TIME = "T"
 LEAF_OPS = ("input", "param", "state", "const")
 
 Shape = tuple
+# meta keys that describe where a graph came from, not what it computes
+NOT_HASHED = ("source", "file", "set")
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,8 @@ class Graph:
                           "layer": n.layer})
         return {"name": self.name, "dtype": self.dtype, "nodes": nodes,
                 "outputs": dict(sorted(self.outputs.items())),
-                "meta": _jsonable(self.meta)}
+                "meta": _jsonable({k: v for k, v in self.meta.items()
+                                   if k not in NOT_HASHED})}
 
     def hash(self) -> str:
         text = json.dumps(self.to_dict(), sort_keys=True, default=repr)

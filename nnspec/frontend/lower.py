@@ -592,6 +592,10 @@ class Lowerer:
                 v = self.call(stage, scope, chain_input=None, hint=h) if not inputs else \
                     self._call_with_inputs(stage, f, inputs, scope, h)
             else:
+                if isinstance(stage, ast.Name) and stage.id not in scope.vars \
+                        and stage.id not in self.defs and stage.id not in self.layers:
+                    raise SpecError(f"unknown layer '{stage.id}'", stage.loc,
+                                    did_you_mean(stage.id, self.visible(scope)))
                 f = self.eval(stage, scope)
                 v = self.apply_value(f, inputs, stage.loc, scope, h)
         return v

@@ -1,0 +1,142 @@
+"""The `nnspec` command: a thin shell over the Python API.
+
+    nnspec check FILE...                 exit 0 when every spec is valid
+    nnspec inspect FILE [--set k=v] [--json]
+    nnspec graph FILE -o out.dot [--backward]
+    nnspec train | eval | predict | compile   (see nnspec/train/commands.py)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def parse_set(items) -> dict:
+    """`--set k=v` values are read as spec expressions: numbers, true/false, names."""
+    from .errors import SpecError
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SpecError(f"--set takes key=value, got '{item}'")
+        k, v = item.split("=", 1)
+        out[k.strip()] = _value(v.strip())
+    return out
+
+
+def _value(v: str):
+    if v in ("true", "false"):
+        return v == "true"
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
+        return v[1:-1]
+    return v
+
+
+def cmd_check(args) -> int:
+    from .frontend import check_file
+    bad = 0
+    for f in args.files:
+        errors = check_file(f)
+        for e in errors:
+            print(e.render(), file=sys.stderr)
+        bad += bool(errors)
+        if not errors and not args.quiet:
+            print(f"{f}: ok")
+    return 1 if bad else 0
+
+
+def cmd_inspect(args) -> int:
+    from . import lower
+    from .inspect import render, summary
+    graph = lower(args.file, set=parse_set(args.set), dtype=args.dtype)
+    info = summary(graph)
+    info.pop("macs_nodes")
+    print(json.dumps(info, indent=2) if args.json else render(info))
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from . import lower
+    from .viz import to_dot, write_graph
+    graph = lower(args.file, set=parse_set(args.set))
+    if args.backward:
+        from .errors import SpecError
+        from .passes.autodiff import backward
+        if "loss" not in graph.meta:
+            raise SpecError(f"{args.file}: --backward needs a train section with a loss")
+        graph, _ = backward(graph, graph.meta["loss"])
+    out = args.output or (os.path.splitext(os.path.basename(args.file))[0] + ".dot")
+    write_graph(to_dot(graph), out)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnspec", description="Compile and train neural network specs.")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    c = sub.add_parser("check", help="check specs for errors")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    c.set_defaults(func=cmd_check)
+
+    i = sub.add_parser("inspect", help="layers, shapes, parameters, multiply-adds")
+    i.add_argument("file", metavar="FILE")
+    i.add_argument("--set", action="append", metavar="K=V", help="override a network argument")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    i.set_defaults(func=cmd_inspect)
+
+    g = sub.add_parser("graph", help="write the IR graph as DOT (SVG/PNG with Graphviz)")
+    g.add_argument("file", metavar="FILE")
+    g.add_argument("-o", "--output", metavar="OUT", help="out.dot, out.svg or out.png")
+    g.add_argument("--set", action="append", metavar="K=V")
+    g.add_argument("--backward", action="store_true", help="include the backward graph")
+    g.set_defaults(func=cmd_graph)
+
+    try:
+        from .train.commands import add_parsers
+    except ImportError:
+        pass
+    else:
+        add_parsers(sub)
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+    return f"nnspec {__version__}"
+
+
+def main(argv=None) -> int:
+    from .errors import NNSpecError
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NNSpecError as e:
+        print(str(e) if not hasattr(e, "render") else e.render(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug in nnspec, not in the user's input
+        if os.environ.get("NNSPEC_DEBUG"):
+            raise
+        print(f"nnspec: internal error: {type(e).__name__}: {e}\n"
+              f"(set NNSPEC_DEBUG=1 to see where)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""What `nnspec inspect` reports: per layer its output shape, parameters,
+state, multiply-adds and receptive field, and the totals."""
+from __future__ import annotations
+
+from .ir import Graph
+from .ops import get_op
+
+
+def _known(shape):
+    return [d for d in shape if isinstance(d, int)]
+
+
+def receptive_fields(graph: Graph) -> dict:
+    """node id -> (size, jump) per spatial axis, for nodes with spatial axes.
+
+    A window op (kernel k, stride s, dilation d) maps (r, j) to
+    (r + (k-1) d j, j s); ops without a window keep the widest field of their
+    inputs; a transposed convolution divides the jump by its stride."""
+    rf: dict = {}
+    for n in graph.nodes():
+        if n.op in ("input",) and len(n.shape) >= 3 and n.attrs.get("kind") == "input":
+            rf[n.id] = tuple((1, 1) for _ in n.shape[2:])
+            continue
+        ins = [rf[i] for i in n.inputs if i in rf]
+        if not ins or len(n.shape) < 3:
+            continue
+        nsp = len(n.shape) - 2
+        base = max(ins, key=lambda f: f[0][0])
+        if len(base) != nsp:
+            base = tuple(base[:nsp]) + tuple((1, 1) for _ in range(nsp - len(base)))
+        k = n.attrs.get("kernel")
+        if k is None:
+            rf[n.id] = base
+            continue
+        k, s, d = (_per_axis(n.attrs.get(a, 1), nsp) for a in ("kernel", "stride", "dilation"))
+        out = []
+        for (r, j), ki, si, di in zip(base, k, s, d):
+            if "transpose" in n.op:
+                out.append((r + (ki - 1) * di * j, max(j / si, 1e-9)))
+            else:
+                out.append((r + (ki - 1) * di * j, j * si))
+        rf[n.id] = tuple(out)
+    return rf
+
+
+def _per_axis(v, n):
+    if isinstance(v, (list, tuple)):
+        v = list(v)
+        return (v * n)[:n] if len(v) == 1 else v[-n:]
+    return [v] * n
+
+
+def summary(graph: Graph) -> dict:
+    rf = receptive_fields(graph)
+    by_layer: dict = {}
+    for n in graph.nodes():
+        if n.layer is None or n.op in ("input", "param", "state", "const"):
+            continue
+        try:
+            op = get_op(n.op)
+            macs = op.macs(n.attrs, [graph.shape(i) for i in n.inputs], n.shape)
+        except KeyError:
+            macs = 0
+        if n.op == "loop":
+            body = n.attrs["body"]
+            macs = sum(summary(body)["macs_nodes"].values())
+        by_layer.setdefault(n.layer, []).append((n.id, macs))
+    rows = []
+    for inst in graph.meta.get("layers", []):
+        if inst["kind"] == "block":
+            continue
+        out = inst["output"]
+        params = sum(graph.node(p).size for p in inst["params"] if graph.node(p).op == "param")
+        state = sum(graph.node(p).size for p in inst["params"] if graph.node(p).op == "state")
+        macs = sum(m for _, m in by_layer.get(inst["name"], []))
+        row = {"name": inst["name"], "op": inst["kind"], "shape": list(graph.shape(out)),
+               "params": params, "state": state, "macs": int(macs)}
+        if out in rf:
+            sizes = [round(r) for r, _ in rf[out]]
+            jumps = [j for _, j in rf[out]]
+            row["receptive_field"] = {"size": sizes, "jump": [round(j, 4) for j in jumps]}
+        rows.append(row)
+    macs_nodes = {nid: m for v in by_layer.values() for nid, m in v}
+    return {
+        "name": graph.name,
+        "dtype": graph.dtype,
+        "inputs": {i: list(graph.shape(i)) for i in graph.inputs},
+        "targets": {i: list(graph.shape(i)) for i in graph.targets},
+        "outputs": {k: list(graph.shape(v)) for k, v in graph.outputs.items()},
+        "layers": rows,
+        "trainable_params": graph.count("param"),
+        "state": graph.count("state"),
+        "macs": int(sum(macs_nodes.values())),
+        "macs_nodes": macs_nodes,
+    }
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def _fmt_shape(s) -> str:
+    return "[" + ", ".join(str(d) for d in s) + "]"
+
+
+def render(info: dict) -> str:
+    head = ("layer", "op", "output", "params", "state", "mult-adds", "receptive field")
+    rows = []
+    for r in info["layers"]:
+        field = ""
+        if "receptive_field" in r:
+            sz, jp = r["receptive_field"]["size"], r["receptive_field"]["jump"]
+            field = ("×".join(map(str, sz)) + " / " +
+                     "×".join(f"{j:g}" for j in jp))
+        rows.append((r["name"], r["op"], _fmt_shape(r["shape"]),
+                     _fmt_int(r["params"]) if r["params"] else "",
+                     _fmt_int(r["state"]) if r["state"] else "",
+                     _fmt_int(r["macs"]) if r["macs"] else "", field))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(head)]
+    right = {3, 4, 5}
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [f"network {info['name']} ({info['dtype']})"]
+    for k, v in info["inputs"].items():
+        out.append(f"  input  {k}: {_fmt_shape(v)}")
+    for k, v in info["targets"].items():
+        out.append(f"  target {k}: {_fmt_shape(v)}")
+    out.append("")
+    out.append(line(head))
+    out.append(line(["-" * w for w in widths]))
+    out += [line(r) for r in rows]
+    out.append("")
+    out.append(f"trainable parameters: {_fmt_int(info['trainable_params'])}")
+    out.append(f"state (non-trainable): {_fmt_int(info['state'])}")
+    out.append(f"multiply-adds per example: {_fmt_int(info['macs'])}")
+    return "\n".join(out)
