@@ -18,6 +18,7 @@ def test_config_from_meta_and_overrides():
             "schedule": {"name": "cosine"}, "batch": 128, "epochs": 5, "clip": 1.0,
             "data": "digits", "seed": 3}
     cfg = TrainConfig.from_meta(meta, epochs=7, lr=None)
+    assert TrainConfig.from_meta({"optimizer": "adam"}, schedule="step").schedule == {"name": "step"}
     assert (cfg.optimizer, cfg.lr, cfg.hyper) == ("adam", 0.01, {"weight_decay": 1e-4})
     assert (cfg.epochs, cfg.batch, cfg.clip, cfg.seed) == (7, 128, 1.0, 3)
     assert cfg.schedule == {"name": "cosine"}

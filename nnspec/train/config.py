@@ -23,14 +23,16 @@ class TrainConfig:
         """`train` is `graph.meta["train"]`; overrides that are None are ignored."""
         cfg = cls()
         train = dict(train or {})
-        opt = dict(train.pop("optimizer", None) or {})
+        opt = train.pop("optimizer", None) or {}
+        opt = {"name": opt} if isinstance(opt, str) else dict(opt)     # `optimizer = adam`
         if opt:
             cfg.optimizer = opt.pop("name", cfg.optimizer)
             if "lr" in opt:
                 cfg.lr = opt.pop("lr")
             cfg.hyper = opt
-        if train.get("schedule"):
-            cfg.schedule = dict(train["schedule"])
+        sched = train.get("schedule")
+        if sched:
+            cfg.schedule = {"name": sched} if isinstance(sched, str) else dict(sched)
         for k in ("data", "epochs", "batch", "clip", "seed", "lr"):
             if train.get(k) is not None:
                 setattr(cfg, k, train[k])
@@ -40,6 +42,8 @@ class TrainConfig:
                 raise TypeError(f"TrainConfig has no setting '{k}'")
             if v is not None:
                 setattr(cfg, k, v)
+        if isinstance(cfg.schedule, str):
+            cfg.schedule = {"name": cfg.schedule}
         cfg.epochs, cfg.batch, cfg.seed = int(cfg.epochs), int(cfg.batch), int(cfg.seed)
         cfg.lr, cfg.clip, cfg.data = float(cfg.lr), float(cfg.clip or 0.0), str(cfg.data)
         return cfg

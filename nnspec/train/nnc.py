@@ -1,17 +1,21 @@
 """`.nnc` files: a compiled network in one file.
 
-    save(net, "mlp.nnc")
+    save(net, "mlp.nnc")                   # spec and --set values from net.graph.meta
     net = load("mlp.nnc")
 
 The file is a bundle (see bundle.py: npz + JSON, never a pickle) holding the
-spec's source text, its ``--set`` overrides, dtype and seed, the graph's hash,
-and the weights (`state_dict`).  Loading re-lowers the source with the same
-overrides, checks the weights fit, and loads them; nothing in the file is
-executed, only parsed as a spec.
+spec's source text and the files it imports, its ``--set`` overrides, dtype
+and seed, the graph's hash, and the weights (`state_dict`).  Loading writes
+the sources to a temporary folder, lowers them with the same overrides,
+checks the weights fit and loads them; the file's contents are only ever
+parsed as a spec, never executed.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
+from pathlib import Path
 
 from ..errors import TrainingError
 from .bundle import check_writable, read_bundle, write_bundle
@@ -21,23 +25,25 @@ KIND = "nnspec-model"
 VERSION = 1
 
 
-def save(net, path, *, source: str | None = None, overrides: dict | None = None,
-         name: str | None = None) -> None:
-    """Write `net` to `path`.  The spec's source text and ``--set`` overrides are
-    taken from the network (what `nnspec.compile` recorded) unless given."""
+def save(net, path, spec=None, *, overrides: dict | None = None, seed: int = 0) -> None:
+    """Write `net` (compiled from `spec`, a path or source text, with the
+    ``--set`` `overrides`) to `path`, with its current weights.  Both default
+    to what `nnspec.lower` recorded in ``net.graph.meta``."""
     meta = net.graph.meta
-    source = source if source is not None else meta.get("source")
-    if source is None:
-        raise TrainingError("save: the network does not carry its spec's source text; "
-                            "pass source=<the spec text>")
+    if spec is None:
+        f = meta.get("file")
+        spec = Path(f) if f and Path(f).is_file() else meta.get("source")
+        if spec is None:
+            raise TrainingError("save: the network does not record its spec; pass spec=")
+    if overrides is None:
+        overrides = meta.get("set")
     check_writable(path, (KIND,), error=TrainingError)
     write_bundle(path, KIND, {
         "version": VERSION,
-        "name": name or meta.get("file") or net.graph.name,
-        "source": source,
-        "set": dict(overrides if overrides is not None else meta.get("set") or {}),
+        "sources": spec_sources(spec),
+        "set": dict(overrides or {}),
         "dtype": net.graph.dtype,
-        "seed": int(getattr(net, "seed", 0) or 0),
+        "seed": int(seed),
         "graph": net.graph.hash(),
         "weights": dict(net.state_dict()),
     })
@@ -50,9 +56,34 @@ def load(path):
     if m.get("version") != VERSION:
         raise TrainingError(f"'{path}' is a version {m.get('version')} .nnc file; "
                             f"this nnspec reads version {VERSION}")
-    net = nnspec.compile(m["source"], dtype=m["dtype"], set=m["set"] or None, seed=m["seed"])
+    src = m["sources"]
+    with tempfile.TemporaryDirectory(prefix="nnc-") as tmp:
+        root = Path(tmp).resolve()
+        for rel, text in src["files"].items():
+            f = (root / rel).resolve()
+            if root not in f.parents:
+                raise TrainingError(f"'{path}': a spec file path leaves its folder: {rel!r}")
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(text)
+        net = nnspec.compile(root / src["main"], dtype=m["dtype"], set=m["set"] or None,
+                             seed=m["seed"])
     if net.graph.hash() != m["graph"]:
         warnings.warn(f"{path}: the spec lowers to a different graph with this version "
                       f"of nnspec; loading the weights by name", stacklevel=2)
     load_weights(net, m["weights"], path)
     return net
+
+
+def spec_sources(spec) -> dict:
+    """``{"main": relative path, "files": {relative path: text}}``: the spec and
+    every file it imports, relative to the folder that holds them all."""
+    from ..frontend.load import load_module
+    main, modules = load_module(spec)
+    virtual = main.file.startswith("<")          # source text: imports resolve from the cwd
+    main_path = Path.cwd() / "spec.nn" if virtual else Path(main.file).resolve()
+    files = {main_path: main.source}
+    for mod in modules.values():
+        files[Path(mod.file).resolve()] = mod.source or Path(mod.file).read_text()
+    root = Path(os.path.commonpath([str(p.parent) for p in files]))
+    return {"main": main_path.relative_to(root).as_posix(),
+            "files": {p.relative_to(root).as_posix(): t for p, t in files.items()}}

@@ -1,0 +1,197 @@
+"""`nnspec train | eval | predict | compile`: thin shells over `fit`,
+`evaluate`, `Network.forward` and `save`.  Errors are raised as NNSpecError
+subclasses; `nnspec.cli.main` prints them without a traceback.
+
+    nnspec train SPEC [--data D] [--epochs N] [--batch N] [--lr X] [--set k=v ...]
+                      [--out DIR] [--resume] [--seed N] [--dtype float32|float64] [--quiet]
+    nnspec eval SPEC --checkpoint F [--data D]
+    nnspec predict SPEC --checkpoint F --input X.npz [--output out.npz]
+    nnspec compile SPEC -o model.nnc [--checkpoint F]
+
+A checkpoint F is a run's checkpoint.npz, the run directory itself, or a .nnc file.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, TrainingError
+
+DTYPES = ("float32", "float64")
+
+
+def add_parsers(sub) -> None:
+    t = sub.add_parser("train", help="train a spec's network and score it",
+                       description="Train on the spec's data (or --data); write DIR/checkpoint.npz, "
+                                   "metrics.json and curves.png after every epoch.")
+    _common(t)
+    t.add_argument("--data", metavar="D", help="'digits', a .npz / .csv file or a directory "
+                                              "with train/test files (default: the spec's)")
+    t.add_argument("--epochs", type=int, metavar="N")
+    t.add_argument("--batch", type=int, metavar="N", help="examples per step")
+    t.add_argument("--lr", type=float, metavar="X", help="peak learning rate")
+    t.add_argument("--out", metavar="DIR", help="run directory (default: runs/<spec stem>)")
+    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
+    t.add_argument("--seed", type=int, metavar="N", help="initial weights and shuffling "
+                                                          "(default: the spec's, else 0)")
+    t.add_argument("--quiet", action="store_true", help="print only the final result")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="score a checkpoint on the test split")
+    _common(e)
+    e.add_argument("--checkpoint", required=True, metavar="F")
+    e.add_argument("--data", metavar="D", help="default: the spec's data")
+    e.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="run a checkpoint on inputs; print predicted classes")
+    _common(p)
+    p.add_argument("--checkpoint", required=True, metavar="F")
+    p.add_argument("--input", required=True, metavar="X.npz",
+                   help="arrays named like the spec's inputs (or 'input')")
+    p.add_argument("--output", metavar="OUT.npz", help="write every output (and classes) here")
+    p.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("compile", help="compile a spec into a single .nnc model file")
+    _common(c)
+    c.add_argument("-o", "--output", required=True, metavar="MODEL.nnc")
+    c.add_argument("--checkpoint", metavar="F", help="weights to store (default: initial ones)")
+    c.add_argument("--seed", type=int, metavar="N", help="initial weights (default: the spec's)")
+    c.set_defaults(func=cmd_compile)
+
+
+def _common(p) -> None:
+    p.add_argument("spec", metavar="SPEC", help="a .nn or .yaml spec")
+    p.add_argument("--set", action="append", metavar="K=V", help="override a network argument")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+
+
+# ---- commands --------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    from ..data import load
+    from .config import TrainConfig
+    from .loop import fit
+    net, seed = _build(args)
+    cfg = TrainConfig.from_meta(net.graph.meta.get("train"), data=args.data, epochs=args.epochs,
+                                batch=args.batch, lr=args.lr, seed=seed)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
+    train, test = load(cfg.data, net)
+    if not args.quiet:
+        print(f"{args.spec}: {_count(net)} parameters; data {cfg.data}: {_n(train)} train, "
+              f"{_n(test)} test examples; {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch}, "
+              f"{cfg.epochs} epochs -> {out}/", file=sys.stderr)
+    r = fit(net, (train, test), out_dir=out, resume=args.resume, progress=not args.quiet,
+            config=cfg)
+    print(_result_line(r["test_loss"], r["test_accuracy"], r["examples"]["test"])
+          + f"  ({r['epochs']} epochs, {r['seconds']:.1f} s training)")
+    print(f"wrote {out}/checkpoint.npz, metrics.json" + (", curves.png" if (out / "curves.png").exists() else ""))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from ..data import load
+    from .metrics import evaluate
+    net, _ = _build(args)
+    _load_weights(net, args.checkpoint)
+    name = args.data or (net.graph.meta.get("train") or {}).get("data") or "digits"
+    _, test = load(name, net)
+    r = evaluate(net, test)
+    print(_result_line(r["loss"], r["accuracy"], r["n"]))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from ..data import bind, class_output
+    from ..data.files import read_path
+    from .bundle import atomic_write, check_writable
+    net, _ = _build(args)
+    _load_weights(net, args.checkpoint)
+    raw = read_path(args.input)
+    if isinstance(raw, tuple):
+        raise DataError(f"--input takes one .npz or .csv file, not a directory: {args.input}")
+    x = bind(raw, net, Path(args.input).name, require_targets=False)
+    outs = _forward(net, x)
+    classed = [co[0] for t in net.targets if (co := class_output(net, t))]
+    if classed:
+        outs["classes"] = np.argmax(outs[classed[0]], axis=-1)
+    if args.output:
+        check_writable(args.output, ("nnspec-predictions",), error=DataError)
+        from .bundle import META
+        doc = np.array('{"kind": "nnspec-predictions", "tree": null}')
+        atomic_write(args.output, lambda f: np.savez(f, **outs, **{META: doc}))
+    if classed:
+        np.savetxt(sys.stdout, outs["classes"].reshape(len(outs["classes"]), -1), fmt="%d")
+    else:
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outs.items())
+        print(f"outputs: {shapes}" + ("" if args.output else " (use --output to save them)"))
+    if args.output:
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from .nnc import save
+    net, seed = _build(args)
+    if args.checkpoint:
+        _load_weights(net, args.checkpoint)
+    save(net, args.output, args.spec, overrides=_sets(args), seed=seed)
+    print(f"wrote {args.output} ({_count(net)} parameters, graph {net.graph.hash()})")
+    return 0
+
+
+# ---- helpers ---------------------------------------------------------------------
+
+def _sets(args) -> dict:
+    from ..cli import parse_set
+    return parse_set(args.set)
+
+
+def _build(args):
+    """The spec's network, initialised with --seed, else the train section's seed, else 0."""
+    import nnspec
+    sets = _sets(args)
+    seed = getattr(args, "seed", None)
+    if seed is None:
+        graph = nnspec.lower(args.spec, set=sets, dtype=args.dtype)
+        seed = int((graph.meta.get("train") or {}).get("seed") or 0)
+    return nnspec.compile(args.spec, dtype=args.dtype, set=sets, seed=seed), seed
+
+
+def _load_weights(net, f) -> None:
+    from .bundle import bundle_kind, read_bundle
+    from .checkpoint import load_checkpoint, load_weights
+    p = Path(f)
+    if p.is_dir():
+        p = p / "checkpoint.npz"
+    if not p.exists():
+        raise TrainingError(f"checkpoint '{p}' does not exist")
+    if bundle_kind(p) == "nnspec-model":
+        load_weights(net, read_bundle(p)[1]["weights"], p)
+    else:
+        load_weights(net, load_checkpoint(p)["model"], p)
+
+
+def _forward(net, x: dict, batch: int = 512) -> dict:
+    n = _n(x)
+    parts: dict = {}
+    for lo in range(0, n, batch):
+        for k, v in net.forward(**{k: a[lo:lo + batch] for k, a in x.items()}).items():
+            parts.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _n(d: dict) -> int:
+    return len(next(iter(d.values()))) if d else 0
+
+
+def _count(net) -> str:
+    return f"{net.graph.count('param'):,}"
+
+
+def _result_line(loss, acc, n) -> str:
+    s = f"test loss {loss:.4f}" if loss is not None else "test loss -"
+    if acc is not None:
+        s = f"test accuracy {100 * acc:.2f}%  " + s
+    return s + f"  ({n} examples)"
