@@ -1,0 +1,119 @@
+"""The table of op cases `tests/test_ops.py` runs: every registered op, with
+odd sizes and each of its options.
+
+An input is `X(shape)` (an activation: axis 0 is the batch, "B" in the graph),
+`P(shape)` (a parameter or other unbatched array), `I(shape, high)` (int64 in
+[0, high), never differentiated), and `kind="pos"` for inputs that must be
+positive (log, sqrt) or `kind="away"` for values kept away from 0 (div).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Arg:
+    shape: tuple
+    batched: bool = False
+    dtype: str = "float"          # float | int64
+    kind: str = "normal"          # normal | pos | away | const
+    high: int = 0                 # ints: values in [0, high)
+    grad: bool = True             # differentiate with respect to it
+
+    def sample(self, rng, dtype):
+        if self.dtype == "int64":
+            return rng.integers(0, self.high, size=self.shape).astype(np.int64)
+        x = rng.standard_normal(self.shape)
+        if self.kind == "pos":
+            x = np.abs(x) + 0.5
+        elif self.kind == "away":
+            x = np.sign(x) * (np.abs(x) + 0.5)
+        elif self.kind == "unit":     # in (0.05, 0.95)
+            x = 0.05 + 0.9 * rng.random(self.shape)
+        return x.astype(dtype)
+
+
+def X(*shape, **kw) -> Arg:
+    return Arg(tuple(shape), batched=True, **kw)
+
+
+def P(*shape, **kw) -> Arg:
+    return Arg(tuple(shape), **kw)
+
+
+def I(*shape, high, batched=True) -> Arg:  # noqa: E743
+    return Arg(tuple(shape), batched=batched, dtype="int64", high=high, grad=False)
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str
+    attrs: dict
+    args: tuple
+    note: str = ""
+    fd: bool = True                       # check the gradient by finite differences
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}-{self.note}" if self.note else self.op
+
+
+def C(op, args, note="", fd=True, **attrs) -> Case:
+    return Case(op, attrs, tuple(args), note, fd)
+
+
+UNARY = ["neg", "identity", "square", "exp", "relu", "sigmoid", "tanh", "softplus", "abs"]
+
+CASES = [
+    # ---- elementwise -----------------------------------------------------------
+    *[C(op, [X(3, 5)]) for op in UNARY],
+    C("log", [X(3, 5, kind="pos")]),
+    C("sqrt", [X(2, 7, kind="pos")]),
+    C("leaky_relu", [X(3, 5)], alpha=0.2),
+    C("elu", [X(3, 5)], alpha=0.7),
+    C("add", [X(3, 5), X(3, 5)], "same"),
+    C("add", [X(2, 3, 4, 5), P(3, 1, 1)], "bias-chw"),
+    C("add", [P(), X(2, 3)], "scalar-left"),
+    C("sub", [X(2, 3, 4), P(4)], "row"),
+    C("sub", [X(3, 1), P(1, 4)], "outer"),
+    C("mul", [X(2, 3, 5), P(3, 1)], "mid"),
+    C("mul", [X(2, 3), P()], "scalar"),
+    C("div", [X(2, 3, 5), P(5, kind="away")], "row"),
+    C("div", [X(3, 4), X(3, 4, kind="away")], "same"),
+    C("relu_grad", [X(3, 5), X(3, 5)]),
+    C("abs_grad", [X(3, 5), X(3, 5)]),
+    C("leaky_relu_grad", [X(3, 5), X(3, 5)], alpha=0.3),
+    C("square_grad", [X(3, 5), X(3, 5)]),
+    C("sqrt_grad", [X(3, 5), X(3, 5, kind="pos")]),
+    C("elu_grad", [X(3, 5), X(3, 5)], alpha=0.5),
+    C("sigmoid_grad", [X(3, 5), X(3, 5, kind="unit")]),
+    C("tanh_grad", [X(3, 5), X(3, 5, kind="unit")]),
+    C("sigmoid_times", [X(3, 5), X(3, 5)]),
+    C("div_grad_b", [X(3, 5), X(3, 5), X(3, 5, kind="away")]),
+    C("fill_like", [X(3, 4)], value=2.5),
+    # ---- reductions ------------------------------------------------------------
+    C("sum", [X(3, 4, 5)], "all"),
+    C("sum", [X(3, 4, 5)], "axes02", axes=[0, 2]),
+    C("sum", [X(3, 4, 5)], "neg-keep", axes=[-1], keepdims=True),
+    C("mean", [X(3, 4, 5)], "axis1", axes=1),
+    C("mean", [X(3, 4, 5)], "all-keep", keepdims=True),
+    C("max", [X(3, 4, 5)], "axis2", axes=[2]),
+    C("max", [X(3, 4, 5)], "axes01-keep", axes=[0, 1], keepdims=True),
+    C("max_mask", [X(3, 4, 5)], axes=[1]),
+    C("sum_to", [X(2, 3, 4), P(3, 1)], "mid"),
+    C("sum_to", [X(2, 3, 4), P(3, 1)], "mean", mean=True),
+    C("sum_to", [X(2, 3), X(2, 1, grad=False)], "batched-like"),
+    C("broadcast_like", [P(4), X(3, 4, grad=False)], "rows"),
+    C("broadcast_like", [X(3, 1), X(3, 5, grad=False)], "col-mean", mean=True),
+    C("broadcast_like", [X(5), X(5, 3, 4, grad=False)], "axes", axes=[1, 2]),
+    # ---- linalg ----------------------------------------------------------------
+    C("linear", [X(3, 5), P(4, 5), P(4)], "bias", bias=True),
+    C("linear", [X(2, 3, 5), P(4, 5)], "nobias-seq", bias=False),
+    C("matmul", [X(3, 5), P(5, 4)], "nn"),
+    C("matmul", [X(3, 5), P(4, 5)], "nt", tb=True),
+    C("matmul", [X(3, 5), X(3, 4)], "tn", ta=True),
+    C("sum_rows", [X(3, 4, 5)]),
+]
