@@ -65,36 +65,18 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
         run.claim()
 
     bar = Bar(enabled=progress)
-    for epoch in range(epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        perm = rng.permutation(n)
-        loss_sum = 0.0
-        for i in range(steps_per_epoch):
-            idx = perm[i * bs:(i + 1) * bs]
-            xb = {k: train[k][idx] for k in net.inputs}
-            yb = {k: train[k][idx] for k in net.targets}
-            rate = lr_at(cfg.schedule, cfg.lr, step, steps_per_epoch, total_steps)
-            loss = float(net.train_step(xb, yb, rate))
-            step += 1
-            if not math.isfinite(loss):
-                bar.close()
-                raise _diverged(net, xb, yb, loss, step, epoch)
-            loss_sum += loss * len(idx)
-            bar.update(epoch + 1, cfg.epochs, i + 1, steps_per_epoch, loss,
-                       (i * bs + len(idx)) / max(time.perf_counter() - t0, 1e-9))
-        bar.close()
-        record = {"epoch": epoch + 1, "step": step, "lr": rate, "train_loss": loss_sum / n}
-        if cfg.eval_train:
-            record["train_accuracy"] = evaluate(net, train)["accuracy"]
-        scored = evaluate(net, test)
-        record.update(test_loss=scored["loss"], test_accuracy=scored["accuracy"],
-                      seconds=time.perf_counter() - t0)
-        history.append(record)
-        log(fmt_metrics(record, cfg.epochs))
-        if run is not None:
-            save_checkpoint(run.checkpoint, net, epoch=epoch + 1, step=step, rng=rng,
-                            history=history, config=cfg.to_dict())
-            write_metrics(run.metrics, summary(history, cfg, n, _length(test)))
+    try:
+        for epoch in range(epoch, cfg.epochs):
+            step, record = _epoch(net, train, test, cfg, rng, epoch, step, bs, steps_per_epoch,
+                                  total_steps, bar)
+            history.append(record)
+            log(fmt_metrics(record, cfg.epochs))
+            if run is not None:
+                save_checkpoint(run.checkpoint, net, epoch=epoch + 1, step=step, rng=rng,
+                                history=history, config=cfg.to_dict())
+                write_metrics(run.metrics, summary(history, cfg, n, _length(test)))
+    finally:
+        bar.close()     # an interrupt must not leave half a bar on the terminal
     result = summary(history, cfg, n, _length(test))
     if run is not None:
         write_metrics(run.metrics, result)
@@ -102,6 +84,35 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
         if note:
             log(f"note: {note}")
     return result
+
+
+def _epoch(net, train, test, cfg, rng, epoch, step, bs, steps_per_epoch, total_steps, bar):
+    """One pass over the shuffled training set, then scoring: ``(step, record)``."""
+    t0 = time.perf_counter()
+    n = len(train[next(iter(net.targets))])
+    perm = rng.permutation(n)
+    loss_sum = 0.0
+    for i in range(steps_per_epoch):
+        idx = perm[i * bs:(i + 1) * bs]
+        xb = {k: train[k][idx] for k in net.inputs}
+        yb = {k: train[k][idx] for k in net.targets}
+        rate = lr_at(cfg.schedule, cfg.lr, step, steps_per_epoch, total_steps)
+        loss = float(net.train_step(xb, yb, rate))
+        step += 1
+        if not math.isfinite(loss):
+            bar.close()
+            raise _diverged(net, xb, yb, loss, step, epoch)
+        loss_sum += loss * len(idx)
+        bar.update(epoch + 1, cfg.epochs, i + 1, steps_per_epoch, loss,
+                   (i * bs + len(idx)) / max(time.perf_counter() - t0, 1e-9))
+    bar.close()
+    record = {"epoch": epoch + 1, "step": step, "lr": rate, "train_loss": loss_sum / n}
+    if cfg.eval_train:
+        record["train_accuracy"] = evaluate(net, train)["accuracy"]
+    scored = evaluate(net, test)
+    record.update(test_loss=scored["loss"], test_accuracy=scored["accuracy"],
+                  seconds=time.perf_counter() - t0)
+    return step, record
 
 
 def summary(history: list, cfg: TrainConfig, n_train: int, n_test: int) -> dict:
