@@ -37,6 +37,13 @@ class Scope:
     def lookup(self, name: str, loc):
         if name in self.vars:
             return self.vars[name]
+        if self.cell is not None and name in self.cell.states:
+            # a bare state name is its sequence: the value assigned at step t
+            st = self.cell.states[name]
+            if st["new"] is None:
+                raise SpecError(f"state '{name}' is read before it is assigned", loc,
+                                f"read the previous step as {name}[t-1]")
+            return Tensor(st["new"], self.graph)
         return self.low.lookup_global(name, loc, self)
 
 
