@@ -61,6 +61,35 @@ class Case:
         return f"{self.op}-{self.note}" if self.note else self.op
 
 
+def conv(nd, stride=1, dilation=1, pad="valid", groups=1, bias=False, **kw):
+    """conv attrs: per-axis lists from ints; pad a mode, an int, or per-axis."""
+    per = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] * nd  # noqa: E731
+    pads = [[p, p] if isinstance(p, int) else p for p in per(pad)]
+    return dict(stride=per(stride), dilation=per(dilation), pad=pads, groups=groups,
+                bias=bias, **kw)
+
+
+def tconv(nd, stride=1, dilation=1, pad=0, output_padding=0, groups=1, bias=False):
+    per = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] * nd  # noqa: E731
+    return dict(stride=per(stride), dilation=per(dilation), pad=per(pad),
+                output_padding=per(output_padding), groups=groups, bias=bias)
+
+
+def CA(op, args, note, attrs, fd=True) -> Case:
+    return Case(op, attrs, tuple(args), note, fd)
+
+
+def conv_family(note, x, w, attrs):
+    """conv, and its two gradient ops on matching shapes."""
+    from nnspec.ops.conv import conv_out_shape
+    out = conv_out_shape("conv", attrs, x, w)
+    cases = [CA("conv", [X(*x), P(*w)] + ([P(w[0])] if attrs["bias"] else []), note, attrs)]
+    if not attrs["bias"]:
+        cases += [CA("conv_grad_input", [X(*out), P(*w), X(*x, grad=False)], note, attrs),
+                  CA("conv_grad_weight", [X(*x), X(*out), P(*w, grad=False)], note, attrs)]
+    return cases
+
+
 def C(op, args, note="", fd=True, **attrs) -> Case:
     return Case(op, attrs, tuple(args), note, fd)
 
@@ -116,4 +145,24 @@ CASES = [
     C("matmul", [X(3, 5), P(4, 5)], "nt", tb=True),
     C("matmul", [X(3, 5), X(3, 4)], "tn", ta=True),
     C("sum_rows", [X(3, 4, 5)]),
+    # ---- convolution -------------------------------------------------------------
+    *conv_family("1d-valid", (2, 3, 9), (4, 3, 3), conv(1)),
+    *conv_family("1d-bias", (2, 3, 9), (4, 3, 3), conv(1, bias=True)),
+    *conv_family("1d-causal-dil2", (2, 2, 8), (3, 2, 3), conv(1, dilation=2, pad="causal")),
+    *conv_family("1d-same-stride2", (2, 3, 9), (2, 3, 4), conv(1, stride=2, pad="same")),
+    *conv_family("1d-full", (1, 2, 5), (3, 2, 3), conv(1, pad="full")),
+    *conv_family("2d-valid", (2, 3, 7, 6), (4, 3, 3, 2), conv(2)),
+    *conv_family("2d-bias-pad1", (2, 3, 5, 6), (4, 3, 3, 3), conv(2, pad=1, bias=True)),
+    *conv_family("2d-same-stride2", (2, 2, 7, 8), (3, 2, 3, 3), conv(2, stride=2, pad="same")),
+    *conv_family("2d-same-even-k", (1, 2, 6, 5), (2, 2, 4, 2), conv(2, pad="same")),
+    *conv_family("2d-stride-dil", (2, 2, 9, 9), (3, 2, 3, 2),
+                 conv(2, stride=[2, 1], dilation=[1, 2], pad=[[1, 0], [2, 1]])),
+    *conv_family("2d-asym-1x7", (1, 2, 4, 11), (3, 2, 1, 7), conv(2, pad=[0, 3])),
+    *conv_family("2d-groups2", (2, 4, 6, 5), (6, 2, 3, 3), conv(2, groups=2, pad="same")),
+    *conv_family("2d-depthwise", (2, 3, 6, 5), (6, 1, 3, 3), conv(2, groups=3, stride=2)),
+    CA("conv_transpose", [X(2, 3, 4, 5), P(3, 2, 3, 3)], "2d-s2-p1-op1",
+       tconv(2, stride=2, pad=1, output_padding=1)),
+    CA("conv_transpose", [X(2, 4, 3, 4), P(4, 1, 2, 3), P(2)], "2d-groups2-bias-dil",
+       tconv(2, stride=[1, 2], dilation=[2, 1], groups=2, bias=True)),
+    CA("conv_transpose", [X(2, 3, 6), P(3, 2, 4)], "1d-s3", tconv(1, stride=3, pad=1)),
 ]

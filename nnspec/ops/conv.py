@@ -1,0 +1,625 @@
+"""Convolutions, 1-d and 2-d, and their transposes.
+
+    conv(x, w[, b])                 x [B, C, (H,) W], w [O, C/groups, (kh,) kw], b [O]
+    conv_grad_input(g, w, x)        dL/dx of conv (x only gives the shape)
+    conv_grad_weight(x, g, w)       dL/dw of conv (w only gives the shape)
+    conv_transpose(x, w[, b])       x [B, I, (H,) W], w [I, O/groups, (kh,) kw]
+
+Attrs (all per spatial axis, lists of the same length as the kernel's axes):
+`stride`, `dilation`, `pad` (each entry "valid", "same", "full", "causal" or
+[lo, hi]), `groups`; conv_transpose has integer `pad` and `output_padding`.
+Padding amounts are resolved from the input size when the kernel runs (a
+"same" conv over a dynamic time axis).  Output size per axis is
+floor((n + lo + hi - d(k-1) - 1) / s) + 1.
+
+The three conv ops are each other's gradients (conv_grad_input is the adjoint
+of conv in x, conv_grad_weight its adjoint in w), so every op here is
+differentiable, twice.  conv_transpose(x, w) is conv_grad_input with the
+conv's in/out roles swapped.
+
+Kernels: im2col + one BLAS product per group; 1-d runs as 2-d with H = 1.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from .base import Op, conv_out, fmt, kernel, known, layer, pad_amounts, prange, prod, register
+
+PAD_CODES = {"explicit": 0, "same": 1, "valid": 2, "full": 3, "causal": 4}
+
+
+# ---- attrs and shapes ------------------------------------------------------------
+
+def _pads(attrs, ns, ks):
+    """(lo, hi) per spatial axis for input sizes ns, kernel sizes ks."""
+    out = []
+    for p, n, k, s, d in zip(attrs["pad"], ns, ks, attrs["stride"], attrs["dilation"]):
+        out.append(tuple(p) if isinstance(p, (list, tuple)) else pad_amounts(p, n, k, s, d))
+    return out
+
+
+def conv_out_shape(name, attrs, x, w) -> tuple:
+    nd = len(w) - 2
+    if len(x) != nd + 2:
+        raise ShapeError(f"{name}: a {nd}-d convolution needs a [B, C, {'H, W' if nd == 2 else 'L'}]"
+                         f" input, got {fmt(x)}")
+    groups = attrs.get("groups", 1)
+    if known(x[1]) and x[1] != w[1] * groups:
+        raise ShapeError(f"{name}: input has {x[1]} channels (shape {fmt(x)}) but the weight "
+                         f"{fmt(w)} with groups={groups} expects {w[1] * groups}")
+    if w[0] % groups:
+        raise ShapeError(f"{name}: {w[0]} output channels do not split into {groups} groups")
+    ks = w[2:]
+    pads = _pads(attrs, x[2:], ks)
+    axes = ("height", "width") if nd == 2 else ("length",)
+    sp = tuple(conv_out(name, n, k, s, d, lo, hi, ax) for n, k, s, d, (lo, hi), ax in
+               zip(x[2:], ks, attrs["stride"], attrs["dilation"], pads, axes))
+    return (x[0], w[0]) + sp
+
+
+def _extra(attrs, nd):
+    """Kernel arguments: per-axis int64 arrays (stride, dilation, pad code, pad
+    lo, pad hi), 1-d padded out to 2-d with a unit H axis; then groups."""
+    code, lo, hi = [], [], []
+    for p in attrs["pad"]:
+        if isinstance(p, (list, tuple)):
+            code.append(0), lo.append(int(p[0])), hi.append(int(p[1]))
+        else:
+            code.append(PAD_CODES[p]), lo.append(0), hi.append(0)
+    a = lambda xs, fill: np.asarray([fill] * (2 - nd) + list(xs), dtype=np.int64)  # noqa: E731
+    return (a(attrs["stride"], 1), a(attrs["dilation"], 1), a(code, 0), a(lo, 0), a(hi, 0),
+            int(attrs.get("groups", 1)))
+
+
+def _spatial_axes(nd):
+    return [0] + list(range(2, nd + 2))
+
+
+class Conv(Op):
+    name = "conv"
+
+    def infer(self, attrs, shapes, dtypes):
+        x, w = shapes[0], shapes[1]
+        out = conv_out_shape(self.name, attrs, x, w)
+        if len(shapes) == 3 and tuple(shapes[2]) != (w[0],):
+            raise ShapeError(f"conv: bias {fmt(shapes[2])} does not match {w[0]} output channels")
+        return out, dtypes[0]
+
+    def reference(self, attrs, x, w, b=None):
+        y = _ref_conv(attrs, x, w)
+        return y + b.reshape((-1,) + (1,) * (x.ndim - 2)) if b is not None else y
+
+    def grad(self, gb, node, g):
+        x, w = node.inputs[:2]
+        at = node.attrs
+        out = [gb.add("conv_grad_input", (g, w, x), at) if gb.wants(0) else None,
+               gb.add("conv_grad_weight", (x, g, w), at) if gb.wants(1) else None]
+        if len(node.inputs) == 3:
+            out.append(gb.add("sum", (g,), {"axes": _spatial_axes(len(node.shape) - 2)})
+                       if gb.wants(2) else None)
+        return out
+
+    def kernel(self, attrs):
+        return (conv_bias if attrs.get("bias") else conv_nobias), _extra_conv(attrs)
+
+    def macs(self, attrs, in_shapes, out_shape):
+        w = in_shapes[1]
+        return prod(d for d in out_shape[1:] if known(d)) * prod(w[1:])
+
+
+def _extra_conv(attrs):
+    return _extra(attrs, len(attrs["stride"]))
+
+
+class ConvGradInput(Op):
+    name = "conv_grad_input"
+
+    def infer(self, attrs, shapes, dtypes):
+        g, w, x = shapes
+        want = conv_out_shape(self.name, attrs, x, w)
+        if tuple(g) != want:
+            raise ShapeError(f"{self.name}: gradient {fmt(g)} does not match the conv's "
+                             f"output {fmt(want)}")
+        return tuple(x), dtypes[0]
+
+    def reference(self, attrs, g, w, x):
+        return _ref_conv_grad_input(attrs, g, w, x.shape)
+
+    def grad(self, gb, node, g2):
+        g, w, x = node.inputs
+        at = node.attrs
+        return [gb.add("conv", (g2, w), at) if gb.wants(0) else None,
+                gb.add("conv_grad_weight", (g2, g, w), at) if gb.wants(1) else None, None]
+
+    def kernel(self, attrs):
+        return conv_grad_input, _extra_conv(attrs)
+
+    def macs(self, attrs, in_shapes, out_shape):
+        return prod(d for d in in_shapes[0][1:] if known(d)) * prod(in_shapes[1][1:])
+
+
+class ConvGradWeight(Op):
+    name = "conv_grad_weight"
+
+    def infer(self, attrs, shapes, dtypes):
+        x, g, w = shapes
+        want = conv_out_shape(self.name, attrs, x, w)
+        if tuple(g) != want:
+            raise ShapeError(f"{self.name}: gradient {fmt(g)} does not match the conv's "
+                             f"output {fmt(want)}")
+        return tuple(w), dtypes[0]
+
+    def reference(self, attrs, x, g, w):
+        return _ref_conv_grad_weight(attrs, x, g, w.shape)
+
+    def grad(self, gb, node, g2):
+        x, g, w = node.inputs
+        at = node.attrs
+        return [gb.add("conv_grad_input", (g, g2, x), at) if gb.wants(0) else None,
+                gb.add("conv", (x, g2), at) if gb.wants(1) else None, None]
+
+    def kernel(self, attrs):
+        return conv_grad_weight, _extra_conv(attrs)
+
+    def macs(self, attrs, in_shapes, out_shape):
+        return prod(d for d in in_shapes[1][1:] if known(d)) * prod(out_shape[1:])
+
+
+def transpose_out(name, attrs, x, w) -> tuple:
+    nd = len(w) - 2
+    if len(x) != nd + 2:
+        raise ShapeError(f"{name}: a {nd}-d transposed convolution needs a [B, C, "
+                         f"{'H, W' if nd == 2 else 'L'}] input, got {fmt(x)}")
+    groups = attrs.get("groups", 1)
+    if known(x[1]) and x[1] != w[0]:
+        raise ShapeError(f"{name}: input has {x[1]} channels (shape {fmt(x)}) but the weight "
+                         f"{fmt(w)} expects {w[0]}")
+    if w[0] % groups:
+        raise ShapeError(f"{name}: {w[0]} input channels do not split into {groups} groups")
+    sp = []
+    for n, k, s, d, p, op in zip(x[2:], w[2:], attrs["stride"], attrs["dilation"],
+                                 attrs["pad"], attrs["output_padding"]):
+        if op >= s:
+            raise ShapeError(f"{name}: output_padding {op} must be smaller than the stride {s}")
+        m = (n - 1) * s - 2 * p + d * (k - 1) + op + 1 if known(n) else n
+        if known(m) and m < 1:
+            raise ShapeError(f"{name}: input size {n} with kernel {k}, stride {s}, pad {p} "
+                             f"gives an empty output ({m})")
+        sp.append(m)
+    return (x[0], w[1] * groups) + tuple(sp)
+
+
+def _as_conv_attrs(attrs):
+    """The conv whose input gradient a transposed conv computes."""
+    return {"stride": attrs["stride"], "dilation": attrs["dilation"],
+            "pad": [[p, p] for p in attrs["pad"]], "groups": attrs.get("groups", 1)}
+
+
+class ConvTranspose(Op):
+    name = "conv_transpose"
+
+    def infer(self, attrs, shapes, dtypes):
+        x, w = shapes[0], shapes[1]
+        out = transpose_out(self.name, attrs, x, w)
+        if len(shapes) == 3 and tuple(shapes[2]) != (out[1],):
+            raise ShapeError(f"{self.name}: bias {fmt(shapes[2])} does not match "
+                             f"{out[1]} output channels")
+        return out, dtypes[0]
+
+    def reference(self, attrs, x, w, b=None):
+        shape = transpose_out(self.name, attrs, x.shape, w.shape)
+        y = _ref_conv_grad_input(_as_conv_attrs(attrs), x, w, shape)
+        return y + b.reshape((-1,) + (1,) * (x.ndim - 2)) if b is not None else y
+
+    def grad(self, gb, node, g):
+        x, w = node.inputs[:2]
+        at = _as_conv_attrs(node.attrs)
+        out = [gb.add("conv", (g, w), at) if gb.wants(0) else None,
+               gb.add("conv_grad_weight", (g, x, w), at) if gb.wants(1) else None]
+        if len(node.inputs) == 3:
+            out.append(gb.add("sum", (g,), {"axes": _spatial_axes(len(node.shape) - 2)})
+                       if gb.wants(2) else None)
+        return out
+
+    def kernel(self, attrs):
+        fn = conv_transpose_bias if attrs.get("bias") else conv_transpose_nobias
+        return fn, _extra_conv(_as_conv_attrs(attrs))
+
+    def macs(self, attrs, in_shapes, out_shape):
+        return prod(d for d in in_shapes[0][1:] if known(d)) * prod(in_shapes[1][1:])
+
+
+for _op in (Conv(), ConvGradInput(), ConvGradWeight(), ConvTranspose()):
+    register(_op)
+
+
+# ---- NumPy references (a strided view per kernel tap) ---------------------------
+
+def _taps(attrs, xshape, wshape):
+    """For each kernel tap, the slices of the padded input it reads; plus pads."""
+    nd = len(wshape) - 2
+    ns, ks = xshape[2:], wshape[2:]
+    pads = _pads(attrs, ns, ks)
+    outs = [conv_out("conv", n, k, s, d, lo, hi, "axis") for n, k, s, d, (lo, hi) in
+            zip(ns, ks, attrs["stride"], attrs["dilation"], pads)]
+    taps = []
+    for idx in np.ndindex(*ks):
+        sl = tuple(slice(i * d, i * d + (m - 1) * s + 1, s)
+                   for i, d, s, m in zip(idx, attrs["dilation"], attrs["stride"], outs))
+        taps.append((idx, sl))
+    return pads, outs, taps, nd
+
+
+def _padded(x, pads):
+    return np.pad(x, [(0, 0), (0, 0)] + [(lo, max(hi, 0)) for lo, hi in pads])
+
+
+def _ref_conv(attrs, x, w):
+    pads, outs, taps, nd = _taps(attrs, x.shape, w.shape)
+    xp = _padded(x, pads)
+    G = attrs.get("groups", 1)
+    B, O, Cg = x.shape[0], w.shape[0], w.shape[1]
+    Og = O // G
+    y = np.zeros((B, O) + tuple(outs), dtype=np.result_type(x, w))
+    for g in range(G):
+        xg = xp[:, g * Cg:(g + 1) * Cg]
+        for idx, sl in taps:
+            y[:, g * Og:(g + 1) * Og] += np.einsum(
+                "bc...,oc->bo...", xg[(Ellipsis,) + sl], w[(slice(g * Og, (g + 1) * Og),
+                                                           slice(None)) + idx])
+    return y
+
+
+def _ref_conv_grad_input(attrs, g, w, xshape):
+    pads, outs, taps, nd = _taps(attrs, xshape, w.shape)
+    G = attrs.get("groups", 1)
+    Og, Cg = w.shape[0] // G, w.shape[1]
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(xshape[2:], pads))
+    dxp = np.zeros(tuple(xshape[:2]) + padded, dtype=np.result_type(g, w))
+    for grp in range(G):
+        for idx, sl in taps:
+            dxp[(slice(None), slice(grp * Cg, (grp + 1) * Cg)) + sl] += np.einsum(
+                "bo...,oc->bc...", g[:, grp * Og:(grp + 1) * Og],
+                w[(slice(grp * Og, (grp + 1) * Og), slice(None)) + idx])
+    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, xshape[2:]))
+    return dxp[(slice(None), slice(None)) + crop]
+
+
+def _ref_conv_grad_weight(attrs, x, g, wshape):
+    pads, outs, taps, nd = _taps(attrs, x.shape, wshape)
+    xp = _padded(x, pads)
+    G = attrs.get("groups", 1)
+    Og, Cg = wshape[0] // G, wshape[1]
+    dw = np.zeros(wshape, dtype=np.result_type(x, g))
+    for grp in range(G):
+        for idx, sl in taps:
+            gs = g[:, grp * Og:(grp + 1) * Og]
+            xs = xp[(slice(None), slice(grp * Cg, (grp + 1) * Cg)) + sl]
+            dw[(slice(grp * Og, (grp + 1) * Og), slice(None)) + idx] = np.einsum(
+                "bop,bcp->oc", gs.reshape(gs.shape[:2] + (-1,)), xs.reshape(xs.shape[:2] + (-1,)))
+    return dw
+
+
+# ---- kernels ---------------------------------------------------------------------
+
+@kernel
+def _pad_lo(code, lo, n, k, s, d):
+    """The low padding of one axis (see base.pad_amounts)."""
+    span = d * (k - 1) + 1
+    if code == 0:
+        return lo
+    if code == 1:
+        out = (n + s - 1) // s
+        total = max((out - 1) * s + span - n, 0)
+        return total // 2
+    if code == 2:
+        return 0
+    return span - 1          # full, causal
+
+
+@kernel
+def _geom(x4, w4, stride, dil, code, lo):
+    ph = _pad_lo(code[0], lo[0], x4.shape[2], w4.shape[2], stride[0], dil[0])
+    pw = _pad_lo(code[1], lo[1], x4.shape[3], w4.shape[3], stride[1], dil[1])
+    return ph, pw
+
+
+@kernel
+def _as4(a):
+    return a.reshape((a.shape[0], a.shape[1], -1, a.shape[a.ndim - 1]))
+
+
+@kernel(parallel=True)
+def _im2col(x4, grp, Cg, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, cols):
+    """cols[(c kh + i) kw + j, (b Ho + oy) Wo + ox] = x[b, grp Cg + c, oy sh - ph + i dh, ...]."""
+    B, H, W = x4.shape[0], x4.shape[2], x4.shape[3]
+    zero = cols.dtype.type(0)
+    for r in prange(Cg * kh * kw):
+        c = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        ch = grp * Cg + c
+        for b in range(B):
+            for oy in range(Ho):
+                iy = oy * sh - ph + i * dh
+                base = (b * Ho + oy) * Wo
+                if iy < 0 or iy >= H:
+                    for ox in range(Wo):
+                        cols[r, base + ox] = zero
+                else:
+                    for ox in range(Wo):
+                        ix = ox * sw - pw + j * dw
+                        cols[r, base + ox] = x4[b, ch, iy, ix] if 0 <= ix < W else zero
+
+
+@kernel(parallel=True)
+def _col2im(dcols, grp, Cg, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, dx4):
+    """The adjoint of _im2col: add the columns back into dx's group `grp`."""
+    B, H, W = dx4.shape[0], dx4.shape[2], dx4.shape[3]
+    for t in prange(B * Cg):
+        b = t // Cg
+        c = t % Cg
+        ch = grp * Cg + c
+        for y in range(H):
+            for x in range(W):
+                dx4[b, ch, y, x] = 0
+        for i in range(kh):
+            for j in range(kw):
+                r = (c * kh + i) * kw + j
+                for oy in range(Ho):
+                    iy = oy * sh - ph + i * dh
+                    if iy < 0 or iy >= H:
+                        continue
+                    base = (b * Ho + oy) * Wo
+                    for ox in range(Wo):
+                        ix = ox * sw - pw + j * dw
+                        if 0 <= ix < W:
+                            dx4[b, ch, iy, ix] += dcols[r, base + ox]
+
+
+@kernel(parallel=True)
+def _gather_group(g4, grp, Og, out):
+    """out[o, b P + p] = g[b, grp Og + o, p] (the group's output channels as rows)."""
+    B = g4.shape[0]
+    P = g4.shape[2] * g4.shape[3]
+    gf = g4.reshape((B, g4.shape[1], P))
+    for t in prange(Og * B):
+        o = t // B
+        b = t % B
+        for p in range(P):
+            out[o, b * P + p] = gf[b, grp * Og + o, p]
+
+
+@kernel(parallel=True)
+def _scatter_group(res, grp, Og, out4, bias, has_bias):
+    B = out4.shape[0]
+    P = out4.shape[2] * out4.shape[3]
+    of = out4.reshape((B, out4.shape[1], P))
+    for t in prange(Og * B):
+        o = t // B
+        b = t % B
+        add = bias[grp * Og + o] if has_bias else res.dtype.type(0)
+        for p in range(P):
+            of[b, grp * Og + o, p] = res[o, b * P + p] + add
+
+
+@kernel
+def _conv(x, w, out, bias, has_bias, stride, dil, code, lo, hi, groups):
+    x4, w4, o4 = _as4(x), _as4(w), _as4(out)
+    ph, pw = _geom(x4, w4, stride, dil, code, lo)
+    O, Cg, kh, kw = w4.shape
+    Og = O // groups
+    Ho, Wo = o4.shape[2], o4.shape[3]
+    cols = np.empty((Cg * kh * kw, x4.shape[0] * Ho * Wo), dtype=out.dtype)
+    wf = w4.reshape((O, Cg * kh * kw))
+    for grp in range(groups):
+        _im2col(x4, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1], dil[0], dil[1], ph, pw, cols)
+        wg = np.ascontiguousarray(wf[grp * Og:(grp + 1) * Og])
+        res = np.dot(wg, cols)
+        _scatter_group(res, grp, Og, o4, bias, has_bias)
+
+
+@kernel
+def conv_nobias(x, w, out, stride, dil, code, lo, hi, groups):
+    _conv(x, w, out, np.zeros(1, out.dtype), False, stride, dil, code, lo, hi, groups)
+
+
+@kernel
+def conv_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
+    _conv(x, w, out, b, True, stride, dil, code, lo, hi, groups)
+
+
+@kernel
+def _conv_back_data(g, w, dx, stride, dil, code, lo, groups):
+    """dx = the adjoint of conv(., w) applied to g (dx's shape is the conv input's)."""
+    g4, w4, dx4 = _as4(g), _as4(w), _as4(dx)
+    ph, pw = _geom(dx4, w4, stride, dil, code, lo)
+    O, Cg, kh, kw = w4.shape
+    Og = O // groups
+    Ho, Wo = g4.shape[2], g4.shape[3]
+    gg = np.empty((Og, g4.shape[0] * Ho * Wo), dtype=dx.dtype)
+    wf = w4.reshape((O, Cg * kh * kw))
+    for grp in range(groups):
+        _gather_group(g4, grp, Og, gg)
+        wg = np.ascontiguousarray(wf[grp * Og:(grp + 1) * Og].T)
+        dcols = np.dot(wg, gg)
+        _col2im(dcols, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1], dil[0], dil[1], ph, pw, dx4)
+
+
+@kernel
+def conv_grad_input(g, w, x, out, stride, dil, code, lo, hi, groups):
+    _conv_back_data(g, w, out, stride, dil, code, lo, groups)
+
+
+@kernel
+def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
+    x4, g4, w4 = _as4(x), _as4(g), _as4(out)
+    ph, pw = _geom(x4, w4, stride, dil, code, lo)
+    O, Cg, kh, kw = w4.shape
+    Og = O // groups
+    Ho, Wo = g4.shape[2], g4.shape[3]
+    cols = np.empty((Cg * kh * kw, x4.shape[0] * Ho * Wo), dtype=out.dtype)
+    gg = np.empty((Og, x4.shape[0] * Ho * Wo), dtype=out.dtype)
+    of = out.reshape((O, Cg * kh * kw))
+    for grp in range(groups):
+        _im2col(x4, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1], dil[0], dil[1], ph, pw, cols)
+        _gather_group(g4, grp, Og, gg)
+        of[grp * Og:(grp + 1) * Og] = np.dot(gg, cols.T)
+
+
+@kernel
+def conv_transpose_nobias(x, w, out, stride, dil, code, lo, hi, groups):
+    _conv_back_data(x, w, out, stride, dil, code, lo, groups)
+
+
+@kernel(parallel=True)
+def conv_transpose_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
+    _conv_back_data(x, w, out, stride, dil, code, lo, groups)
+    o3 = out.reshape((out.shape[0], out.shape[1], -1))
+    for t in prange(o3.shape[0] * o3.shape[1]):
+        c = t % o3.shape[1]
+        bb = t // o3.shape[1]
+        for p in range(o3.shape[2]):
+            o3[bb, c, p] += b[c]
+
+
+# ---- layers ------------------------------------------------------------------------
+
+def _per_axis(ctx, what, v, nd, minimum=1):
+    """An int or a list of nd ints, as a list of nd ints >= minimum."""
+    vs = [v] * nd if isinstance(v, int) and not isinstance(v, bool) else v
+    if (not isinstance(vs, (list, tuple)) or len(vs) != nd
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= minimum
+                       for i in vs)):
+        ctx.fail(f"{what} must be an integer >= {minimum}"
+                 + (f" or a list of {nd} such integers" if nd > 1 else "") + f", got {v!r}")
+    return list(vs)
+
+
+def _pad_attr(ctx, layer_name, pad, nd):
+    if isinstance(pad, int) and not isinstance(pad, bool) or isinstance(pad, (list, tuple)):
+        return [[p, p] for p in _per_axis(ctx, f"{layer_name}: pad", pad, nd, minimum=0)]
+    modes = ("valid", "same", "full", "causal") if nd == 1 else ("valid", "same", "full")
+    return [ctx.choice(pad, modes, "pad")] * nd
+
+
+def _emit_conv(ctx, name, x, nd, out, k, stride, pad, dilation, groups, bias, init, bias_init):
+    xs = ctx.shape(x)
+    if len(xs) != nd + 2:
+        ctx.fail(f"{name}: needs a [B, C, {'H, W' if nd == 2 else 'L'}] input, got {fmt(xs)}")
+    cin = xs[1]
+    if not isinstance(out, int) or out < 1:
+        ctx.fail(f"{name}: the number of output channels must be a positive integer, got {out!r}")
+    if not isinstance(groups, int) or groups < 1 or cin % groups or out % groups:
+        ctx.fail(f"{name}: groups={groups!r} must divide both the {cin} input and the {out} "
+                 f"output channels")
+    ks = _per_axis(ctx, f"{name}: kernel", k, nd)
+    attrs = {"stride": _per_axis(ctx, f"{name}: stride", stride, nd),
+             "dilation": _per_axis(ctx, f"{name}: dilation", dilation, nd),
+             "pad": _pad_attr(ctx, name, pad, nd), "groups": groups, "bias": bool(bias)}
+    rf = prod(ks)
+    w = ctx.param("weight", (out, cin // groups, *ks), init=init, fan_in=cin // groups * rf,
+                  fan_out=out * rf)
+    ins = [x, w]
+    if bias:
+        ins.append(ctx.param("bias", (out,), init=bias_init, fan_in=cin // groups * rf,
+                             fan_out=out * rf))
+    return ctx.emit("conv", ins, attrs)
+
+
+@layer("conv1d")
+def conv1d(ctx, x, out, k, *, stride=1, pad="valid", dilation=1, groups=1, bias=True,
+           init="auto", bias_init=0.0):
+    """1-d convolution over [B, C, L]: `conv1d(32, 5, pad=causal, dilation=2)`.
+    pad: valid, same (output ceil(L / stride)), full, causal (all padding before),
+    or an int."""
+    return _emit_conv(ctx, "conv1d", x, 1, out, k, stride, pad, dilation, groups, bias, init,
+                      bias_init)
+
+
+@layer("conv2d")
+def conv2d(ctx, x, out, k, *, stride=1, pad="valid", dilation=1, groups=1, bias=True,
+           init="auto", bias_init=0.0):
+    """2-d convolution over [B, C, H, W]: `conv2d(64, 3, pad=same)`; k, stride,
+    dilation and pad take an int or [h, w]; groups=C is depthwise.  Weight
+    [out, in/groups, kh, kw]."""
+    return _emit_conv(ctx, "conv2d", x, 2, out, k, stride, pad, dilation, groups, bias, init,
+                      bias_init)
+
+
+def _emit_transpose(ctx, name, x, nd, out, k, stride, pad, output_padding, dilation, groups,
+                    bias, init, bias_init):
+    xs = ctx.shape(x)
+    if len(xs) != nd + 2:
+        ctx.fail(f"{name}: needs a [B, C, {'H, W' if nd == 2 else 'L'}] input, got {fmt(xs)}")
+    cin = xs[1]
+    if not isinstance(out, int) or out < 1:
+        ctx.fail(f"{name}: the number of output channels must be a positive integer, got {out!r}")
+    if not isinstance(groups, int) or groups < 1 or cin % groups or out % groups:
+        ctx.fail(f"{name}: groups={groups!r} must divide both the {cin} input and the {out} "
+                 f"output channels")
+    ks = _per_axis(ctx, f"{name}: kernel", k, nd)
+    attrs = {"stride": _per_axis(ctx, f"{name}: stride", stride, nd),
+             "dilation": _per_axis(ctx, f"{name}: dilation", dilation, nd),
+             "pad": _per_axis(ctx, f"{name}: pad", pad, nd, minimum=0),
+             "output_padding": _per_axis(ctx, f"{name}: output_padding", output_padding, nd,
+                                         minimum=0),
+             "groups": groups, "bias": bool(bias)}
+    rf = prod(ks)
+    w = ctx.param("weight", (cin, out // groups, *ks), init=init, fan_in=out // groups * rf,
+                  fan_out=cin * rf)
+    ins = [x, w]
+    if bias:
+        ins.append(ctx.param("bias", (out,), init=bias_init, fan_in=out // groups * rf,
+                             fan_out=cin * rf))
+    return ctx.emit("conv_transpose", ins, attrs)
+
+
+@layer("conv1d_transpose")
+def conv1d_transpose(ctx, x, out, k, *, stride=1, pad=0, output_padding=0, dilation=1,
+                     groups=1, bias=True, init="auto", bias_init=0.0):
+    """Transposed 1-d convolution: output length (L-1)*stride - 2*pad +
+    dilation*(k-1) + output_padding + 1.  Weight [in, out/groups, k]."""
+    return _emit_transpose(ctx, "conv1d_transpose", x, 1, out, k, stride, pad, output_padding,
+                           dilation, groups, bias, init, bias_init)
+
+
+@layer("conv2d_transpose")
+def conv2d_transpose(ctx, x, out, k, *, stride=1, pad=0, output_padding=0, dilation=1,
+                     groups=1, bias=True, init="auto", bias_init=0.0):
+    """Transposed 2-d convolution (as PyTorch's ConvTranspose2d): each output
+    size is (n-1)*stride - 2*pad + dilation*(k-1) + output_padding + 1.
+    Weight [in, out/groups, kh, kw]."""
+    return _emit_transpose(ctx, "conv2d_transpose", x, 2, out, k, stride, pad, output_padding,
+                           dilation, groups, bias, init, bias_init)
+
+
+@layer("separable_conv2d")
+def separable_conv2d(ctx, x, out, k, *, stride=1, pad="valid", dilation=1, bias=True,
+                     init="auto", bias_init=0.0):
+    """Depthwise k x k convolution (no bias) then a 1x1 pointwise convolution to
+    `out` channels (Xception).  Parameters: depthwise.weight, pointwise.weight,
+    pointwise.bias."""
+    cin = ctx.shape(x)[1]
+    sub = _Prefixed(ctx, "depthwise.")
+    d = _emit_conv(sub, "separable_conv2d", x, 2, cin, k, stride, pad, dilation, cin, False,
+                   init, 0.0)
+    return _emit_conv(_Prefixed(ctx, "pointwise."), "separable_conv2d", d, 2, out, 1, 1, "valid",
+                      1, 1, bias, init, bias_init)
+
+
+class _Prefixed:
+    """A layer context whose parameters get a name prefix (for composite layers)."""
+
+    def __init__(self, ctx, prefix):
+        self._ctx, self._prefix = ctx, prefix
+
+    def param(self, suffix, *a, **kw):
+        return self._ctx.param(self._prefix + suffix, *a, **kw)
+
+    def state(self, suffix, *a, **kw):
+        return self._ctx.state(self._prefix + suffix, *a, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
