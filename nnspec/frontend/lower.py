@@ -113,7 +113,7 @@ class LayerCtx:
         return self.graph.const(value)
 
     def choice(self, value, choices, what):
-        v = value.name if isinstance(value, Symbol) else value
+        v = symbol_name(value)
         if v not in choices:
             raise SpecError(f"{self.inst.kind}: {what} must be one of "
                             f"{', '.join(map(str, choices))}; got {v!r}", self.loc,
@@ -650,7 +650,8 @@ class Lowerer:
         if n_in is not None and len(ids) != n_in:
             raise SpecError(f"layer '{ld.name}' takes {n_in} input(s), got {len(ids)}",
                             layer.loc if layer.loc else loc)
-        kwargs = {k: (v.name if isinstance(v, Symbol) else v) for k, (v, _) in layer.kwargs.items()}
+        kwargs = {k: (v.name if isinstance(v, (Symbol, Builtin)) else v)
+                  for k, (v, _) in layer.kwargs.items()}
         kwlocs = {k: l for k, (_, l) in layer.kwargs.items()}
         self.check_signature(ld, len(ids), layer.args, kwargs, kwlocs, layer.loc or loc)
         ctx = LayerCtx(self, scope, layer.instance, layer.loc or loc)
@@ -713,7 +714,7 @@ class Lowerer:
     def apply_cell(self, layer: Layer, inputs, loc, scope, hint):
         opts = layer.options
         direction = opts.get("direction", "forward")
-        direction = direction.name if isinstance(direction, Symbol) else direction
+        direction = symbol_name(direction)
         if opts.get("reverse"):
             direction = "reverse"
         if direction not in ("forward", "reverse", "bidir"):
@@ -721,7 +722,7 @@ class Lowerer:
                             loc, did_you_mean(str(direction), ["forward", "reverse", "bidir"]))
         if direction == "bidir":
             merge = opts.get("merge", Symbol("concat"))
-            merge = merge.name if isinstance(merge, Symbol) else merge
+            merge = symbol_name(merge)
             if merge not in ("concat", "sum"):
                 raise SpecError(f"merge must be concat or sum; got {merge!r}", loc)
             fw = self.run_cell(layer, inputs, loc, scope, hint, reverse=False)
@@ -956,8 +957,15 @@ def split_inputs(args, n_inputs):
     return list(args[:k]), list(args[k:])
 
 
+def symbol_name(v):
+    """A bare name given as a keyword value (`merge=sum`, `init=zeros`, `mode=max`)
+    may also name a layer or a built-in; an enum keyword wants the name."""
+    from ..ops.base import LayerDef
+    return v.name if isinstance(v, (Symbol, Builtin, LayerDef)) else v
+
+
 def plain(v):
-    if isinstance(v, Symbol):
+    if isinstance(v, (Symbol, Builtin)):
         return v.name
     if isinstance(v, (list, tuple)):
         return [plain(x) for x in v]
