@@ -1,66 +1,336 @@
 """`Network`: a compiled graph users call, train, save and load.
 
     net = Network(graph, dtype="float32", seed=0)
-    y = net.forward(x=batch)["y"]              # eval mode
-    loss = net.train_step({"x": xb}, {"label": yb}, lr=0.1)   # one compiled step
-    loss, grads = net.gradients({"x": xb}, {"label": yb})     # train-mode fwd + bwd
-    net.find_nonfinite({"x": xb}, {"label": yb})              # first non-finite node
+    y = net.forward(x=batch)["y"]                               # eval mode
+    loss = net.train_step({"x": xb}, {"label": yb}, lr=0.1)     # one compiled step
+    loss, grads = net.gradients({"x": xb}, {"label": yb})       # train-mode fwd + bwd
+    net.find_nonfinite({"x": xb}, {"label": yb})                # first non-finite node
 
-API (stub; filled in by the CPU backend).
+Parameters live in one flat arena (`P`), state in another (`S`); `net.params`
+and `net.state` are views into them, so a compiled step updates them in place
+and the arrays a user holds stay live.  Gradients (`G`) and optimizer slots
+(`M`, `V`) share P's layout.  Each program (infer, eval, grad, train) is
+compiled on first use (backend/cpu.py) and cached on disk.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from .errors import DataError
 from .ir import Graph
 
+_ALIGN = 16
+_OPTIMIZERS = {
+    "sgd": {"momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+    "adam": {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+    "adamw": {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01},
+}
+
+
+def _layout(graph: Graph, ids) -> tuple[dict, int]:
+    out, off = {}, 0
+    for nid in ids:
+        shape = tuple(graph.shape(nid))
+        n = int(np.prod(shape, dtype=np.int64))
+        out[nid] = (off, shape)
+        off += max(-(-n // _ALIGN) * _ALIGN, _ALIGN)
+    return out, off
+
+
+def _optim():
+    from .backend import optim     # imports Numba: only when a step runs
+    return optim
+
+
+def _fmt_shape(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
 
 class Network:
     def __init__(self, graph: Graph, dtype: str | None = None, seed: int = 0):
-        raise NotImplementedError("Network: being written")
+        from .init import initial_values
+        self.graph = graph
+        self.dtype = np.dtype(dtype or graph.dtype).name
+        self.seed = seed
+        self.inputs = {n: self._example_shape(n) for n in graph.inputs}
+        self.targets = {n: self._example_shape(n) for n in graph.targets}
+        self.outputs = list(graph.outputs)
+        self._expect_in = [self._expected(n) for n in self.inputs]
+        self._expect_all = self._expect_in + [self._expected(n) for n in self.targets]
+        self._playout, np_ = _layout(graph, graph.params)
+        self._slayout, ns = _layout(graph, graph.state)
+        self._P = np.zeros(max(np_, 1), self.dtype)
+        self._S = np.zeros(max(ns, 1), self.dtype)
+        self._G = np.zeros_like(self._P)
+        self.params = {n: self._view(self._P, self._playout, n) for n in graph.params}
+        self.state = {n: self._view(self._S, self._slayout, n) for n in graph.state}
+        for n, v in initial_values(graph, seed, self.dtype).items():
+            (self.params if n in self.params else self.state)[n][...] = v
+        self._programs: dict = {}
+        train = dict(graph.meta.get("train") or {})
+        opt = train.get("optimizer") or {"name": "sgd"}
+        opt = {"name": opt} if isinstance(opt, str) else dict(opt)
+        name = opt.pop("name", "sgd")
+        opt.pop("lr", None)
+        if train.get("clip"):
+            opt.setdefault("clip", train["clip"])
+        self.set_optimizer(name, **opt)
 
-    # names -> per-example shapes (batch axis shown as "B")
-    inputs: dict
-    targets: dict
-    outputs: list
-    params: dict
-    state: dict
+    # ---- shapes and feeds ------------------------------------------------------
+    def _example_shape(self, nid: str) -> tuple:
+        s = tuple(self.graph.shape(nid))
+        return s[1:] if s and s[0] == "B" else s
 
+    @staticmethod
+    def _view(arena, layout, nid):
+        off, shape = layout[nid]
+        return arena[off:off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+
+    def _expected(self, name: str):
+        want = np.dtype(self.graph.dtype_of(name))
+        if want.kind == "f":
+            want = np.dtype(self.dtype)
+        per_ex = self.inputs.get(name, self.targets.get(name))
+        return name, tuple(per_ex), want
+
+    def _feeds(self, inputs: dict, targets: dict | None) -> dict:
+        """The arrays a program reads, checked against the shapes and dtypes
+        the network expects (arrays already right pass through uncopied)."""
+        expected = self._expect_in if targets is None else self._expect_all
+        given = inputs if targets is None else {**inputs, **targets}
+        feeds, batch = {}, None
+        for name, per_ex, want in expected:
+            a = given.get(name)
+            if (type(a) is not np.ndarray or a.dtype != want or a.shape[1:] != per_ex
+                    or a.ndim != len(per_ex) + 1 or not a.flags.c_contiguous):
+                a = self._check(name, per_ex, want, given)
+            if batch is None:
+                batch = a.shape[0]
+            elif a.shape[0] != batch:
+                raise DataError(f"'{name}': batch of {a.shape[0]} rows, but the other "
+                                f"arrays have {batch}")
+            feeds[name] = a
+        if batch == 0:
+            raise DataError("empty batch (0 rows)")
+        if len(given) > len(expected):
+            extra = set(given) - {e[0] for e in expected} - set(self.targets)
+            if extra:
+                raise DataError(f"unknown arrays {sorted(extra)}; the network takes "
+                                f"{sorted(e[0] for e in expected)}")
+        return feeds
+
+    def _check(self, name, per_ex, want, given) -> np.ndarray:
+        if name not in given:
+            kind = "target" if name in self.targets else "input"
+            raise DataError(f"no array given for {kind} '{name}' (expected shape "
+                            f"{_fmt_shape(('B',) + per_ex)}); got {sorted(given)}")
+        a = np.asarray(given[name])
+        if want.kind == "f" and a.dtype.kind not in "fiub":
+            raise DataError(f"'{name}': expected numbers ({want.name}), got {a.dtype}")
+        if want.kind in "iu" and a.dtype.kind not in "iu":
+            raise DataError(f"'{name}': expected integers (class indices, {want.name}), "
+                            f"got {a.dtype}")
+        if a.ndim != len(per_ex) + 1 or tuple(a.shape[1:]) != per_ex:
+            raise DataError(f"'{name}': expected shape {_fmt_shape(('B',) + per_ex)}, "
+                            f"got {_fmt_shape(a.shape)}")
+        return np.ascontiguousarray(a, dtype=want)
+
+    def _program(self, kind: str):
+        key = (kind, self._opt_key()) if kind == "train" else kind
+        p = self._programs.get(key)
+        if p is None:
+            from .backend.cpu import compile_program
+            p = compile_program(self.graph, kind, self.dtype, self._playout, self._slayout,
+                                {"name": self._opt_name, **self._hyper})
+            self._programs[key] = p
+        return p
+
+    def _run(self, kind: str, feeds: dict, hp=None):
+        p = self._program(kind)
+        if hp is None:
+            hp = self._hp0
+        return p(self._P, self._S, self._G, self._M, self._V, hp, feeds), p
+
+    # ---- inference -------------------------------------------------------------
     def forward(self, **inputs) -> dict:
-        """Eval-mode forward: output name -> array."""
-        raise NotImplementedError
+        """Eval-mode forward: output name -> array (a new array per call)."""
+        feeds = self._feeds(inputs, None)
+        _, p = self._run("infer", feeds)
+        return self._collect(p, feeds, self.graph.outputs)
 
     def __call__(self, *args, **inputs):
-        raise NotImplementedError
+        if args:
+            if len(args) != 1 or len(self.inputs) != 1 or inputs:
+                raise DataError(f"net(x) takes one array for a network with one input; "
+                                f"this one takes {sorted(self.inputs)}: use net(name=array)")
+            inputs = {next(iter(self.inputs)): args[0]}
+        out = self.forward(**inputs)
+        return out[self.outputs[0]] if len(out) == 1 or args else out
 
-    def state_dict(self) -> dict:
-        raise NotImplementedError
-
-    def load_state_dict(self, d: dict) -> None:
-        raise NotImplementedError
-
-    def gradients(self, inputs: dict, targets: dict):
-        """Train-mode forward and backward, no update: (loss, {param: grad})."""
-        raise NotImplementedError
-
-    def train_step(self, inputs: dict, targets: dict, lr: float) -> float:
-        raise NotImplementedError
-
-    def set_optimizer(self, name: str, **hyper) -> None:
-        raise NotImplementedError
-
-    def optimizer_state(self) -> dict:
-        raise NotImplementedError
-
-    def load_optimizer_state(self, d: dict) -> None:
-        raise NotImplementedError
+    def _collect(self, p, feeds, names: dict) -> dict:
+        batch = next(iter(feeds.values())).shape[0]
+        out = {}
+        for name, nid in names.items():
+            if nid in feeds:
+                out[name] = feeds[nid].copy()
+            elif nid in self.params:
+                out[name] = self.params[nid].copy()
+            elif nid in self.state:
+                out[name] = self.state[nid].copy()
+            else:
+                out[name] = p.value(nid, batch).copy()
+        return out
 
     def evaluate_batch(self, inputs: dict, targets: dict):
         """Eval-mode (loss, {output name: array})."""
-        raise NotImplementedError
+        feeds = self._feeds(inputs, targets)
+        (loss, _), p = self._run("eval", feeds)
+        return float(loss), self._collect(p, feeds, self.graph.outputs)
 
+    # ---- parameters ------------------------------------------------------------
+    def state_dict(self) -> dict:
+        d = {k: v.copy() for k, v in self.params.items()}
+        d.update({k: v.copy() for k, v in self.state.items()})
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        mine = {**self.params, **self.state}
+        missing = [k for k in mine if k not in d]
+        extra = [k for k in d if k not in mine]
+        bad = [f"'{k}': expected {_fmt_shape(v.shape)}, got {_fmt_shape(np.shape(d[k]))}"
+               for k, v in mine.items() if k in d and tuple(np.shape(d[k])) != v.shape]
+        if missing or extra or bad:
+            parts = []
+            if missing:
+                parts.append(f"missing {missing}")
+            if extra:
+                parts.append(f"not in this network {extra}")
+            parts += bad
+            raise DataError("state dict does not fit the network: " + "; ".join(parts)
+                            + f" (expected {sorted(mine)})")
+        for k, v in mine.items():
+            v[...] = np.asarray(d[k], dtype=self.dtype)
+
+    # ---- training --------------------------------------------------------------
+    def gradients(self, inputs: dict, targets: dict):
+        """Train-mode forward and backward, no update: (loss, {param: gradient})."""
+        feeds = self._feeds(inputs, targets)
+        (loss, _), _ = self._run("grad", feeds)
+        return float(loss), {n: self._view(self._G, self._playout, n).copy()
+                             for n in self.params}
+
+    def set_optimizer(self, name: str, **hyper) -> None:
+        name = str(name).lower()
+        if name not in _OPTIMIZERS:
+            raise DataError(f"unknown optimizer '{name}'; known: {sorted(_OPTIMIZERS)}")
+        h = dict(_OPTIMIZERS[name])
+        h["clip"] = 0.0
+        hyper = dict(hyper)
+        hyper.pop("lr", None)
+        if "beta1" in hyper or "beta2" in hyper:
+            b = h["betas"]
+            hyper["betas"] = (hyper.pop("beta1", b[0]), hyper.pop("beta2", b[1]))
+        unknown = set(hyper) - set(h)
+        if unknown:
+            raise DataError(f"optimizer {name}: unknown settings {sorted(unknown)}; "
+                            f"it takes {sorted(h)}")
+        h.update(hyper)
+        if "betas" in h:
+            h["betas"] = tuple(float(x) for x in h["betas"])
+        self._opt_name, self._hyper = name, h
+        self._M = np.zeros_like(self._P)
+        self._V = np.zeros_like(self._P) if name != "sgd" else np.zeros(1, self.dtype)
+        self._t = 0
+        self._hp0 = np.zeros(8, self.dtype)
+        self._hp_key, self._hp_arr = None, None
+        self._train = None
+
+    def _opt_key(self):
+        return (self._opt_name, bool(self._hyper.get("nesterov", False)))
+
+    def _hp(self, lr: float) -> np.ndarray:
+        """The hyper-parameter array of the next step (backend/optim.py's
+        layout); rebuilt only when something in it changes."""
+        o = _optim()
+        h = self._hyper
+        adam = self._opt_name != "sgd"
+        key = (lr, self._t) if adam else lr
+        if key == self._hp_key:
+            return self._hp_arr
+        hp = np.zeros(o.HP_SIZE, np.float64)
+        hp[o.LR] = lr
+        hp[o.WEIGHT_DECAY] = h.get("weight_decay", 0.0)
+        hp[o.CLIP] = h.get("clip", 0.0) or 0.0
+        if not adam:
+            hp[o.MOMENTUM] = h["momentum"]
+        else:
+            b1, b2 = h["betas"]
+            t = self._t + 1
+            hp[o.MOMENTUM], hp[o.BETA2], hp[o.EPS] = b1, b2, h["eps"]
+            hp[o.STEP_SIZE] = lr / (1.0 - b1 ** t)
+            hp[o.BC2_RSQRT] = 1.0 / math.sqrt(1.0 - b2 ** t)
+        self._hp_key, self._hp_arr = key, hp.astype(self.dtype)
+        return self._hp_arr
+
+    def train_step(self, inputs: dict, targets: dict, lr: float) -> float:
+        """One compiled optimizer step; returns the loss (computed before the
+        update).  A non-finite loss (or gradient norm, when clipping) skips the
+        update and comes back as NaN/inf: `find_nonfinite` locates it."""
+        feeds = self._feeds(inputs, targets)
+        p = self._train
+        if p is None:
+            p = self._train = self._program("train")
+        loss, ok = p(self._P, self._S, self._G, self._M, self._V, self._hp(lr), feeds)
+        if ok:
+            self._t += 1
+            return float(loss)
+        return float(loss) if not math.isfinite(loss) else float("nan")
+
+    def optimizer_state(self) -> dict:
+        slots = {}
+        if self._opt_name == "sgd":
+            slots["momentum_buffer"] = {n: self._view(self._M, self._playout, n).copy()
+                                        for n in self.params}
+        else:
+            slots["exp_avg"] = {n: self._view(self._M, self._playout, n).copy()
+                                for n in self.params}
+            slots["exp_avg_sq"] = {n: self._view(self._V, self._playout, n).copy()
+                                   for n in self.params}
+        hyper = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._hyper.items()}
+        return {"name": self._opt_name, "hyper": hyper, "step": self._t, "slots": slots}
+
+    def load_optimizer_state(self, d: dict) -> None:
+        hyper = dict(d.get("hyper") or {})
+        self.set_optimizer(d["name"], **hyper)
+        self._t = int(d.get("step", 0))
+        self._hp_key = None
+        names = {"momentum_buffer": self._M, "exp_avg": self._M, "exp_avg_sq": self._V}
+        for slot, arrays in (d.get("slots") or {}).items():
+            if slot not in names:
+                raise DataError(f"optimizer state: unknown slot '{slot}' for {d['name']}")
+            for n, a in arrays.items():
+                if n not in self.params:
+                    raise DataError(f"optimizer state: '{n}' is not a parameter of this network")
+                v = self._view(names[slot], self._playout, n)
+                if tuple(np.shape(a)) != v.shape:
+                    raise DataError(f"optimizer state '{slot}' of '{n}': expected "
+                                    f"{_fmt_shape(v.shape)}, got {_fmt_shape(np.shape(a))}")
+                v[...] = a
+
+    # ---- diagnosis -------------------------------------------------------------
     def find_nonfinite(self, inputs: dict, targets: dict):
-        """The first node (topological order) whose values are not finite,
-        with its layer, or None."""
-        raise NotImplementedError
+        """The first node (in topological order) of the train-mode forward and
+        backward graph whose values are not all finite, with its layer, or
+        None.  Runs the NumPy reference on the current parameters."""
+        from .backend.debug import first_nonfinite
+        feeds = self._feeds(inputs, targets)
+        feeds.update(self.params)
+        feeds.update(self.state)
+        return first_nonfinite(self.graph, feeds, self.dtype)
+
+    def __repr__(self):
+        n = sum(v.size for v in self.params.values())
+        return (f"<Network {self.graph.name}: {len(self.params)} parameters ({n} values), "
+                f"{self.dtype}, inputs {list(self.inputs)}, outputs {self.outputs}>")

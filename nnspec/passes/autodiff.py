@@ -11,6 +11,12 @@ map from each node in `wrt` to its gradient node.
               contributions from several consumers are summed with `add`
 
 Only nodes that lie between `wrt` and `loss` get gradients.
+
+A tuple-valued node (a `loop`, see ops/loop.py) is read through selector
+nodes (`loop_output`, whose op has `selects = True` and `part(node)`); their
+gradients are not summed but handed to the tuple-valued node's `grad` as a
+dict `part -> gradient node`.  `seeds=[(node, cotangent)]` replaces the
+scalar loss to build a vector-Jacobian product (a loop body's backward step).
 """
 from __future__ import annotations
 
@@ -46,28 +52,44 @@ def copy_graph(graph: Graph) -> Graph:
     return g
 
 
-def backward(graph: Graph, loss: str, wrt=None):
+def backward(graph: Graph, loss: str | None, wrt=None, *, seeds=None):
+    """`seeds`, instead of a scalar `loss`: (node, cotangent node) pairs, the
+    cotangents being nodes of `graph` already (a vector-Jacobian product)."""
     wrt = list(graph.params if wrt is None else wrt)
     g = copy_graph(graph)
-    ancestors = nx.ancestors(graph.nx, loss) | {loss}
+    grads: dict[str, list[str]] = {}
+    if seeds is None:
+        seeds = [(loss, g.add("fill_like", (loss,), {"value": 1.0}, name="d/seed"))]
+    for nid, s in seeds:
+        grads.setdefault(nid, []).append(s)
+    ancestors = set(grads)
+    for nid in grads:
+        ancestors |= nx.ancestors(graph.nx, nid)
     needed = set()
     for w in wrt:
         needed |= (nx.descendants(graph.nx, w) | {w}) & ancestors
-    grads: dict[str, list[str]] = {loss: [g.add("fill_like", (loss,), {"value": 1.0},
-                                                 name="d/seed")]}
+    # tuple-valued nodes (a `loop`): the gradients of the nodes that select
+    # their parts (`loop_output`), by part
+    parts: dict[str, dict] = {}
     total: dict[str, str] = {}
     for nid in reversed(list(graph.nx.nodes)):
-        if nid not in grads or nid not in needed:
+        if nid not in needed:
             continue
-        gs = grads.pop(nid)
-        acc = gs[0]
-        for other in gs[1:]:
-            acc = g.add("add", (acc, other), name=f"d/{nid}/sum")
-        total[nid] = acc
+        if nid in parts:
+            acc = {k: _sum(g, gs, f"d/{nid}/{k[0]}{k[1]}/sum")
+                   for k, gs in sorted(parts.pop(nid).items())}
+        elif nid in grads:
+            acc = _sum(g, grads.pop(nid), f"d/{nid}/sum")
+            total[nid] = acc
+        else:
+            continue
         node = g.node(nid)
         if node.op in LEAF_OPS:
             continue
         op = get_op(node.op)
+        if getattr(op, "selects", False):
+            parts.setdefault(node.inputs[0], {}).setdefault(op.part(node), []).append(acc)
+            continue
         if not op.differentiable:
             continue
         in_grads = op.grad(GradBuilder(g, node, needed), node, acc)
@@ -83,3 +105,10 @@ def backward(graph: Graph, loss: str, wrt=None):
                     f"the input has {graph.shape(inp)}")
             grads.setdefault(inp, []).append(ig)
     return g, {w: total[w] for w in wrt if w in total}
+
+
+def _sum(g: Graph, gs: list, name: str) -> str:
+    acc = gs[0]
+    for other in gs[1:]:
+        acc = g.add("add", (acc, other), name=name)
+    return acc

@@ -1,0 +1,344 @@
+"""Python source for one compiled step: a module whose `step` function runs a
+whole program (forward, backward, optimizer update) in one Numba call.
+
+    step(P, S, G, M, V, hp, W_<dtype>..., <inputs>...) -> (loss, ok)
+
+    P  parameters (flat arena)      S  state (running statistics)
+    G  parameter gradients (P's layout)      M, V  optimizer slots (P's layout)
+    hp hyper-parameters (backend/optim.py)   W_<dtype>  work arenas (passes/memory.py)
+
+Every value is a slice of one of those arrays, cut at offsets baked into the
+code (batch-scaled ones as `offset * B`), so the Python side passes the same
+handful of arrays every step.  Op kernels are called as `module.fn`
+attributes of the op modules (compiled by `backend.jit.compile_module`);
+elementwise groups become loops generated here, with typed constants (`T(1)`,
+never `1.0`) so float32 code stays float32.
+"""
+from __future__ import annotations
+
+import ast
+import sys
+
+import numpy as np
+
+from ..ops import get_op
+from ..passes.fusion import block_pattern, member_expr
+
+PAR_MIN_EW = 1 << 15       # elementwise loops at least this long run in parallel
+
+
+def _prod_expr(dims) -> str:
+    n, sym = 1, []
+    for d in dims:
+        if isinstance(d, int):
+            n *= d
+        else:
+            sym.append(str(d))
+    parts = sym + ([str(n)] if n != 1 or not sym else [])
+    return " * ".join(parts)
+
+
+def _shape_expr(shape) -> str:
+    dims = [str(d) for d in shape]
+    if not dims:
+        return "()"
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+class Source:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def __call__(self, line: str = "", indent: int = 0):
+        self.lines.append("    " * indent + line if line else "")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+class StepWriter:
+    """Writes the module for one `Build` (passes/pipeline.py) and the parameter
+    layout: `playout` / `slayout` map leaf id -> (offset, shape)."""
+
+    def __init__(self, b, playout: dict, slayout: dict, inputs: list, optimizer=None,
+                 whole: bool = True):
+        self.b, self.g, self.plan = b, b.graph, b.plan
+        self.playout, self.slayout = playout, slayout
+        self.inputs = inputs
+        self.optimizer = optimizer or {}
+        self.whole = whole
+        self.dtype = b.dtype
+        self.tname = f"np.{np.dtype(self.dtype).name}"
+        self.modules: dict[str, str] = {}     # module name -> alias
+        self.consts: list[str] = []           # module-level constant definitions
+        self.helpers = Source()
+        self.var: dict[str, int] = {}
+        self.arenas = sorted(set(self.plan.fixed) | set(self.plan.per_example))
+
+    # ---- naming --------------------------------------------------------------
+    def k(self, nid: str) -> int:
+        if nid not in self.var:
+            self.var[nid] = len(self.var)
+        return self.var[nid]
+
+    def arg_name(self, nid: str) -> str:
+        return f"x_{self.inputs.index(nid)}"
+
+    def module_alias(self, modname: str) -> str:
+        if modname not in self.modules:
+            self.modules[modname] = f"_m{len(self.modules)}"
+        return self.modules[modname]
+
+    def literal(self, v) -> str:
+        if isinstance(v, (bool, np.bool_)):
+            return repr(bool(v))
+        if isinstance(v, (int, np.integer)):
+            return repr(int(v))
+        if isinstance(v, (float, np.floating)):
+            return f"T({float(v)!r})"
+        if v is None or isinstance(v, str):
+            return repr(v)
+        if isinstance(v, (tuple, list)):
+            items = [self.literal(x) for x in v]
+            return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+        if isinstance(v, np.ndarray):
+            name = f"_K{len(self.consts)}"
+            dt = f"np.{v.dtype.name}"
+            if v.size == 0:
+                self.consts.append(f"{name} = np.zeros({_shape_expr(v.shape)}, {dt})")
+            else:
+                self.consts.append(f"{name} = np.array({v.tolist()!r}, dtype={dt})")
+            return name
+        raise TypeError(f"codegen: cannot write kernel argument {v!r} into the step")
+
+    # ---- where each value lives ------------------------------------------------
+    def flat(self, nid: str) -> tuple[str, str]:
+        """(array expression of the value's flat storage, its length expression)."""
+        n = self.g.node(nid)
+        size = _prod_expr(n.shape)
+        if n.op == "input":
+            return f"{self.arg_name(nid)}.reshape(-1)", size
+        if n.op == "param":
+            off, _ = self.playout[nid]
+            return f"P[{off}:{off} + {size}]", size
+        if n.op == "state":
+            off, _ = self.slayout[nid]
+            return f"S[{off}:{off} + {size}]", size
+        if nid in getattr(self.plan, "pinned_grads", ()):
+            param = next(p for p, gn in self.b.grads.items() if gn == nid)
+            off, _ = self.playout[param]
+            return f"G[{off}:{off} + {size}]", size
+        s = self.plan.slots[nid]
+        arena = f"W_{s.dtype}"
+        fixed = self.plan.fixed.get(s.dtype, 0)
+        if s.batch:
+            start = f"{fixed} + {s.offset} * B" if fixed else f"{s.offset} * B"
+        else:
+            start = str(s.offset)
+        return f"{arena}[{start}:{start} + {size}]", size
+
+    # ---- the step --------------------------------------------------------------
+    def write(self) -> str:
+        body = Source()
+        ind = 1
+        names = {}
+        order = list(self.g.nx.nodes)
+        for nid in order:
+            n = self.g.node(nid)
+            if n.op in ("param", "state", "input"):
+                continue
+            names[nid] = self.k(nid)
+        # views: flat f_k and shaped v_k of every value read or written
+        used = set(order)
+        for nid in order:
+            n = self.g.node(nid)
+            k = self.k(nid)
+            if nid not in used:
+                continue
+            if n.op == "input":
+                body(f"f{k} = {self.arg_name(nid)}.reshape(-1)  # {nid}", ind)
+                body(f"v{k} = {self.arg_name(nid)}", ind)
+                continue
+            expr, _ = self.flat(nid)
+            body(f"f{k} = {expr}  # {nid}", ind)
+            body(f"v{k} = f{k}.reshape({_shape_expr(n.shape)})", ind)
+        body()
+        for nid in order:
+            n = self.g.node(nid)
+            if n.op in ("input", "param", "state"):
+                continue
+            self.emit_node(body, n, ind)
+        self.emit_tail(body, ind)
+        return self.module_text(body)
+
+    def emit_node(self, body: Source, n, ind: int):
+        k = self.k(n.id)
+        if n.op == "const":
+            cast = self.tname if str(n.dtype).startswith("float") else f"np.{n.dtype}"
+            body(f"f{k}[0] = {cast}({n.attrs['value']!r})  # const", ind)
+            return
+        if n.op == "fused":
+            self.emit_fused(body, n, ind)
+            return
+        fn, extra = get_op(n.op).kernel(n.attrs)
+        mod = sys.modules[fn.__module__]
+        if getattr(mod, fn.__name__, None) is not fn and not hasattr(getattr(mod, fn.__name__, None), "py_func"):
+            raise RuntimeError(f"{n.op}: kernel {fn.__name__} is not a global of {mod.__name__}")
+        alias = self.module_alias(mod.__name__)
+        args = [f"v{self.k(i)}" for i in n.inputs] + [f"v{k}"]
+        args += [self.literal(e) for e in extra]
+        body(f"{alias}.{fn.__name__}({', '.join(args)})  # {n.id} = {n.op}", ind)
+
+    # ---- fused elementwise loops --------------------------------------------
+    def emit_fused(self, body: Source, n, ind: int):
+        out_shape = tuple(n.shape)
+        pats = [block_pattern(self.g.shape(i), out_shape) for i in n.inputs]
+        blocks = {p[1:] for p in pats if p[0] == "block"}
+        name = f"_fused{self.k(n.id)}"
+        k = self.k(n.id)
+        ins = [f"f{self.k(i)}" for i in n.inputs]
+        total = _prod_expr(out_shape)
+        if len(blocks) == 1:
+            lo, hi = next(iter(blocks))
+            n0 = _prod_expr(out_shape[:lo])
+            n1 = _prod_expr(out_shape[lo:hi + 1])
+            n2 = _prod_expr(out_shape[hi + 1:])
+            sizes = [n0, n1, n2]
+        else:
+            sizes = [total]
+            for p, i in zip(pats, n.inputs):
+                if p[0] == "block":
+                    lo, hi = p[1:]
+                    sizes += [_prod_expr(out_shape[hi + 1:]), _prod_expr(out_shape[lo:hi + 1])]
+        self.write_fused(name, n, pats, len(blocks) == 1)
+        args = ", ".join(sizes + [f"f{k}"] + ins)
+        body(f"if {total} >= {PAR_MIN_EW}:  # {n.id} = fused {'+'.join(n.attrs['ops'])}", ind)
+        body(f"{name}p({args})", ind + 1)
+        body("else:", ind)
+        body(f"{name}({args})", ind + 1)
+
+    def fused_body(self, n) -> list[str]:
+        lines = []
+        for j, m in enumerate(n.attrs["body"]):
+            expr = member_expr(m["op"], m["attrs"])
+            ren = {v: (f"x{a[2:]}" if a.startswith("in") else a)
+                   for v, a in zip(("a", "b", "c"), m["args"])}
+
+            class R(ast.NodeTransformer):
+                def visit_Name(self, node):
+                    if node.id in ren:
+                        return ast.copy_location(ast.Name(ren[node.id], ast.Load()), node)
+                    return node
+            lines.append(f"t{j} = {ast.unparse(R().visit(ast.parse(expr, mode='eval')))}")
+        lines.append(f"o[k] = t{len(n.attrs['body']) - 1}")
+        return lines
+
+    def write_fused(self, name, n, pats, nested: bool):
+        nin = len(n.inputs)
+        ins = ", ".join(f"i{j}" for j in range(nin))
+        h = self.helpers
+        loads_full = [f"x{j} = i{j}[k]" for j, p in enumerate(pats) if p[0] == "full"]
+        loads_scalar = [f"x{j} = i{j}[0]" for j, p in enumerate(pats) if p[0] == "scalar"]
+        body = self.fused_body(n)
+        for suffix, par in (("", False), ("p", True)):
+            rng = "prange" if par else "range"
+            h(f"@njit(cache=True, error_model='numpy'{', parallel=True' if par else ''})")
+            if nested:
+                h(f"def {name}{suffix}(n0, n1, n2, o, {ins}):")
+                for ln in loads_scalar:
+                    h(ln, 1)
+                h(f"for a01 in {rng}(n0 * n1):", 1)
+                h("a1 = a01 % n1", 2)
+                for j, p in enumerate(pats):
+                    if p[0] == "block":
+                        h(f"x{j} = i{j}[a1]", 2)
+                h("base = a01 * n2", 2)
+                h("for a2 in range(n2):", 2)
+                h("k = base + a2", 3)
+                for ln in loads_full + body:
+                    h(ln, 3)
+            else:
+                extra = "".join(f", q{j}, r{j}" for j, p in enumerate(pats) if p[0] == "block")
+                h(f"def {name}{suffix}(n{extra}, o, {ins}):")
+                for ln in loads_scalar:
+                    h(ln, 1)
+                h(f"for k in {rng}(n):", 1)
+                for j, p in enumerate(pats):
+                    if p[0] == "block":
+                        h(f"x{j} = i{j}[(k // q{j}) % r{j}]", 2)
+                for ln in loads_full + body:
+                    h(ln, 2)
+            h()
+
+    # ---- after the graph: gradients, state, optimizer ------------------------
+    def emit_tail(self, body: Source, ind: int):
+        b = self.b
+        pinned = getattr(self.plan, "pinned_grads", set())
+        for p, gn in b.grads.items():
+            if gn not in pinned:
+                off, shape = self.playout[p]
+                size = _prod_expr(shape)
+                body(f"G[{off}:{off} + {size}] = f{self.k(gn)}  # grad of {p}", ind)
+        for s, nid in b.updates.items():
+            off, shape = self.slayout[s]
+            body(f"S[{off}:{off} + {_prod_expr(shape)}] = f{self.k(nid)}  # new {s}", ind)
+        loss = self.g.meta.get("loss") if b.kind != "infer" else None
+        if loss is not None and loss in self.var:
+            body(f"loss = f{self.k(loss)}[0]", ind)
+        else:
+            body("loss = T(0)", ind)
+        body("ok = np.isfinite(loss)", ind)
+        if b.kind == "train":
+            opt = self.optimizer.get("name", "sgd")
+            body("scale = T(1)", ind)
+            body("if ok:", ind)
+            body(f"clip = hp[{_hp('CLIP')}]", ind + 1)
+            body("if clip > T(0):", ind + 1)
+            body("sq = _opt.sumsq(G)", ind + 2)
+            body("ok = np.isfinite(sq)", ind + 2)
+            body("c = clip / (np.sqrt(sq) + T(1e-6))", ind + 2)
+            body("if c < T(1):", ind + 2)
+            body("scale = c", ind + 3)
+            body("if ok:", ind)
+            if opt == "sgd":
+                nesterov = bool(self.optimizer.get("nesterov", False))
+                body(f"_opt.sgd(P, G, M, hp, scale, {nesterov})", ind + 1)
+            elif opt in ("adam", "adamw"):
+                body(f"_opt.adam(P, G, M, V, hp, scale, {opt == 'adamw'})", ind + 1)
+            else:
+                raise ValueError(f"unknown optimizer '{opt}'")
+        body("return loss, ok", ind)
+
+    def module_text(self, body: Source) -> str:
+        head = Source()
+        head(f'"""nnspec step: graph {self.g.name}, program {self.b.kind}, {self.dtype}.')
+        head("Generated by nnspec.backend.codegen; do not edit (the cache key is in the name)."
+             '"""')
+        head("import numpy as np")
+        head("from numba import njit, prange")
+        head("from nnspec.backend.jit import compile_module")
+        head("import nnspec.backend.optim as _opt")
+        for mod, alias in self.modules.items():
+            head(f"import {mod} as {alias}")
+            head(f"compile_module({alias})")
+        head()
+        head(f"T = {self.tname}")
+        for c in self.consts:
+            head(c)
+        head()
+        head()
+        head.lines += self.helpers.lines
+        args = ["P", "S", "G", "M", "V", "hp"] + [f"W_{d}" for d in self.arenas]
+        args += [f"x_{j}" for j in range(len(self.inputs))]
+        if self.whole:
+            head("@njit(cache=True, error_model='numpy')")
+        head(f"def step({', '.join(args)}):")
+        if self.inputs:
+            head("B = x_0.shape[0]", 1)
+        head.lines += body.lines
+        return head.text()
+
+
+def _hp(name: str) -> int:
+    from . import optim
+    return getattr(optim, name)
