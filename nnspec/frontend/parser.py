@@ -7,6 +7,7 @@ on disk by lark, so reading a spec costs milliseconds.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -105,7 +106,10 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str, line0: int, col0: in
         if expected and len(expected) <= 8:
             msg += f"; expected {', '.join(expected)}"
         if tok.type == "NAME":
-            hint = did_you_mean(str(tok), KEYWORDS)
+            # `netwrk n {`: the misspelt keyword is the word before the token
+            before = re.findall(r"[A-Za-z_]\w*", text[:tok.start_pos or 0].rsplit("\n", 1)[-1])
+            hint = (before and did_you_mean(before[-1], KEYWORDS)) or \
+                did_you_mean(str(tok), KEYWORDS)
             if hint:
                 hint = hint.replace("did you mean", "did you mean the keyword")
         if tok.type == "_NL":

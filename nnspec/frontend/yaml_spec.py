@@ -199,7 +199,7 @@ class _Reader:
             loc = Loc(self.file, mark.line + 1, mark.column + 1, self.text) if mark else \
                 Loc(self.file, 1, 1, self.text)
             hint = f"{e.context}" if e.context else None
-            if "\t" in self.text and "tab" in str(e.problem):
+            if "'\\t'" in str(e.problem):
                 hint = "YAML indents with spaces, not tabs"
             raise SpecError(f"YAML: {e.problem or 'cannot read this'}", loc, hint) from None
         except yaml.YAMLError as e:
