@@ -17,14 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError, did_you_mean
-from .bind import bind, class_output, conform, per_example, split
+from .bind import bind, class_output, conform, n_examples, per_example, split
 from .files import read_path
 from .registry import DATASETS, register
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 
-__all__ = ["load", "read", "bind", "split", "class_output", "conform", "per_example",
+__all__ = ["load", "read", "bind", "split", "class_output", "conform", "n_examples", "per_example",
            "DATASETS", "register", "SPLIT_SEED", "TEST_FRACTION"]
 
 

@@ -17,6 +17,11 @@ def per_example(shape) -> tuple:
     return shape[1:] if shape and shape[0] == BATCH else shape
 
 
+def n_examples(arrays: dict) -> int:
+    """Examples in a dict of arrays (all the same length, by `bind`)."""
+    return len(next(iter(arrays.values()))) if arrays else 0
+
+
 def fmt(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
@@ -116,7 +121,7 @@ def split(arrays: dict, test_fraction: float = 0.2, seed: int = 0, stratify: str
     """Deterministic ``(train, test)`` with round(n * test_fraction) test
     examples, each class (of the `stratify` array, when given) contributing in
     proportion; both keep the original order."""
-    n = len(next(iter(arrays.values())))
+    n = n_examples(arrays)
     rng = np.random.default_rng(seed)
     groups = [np.arange(n)]
     if stratify is not None and arrays[stratify].ndim == 1:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import n_examples
 from ..errors import DataError, TrainingError
 
 DTYPES = ("float32", "float64")
@@ -79,8 +80,8 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
     train, test = load(cfg.data, net)
     if not args.quiet:
-        print(f"{args.spec}: {_count(net)} parameters; data {cfg.data}: {_n(train)} train, "
-              f"{_n(test)} test examples; {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch}, "
+        print(f"{args.spec}: {_count(net)} parameters; data {cfg.data}: {n_examples(train)} train, "
+              f"{n_examples(test)} test examples; {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch}, "
               f"{cfg.epochs} epochs -> {out}/", file=sys.stderr)
     r = fit(net, (train, test), out_dir=out, resume=args.resume, progress=not args.quiet,
             config=cfg)
@@ -174,16 +175,12 @@ def _load_weights(net, f) -> None:
 
 
 def _forward(net, x: dict, batch: int = 512) -> dict:
-    n = _n(x)
+    n = n_examples(x)
     parts: dict = {}
     for lo in range(0, n, batch):
         for k, v in net.forward(**{k: a[lo:lo + batch] for k, a in x.items()}).items():
             parts.setdefault(k, []).append(np.asarray(v))
     return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def _n(d: dict) -> int:
-    return len(next(iter(d.values()))) if d else 0
 
 
 def _count(net) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,10 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
         net.graph.meta.get("train"), epochs=epochs, batch=batch, lr=lr, schedule=schedule,
         clip=clip, seed=seed, data=data if isinstance(data, (str, Path)) else None)
     train, test = data if isinstance(data, tuple) else nndata.load(cfg.data, net)
-    n = len(train[next(iter(net.targets))])
+    n = nndata.n_examples(train)
     if n == 0:
         raise TrainingError("the training set is empty")
-    bs = max(1, min(cfg.batch, n))
-    steps_per_epoch = math.ceil(n / bs)
-    total_steps = steps_per_epoch * cfg.epochs
+    plan = Plan(n, max(1, min(cfg.batch, n)), cfg.epochs)
     run = RunDir(out_dir) if out_dir is not None else None
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
 
@@ -67,17 +66,16 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
     bar = Bar(enabled=progress)
     try:
         for epoch in range(epoch, cfg.epochs):
-            step, record = _epoch(net, train, test, cfg, rng, epoch, step, bs, steps_per_epoch,
-                                  total_steps, bar)
+            step, record = _epoch(net, train, test, cfg, plan, rng, epoch, step, bar)
             history.append(record)
             log(fmt_metrics(record, cfg.epochs))
             if run is not None:
                 save_checkpoint(run.checkpoint, net, epoch=epoch + 1, step=step, rng=rng,
                                 history=history, config=cfg.to_dict())
-                write_metrics(run.metrics, summary(history, cfg, n, _length(test)))
+                write_metrics(run.metrics, summary(history, cfg, n, nndata.n_examples(test)))
     finally:
         bar.close()     # an interrupt must not leave half a bar on the terminal
-    result = summary(history, cfg, n, _length(test))
+    result = summary(history, cfg, n, nndata.n_examples(test))
     if run is not None:
         write_metrics(run.metrics, result)
         note = plot_curves(run.curves, history) if history else None
@@ -86,27 +84,42 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
     return result
 
 
-def _epoch(net, train, test, cfg, rng, epoch, step, bs, steps_per_epoch, total_steps, bar):
+@dataclass(frozen=True)
+class Plan:
+    n: int          # training examples
+    batch: int      # examples per step (the last step of an epoch may take fewer)
+    epochs: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n / self.batch)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+
+def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar):
     """One pass over the shuffled training set, then scoring: ``(step, record)``."""
     t0 = time.perf_counter()
-    n = len(train[next(iter(net.targets))])
-    perm = rng.permutation(n)
+    perm = rng.permutation(plan.n)
     loss_sum = 0.0
-    for i in range(steps_per_epoch):
+    bs, steps = plan.batch, plan.steps_per_epoch
+    for i in range(steps):
         idx = perm[i * bs:(i + 1) * bs]
         xb = {k: train[k][idx] for k in net.inputs}
         yb = {k: train[k][idx] for k in net.targets}
-        rate = lr_at(cfg.schedule, cfg.lr, step, steps_per_epoch, total_steps)
+        rate = lr_at(cfg.schedule, cfg.lr, step, steps, plan.total_steps)
         loss = float(net.train_step(xb, yb, rate))
         step += 1
         if not math.isfinite(loss):
             bar.close()
             raise _diverged(net, xb, yb, loss, step, epoch)
         loss_sum += loss * len(idx)
-        bar.update(epoch + 1, cfg.epochs, i + 1, steps_per_epoch, loss,
+        bar.update(epoch + 1, cfg.epochs, i + 1, steps, loss,
                    (i * bs + len(idx)) / max(time.perf_counter() - t0, 1e-9))
     bar.close()
-    record = {"epoch": epoch + 1, "step": step, "lr": rate, "train_loss": loss_sum / n}
+    record = {"epoch": epoch + 1, "step": step, "lr": rate, "train_loss": loss_sum / plan.n}
     if cfg.eval_train:
         record["train_accuracy"] = evaluate(net, train)["accuracy"]
     scored = evaluate(net, test)
@@ -129,10 +142,6 @@ def summary(history: list, cfg: TrainConfig, n_train: int, n_test: int) -> dict:
         "config": cfg.to_dict(),
         "history": history,
     }
-
-
-def _length(d: dict) -> int:
-    return len(next(iter(d.values()))) if d else 0
 
 
 def _diverged(net, xb, yb, loss, step, epoch) -> TrainingError:

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from ..data import class_output
+from ..data import class_output, n_examples
 from .bundle import atomic_write
 
 EVAL_BATCH = 512
@@ -15,7 +15,7 @@ EVAL_BATCH = 512
 def evaluate(net, data: dict, batch: int = EVAL_BATCH) -> dict:
     """Eval-mode ``{"loss", "accuracy", "n"}`` over all of `data`; accuracy is
     None unless a target holds class indices (then it is the first such target's)."""
-    n = _length(data)
+    n = n_examples(data)
     if n == 0:
         return {"loss": None, "accuracy": None, "n": 0}
     scored = [(t, co) for t in net.targets if (co := class_output(net, t))]
@@ -31,10 +31,6 @@ def evaluate(net, data: dict, batch: int = EVAL_BATCH) -> dict:
             right += int(np.count_nonzero(pred == yb[t]))
             total += yb[t].size
     return {"loss": loss_sum / n, "accuracy": right / total if scored else None, "n": n}
-
-
-def _length(data: dict) -> int:
-    return len(next(iter(data.values()))) if data else 0
 
 
 def write_metrics(path, metrics: dict) -> None:
