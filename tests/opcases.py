@@ -90,9 +90,30 @@ def conv_family(note, x, w, attrs):
     return cases
 
 
+def pool(nd, k, stride=None, pad=0, **kw):
+    per = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] * nd  # noqa: E731
+    return dict(kernel=per(k), stride=per(k if stride is None else stride), pad=per(pad), **kw)
+
+
+def pool_family(note, x, attrs):
+    from nnspec.ops.pool import pool_shape
+    out = pool_shape("pool", attrs, x)
+    plane = int(np.prod(x[2:]))
+    return [CA("maxpool", [X(*x)], note, attrs),
+            CA("maxpool_switches", [X(*x)], note, attrs),
+            CA("avgpool", [X(*x)], note, attrs),
+            CA("avgpool_grad", [X(*out), X(*x, grad=False)], note, attrs),
+            CA("unpool", [X(*out), Arg(out, True, "int64", high=plane, grad=False),
+                          X(*x, grad=False)], note + "-like", {})]
+
+
 def C(op, args, note="", fd=True, **attrs) -> Case:
     return Case(op, attrs, tuple(args), note, fd)
 
+
+# Ops whose behaviour is a whole subgraph, tested with the recurrent cells rather
+# than by this table (their kernels come from the code generator).
+ELSEWHERE = {"loop", "loop_grad", "loop_output"}
 
 UNARY = ["neg", "identity", "square", "exp", "relu", "sigmoid", "tanh", "softplus", "abs"]
 
@@ -165,4 +186,30 @@ CASES = [
     CA("conv_transpose", [X(2, 4, 3, 4), P(4, 1, 2, 3), P(2)], "2d-groups2-bias-dil",
        tconv(2, stride=[1, 2], dilation=[2, 1], groups=2, bias=True)),
     CA("conv_transpose", [X(2, 3, 6), P(3, 2, 4)], "1d-s3", tconv(1, stride=3, pad=1)),
+    # ---- pooling -----------------------------------------------------------------
+    *pool_family("2d-k2", (2, 3, 6, 7), pool(2, 2)),
+    *pool_family("2d-k3s2-pad1-ceil", (2, 2, 7, 8), pool(2, 3, 2, 1, ceil_mode=True)),
+    *pool_family("2d-asym-overlap", (1, 2, 5, 7), pool(2, [2, 3], [1, 2])),
+    *pool_family("1d-k3s2-pad1", (2, 3, 9), pool(1, 3, 2, 1)),
+    CA("avgpool", [X(2, 2, 7, 8)], "exclude-pad-ceil",
+       pool(2, 3, 2, 1, ceil_mode=True, count_include_pad=False)),
+    CA("avgpool_grad", [X(2, 2, 4, 5), X(2, 2, 7, 8, grad=False)], "exclude-pad-ceil",
+       pool(2, 3, 2, 1, ceil_mode=True, count_include_pad=False)),
+    CA("unpool", [X(2, 3, 3, 3), Arg((2, 3, 3, 3), True, "int64", high=36, grad=False)],
+       "size", {"size": [6, 6]}),
+    CA("gather_switches", [X(2, 3, 6, 6), Arg((2, 3, 3, 3), True, "int64", high=36)], "", {}),
+    # ---- shape -------------------------------------------------------------------
+    C("reshape", [X(2, 3, 4)], "flatten", shape=[12]),
+    C("reshape", [X(2, 3, 4)], "minus1", shape=[4, -1]),
+    C("reshape", [X(2, 12), X(2, 3, 4, grad=False)], "like"),
+    C("concat", [X(2, 3, 4), X(2, 5, 4)], "axis1", axis=1),
+    C("concat", [X(2, 3, 4), X(2, 3, 1)], "last", axis=-1),
+    C("slice", [X(2, 7, 3)], "mid", axis=1, start=2, stop=5),
+    C("slice", [X(2, 7, 3)], "neg", axis=-1, start=-2, stop=None),
+    C("unslice", [X(2, 3, 3), X(2, 7, 3, grad=False)], "", axis=1, start=2, stop=5),
+    C("take", [X(2, 5, 3)], "last", axis=1, index=-1),
+    C("take", [X(2, 5, 3)], "first-axis2", axis=2, index=0),
+    C("untake", [X(2, 3), X(2, 5, 3, grad=False)], "", axis=1, index=-1),
+    C("transpose", [X(2, 3, 4)], "021", perm=[0, 2, 1]),
+    C("transpose", [X(2, 3, 4, 5)], "1302", perm=[1, 3, 0, 2]),
 ]

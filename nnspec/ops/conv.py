@@ -327,7 +327,9 @@ def _geom(x4, w4, stride, dil, code, lo):
 
 @kernel
 def _as4(a):
-    return a.reshape((a.shape[0], a.shape[1], -1, a.shape[a.ndim - 1]))
+    # explicit sizes: Numba's parallel array analysis mishandles reshape(-1 ...)
+    n0, n1, nl = a.shape[0], a.shape[1], a.shape[a.ndim - 1]
+    return a.reshape((n0, n1, a.size // max(n0 * n1 * nl, 1), nl))
 
 
 @kernel(parallel=True)
@@ -476,7 +478,7 @@ def conv_transpose_nobias(x, w, out, stride, dil, code, lo, hi, groups):
 @kernel(parallel=True)
 def conv_transpose_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
     _conv_back_data(x, w, out, stride, dil, code, lo, groups)
-    o3 = out.reshape((out.shape[0], out.shape[1], -1))
+    o3 = out.reshape((out.shape[0], out.shape[1], out.size // (out.shape[0] * out.shape[1])))
     for t in prange(o3.shape[0] * o3.shape[1]):
         c = t % o3.shape[1]
         bb = t // o3.shape[1]

@@ -1,0 +1,440 @@
+"""Pooling, 1-d and 2-d ([B, C, L] or [B, C, H, W]), and unpooling.
+
+    maxpool(x)                    max over each window (padding never wins)
+    maxpool_switches(x)           int64 index of each window's first maximum,
+                                  flat within its channel's plane (H*W or L), as
+                                  PyTorch's max_unpool indices; not differentiable
+    unpool(v, switches[, like])   v added at the switch positions of a zero
+                                  plane; output like's shape or [B, C, *size]
+    gather_switches(g, switches)  g read at the switch positions (unpool's adjoint)
+    avgpool(x)                    mean over each window; count_include_pad as PyTorch
+    avgpool_grad(g, x)            avgpool's adjoint (x gives the shape)
+
+Attrs, per spatial axis: `kernel`, `stride`, `pad` (ints); and `ceil_mode`,
+`count_include_pad` (avgpool, default True).  Output size per axis:
+floor((n + 2p - k) / s) + 1 (ceil with ceil_mode, the last window starting
+inside the input or its left padding).  maxpool's gradient is
+unpool(g, maxpool_switches(x), x).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from .base import Op, fmt, kernel, known, layer, prange, prod, register
+from .conv import _as4, _per_axis
+
+
+def pool_len(name, n, k, s, p, ceil_mode, axis) -> int:
+    if not known(n):
+        return n
+    if p * 2 > k:
+        raise ShapeError(f"{name}: pad {p} is more than half the window {k}")
+    if n + 2 * p < k:
+        raise ShapeError(f"{name}: input {axis} {n} (padded to {n + 2 * p}) is smaller than "
+                         f"the window {k}")
+    span = n + 2 * p - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def pool_shape(name, attrs, x) -> tuple:
+    nd = len(attrs["kernel"])
+    if len(x) != nd + 2:
+        raise ShapeError(f"{name}: a {nd}-d pool needs a [B, C, {'H, W' if nd == 2 else 'L'}] "
+                         f"input, got {fmt(x)}")
+    axes = ("height", "width") if nd == 2 else ("length",)
+    return tuple(x[:2]) + tuple(
+        pool_len(name, n, k, s, p, attrs.get("ceil_mode", False), ax)
+        for n, k, s, p, ax in zip(x[2:], attrs["kernel"], attrs["stride"], attrs["pad"], axes))
+
+
+def _extra(attrs):
+    nd = len(attrs["kernel"])
+    a = lambda xs, fill: np.asarray([fill] * (2 - nd) + list(xs), np.int64)  # noqa: E731
+    return a(attrs["kernel"], 1), a(attrs["stride"], 1), a(attrs["pad"], 0)
+
+
+def _windows(attrs, xshape):
+    """Per output position: (output index, input slices, include-pad count)."""
+    nd = len(attrs["kernel"])
+    outs = pool_shape("pool", attrs, xshape)[2:]
+    ranges = []
+    for n, k, s, p, m in zip(xshape[2:], attrs["kernel"], attrs["stride"], attrs["pad"], outs):
+        r = []
+        for o in range(m):
+            lo = o * s - p
+            hi = min(lo + k, n + p)
+            r.append((slice(max(lo, 0), min(hi, n)), hi - lo))
+        ranges.append(r)
+    for idx in np.ndindex(*outs):
+        sl = tuple(ranges[a][i][0] for a, i in enumerate(idx))
+        cnt = prod(ranges[a][i][1] for a, i in enumerate(idx))
+        yield idx, sl, cnt
+    del nd
+
+
+class MaxPool(Op):
+    name = "maxpool"
+    arity = 1
+
+    def infer(self, attrs, shapes, dtypes):
+        return pool_shape(self.name, attrs, shapes[0]), dtypes[0]
+
+    def reference(self, attrs, x):
+        y = np.empty(pool_shape(self.name, attrs, x.shape), x.dtype)
+        for idx, sl, _ in _windows(attrs, x.shape):
+            w = x[(slice(None), slice(None)) + sl]
+            y[(slice(None), slice(None)) + idx] = w.reshape(w.shape[:2] + (-1,)).max(-1)
+        return y
+
+    def grad(self, gb, node, g):
+        x = node.inputs[0]
+        sw = gb.add("maxpool_switches", (x,), node.attrs)
+        return [gb.add("unpool", (g, sw, x), {})]
+
+    def kernel(self, attrs):
+        return maxpool, _extra(attrs)
+
+    def macs(self, attrs, in_shapes, out_shape):
+        return 0
+
+
+class MaxPoolSwitches(MaxPool):
+    name = "maxpool_switches"
+    differentiable = False
+
+    def infer(self, attrs, shapes, dtypes):
+        return pool_shape(self.name, attrs, shapes[0]), "int64"
+
+    def reference(self, attrs, x):
+        y = np.empty(pool_shape(self.name, attrs, x.shape), np.int64)
+        plane = x.shape[2:]
+        for idx, sl, _ in _windows(attrs, x.shape):
+            w = x[(slice(None), slice(None)) + sl]
+            arg = w.reshape(w.shape[:2] + (-1,)).argmax(-1)
+            local = np.unravel_index(arg, w.shape[2:])
+            glob = [loc + s.start for loc, s in zip(local, sl)]
+            y[(slice(None), slice(None)) + idx] = np.ravel_multi_index(glob, plane)
+        return y
+
+    def kernel(self, attrs):
+        return maxpool_switches, _extra(attrs)
+
+
+class Unpool(Op):
+    name = "unpool"
+
+    def infer(self, attrs, shapes, dtypes):
+        v, sw = tuple(shapes[0]), tuple(shapes[1])
+        if v != sw:
+            raise ShapeError(f"unpool: values {fmt(v)} and switches {fmt(sw)} differ in shape")
+        if dtypes[1] != "int64":
+            raise ShapeError(f"unpool: switches must be int64 indices, got {dtypes[1]}")
+        if len(shapes) == 3:
+            like = tuple(shapes[2])
+            if like[:2] != v[:2]:
+                raise ShapeError(f"unpool: values {fmt(v)} and the output {fmt(like)} differ "
+                                 f"in batch or channels")
+            return like, dtypes[0]
+        size = attrs.get("size")
+        if size is None or len(size) != len(v) - 2:
+            raise ShapeError(f"unpool: needs `size` ({len(v) - 2} ints) or a shape input")
+        return v[:2] + tuple(size), dtypes[0]
+
+    def reference(self, attrs, v, sw, like=None):
+        shape = like.shape if like is not None else v.shape[:2] + tuple(attrs["size"])
+        out = np.zeros((v.shape[0] * v.shape[1], prod(shape[2:])), v.dtype)
+        rows = np.repeat(np.arange(out.shape[0]), prod(v.shape[2:]))
+        np.add.at(out, (rows, sw.reshape(-1)), v.reshape(-1))
+        return out.reshape(shape)
+
+    def grad(self, gb, node, g):
+        sw = node.inputs[1]
+        return [gb.add("gather_switches", (g, sw), {}) if gb.wants(0) else None, None] + \
+            [None] * (len(node.inputs) - 2)
+
+    def kernel(self, attrs):
+        return (unpool_like, ()) if attrs.get("size") is None else (unpool, ())
+
+
+class GatherSwitches(Op):
+    name = "gather_switches"
+    arity = 2
+
+    def infer(self, attrs, shapes, dtypes):
+        g, sw = tuple(shapes[0]), tuple(shapes[1])
+        if g[:2] != sw[:2] or len(g) != len(sw):
+            raise ShapeError(f"gather_switches: {fmt(g)} and switches {fmt(sw)} differ in "
+                             f"batch, channels or rank")
+        return sw, dtypes[0]
+
+    def reference(self, attrs, g, sw):
+        gf = g.reshape(g.shape[0] * g.shape[1], -1)
+        rows = np.arange(gf.shape[0])[:, None]
+        return gf[rows, sw.reshape(gf.shape[0], -1)].reshape(sw.shape)
+
+    def grad(self, gb, node, g2):
+        g, sw = node.inputs
+        return [gb.add("unpool", (g2, sw, g), {}), None]
+
+    def kernel(self, attrs):
+        return gather_switches, ()
+
+
+class AvgPool(Op):
+    name = "avgpool"
+    arity = 1
+
+    def infer(self, attrs, shapes, dtypes):
+        return pool_shape(self.name, attrs, shapes[0]), dtypes[0]
+
+    def reference(self, attrs, x):
+        y = np.empty(pool_shape(self.name, attrs, x.shape), x.dtype)
+        incl = attrs.get("count_include_pad", True)
+        for idx, sl, cnt in _windows(attrs, x.shape):
+            w = x[(slice(None), slice(None)) + sl]
+            w = w.reshape(w.shape[:2] + (-1,))
+            y[(slice(None), slice(None)) + idx] = w.sum(-1) / (cnt if incl else w.shape[-1])
+        return y
+
+    def grad(self, gb, node, g):
+        return [gb.add("avgpool_grad", (g, node.inputs[0]), node.attrs)]
+
+    def kernel(self, attrs):
+        return avgpool, _extra(attrs) + (bool(attrs.get("count_include_pad", True)),)
+
+    def macs(self, attrs, in_shapes, out_shape):
+        return 0
+
+
+class AvgPoolGrad(Op):
+    name = "avgpool_grad"
+    arity = 2
+
+    def infer(self, attrs, shapes, dtypes):
+        g, x = tuple(shapes[0]), tuple(shapes[1])
+        want = pool_shape(self.name, attrs, x)
+        if g != want:
+            raise ShapeError(f"avgpool_grad: gradient {fmt(g)} does not match the pool's "
+                             f"output {fmt(want)}")
+        return x, dtypes[0]
+
+    def reference(self, attrs, g, x):
+        dx = np.zeros(x.shape, g.dtype)
+        incl = attrs.get("count_include_pad", True)
+        for idx, sl, cnt in _windows(attrs, x.shape):
+            n = prod(s.stop - s.start for s in sl)
+            gi = g[(slice(None), slice(None)) + idx]
+            dx[(slice(None), slice(None)) + sl] += (gi / (cnt if incl else n)).reshape(
+                gi.shape + (1,) * len(sl))
+        return dx
+
+    def grad(self, gb, node, g2):
+        return [gb.add("avgpool", (g2,), node.attrs), None]
+
+    def kernel(self, attrs):
+        return avgpool_grad, _extra(attrs) + (bool(attrs.get("count_include_pad", True)),)
+
+
+for _op in (MaxPool(), MaxPoolSwitches(), Unpool(), GatherSwitches(), AvgPool(), AvgPoolGrad()):
+    register(_op)
+
+
+# ---- kernels ---------------------------------------------------------------------
+
+@kernel
+def _win(o, s, p, k, n):
+    """(first, last + 1, include-pad count) of output position o's window."""
+    lo = o * s - p
+    hi = min(lo + k, n + p)
+    return max(lo, 0), min(hi, n), hi - lo
+
+
+@kernel(parallel=True)
+def _maxpool(x, out, sw, want_sw, kern, stride, pad):
+    x4, o4 = _as4(x), _as4(out)
+    s4 = _as4(sw)
+    B, C, H, W = x4.shape
+    Ho = s4.shape[2] if want_sw else o4.shape[2]
+    Wo = s4.shape[3] if want_sw else o4.shape[3]
+    for t in prange(B * C):
+        b = t // C
+        c = t % C
+        for oy in range(Ho):
+            y0, y1, _ = _win(oy, stride[0], pad[0], kern[0], H)
+            for ox in range(Wo):
+                x0, x1, _ = _win(ox, stride[1], pad[1], kern[1], W)
+                best = x4[b, c, y0, x0]
+                at = y0 * W + x0
+                for yy in range(y0, y1):
+                    for xx in range(x0, x1):
+                        v = x4[b, c, yy, xx]
+                        if v > best:
+                            best = v
+                            at = yy * W + xx
+                if want_sw:
+                    s4[b, c, oy, ox] = at
+                else:
+                    o4[b, c, oy, ox] = best
+
+
+@kernel
+def maxpool(x, out, kern, stride, pad):
+    _maxpool(x, out, np.zeros((1, 1, 1, 1), np.int64), False, kern, stride, pad)
+
+
+@kernel
+def maxpool_switches(x, out, kern, stride, pad):
+    _maxpool(x, np.zeros((1, 1, 1, 1), x.dtype), out, True, kern, stride, pad)
+
+
+@kernel(parallel=True)
+def _unpool(v, sw, out):
+    # (explicit sizes: reshape with -1 miscompiles inside this parallel kernel)
+    n = v.shape[0] * v.shape[1]
+    vf = v.reshape((n, v.size // n))
+    sf = sw.reshape((n, v.size // n))
+    of = out.reshape((n, out.size // n))
+    for t in prange(n):
+        for i in range(of.shape[1]):
+            of[t, i] = 0
+        for k in range(vf.shape[1]):
+            of[t, sf[t, k]] += vf[t, k]
+
+
+@kernel
+def unpool(v, sw, out):
+    _unpool(v, sw, out)
+
+
+@kernel
+def unpool_like(v, sw, like, out):
+    _unpool(v, sw, out)
+
+
+@kernel(parallel=True)
+def gather_switches(g, sw, out):
+    n = g.shape[0] * g.shape[1]
+    gf = g.reshape((n, g.size // n))
+    sf = sw.reshape((n, sw.size // n))
+    of = out.reshape((n, out.size // n))
+    for t in prange(n):
+        for i in range(of.shape[1]):
+            of[t, i] = gf[t, sf[t, i]]
+
+
+@kernel(parallel=True)
+def avgpool(x, out, kern, stride, pad, include_pad):
+    x4, o4 = _as4(x), _as4(out)
+    B, C, H, W = x4.shape
+    Ho, Wo = o4.shape[2], o4.shape[3]
+    T = out.dtype.type
+    for t in prange(B * C):
+        b = t // C
+        c = t % C
+        for oy in range(Ho):
+            y0, y1, ny = _win(oy, stride[0], pad[0], kern[0], H)
+            for ox in range(Wo):
+                x0, x1, nx = _win(ox, stride[1], pad[1], kern[1], W)
+                acc = T(0)
+                for yy in range(y0, y1):
+                    for xx in range(x0, x1):
+                        acc += x4[b, c, yy, xx]
+                cnt = ny * nx if include_pad else (y1 - y0) * (x1 - x0)
+                o4[b, c, oy, ox] = acc / T(cnt)
+
+
+@kernel(parallel=True)
+def avgpool_grad(g, x, out, kern, stride, pad, include_pad):
+    g4, d4 = _as4(g), _as4(out)
+    B, C, H, W = d4.shape
+    Ho, Wo = g4.shape[2], g4.shape[3]
+    T = out.dtype.type
+    for t in prange(B * C):
+        b = t // C
+        c = t % C
+        for yy in range(H):
+            for xx in range(W):
+                d4[b, c, yy, xx] = 0
+        for oy in range(Ho):
+            y0, y1, ny = _win(oy, stride[0], pad[0], kern[0], H)
+            for ox in range(Wo):
+                x0, x1, nx = _win(ox, stride[1], pad[1], kern[1], W)
+                cnt = ny * nx if include_pad else (y1 - y0) * (x1 - x0)
+                v = g4[b, c, oy, ox] / T(cnt)
+                for yy in range(y0, y1):
+                    for xx in range(x0, x1):
+                        d4[b, c, yy, xx] += v
+
+
+# ---- layers ------------------------------------------------------------------------
+
+def _pool_attrs(ctx, name, x, k, stride, pad, ceil_mode):
+    xs = ctx.shape(x)
+    nd = len(xs) - 2
+    if nd not in (1, 2):
+        ctx.fail(f"{name}: needs a [B, C, L] or [B, C, H, W] input, got {fmt(xs)}")
+    ks = _per_axis(ctx, f"{name}: kernel", k, nd)
+    return {"kernel": ks,
+            "stride": ks if stride is None else _per_axis(ctx, f"{name}: stride", stride, nd),
+            "pad": _per_axis(ctx, f"{name}: pad", pad, nd, minimum=0),
+            "ceil_mode": bool(ceil_mode)}
+
+
+@layer("maxpool")
+def maxpool_layer(ctx, x, k, stride=None, *, pad=0, ceil_mode=False, switches=False):
+    """Max over k (or [kh, kw]) windows, stride defaulting to k.  With
+    switches=true it returns (values, switches), the switches for `unpool`."""
+    attrs = _pool_attrs(ctx, "maxpool", x, k, stride, pad, ceil_mode)
+    y = ctx.emit("maxpool", [x], attrs)
+    if switches:
+        return y, ctx.emit("maxpool_switches", [x], attrs)
+    return y
+
+
+@layer("avgpool")
+def avgpool_layer(ctx, x, k, stride=None, *, pad=0, ceil_mode=False, count_include_pad=True):
+    """Mean over k (or [kh, kw]) windows, stride defaulting to k; padding counts
+    in the mean unless count_include_pad=false (as PyTorch)."""
+    attrs = _pool_attrs(ctx, "avgpool", x, k, stride, pad, ceil_mode)
+    attrs["count_include_pad"] = bool(count_include_pad)
+    return ctx.emit("avgpool", [x], attrs)
+
+
+@layer("global_avgpool")
+def global_avgpool(ctx, x):
+    """Mean over every spatial axis: [B, C, H, W] -> [B, C]."""
+    xs = ctx.shape(x)
+    if len(xs) < 3:
+        ctx.fail(f"global_avgpool: needs a [B, C, ...] input with spatial axes, got {fmt(xs)}")
+    return ctx.emit("mean", [x], {"axes": list(range(2, len(xs))), "keepdims": False})
+
+
+@layer("unpool", inputs=2)
+def unpool_layer(ctx, v, switches, k, stride=None, *, pad=0, size=None):
+    """Places values at the positions `maxpool(..., switches=true)` recorded, zeros
+    elsewhere; output size (n-1)*stride - 2*pad + k per axis unless `size` is given."""
+    vs = ctx.shape(v)
+    nd = len(vs) - 2
+    ks = _per_axis(ctx, "unpool: kernel", k, nd)
+    ss = ks if stride is None else _per_axis(ctx, "unpool: stride", stride, nd)
+    ps = _per_axis(ctx, "unpool: pad", pad, nd, minimum=0)
+    if size is None:
+        size = [(n - 1) * s - 2 * p + kk for n, s, p, kk in zip(vs[2:], ss, ps, ks)]
+    else:
+        size = _per_axis(ctx, "unpool: size", size, nd)
+    return ctx.emit("unpool", [v, switches], {"size": size})
+
+
+@layer("maxout")
+def maxout(ctx, x, k):
+    """Max over groups of k consecutive channels (axis 1): [B, C, ...] -> [B, C/k, ...]."""
+    xs = ctx.shape(x)
+    if not isinstance(k, int) or k < 1 or len(xs) < 2 or xs[1] % k:
+        ctx.fail(f"maxout: {k!r} must be a positive integer dividing the {xs[1]} channels "
+                 f"of {fmt(xs)}")
+    r = ctx.emit("reshape", [x], {"shape": [xs[1] // k, k] + list(xs[2:])})
+    return ctx.emit("max", [r], {"axes": [2], "keepdims": False})
