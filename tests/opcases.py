@@ -32,6 +32,8 @@ class Arg:
             x = np.sign(x) * (np.abs(x) + 0.5)
         elif self.kind == "unit":     # in (0.05, 0.95)
             x = 0.05 + 0.9 * rng.random(self.shape)
+        elif self.kind == "count":    # a step counter: a small whole number
+            x = rng.integers(0, 1000, size=self.shape).astype(float)
         return x.astype(dtype)
 
 
@@ -105,6 +107,18 @@ def pool_family(note, x, attrs):
             CA("avgpool_grad", [X(*out), X(*x, grad=False)], note, attrs),
             CA("unpool", [X(*out), Arg(out, True, "int64", high=plane, grad=False),
                           X(*x, grad=False)], note + "-like", {})]
+
+
+def bn_family(note, x, training):
+    c = x[1]
+    ps = [P(c), P(c), P(c, grad=False), P(c, kind="pos", grad=False)]
+    at = dict(momentum=0.1, eps=1e-5, training=training)
+    gat = dict(eps=1e-5, training=training)
+    return [CA("batchnorm", [X(*x)] + ps, note, at),
+            CA("batchnorm_grad", [X(*x), X(*x)] + [P(c), P(c), P(c, kind="pos")], note + "-input",
+               {**gat, "part": "input"}),
+            CA("batchnorm_grad", [X(*x), X(*x)] + [P(c), P(c), P(c, kind="pos")], note + "-weight",
+               {**gat, "part": "weight"})]
 
 
 def C(op, args, note="", fd=True, **attrs) -> Case:
@@ -212,4 +226,32 @@ CASES = [
     C("untake", [X(2, 3), X(2, 5, 3, grad=False)], "", axis=1, index=-1),
     C("transpose", [X(2, 3, 4)], "021", perm=[0, 2, 1]),
     C("transpose", [X(2, 3, 4, 5)], "1302", perm=[1, 3, 0, 2]),
+    # ---- normalisation, dropout --------------------------------------------------
+    *bn_family("2d-train", (5, 3), True),
+    *bn_family("1d-eval", (3, 2, 5), False),
+    *bn_family("nchw-train", (2, 3, 4, 5), True),
+    *bn_family("nchw-eval", (2, 3, 2, 3), False),
+    C("batchnorm_stat", [X(4, 3, 5), P(3)], "mean", stat="mean", momentum=0.1),
+    C("batchnorm_stat", [X(4, 3, 2, 2), P(3, kind="pos")], "var", stat="var", momentum=0.3),
+    C("batchnorm_stat", [X(4, 3), P(3)], "eval", stat="var", training=False),
+    C("dropout_mask", [X(6, 7, grad=False), P(kind="count", grad=False)], "train",
+      p=0.3, seed=12345, training=True),
+    C("dropout_mask", [X(3, 4, grad=False), P(kind="count", grad=False)], "eval",
+      p=0.5, seed=1, training=False),
+    # ---- embedding, losses ---------------------------------------------------------
+    C("embedding", [I(3, high=7), P(7, 4)], "1d"),
+    C("embedding", [I(2, 5, high=6), P(6, 3)], "seq"),
+    C("embedding_grad", [X(2, 5, 3), I(2, 5, high=6), P(6, 3, grad=False)]),
+    C("softmax", [X(3, 5)]),
+    C("softmax", [X(2, 3, 4)], "seq"),
+    C("log_softmax", [X(3, 5)]),
+    C("log_softmax", [X(2, 3, 4)], "seq"),
+    C("softmax_grad", [X(3, 5), X(3, 5, kind="unit")]),
+    C("log_softmax_grad", [X(3, 5), X(3, 5)]),
+    C("cross_entropy", [X(4, 5), I(4, high=5)]),
+    C("cross_entropy", [X(2, 3, 4), I(2, 3, high=4)], "seq"),
+    C("cross_entropy_grad", [P(), X(4, 5), I(4, high=5)]),
+    C("nll", [X(4, 5), I(4, high=5)]),
+    C("nll", [X(2, 3, 4), I(2, 3, high=4)], "seq"),
+    C("nll_grad", [P(), I(4, high=5), X(4, 5, grad=False)]),
 ]

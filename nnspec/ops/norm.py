@@ -1,0 +1,376 @@
+"""Batch normalisation and dropout: the ops that behave differently in training.
+
+Both carry a `training` attr; `passes/mode.py` gives the eval program a copy
+with it False.  Running state changes *functionally*: a node whose attrs hold
+`updates: <state id>` computes the state's new value, and the train program
+writes it back after the step (`passes/pipeline.state_updates`).  No kernel
+here writes to its inputs.
+
+batchnorm(x, weight, bias, running_mean, running_var; momentum, eps, training)
+    x [B, C], [B, C, L] or [B, C, H, W]; statistics per channel (axis 1) over
+    every other axis.  Training: normalise with the batch mean and the *biased*
+    batch variance.  Eval: with running_mean / running_var.
+    y = (x - mean) / sqrt(var + eps) * weight + bias.
+batchnorm_stat(x, state; stat, momentum)      [the state update, PyTorch's rule]
+    stat "mean": (1 - momentum) * running_mean + momentum * batch mean
+    stat "var":  (1 - momentum) * running_var + momentum * *unbiased* batch var
+    The `batchnorm` layer emits one per running statistic, with `updates` naming
+    the state leaf.
+batchnorm_grad(g, x, weight, running_mean, running_var; part, eps, training)
+    part "input": dL/dx; part "weight": dL/dweight = sum(g * xhat).  Internal.
+
+dropout_mask(x, step; p, seed, training)      [x only gives the shape]
+    Training: each element is 0 with probability p, else 1 / (1 - p); eval: 1.
+    The `dropout` layer multiplies x by it, so forward and backward use one
+    mask value.  RNG contract: counter-based and stateless.  Element i (flat,
+    C order, the whole batch) keeps iff u >= p where
+        u = (splitmix64(key + i) >> 11) * 2**-53,
+        key = splitmix64(seed * 0x9E3779B97F4A7C15 + step)   (uint64, wrapping)
+    `seed` is an attr fixed per layer (from its name unless given); `step` is a
+    scalar state leaf `<layer>.step` that the layer advances by one per train
+    step with an `updates` node (add(step, 1)).  NumPy reference and kernel
+    give bit-identical masks, so results reproduce given seed and step.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from ..errors import ShapeError
+from .base import Op, fmt, kernel, layer, prange, register
+
+
+def _channel_axes(ndim):
+    return (0,) + tuple(range(2, ndim))
+
+
+def _check_x(name, x):
+    if len(x) not in (2, 3, 4):
+        raise ShapeError(f"{name}: needs [B, C], [B, C, L] or [B, C, H, W], got {fmt(x)}")
+
+
+def _per_channel(name, x, shapes, what):
+    for s, w in zip(shapes, what):
+        if tuple(s) != (x[1],):
+            raise ShapeError(f"{name}: {w} {fmt(s)} does not match the {x[1]} channels of "
+                             f"{fmt(x)}")
+
+
+def _stats(x, training, rm, rv):
+    axes = _channel_axes(x.ndim)
+    if training:
+        return x.mean(axis=axes), x.var(axis=axes)
+    return rm, rv
+
+
+def _bc(v, ndim):
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+class BatchNorm(Op):
+    name = "batchnorm"
+    arity = 5
+
+    def infer(self, attrs, shapes, dtypes):
+        x = tuple(shapes[0])
+        _check_x(self.name, x)
+        _per_channel(self.name, x, shapes[1:],
+                     ("weight", "bias", "running_mean", "running_var"))
+        return x, dtypes[0]
+
+    def reference(self, attrs, x, w, b, rm, rv):
+        mean, var = _stats(x, attrs.get("training", True), rm, rv)
+        inv = 1.0 / np.sqrt(var + attrs.get("eps", 1e-5))
+        return (x - _bc(mean, x.ndim)) * _bc(inv * w, x.ndim) + _bc(b, x.ndim)
+
+    def grad(self, gb, node, g):
+        x, w, b, rm, rv = node.inputs
+        at = {"eps": node.attrs.get("eps", 1e-5), "training": node.attrs.get("training", True)}
+        ins = (g, x, w, rm, rv)
+        return [gb.add("batchnorm_grad", ins, {**at, "part": "input"}) if gb.wants(0) else None,
+                gb.add("batchnorm_grad", ins, {**at, "part": "weight"}) if gb.wants(1) else None,
+                gb.add("sum", (g,), {"axes": list(_channel_axes(len(node.shape)))})
+                if gb.wants(2) else None,
+                None, None]
+
+    def kernel(self, attrs):
+        return batchnorm, (float(attrs.get("eps", 1e-5)), bool(attrs.get("training", True)))
+
+    def macs(self, attrs, in_shapes, out_shape):
+        return 0
+
+
+class BatchNormGrad(Op):
+    name = "batchnorm_grad"
+    arity = 5
+    differentiable = False
+
+    def infer(self, attrs, shapes, dtypes):
+        g, x = tuple(shapes[0]), tuple(shapes[1])
+        if g != x:
+            raise ShapeError(f"batchnorm_grad: gradient {fmt(g)} and input {fmt(x)} differ")
+        _check_x(self.name, x)
+        _per_channel(self.name, x, shapes[2:], ("weight", "running_mean", "running_var"))
+        return (x if attrs.get("part", "input") == "input" else (x[1],)), dtypes[0]
+
+    def reference(self, attrs, g, x, w, rm, rv):
+        training = attrs.get("training", True)
+        mean, var = _stats(x, training, rm, rv)
+        inv = 1.0 / np.sqrt(var + attrs.get("eps", 1e-5))
+        axes = _channel_axes(x.ndim)
+        xhat = (x - _bc(mean, x.ndim)) * _bc(inv, x.ndim)
+        if attrs.get("part", "input") == "weight":
+            return (g * xhat).sum(axis=axes)
+        if not training:
+            return g * _bc(inv * w, x.ndim)
+        gm = g.mean(axis=axes, keepdims=True)
+        gx = (g * xhat).mean(axis=axes, keepdims=True)
+        return _bc(inv * w, x.ndim) * (g - gm - xhat * gx)
+
+    def kernel(self, attrs):
+        fn = batchnorm_grad_weight if attrs.get("part") == "weight" else batchnorm_grad_input
+        return fn, (float(attrs.get("eps", 1e-5)), bool(attrs.get("training", True)))
+
+
+class BatchNormStat(Op):
+    name = "batchnorm_stat"
+    arity = 2
+    differentiable = False
+
+    def infer(self, attrs, shapes, dtypes):
+        x, s = tuple(shapes[0]), tuple(shapes[1])
+        _check_x(self.name, x)
+        _per_channel(self.name, x, [s], ("state",))
+        if attrs.get("stat") not in ("mean", "var"):
+            raise ShapeError(f"batchnorm_stat: stat must be mean or var, got {attrs.get('stat')!r}")
+        return s, dtypes[1]
+
+    def reference(self, attrs, x, s):
+        if not attrs.get("training", True):
+            return s.copy()
+        m = attrs.get("momentum", 0.1)
+        axes = _channel_axes(x.ndim)
+        n = x.size // x.shape[1]
+        if attrs["stat"] == "mean":
+            new = x.mean(axis=axes)
+        else:
+            new = x.var(axis=axes) * (n / max(n - 1, 1))
+        return (1 - m) * s + m * new
+
+    def kernel(self, attrs):
+        return batchnorm_stat, (float(attrs.get("momentum", 0.1)), attrs["stat"] == "var",
+                                bool(attrs.get("training", True)))
+
+
+for _op in (BatchNorm(), BatchNormGrad(), BatchNormStat()):
+    register(_op)
+
+
+@kernel
+def _as3(x):
+    """[B, C, ...] as [B, C, P] (P = 1 for [B, C])."""
+    b, c = x.shape[0], x.shape[1]
+    return x.reshape((b, c, x.size // max(b * c, 1)))
+
+
+@kernel
+def _channel_stats(x3, c):
+    """(mean, biased var) of channel c, two-pass."""
+    B, P = x3.shape[0], x3.shape[2]
+    T = x3.dtype.type
+    s = T(0)
+    for b in range(B):
+        for p in range(P):
+            s += x3[b, c, p]
+    mean = s / T(B * P)
+    v = T(0)
+    for b in range(B):
+        for p in range(P):
+            d = x3[b, c, p] - mean
+            v += d * d
+    return mean, v / T(B * P)
+
+
+@kernel(parallel=True)
+def batchnorm(x, w, b, rm, rv, out, eps, training):
+    x3, o3 = _as3(x), _as3(out)
+    T = out.dtype.type
+    for c in prange(x3.shape[1]):
+        if training:
+            mean, var = _channel_stats(x3, c)
+        else:
+            mean, var = rm[c], rv[c]
+        scale = w[c] / np.sqrt(var + T(eps))
+        for bb in range(x3.shape[0]):
+            for p in range(x3.shape[2]):
+                o3[bb, c, p] = (x3[bb, c, p] - mean) * scale + b[c]
+
+
+@kernel(parallel=True)
+def _batchnorm_grad(g, x, w, rm, rv, out, eps, training, weight_part):
+    """out: dx (x's shape) or, with weight_part, dweight as [1, C, 1]."""
+    x3, g3, o3 = _as3(x), _as3(g), _as3(out)
+    T = out.dtype.type
+    B, C, P = x3.shape
+    for c in prange(C):
+        if training:
+            mean, var = _channel_stats(x3, c)
+        else:
+            mean, var = rm[c], rv[c]
+        inv = T(1) / np.sqrt(var + T(eps))
+        sg = T(0)
+        sgx = T(0)
+        for bb in range(B):
+            for p in range(P):
+                sg += g3[bb, c, p]
+                sgx += g3[bb, c, p] * (x3[bb, c, p] - mean) * inv
+        if weight_part:
+            o3[0, c, 0] = sgx
+        else:
+            n = T(B * P)
+            for bb in range(B):
+                for p in range(P):
+                    if training:
+                        xh = (x3[bb, c, p] - mean) * inv
+                        o3[bb, c, p] = w[c] * inv * (g3[bb, c, p] - sg / n - xh * sgx / n)
+                    else:
+                        o3[bb, c, p] = w[c] * inv * g3[bb, c, p]
+
+
+@kernel
+def batchnorm_grad_input(g, x, w, rm, rv, out, eps, training):
+    _batchnorm_grad(g, x, w, rm, rv, out, eps, training, False)
+
+
+@kernel
+def batchnorm_grad_weight(g, x, w, rm, rv, out, eps, training):
+    _batchnorm_grad(g, x, w, rm, rv, out.reshape((1, out.size, 1)), eps, training, True)
+
+
+@kernel(parallel=True)
+def batchnorm_stat(x, s, out, momentum, var, training):
+    x3 = _as3(x)
+    T = out.dtype.type
+    m = T(momentum)
+    n = x3.shape[0] * x3.shape[2]
+    for c in prange(x3.shape[1]):
+        if not training:
+            out[c] = s[c]
+            continue
+        mean, v = _channel_stats(x3, c)
+        new = v * T(n) / T(max(n - 1, 1)) if var else mean
+        out[c] = (T(1) - m) * s[c] + m * new
+
+
+# ---- dropout ----------------------------------------------------------------------
+
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _splitmix_np(z):
+    z = z + np.uint64(_GOLDEN)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def dropout_uniform(seed: int, step: int, n: int) -> np.ndarray:
+    """The RNG contract in NumPy: n uniforms in [0, 1) for (seed, step)."""
+    with np.errstate(over="ignore"):
+        key = _splitmix_np(np.array([seed], np.uint64) * np.uint64(_GOLDEN)
+                           + np.array([step], np.uint64))[0]
+        h = _splitmix_np(key + np.arange(n, dtype=np.uint64))
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+class DropoutMask(Op):
+    name = "dropout_mask"
+    arity = 2
+    differentiable = False
+
+    def infer(self, attrs, shapes, dtypes):
+        if tuple(shapes[1]) != ():
+            raise ShapeError(f"dropout_mask: step must be a scalar, got {fmt(shapes[1])}")
+        p = attrs.get("p", 0.5)
+        if not 0 <= p < 1:
+            raise ShapeError(f"dropout_mask: p must be in [0, 1), got {p}")
+        return tuple(shapes[0]), dtypes[0]
+
+    def reference(self, attrs, x, step):
+        if not attrs.get("training", True):
+            return np.ones_like(x)
+        p = attrs.get("p", 0.5)
+        u = dropout_uniform(int(attrs.get("seed", 0)), int(step), x.size).reshape(x.shape)
+        return np.where(u >= p, 1.0 / (1.0 - p), 0.0).astype(x.dtype)
+
+    def kernel(self, attrs):
+        return dropout_mask, (float(attrs.get("p", 0.5)), int(attrs.get("seed", 0)),
+                              bool(attrs.get("training", True)))
+
+
+register(DropoutMask())
+
+
+@kernel
+def _splitmix(z):
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@kernel(parallel=True)
+def dropout_mask(x, step, out, p, seed, training):
+    T = out.dtype.type
+    o = out.reshape(-1)
+    if not training:
+        for i in prange(o.size):
+            o[i] = T(1)
+        return
+    key = _splitmix(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(int(step[()])))
+    keep = T(1.0 / (1.0 - p))
+    for j in prange(o.size):
+        u = np.float64(_splitmix(key + np.uint64(j)) >> np.uint64(11)) * 1.1102230246251565e-16
+        o[j] = keep if u >= p else T(0)
+
+
+# ---- layers ------------------------------------------------------------------------
+
+@layer("batchnorm")
+def batchnorm_layer(ctx, x, *, momentum=0.1, eps=1e-5):
+    """Batch normalisation per channel (axis 1) of [B, C], [B, C, L] or
+    [B, C, H, W], as PyTorch's BatchNorm: parameters weight (ones) and bias
+    (zeros), state running_mean (zeros) and running_var (ones)."""
+    xs = ctx.shape(x)
+    if len(xs) not in (2, 3, 4):
+        ctx.fail(f"batchnorm: needs [B, C], [B, C, L] or [B, C, H, W], got {fmt(xs)}")
+    for what, v in (("momentum", momentum), ("eps", eps)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
+            ctx.fail(f"batchnorm: {what} must be a number in [0, 1], got {v!r}")
+    c = xs[1]
+    w = ctx.param("weight", (c,), init="ones", fan_in=c, fan_out=c)
+    b = ctx.param("bias", (c,), init="zeros", fan_in=c, fan_out=c)
+    rm = ctx.state("running_mean", (c,), init="zeros")
+    rv = ctx.state("running_var", (c,), init="ones")
+    for s, stat in ((rm, "mean"), (rv, "var")):
+        ctx.emit("batchnorm_stat", [x, s], {"stat": stat, "momentum": float(momentum),
+                                            "training": True, "updates": s})
+    return ctx.emit("batchnorm", [x, w, b, rm, rv],
+                    {"momentum": float(momentum), "eps": float(eps), "training": True})
+
+
+@layer("dropout")
+def dropout(ctx, x, p=0.5, *, seed=None):
+    """Zeroes each element with probability p while training, scaling the rest by
+    1 / (1 - p); the identity in eval.  Masks follow a counter-based RNG of
+    (seed, step) (see nnspec/ops/norm.py)."""
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p < 1:
+        ctx.fail(f"dropout: p must be a number in [0, 1), got {p!r}")
+    step = ctx.state("step", (), init="zeros")
+    if seed is None:
+        seed = zlib.crc32(str(step).encode())
+    ctx.emit("add", [step, ctx.const(1.0)], {"updates": step})
+    mask = ctx.emit("dropout_mask", [x, step], {"p": float(p), "seed": int(seed),
+                                                "training": True})
+    return ctx.emit("mul", [x, mask])
