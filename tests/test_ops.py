@@ -121,3 +121,152 @@ def test_shape_errors_name_the_sizes():
         g.add("add", (a, b))
     with pytest.raises(ShapeError, match="axis 3 is out of range for a 3-d"):
         g.add("sum", (a,), {"axes": [3]})
+
+
+# ---- spot checks against literal formulas (independent of the references) -------
+
+def naive_conv2d(x, w, stride, dil, pad, groups):
+    B, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    (pt, pb), (pl, pr) = pad
+    Ho = (H + pt + pb - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    Wo = (W + pl + pr - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    y = np.zeros((B, O, Ho, Wo))
+    for b in range(B):
+        for o in range(O):
+            g = o // (O // groups)
+            for i in range(Ho):
+                for j in range(Wo):
+                    s = 0.0
+                    for c in range(Cg):
+                        for u in range(kh):
+                            for v in range(kw):
+                                yy = i * stride[0] - pt + u * dil[0]
+                                xx = j * stride[1] - pl + v * dil[1]
+                                if 0 <= yy < H and 0 <= xx < W:
+                                    s += x[b, g * Cg + c, yy, xx] * w[o, c, u, v]
+                    y[b, o, i, j] = s
+    return y
+
+
+@pytest.mark.parametrize("stride,dil,pad,groups", [
+    ([1, 1], [1, 1], [[0, 0], [0, 0]], 1),
+    ([2, 1], [1, 2], [[1, 0], [2, 1]], 2),
+    ([2, 2], [1, 1], "same", 4),
+])
+def test_conv_against_loops(stride, dil, pad, groups):
+    from nnspec.ops.base import pad_amounts
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 7, 6))
+    w = rng.standard_normal((4, 4 // groups, 3, 2))
+    if pad == "same":
+        attrs_pad = ["same", "same"]
+        pads = [pad_amounts("same", n, k, s, d) for n, k, s, d in zip((7, 6), (3, 2), stride, dil)]
+    else:
+        attrs_pad = pads = pad
+    attrs = {"stride": stride, "dilation": dil, "pad": attrs_pad, "groups": groups}
+    want = naive_conv2d(x, w, stride, dil, pads, groups)
+    op = get_op("conv")
+    np.testing.assert_allclose(op.reference(attrs, x, w), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(run_kernel(op, attrs, [x, w], want.shape, "float64"), want,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_same_padding_keeps_size_and_ceil_with_stride():
+    g = Graph()
+    x = g.input("x", (BATCH, 3, 9, 10))
+    w = g.input("w", (4, 3, 4, 3))
+    y = g.add("conv", (x, w), {"stride": [2, 2], "dilation": [1, 1], "pad": ["same", "same"],
+                               "groups": 1})
+    assert g.shape(y) == (BATCH, 4, 5, 5)
+    x1 = g.input("x1", (BATCH, 2, 11))
+    w1 = g.input("w1", (3, 2, 3))
+    y1 = g.add("conv", (x1, w1), {"stride": [1], "dilation": [2], "pad": ["causal"], "groups": 1})
+    assert g.shape(y1) == (BATCH, 3, 11)
+
+
+def test_maxpool_and_switches_against_loops():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 7, 8))
+    attrs = {"kernel": [3, 2], "stride": [2, 2], "pad": [1, 0], "ceil_mode": True}
+    Ho, Wo = 4, 4           # ceil((7 + 2 - 3) / 2) + 1, ceil((8 - 2) / 2) + 1
+    want = np.full((2, 3, Ho, Wo), -np.inf)
+    where = np.zeros((2, 3, Ho, Wo), np.int64)
+    for b in range(2):
+        for c in range(3):
+            for i in range(Ho):
+                for j in range(Wo):
+                    for u in range(3):
+                        for v in range(2):
+                            yy, xx = i * 2 - 1 + u, j * 2 + v
+                            if 0 <= yy < 7 and 0 <= xx < 8 and x[b, c, yy, xx] > want[b, c, i, j]:
+                                want[b, c, i, j] = x[b, c, yy, xx]
+                                where[b, c, i, j] = yy * 8 + xx
+    for name, expect in (("maxpool", want), ("maxpool_switches", where)):
+        op = get_op(name)
+        np.testing.assert_array_equal(op.reference(attrs, x), expect)
+        np.testing.assert_array_equal(run_kernel(op, attrs, [x], expect.shape, expect.dtype),
+                                      expect)
+
+
+def test_avgpool_counts_padding_like_pytorch():
+    x = np.ones((1, 1, 3, 3))
+    attrs = {"kernel": [2, 2], "stride": [2, 2], "pad": [1, 1], "ceil_mode": False}
+    # every window holds one, two or four real ones out of four places
+    want = np.array([[[[0.25, 0.5], [0.5, 1.0]]]])
+    np.testing.assert_allclose(get_op("avgpool").reference(attrs, x), want)
+    excl = get_op("avgpool").reference({**attrs, "count_include_pad": False}, x)
+    np.testing.assert_allclose(excl, np.ones((1, 1, 2, 2)))
+
+
+def test_losses_against_formulas():
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((4, 3)) * 50          # large logits: the log-sum-exp must be stable
+    t = np.array([0, 2, 1, 2])
+    lse = np.array([np.log(sum(np.exp(v - max(r)) for v in r)) + max(r) for r in z])
+    want = np.mean([lse[i] - z[i, t[i]] for i in range(4)])
+    op = get_op("cross_entropy")
+    assert op.reference({}, z, t) == pytest.approx(want, rel=1e-12)
+    assert run_kernel(op, {}, [z, t], (), "float64") == pytest.approx(want, rel=1e-12)
+
+
+def test_dropout_mask_rate_and_determinism():
+    op = get_op("dropout_mask")
+    x = np.zeros((200, 50), np.float32)
+    attrs = {"p": 0.25, "seed": 7, "training": True}
+    m1 = op.reference(attrs, x, np.array(3.0))
+    m2 = run_kernel(op, attrs, [x, np.array(3.0, np.float32)], x.shape, "float32")
+    np.testing.assert_array_equal(m1, m2)
+    assert set(np.unique(m1)) == {0.0, np.float32(1 / 0.75)}
+    assert abs((m1 == 0).mean() - 0.25) < 0.02
+    assert not np.array_equal(m1, op.reference(attrs, x, np.array(4.0)))   # a new step
+
+
+def test_batchnorm_stat_follows_pytorch():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 3, 4))
+    rv = np.ones(3)
+    new = get_op("batchnorm_stat").reference({"stat": "var", "momentum": 0.1}, x, rv)
+    unbiased = x.transpose(1, 0, 2).reshape(3, -1).var(axis=1, ddof=1)
+    np.testing.assert_allclose(new, 0.9 * rv + 0.1 * unbiased)
+
+
+@pytest.mark.parametrize("op,inputs,attrs,pattern", [
+    ("conv", [(BATCH, 3, 8, 8), (4, 2, 3, 3)], {"stride": [1, 1], "dilation": [1, 1],
+     "pad": ["valid"] * 2, "groups": 1}, r"input has 3 channels.*expects 2"),
+    ("conv", [(BATCH, 3, 4, 8), (4, 3, 5, 3)], {"stride": [1, 1], "dilation": [1, 1],
+     "pad": ["valid"] * 2, "groups": 1}, r"height 4 \(padded to 4\) is smaller than the kernel"),
+    ("maxpool", [(BATCH, 3, 2, 8)], {"kernel": [3, 3], "stride": [3, 3], "pad": [0, 0]},
+     r"height 2 \(padded to 2\) is smaller than the window 3"),
+    ("linear", [(BATCH, 5), (4, 6)], {}, r"5 features.*expects 6"),
+    ("cross_entropy", [(BATCH, 10), (BATCH, 3)], {}, r"\[B, 10\] need targets of shape \[B\]"),
+    ("concat", [(BATCH, 3, 4), (BATCH, 3, 5)], {"axis": 1}, r"differ at axis 2 \(4 and 5\)"),
+    ("reshape", [(BATCH, 3, 4)], {"shape": [5, 2]}, r"12 elements.*needs 10"),
+    ("batchnorm", [(BATCH, 3, 4), (4,), (3,), (3,), (3,)], {}, r"weight \[4\].*3 channels"),
+])
+def test_shape_error_messages(op, inputs, attrs, pattern):
+    g = Graph()
+    ids = [g.input(f"i{k}", s, dtype="int64" if op == "cross_entropy" and k == 1 else None)
+           for k, s in enumerate(inputs)]
+    with pytest.raises(ShapeError, match=pattern):
+        g.add(op, ids, attrs)

@@ -33,10 +33,10 @@ class Linear(Op):
 
     def grad(self, gb, node, g):
         x, w = node.inputs[0], node.inputs[1]
-        out = [gb.add("matmul", (g, w)),                       # dx = g W
-               gb.add("matmul", (g, x), {"ta": True})]         # dW = g^T x
+        out = [gb.add("matmul", (g, w)) if gb.wants(0) else None,                # dx = g W
+               gb.add("matmul", (g, x), {"ta": True}) if gb.wants(1) else None]  # dW = g^T x
         if len(node.inputs) == 3:
-            out.append(gb.add("sum_rows", (g,)))               # db = sum over rows of g
+            out.append(gb.add("sum_rows", (g,)) if gb.wants(2) else None)  # db = row sums of g
         return out
 
     def kernel(self, attrs):
@@ -103,11 +103,12 @@ class MatMul(Op):
     def grad(self, gb, node, g):
         a, b = node.inputs
         if attrs_ta(node):        # y = a^T b: da = b g^T, db = a g
-            return [gb.add("matmul", (b, g), {"tb": True}), gb.add("matmul", (a, g))]
-        if node.attrs.get("tb"):  # y = a b^T: da = g b, db = g^T a
-            return [gb.add("matmul", (g, b)), gb.add("matmul", (g, a), {"ta": True})]
-        return [gb.add("matmul", (g, b), {"tb": True}),          # y = a b
-                gb.add("matmul", (a, g), {"ta": True})]
+            pair = [("matmul", (b, g), {"tb": True}), ("matmul", (a, g), {})]
+        elif node.attrs.get("tb"):  # y = a b^T: da = g b, db = g^T a
+            pair = [("matmul", (g, b), {}), ("matmul", (g, a), {"ta": True})]
+        else:                     # y = a b
+            pair = [("matmul", (g, b), {"tb": True}), ("matmul", (a, g), {"ta": True})]
+        return [gb.add(*p) if gb.wants(i) else None for i, p in enumerate(pair)]
 
     def kernel(self, attrs):
         if attrs.get("ta"):
