@@ -28,5 +28,6 @@ def run(graph, feeds: dict, outputs) -> dict:
             vals[node.id] = np.asarray(feeds[node.id])
         else:
             out = get_op(node.op).reference(node.attrs, *[vals[i] for i in node.inputs])
-            vals[node.id] = np.asarray(out, dtype=node.dtype)
+            # a `loop` node's value is a dict of arrays (read by loop_output)
+            vals[node.id] = out if node.dtype == "loop" else np.asarray(out, dtype=node.dtype)
     return {o: vals[o] for o in outputs}
