@@ -20,6 +20,7 @@ from ..errors import DataError, did_you_mean
 from .bind import bind, class_output, conform, n_examples, per_example, split
 from .files import read_path
 from .registry import DATASETS, register
+from . import sequences  # noqa: E402,F401  (registers adding, copy, reverse)
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
