@@ -107,6 +107,7 @@ class _Reader:
         return n
 
     def check_keys(self, pairs, allowed, required, what, node):
+        """The keys of a mapping by name; `node` is what a missing key points at."""
         for k, _ in pairs:
             if k.value not in allowed:
                 self.fail(f"unknown key '{k.value}' in {what}", k,
@@ -228,7 +229,7 @@ class _Reader:
                 for bk, bv in self.mapping(v, key, f"{key}: {{NAME: {{args, inputs, body}}}}"):
                     items.append(self.block(bk, bv, kind))
             elif key == "network":
-                items.append(self.network(v))
+                items.append(self.network(k, v))
             elif key == "train":
                 items.append(ast.Train(self.body(v, "the train section"), loc=self.loc(k)))
             else:
@@ -240,15 +241,15 @@ class _Reader:
         name = self.name(key, f"a {kind}'s name")
         what = f"{kind} '{name}'"
         keys = self.check_keys(self.mapping(node, what), DEF_KEYS, ("inputs", "body"), what,
-                               node)
+                               key)
         params = self.params(keys["args"][1]) if "args" in keys else []
         inputs = self.names(keys["inputs"][1], f"the inputs of {what}")
         body = self.body(keys["body"][1], f"the body of {what}")
         return ast.Block(name, params, inputs, body, kind, loc=self.loc(key))
 
-    def network(self, node) -> ast.Network:
+    def network(self, key, node) -> ast.Network:
         keys = self.check_keys(self.mapping(node, "the network"), NETWORK_KEYS,
-                               ("name", "body"), "the network", node)
+                               ("name", "body"), "the network", key)
         name_node = keys["name"][1]
         name = self.name(name_node, "the network's name")
         params = self.params(keys["args"][1]) if "args" in keys else []
@@ -366,8 +367,12 @@ class _Reader:
         return ast.If(test, body, orelse, loc=self.loc(key))
 
     def stmt_for(self, keys, key) -> ast.For:
-        var = keys["for"][1]
-        return ast.For(self.name(var, "a loop variable"), self.expr(keys["in"][1], "`in`"),
+        var, it = keys["for"][1], keys["in"][1]
+        if isinstance(it, yaml.SequenceNode):           # in: [64, 128, 256]
+            it = ast.List([self.expr(x, "a list item") for x in it.value], loc=self.loc(it))
+        else:
+            it = self.expr(it, "`in`")
+        return ast.For(self.name(var, "a loop variable"), it,
                        self.body(keys["do"][1], "`do`"), loc=self.loc(var))
 
     def stmt_state(self, keys, key) -> ast.State:
