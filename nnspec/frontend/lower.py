@@ -445,6 +445,10 @@ class Lowerer:
                 raise SpecError(f"operator '{op}' does not apply to tensors", e.loc,
                                 "tensors take + - * /")
             return self.tensor_op(BINOPS[op], [a, b], e.loc, scope)
+        from ..ops.base import LayerDef
+        if op == "*":      # `relu * 3`: a bare layer name is the layer without arguments
+            a = Layer("layer", a, [], {}, e.loc) if isinstance(a, LayerDef) else a
+            b = Layer("layer", b, [], {}, e.loc) if isinstance(b, LayerDef) else b
         if op == "*" and isinstance(a, Layer) and isinstance(b, int):
             return self.repeat(a, b, e.loc)
         if op == "*" and isinstance(b, Layer) and isinstance(a, int):
