@@ -204,6 +204,11 @@ def test_repetition():
     assert len(lin) == 3 and len({n.inputs[1] for n in lin}) == 3   # fresh weights each
 
 
+def test_repetition_of_a_bare_layer_name():
+    g = lower("network m { input x: [8]\n output y = x -> dense(4) -> tanh * 3 }")
+    assert [n.op for n in g.nodes()][-3:] == ["tanh", "tanh", "tanh"]
+
+
 def test_repetition_of_a_block():
     g = lower("""
         block unit(n)(x) { return x -> dense(n) -> relu }
