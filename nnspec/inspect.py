@@ -29,10 +29,15 @@ def receptive_fields(graph: Graph) -> dict:
         if len(base) != nsp:
             base = tuple(base[:nsp]) + tuple((1, 1) for _ in range(nsp - len(base)))
         k = n.attrs.get("kernel")
+        if k is None and "stride" in n.attrs and len(n.inputs) > 1:
+            w = graph.shape(n.inputs[1])          # a convolution: the weight's spatial dims
+            if len(w) == len(n.shape):
+                k = list(w[2:])
         if k is None:
             rf[n.id] = base
             continue
-        k, s, d = (_per_axis(n.attrs.get(a, 1), nsp) for a in ("kernel", "stride", "dilation"))
+        k, s, d = (_per_axis(v, nsp) for v in (k, n.attrs.get("stride", 1),
+                                                 n.attrs.get("dilation", 1)))
         out = []
         for (r, j), ki, si, di in zip(base, k, s, d):
             if "transpose" in n.op:
@@ -50,32 +55,41 @@ def _per_axis(v, n):
     return [v] * n
 
 
+def _all_nodes(graph: Graph, steps: int = 1):
+    """(graph, node, steps) for the graph and, recursively, its loop bodies,
+    whose nodes run once per time step (T when it is static, else 1)."""
+    for n in graph.nodes():
+        yield graph, n, steps
+        if n.op == "loop":
+            t = graph.shape(n.inputs[0])[1] if n.inputs else 1
+            yield from _all_nodes(n.attrs["body"], steps * (t if isinstance(t, int) else 1))
+
+
 def summary(graph: Graph) -> dict:
+    """Per-layer rows and totals.  A cell's multiply-adds count every time step
+    of a static-length sequence (one step when T is dynamic)."""
     rf = receptive_fields(graph)
     by_layer: dict = {}
-    for n in graph.nodes():
-        if n.layer is None or n.op in ("input", "param", "state", "const"):
+    for g, n, steps in _all_nodes(graph):
+        if n.layer is None or n.op in ("input", "param", "state", "const", "loop"):
             continue
         try:
-            op = get_op(n.op)
-            macs = op.macs(n.attrs, [graph.shape(i) for i in n.inputs], n.shape)
-        except KeyError:
+            macs = steps * get_op(n.op).macs(n.attrs, [g.shape(i) for i in n.inputs],
+                                             n.shape)
+        except (KeyError, NotImplementedError):
             macs = 0
-        if n.op == "loop":
-            body = n.attrs["body"]
-            macs = sum(summary(body)["macs_nodes"].values())
         by_layer.setdefault(n.layer, []).append((n.id, macs))
     rows = []
     for inst in graph.meta.get("layers", []):
         if inst["kind"] == "block":
             continue
-        out = inst["output"]
+        out = inst["output"] if not inst.get("in_step") else None
         params = sum(graph.node(p).size for p in inst["params"] if graph.node(p).op == "param")
         state = sum(graph.node(p).size for p in inst["params"] if graph.node(p).op == "state")
         macs = sum(m for _, m in by_layer.get(inst["name"], []))
-        row = {"name": inst["name"], "op": inst["kind"], "shape": list(graph.shape(out)),
+        row = {"name": inst["name"], "op": inst["kind"], "shape": inst.get("shape") or list(graph.shape(out)),
                "params": params, "state": state, "macs": int(macs)}
-        if out in rf:
+        if out is not None and out in rf:
             sizes = [round(r) for r, _ in rf[out]]
             jumps = [j for _, j in rf[out]]
             row["receptive_field"] = {"size": sizes, "jump": [round(j, 4) for j in jumps]}

@@ -107,6 +107,7 @@ class LayerCtx:
         nid = self.graph.add(op, inputs, attrs, name=self.inst.name, layer=self.inst.name,
                              loc=self.loc, **kw)
         self.inst.last = nid
+        self.inst.graph = self.graph
         return nid
 
     def const(self, value):
@@ -231,8 +232,10 @@ class Lowerer:
             self.graph.meta["loss"] = self.graph.meta["train"]["loss"]
         self.graph.meta["layers"] = [
             {"name": i.name, "kind": i.kind, "output": i.last,
+             "shape": list((i.graph or self.graph).shape(i.last)),
+             "in_step": i.graph is not None and i.graph is not self.graph,
              "params": sorted(i.params.values())}
-            for i in self.instances if i.last is not None and i.kind != "cell-body"]
+            for i in self.instances if i.last is not None]
         return self.graph
 
     def lower_train(self, train: ast.Train, scope: Scope) -> dict:
@@ -273,7 +276,10 @@ class Lowerer:
             if scope.cell is not None and st.name in scope.cell.states:
                 raise SpecError(f"'{st.name}' is a state of this cell; assign it as "
                                 f"{st.name}[t] = ...", st.loc)
-            scope.vars[st.name] = self.eval(st.value, scope, hint=st.name)
+            v = st.value
+            simple = isinstance(v, ast.Call) or (isinstance(v, ast.Chain) and len(v.stages) == 2)
+            hint = st.name if simple and st.name not in scope.vars else None
+            scope.vars[st.name] = self.eval(v, scope, hint=hint)
         elif isinstance(st, ast.Unpack):
             v = self.eval(st.value, scope)
             if not isinstance(v, (tuple, list)) or len(v) != len(st.names):
@@ -711,7 +717,8 @@ class Lowerer:
         if ret is None:
             raise SpecError(f"block '{block.name}' returns nothing", block.loc,
                             "end it with `return ...`")
-        inst.last = ret.nid if isinstance(ret, Tensor) else None
+        if isinstance(ret, Tensor):
+            inst.last, inst.graph = ret.nid, ret.graph
         return ret
 
     # ---- cells ------------------------------------------------------------------
@@ -833,7 +840,7 @@ class Lowerer:
                         shape=body.shape(build.states[sname]["new"]),
                         dtype=body.dtype_of(build.states[sname]["new"]))
             finals[sname] = Tensor(nid, g)
-        inst.last = results[0]
+        inst.last, inst.graph = results[0], g
         cr = CellResult(loop, finals)
         ts = [Tensor(r, g, cr) for r in results]
         return ts[0] if len(ts) == 1 else tuple(ts)

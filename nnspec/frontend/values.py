@@ -41,6 +41,7 @@ class Instance:
     params: dict = field(default_factory=dict)
     last: str | None = None        # last node it emitted (its output)
     kind: str = ""
+    graph: Any = None              # the graph its output lives in (a cell step's, or the net's)
 
 
 @dataclass(eq=False)
