@@ -190,6 +190,35 @@ def test_layer_values_share_weights():
     assert len(g.params) == 4
 
 
+def test_block_and_cell_values_share_every_weight_inside():
+    g = lower("""
+        block two(n)(x) { return x -> dense(n) -> relu -> dense(n) }
+        cell rnn(n)(x) {
+            state h = zeros(n)
+            h[t] = tanh(dense(x[t], n) + dense(h[t-1], n, bias=false))
+            return h
+        }
+        network m {
+            input x: [5]
+            input s: [T, 3]
+            b = two(5)
+            y2 = x -> b -> b          # the same block value twice: one set of weights
+            y3 = x -> two(5)          # a new call: new weights
+            r = rnn(4)
+            output o = y2 + y3
+            output p = (s -> r) + (s -> r)
+        }
+    """)
+    lin = op_nodes(g, "linear")
+    assert lin[0].inputs[1:] == lin[2].inputs[1:] and lin[1].inputs[1:] == lin[3].inputs[1:]
+    assert lin[4].inputs[1] != lin[0].inputs[1]
+    loops = op_nodes(g, "loop")
+    assert len(loops) == 2
+    # both loops capture the same parameter nodes of the root graph
+    assert loops[0].inputs[1:] == loops[1].inputs[1:]
+    assert g.count("param") == 2 * (5 * 5 + 5) * 2 + (3 * 4 + 4 + 4 * 4)
+
+
 def test_calling_again_makes_new_weights():
     g = lower("network m { input x: [8]\n output y = x -> dense(8) -> dense(8) }")
     assert len(g.params) == 4

@@ -137,6 +137,7 @@ class Lowerer:
         self.counters: dict = {}
         self.instances: list[Instance] = []
         self.stack: list[str] = []      # blocks being expanded (recursion guard)
+        self.tapes: list[dict] = []     # instances made inside a block/cell application
 
     # ---- module-level names ----------------------------------------------------
     def collect(self, module: ast.Module, seen=None):
@@ -172,6 +173,22 @@ class Lowerer:
 
     # ---- naming ----------------------------------------------------------------
     def new_instance(self, scope: Scope, base: str, kind: str, hint: str | None = None) -> Instance:
+        """A new layer instance, or, while a block or cell value is applied
+        again, the instance its first application made at this point (so a
+        block value applied twice shares every weight inside it)."""
+        if self.tapes:
+            tape = self.tapes[-1]
+            if tape["pos"] < len(tape["list"]):
+                inst = tape["list"][tape["pos"]]
+                tape["pos"] += 1
+                return inst
+            inst = self._create_instance(scope, base, kind, hint)
+            tape["list"].append(inst)
+            tape["pos"] += 1
+            return inst
+        return self._create_instance(scope, base, kind, hint)
+
+    def _create_instance(self, scope, base, kind, hint) -> Instance:
         name = f"{scope.prefix}{hint or base}"
         n = self.counters.get(name, 0)
         self.counters[name] = n + 1
@@ -702,18 +719,22 @@ class Lowerer:
                             f"got {len(inputs)}", loc)
         if block.name in self.stack:
             raise SpecError(f"block '{block.name}' calls itself", loc)
-        inst = self.new_instance(scope, block.name, "block", hint)
+        if layer.instance is None:
+            layer.instance = self.new_instance(scope, block.name, "block", hint)
+        inst = layer.instance
         inner = Scope(self, prefix=inst.name + ".", graph=scope.graph, cell=scope.cell)
         inner.vars.update(layer.kwargs)
         for name, t in zip(block.inputs, inputs):
             inner.vars[name] = t
         self.stack.append(block.name)
+        self.tapes.append({"list": inst.tape, "pos": 0})
         try:
             ret = self.exec(block.body, inner)
         except SpecError as ex:
             raise ex.called_from(f"block '{block.name}'", loc)
         finally:
             self.stack.pop()
+            self.tapes.pop()
         if ret is None:
             raise SpecError(f"block '{block.name}' returns nothing", block.loc,
                             "end it with `return ...`")
@@ -775,10 +796,13 @@ class Lowerer:
             seq_ids.append(self.bring(scope, x.nid, x.graph))
         # initial values given at the call site
         init = opts_init(layer.options.get("init"))
+        self.tapes.append({"list": inst.tape, "pos": 0})
         try:
             ret = self.exec(block.body, inner)
         except SpecError as ex:
             raise ex.called_from(f"cell '{block.name}'", loc)
+        finally:
+            self.tapes.pop()
         for sname, st in build.states.items():
             if st["new"] is None:
                 raise SpecError(f"cell state '{sname}' is never assigned; add "

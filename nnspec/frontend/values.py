@@ -42,6 +42,7 @@ class Instance:
     last: str | None = None        # last node it emitted (its output)
     kind: str = ""
     graph: Any = None              # the graph its output lives in (a cell step's, or the net's)
+    tape: list = field(default_factory=list)   # instances made inside it (blocks, cells)
 
 
 @dataclass(eq=False)
