@@ -20,6 +20,7 @@ from .values import (Builtin, CellResult, Instance, Layer, Repeat, Symbol, Tenso
 TRAIN_KEYS = ("loss", "optimizer", "schedule", "batch", "epochs", "clip", "data", "seed",
               "lr", "bptt", "metrics")
 CELL_OPTIONS = ("reverse", "direction", "merge", "init")
+MAX_ITERATIONS = 100_000
 BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 
 
@@ -336,6 +337,9 @@ class Lowerer:
             if not isinstance(it, (list, tuple, range)):
                 raise SpecError(f"`for` needs a list or range, got {type_name(it)}",
                                 st.iter.loc)
+            if len(it) > MAX_ITERATIONS:
+                raise SpecError(f"`for` over {len(it):,} values; a network is built from at "
+                                f"most {MAX_ITERATIONS:,} iterations of one loop", st.iter.loc)
             for v in it:
                 scope.vars[st.var] = v
                 ret = self.exec(st.body, scope)
@@ -1041,7 +1045,10 @@ def make_builtins() -> dict:
         for x in a:
             if not isinstance(x, int):
                 raise ValueError("range takes integers")
-        return list(range(*a))
+        r = range(*a)
+        if len(r) > MAX_ITERATIONS:
+            raise ValueError(f"range of {len(r):,} values; at most {MAX_ITERATIONS:,}")
+        return list(r)
 
     fns = {
         "range": rng,
