@@ -447,3 +447,43 @@ def test_network_arguments_from_set():
     assert lower(src).shape("y") == ("B", 4)
     assert lower(src, width=9).shape("y") == ("B", 9)
     assert lower(src).meta["args"] == {"width": 4}
+
+
+def test_cell_mask_and_bptt_options():
+    g = lower("""
+        cell rnn(n)(x) {
+            state h = zeros(n)
+            h[t] = tanh(dense(x[t], n) + dense(h[t-1], n, bias=false))
+            return h
+        }
+        network m {
+            input s: [T, 3]
+            input mask: [T]
+            output y = s -> rnn(4, mask=mask, bptt=5)
+        }
+    """)
+    (loop,) = op_nodes(g, "loop")
+    assert loop.attrs["mask"] is True and loop.attrs["bptt"] == 5
+    assert loop.inputs[-1] == "mask"
+
+
+@pytest.mark.parametrize("opt, msg", [
+    ("mask=tok", "mask is a float tensor"),
+    ("mask=s", "mask has shape [B, T, 3]"),
+    ("bptt=-1", "bptt takes a number of steps"),
+])
+def test_cell_mask_and_bptt_errors(opt, msg):
+    from nnspec.errors import SpecError
+    with pytest.raises(SpecError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+        lower(f"""
+            cell rnn(n)(x) {{
+                state h = zeros(n)
+                h[t] = tanh(dense(x[t], n))
+                return h
+            }}
+            network m {{
+                input s: [T, 3]
+                input tok: int[T]
+                output y = s -> rnn(4, {opt})
+            }}
+        """)

@@ -19,7 +19,7 @@ from .values import (Builtin, CellResult, Instance, Layer, Repeat, Symbol, Tenso
 
 TRAIN_KEYS = ("loss", "optimizer", "schedule", "batch", "epochs", "clip", "data", "seed",
               "lr", "bptt", "metrics")
-CELL_OPTIONS = ("reverse", "direction", "merge", "init")
+CELL_OPTIONS = ("reverse", "direction", "merge", "init", "mask", "bptt")
 MAX_ITERATIONS = 100_000
 BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 
@@ -845,13 +845,14 @@ class Lowerer:
         for k, o in enumerate(outs):
             body.outputs[f"out:{k}"] = o
         captured = list(build.captures.items())
+        extra, extra_attrs = self.cell_mask_bptt(layer.options, g, seq_ids[0], loc, scope)
         attrs = {"body": body, "reverse": bool(reverse), "n_seq": len(seq_ids),
                  "n_init": len(init_ids), "states": state_specs,
                  "state_inputs": [build.states[s]["prev"] for s in build.states],
                  "seq_inputs": [build.seq[n] for n in block.inputs],
                  "captures": [b for _, b in captured],
-                 "outputs": [f"out:{k}" for k in range(len(outs))]}
-        loop = g.add("loop", seq_ids + init_ids + [o for o, _ in captured], attrs,
+                 "outputs": [f"out:{k}" for k in range(len(outs))], **extra_attrs}
+        loop = g.add("loop", seq_ids + init_ids + [o for o, _ in captured] + extra, attrs,
                      name=inst.name, layer=inst.name, loc=loc, shape=(), dtype="loop")
         seq_shape = g.shape(seq_ids[0])
         results = []
@@ -872,6 +873,32 @@ class Lowerer:
         cr = CellResult(loop, finals)
         ts = [Tensor(r, g, cr) for r in results]
         return ts[0] if len(ts) == 1 else tuple(ts)
+
+    def cell_mask_bptt(self, opts, g, seq, loc, scope):
+        """The `mask=` and `bptt=` options of a cell call: extra loop inputs and attrs.
+
+        mask: a [B, T] tensor of 0/1; at a step with mask 0 an example keeps its
+        state and emits zeros (padding changes neither outputs nor gradients).
+        bptt = k: the gradient through the states is cut every k steps."""
+        inputs, attrs = [], {}
+        if opts.get("mask") is not None:
+            m = self.want_tensor(opts["mask"], loc, "mask")
+            want = tuple(g.shape(seq)[:2])
+            if tuple(g.shape(m.nid)) != want:
+                raise SpecError(f"mask has shape {list(g.shape(m.nid))}; the sequence needs "
+                                f"{list(want)} (batch, time)", loc)
+            mid = self.bring(scope, m.nid, m.graph)
+            if not g.dtype_of(mid).startswith("float"):
+                raise SpecError("mask is a float tensor of 0s and 1s", loc,
+                                "declare it as `input mask: [T]`")
+            inputs.append(mid)
+            attrs["mask"] = True
+        if opts.get("bptt") is not None:
+            k = opts["bptt"]
+            if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+                raise SpecError(f"bptt takes a number of steps (0 = full), got {k!r}", loc)
+            attrs["bptt"] = k
+        return inputs, attrs
 
     def declare_state(self, st: ast.State, scope: Scope):
         build = scope.cell
