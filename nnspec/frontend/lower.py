@@ -13,6 +13,7 @@ import math
 from ..errors import Loc, ShapeError, SpecError, did_you_mean
 from ..ir import BATCH, TIME, Graph
 from ..ops import all_layers
+from ..ops.base import fmt
 from . import ast
 from .values import (Builtin, CellResult, Instance, Layer, Repeat, Symbol, Tensor,
                      TimeIndex, ZeroInit, type_name)
@@ -885,8 +886,8 @@ class Lowerer:
             m = self.want_tensor(opts["mask"], loc, "mask")
             want = tuple(g.shape(seq)[:2])
             if tuple(g.shape(m.nid)) != want:
-                raise SpecError(f"mask has shape {list(g.shape(m.nid))}; the sequence needs "
-                                f"{list(want)} (batch, time)", loc)
+                raise SpecError(f"mask has shape {fmt(g.shape(m.nid))}; the sequence needs "
+                                f"{fmt(want)} (batch, time)", loc)
             mid = self.bring(scope, m.nid, m.graph)
             if not g.dtype_of(mid).startswith("float"):
                 raise SpecError("mask is a float tensor of 0s and 1s", loc,
