@@ -89,8 +89,8 @@ class LayerCtx:
             have = self.low.graph.shape(pid)
             if have != shape:
                 self.fail(f"{self.inst.kind} '{self.inst.name}' is applied again to an input "
-                          f"that needs {suffix} of shape {list(shape)}, but its shared "
-                          f"{suffix} has shape {list(have)}",
+                          f"that needs {suffix} of shape {fmt(shape)}, but its shared "
+                          f"{suffix} has shape {fmt(have)}",
                           hint="a layer value shares its parameters; call the layer again "
                                "for new ones")
         else:
@@ -794,7 +794,7 @@ class Lowerer:
             xs = g.shape(x.nid)
             if len(xs) < 3 and not (len(xs) == 2 and g.dtype_of(x.nid).startswith("int")):
                 raise SpecError(f"cell '{block.name}' runs over a sequence [B, T, ...]; its "
-                                f"input '{name}' has shape {list(xs)}", loc,
+                                f"input '{name}' has shape {fmt(xs)}", loc,
                                 "declare the input as `input x: [T, features]`")
             step = body.input(f"{name}[t]", (xs[0], *xs[2:]), g.dtype_of(x.nid), kind="step")
             build.seq[name] = step
@@ -833,7 +833,7 @@ class Lowerer:
                 want = body.shape(st["prev"])
                 if g.shape(t.nid) != want:
                     raise SpecError(f"initial state '{sname}' has shape "
-                                    f"{list(g.shape(t.nid))}, the cell needs {list(want)}", loc)
+                                    f"{fmt(g.shape(t.nid))}, the cell needs {fmt(want)}", loc)
                 state_specs.append({"name": sname, "init": "input", "index": len(init_ids)})
                 init_ids.append(self.bring(scope, t.nid, t.graph))
             elif st["init"] is not None:
@@ -942,8 +942,8 @@ class Lowerer:
         nid = self.bring(scope, v.nid, v.graph)
         want = scope.graph.shape(state["prev"])
         if scope.graph.shape(nid) != want:
-            raise SpecError(f"state '{st.name}' starts with shape {list(want)} but is assigned "
-                            f"shape {list(scope.graph.shape(nid))}", st.loc)
+            raise SpecError(f"state '{st.name}' starts with shape {fmt(want)} but is assigned "
+                            f"shape {fmt(scope.graph.shape(nid))}", st.loc)
         state["new"] = nid
 
     def index(self, e: ast.Index, scope: Scope):
