@@ -333,8 +333,9 @@ class StepWriter:
         if self.whole:
             head("@njit(cache=True, error_model='numpy')")
         head(f"def step({', '.join(args)}):")
-        if self.inputs:
-            head("B = x_0.shape[0]", 1)
+        batched = [j for j, n in enumerate(self.inputs)
+                   if self.g.shape(n) and self.g.shape(n)[0] == "B"]
+        head(f"B = x_{batched[0]}.shape[0]" if batched else "B = 1", 1)
         head.lines += body.lines
         return head.text()
 

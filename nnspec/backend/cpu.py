@@ -25,7 +25,8 @@ def _code_key(b, optimizer, whole) -> str:
     ident = {"nodes": d["nodes"], "outputs": d["outputs"], "loss": b.graph.meta.get("loss"),
              "roots": b.roots, "grads": b.grads, "updates": b.updates,
              "optimizer": _opt_structure(optimizer) if b.kind == "train" else None,
-             "whole": whole}
+             "whole": whole,
+             "plan": sorted((k, tuple(v.__dict__.values())) for k, v in b.plan.slots.items())}
     return json.dumps(ident, sort_keys=True, default=repr)
 
 
@@ -51,6 +52,8 @@ class CompiledStep:
         self.module = cache.load(self.name, writer.write)
         self.path = self.module.__file__
         self.fn = self.module.step
+        self._batch_arg = next((j for j, n in enumerate(self.inputs)
+                                if g.shape(n) and g.shape(n)[0] == "B"), None)
         self._arenas: dict[int, list] = {}
         self._views: dict[tuple, np.ndarray] = {}
 
@@ -78,7 +81,7 @@ class CompiledStep:
 
     def __call__(self, P, S, G, M, V, hp, feeds: dict):
         xs = [feeds[n] for n in self.inputs]
-        batch = xs[0].shape[0] if xs else 1
+        batch = xs[self._batch_arg].shape[0] if self._batch_arg is not None else 1
         return self.fn(P, S, G, M, V, hp, *self.arenas(batch), *xs)
 
     @property
@@ -92,6 +95,7 @@ def _safe(name: str) -> str:
 
 
 def compile_program(graph, kind: str, dtype: str, playout: dict, slayout: dict,
-                    optimizer: dict | None = None, whole: bool = True) -> CompiledStep:
-    b = build(graph, kind, dtype)
+                    optimizer: dict | None = None, whole: bool = True,
+                    training: bool | None = None) -> CompiledStep:
+    b = build(graph, kind, dtype, training)
     return CompiledStep(b, playout, slayout, optimizer, whole)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from ..ir import LEAF_OPS, Graph
 
 ALIGN = 16
+REUSE = True       # False: every value its own slot (to test that reuse changes nothing)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class _Allocator:
         self.top = 0
 
     def alloc(self, size: int, now: int, last: int) -> int:
-        self.live = [b for b in self.live if b[2] >= now]
+        if REUSE:
+            self.live = [b for b in self.live if b[2] >= now]
         self.live.sort()
         off = 0
         for o, s, _ in self.live:

@@ -1,0 +1,306 @@
+"""Training-step benchmarks: nnspec against PyTorch eager on the CPU.
+
+    python bench/run.py                      # every workload, nnspec and (if importable) torch
+    python bench/run.py --torch-python /tmp/venv-torch/bin/python   # torch from another venv
+    python bench/run.py --only mlp_small --reps 2000
+
+One full training step (forward, backward, SGD update) in float32 per
+workload.  Each framework runs in its own worker process (their thread pools
+fight in one process); the parent alternates between workers round after
+round and reports the median of each worker's per-step times, so a noisy
+neighbour hurts both sides alike.  The machine's float32 GEMM rate (NumPy's
+BLAS, 1024^3) gives the MLP's fraction of peak.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name: (spec, batch, flops per example of one training step: 3x the forward MACs x 2)
+WORKLOADS = {
+    "mlp": ("""
+network mlp {
+    input x: [784]
+    output logits = x -> dense(512) -> relu -> dense(256) -> relu -> dense(10)
+}
+train {
+    target label: int
+    loss = cross_entropy(logits, label)
+    optimizer = sgd(lr = 0.01)
+}
+""", 128, (784, 10)),
+    "lenet5": ("""
+network lenet5 {
+    input x: [1, 28, 28]
+    output logits = x
+        -> conv2d(6, 5, pad=2) -> relu -> maxpool(2)
+        -> conv2d(16, 5) -> relu -> maxpool(2)
+        -> flatten -> dense(120) -> relu -> dense(84) -> relu -> dense(10)
+}
+train {
+    target label: int
+    loss = cross_entropy(logits, label)
+    optimizer = sgd(lr = 0.01)
+}
+""", 64, ((1, 28, 28), 10)),
+    "resnet": ("""
+block basic(c)(x) {
+    y = x -> conv2d(c, 3, pad=1, bias=false) -> batchnorm -> relu
+          -> conv2d(c, 3, pad=1, bias=false) -> batchnorm
+    return relu(y + x)
+}
+network resnet {
+    input x: [3, 32, 32]
+    output logits = x -> conv2d(32, 3, pad=1, bias=false) -> batchnorm -> relu
+        -> basic(32) -> basic(32) -> global_avgpool -> dense(10)
+}
+train {
+    target label: int
+    loss = cross_entropy(logits, label)
+    optimizer = sgd(lr = 0.01)
+}
+""", 32, ((3, 32, 32), 10)),
+    "mlp_small": ("""
+network mlp_small {
+    input x: [64]
+    output logits = x -> dense(32) -> tanh -> dense(10)
+}
+train {
+    target label: int
+    loss = cross_entropy(logits, label)
+    optimizer = sgd(lr = 0.01)
+}
+""", 16, (64, 10)),
+}
+
+
+# ---- workers ----------------------------------------------------------------------
+
+def torch_model(name):
+    import torch
+    from torch import nn
+
+    class Basic(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.f = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+                                   nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(c))
+
+        def forward(self, x):
+            return torch.relu(self.f(x) + x)
+
+    if name == "mlp":
+        return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
+                             nn.Linear(256, 10))
+    if name == "lenet5":
+        return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                             nn.Linear(84, 10))
+    if name == "resnet":
+        return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
+                             nn.ReLU(), Basic(32), Basic(32), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(32, 10))
+    if name == "mlp_small":
+        return nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+    raise KeyError(name)
+
+
+def make_step(framework, name):
+    """A no-argument function running one training step, after warm-up."""
+    import numpy as np
+    spec, batch, (shape, classes) = WORKLOADS[name]
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch,) + shape).astype(np.float32)
+    y = rng.integers(0, classes, batch).astype(np.int64)
+    if framework == "nnspec":
+        sys.path.insert(0, str(ROOT))
+        import nnspec
+        net = nnspec.compile(spec, dtype="float32")
+        net.set_optimizer("sgd")
+        (xin,), (tgt,) = list(net.inputs), list(net.targets)
+        feeds, targets = {xin: x}, {tgt: y}
+
+        def step():
+            return net.train_step(feeds, targets, 0.01)
+    else:
+        import torch
+        torch.manual_seed(0)
+        model = torch_model(name)
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xt), yt)
+            loss.backward()
+            opt.step()
+            return loss.item()
+    for _ in range(5):
+        step()
+    return step
+
+
+def worker(framework: str):
+    """Read commands on stdin ("name reps"), answer per-step seconds as JSON."""
+    steps = {}
+    for line in sys.stdin:
+        name, reps = line.split()
+        if name not in steps:
+            t0 = time.perf_counter()
+            steps[name] = make_step(framework, name)
+            print(json.dumps({"setup": time.perf_counter() - t0}), flush=True)
+            continue
+        step, times = steps[name], []
+        for _ in range(int(reps)):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        print(json.dumps({"times": times}), flush=True)
+
+
+class Worker:
+    def __init__(self, framework, python):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.framework = framework
+        self.p = subprocess.Popen([python, __file__, "--worker", framework], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=env)
+
+    def ask(self, name, reps=0) -> dict:
+        self.p.stdin.write(f"{name} {reps}\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.framework} worker died on {name}")
+        return json.loads(line)
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait()
+
+
+# ---- the machine -----------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def gemm_gflops(n=1024, reps=10) -> float:
+    import numpy as np
+    a = np.random.rand(n, n).astype(np.float32)
+    b = np.random.rand(n, n).astype(np.float32)
+    c = np.empty_like(a)
+    np.dot(a, b, out=c)
+    best = min(_timed(lambda: np.dot(a, b, out=c)) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def mlp_flops(batch=128, sizes=(784, 512, 256, 10)) -> float:
+    """FLOPs of one MLP training step: forward, backward (no input gradient
+    for the first layer)."""
+    macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    first = sizes[0] * sizes[1]
+    return 2 * batch * (3 * macs - first)
+
+
+def have_torch(python) -> bool:
+    r = subprocess.run([python, "-c", "import torch"], capture_output=True)
+    return r.returncode == 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--only", nargs="*", default=list(WORKLOADS))
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--seconds", type=float, default=0.3, help="per worker per round")
+    ap.add_argument("--torch-python", default=sys.executable,
+                    help="python of a venv with torch (never a dependency of nnspec)")
+    ap.add_argument("--json", help="write the results here too")
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker)
+
+    frameworks = {"nnspec": sys.executable}
+    if have_torch(args.torch_python):
+        frameworks["torch"] = args.torch_python
+    else:
+        print(f"note: torch is not importable by {args.torch_python}; nnspec only",
+              file=sys.stderr)
+    gflops = gemm_gflops()
+    print(f"machine: {os.cpu_count()} cores, {cpu_model()}; float32 GEMM (NumPy BLAS, 1024^3) "
+          f"{gflops:.0f} GFLOP/s")
+    workers = {f: Worker(f, py) for f, py in frameworks.items()}
+    results = {}
+    try:
+        for name in args.only:
+            setup = {f: w.ask(name)["setup"] for f, w in workers.items()}
+            # calibrate repetitions so a round takes about args.seconds
+            reps = {}
+            for f, w in workers.items():
+                t = statistics.median(w.ask(name, 5)["times"])
+                reps[f] = max(3, int(args.seconds / max(t, 1e-7)))
+            times = {f: [] for f in workers}
+            for _ in range(args.rounds):
+                for f, w in workers.items():          # alternate between the workers
+                    times[f] += w.ask(name, reps[f])["times"]
+            med = {f: statistics.median(ts) for f, ts in times.items()}
+            results[name] = {"median_s": med, "setup_s": setup, "samples": {
+                f: len(ts) for f, ts in times.items()}}
+    finally:
+        for w in workers.values():
+            w.close()
+
+    print(f"\n{'workload':<10} {'batch':>5} {'nnspec':>11} {'torch':>11} {'ratio':>7}  note")
+    for name, r in results.items():
+        nn_t = r["median_s"]["nnspec"]
+        th_t = r["median_s"].get("torch")
+        ratio = f"{nn_t / th_t:7.2f}" if th_t else "      -"
+        note = ""
+        if name == "mlp":
+            rate = mlp_flops() / nn_t / 1e9
+            note = f"{rate:.0f} GFLOP/s = {100 * rate / gflops:.0f}% of GEMM"
+        if th_t:
+            note += f"{'; ' if note else ''}{th_t / nn_t:.1f}x faster" if th_t > nn_t else ""
+        print(f"{name:<10} {WORKLOADS[name][1]:>5} {_fmt(nn_t):>11} "
+              f"{_fmt(th_t) if th_t else '-':>11} {ratio}  {note}")
+    print("\nsetup (compile or cache load, first steps):",
+          ", ".join(f"{n}: " + "/".join(f"{f} {s:.1f}s" for f, s in r["setup_s"].items())
+                    for n, r in results.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"gemm_gflops": gflops, "cpu": cpu_model(),
+                                               "cores": os.cpu_count(), "results": results},
+                                              indent=1))
+
+
+def _fmt(t) -> str:
+    return f"{t * 1e6:.1f} us" if t < 1e-3 else f"{t * 1e3:.2f} ms"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""The compiled CPU backend on whole networks: programs against the NumPy
+interpreter, the passes leaving results unchanged, optimizer steps against a
+NumPy re-implementation, the disk cache, and float32 code staying float32."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnspec.backend import numpy_ref
+from nnspec.ir import Graph
+from nnspec.model import Network
+from nnspec.ops import all_ops
+from nnspec.passes import memory
+from nnspec.passes.autodiff import backward
+from nnspec.passes.pipeline import build
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def mlp(sizes=(12, 8, 5), act="tanh", dtype="float64", loss="mse", name="mlp"):
+    """x -> dense -> act -> ... -> dense; loss mean((y - t)^2) or cross-entropy."""
+    g = Graph(name, dtype)
+    x = g.input("x", ("B", sizes[0]))
+    if loss == "mse":
+        t = g.input("t", ("B", sizes[-1]), kind="target")
+    else:
+        t = g.input("t", ("B",), dtype="int64", kind="target")
+    h = x
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = g.param(f"fc{i}.weight", (b, a), init="auto", fan_in=a, fan_out=b, layer=f"fc{i}")
+        bb = g.param(f"fc{i}.bias", (b,), init=0.1, layer=f"fc{i}")
+        h = g.add("linear", (h, w, bb), {"bias": True}, name=f"fc{i}", layer=f"fc{i}")
+        if i < len(sizes) - 2:
+            h = g.add(act, (h,), name=f"act{i}", layer=f"act{i}")
+    g.outputs["y"] = h
+    if loss == "mse":
+        d = g.add("sub", (h, t), name="diff")
+        g.meta["loss"] = g.add("mean", (g.add("square", (d,), name="sq"),), name="loss")
+    else:
+        g.meta["loss"] = g.add("cross_entropy", (h, t), name="loss")
+    return g
+
+
+def data(sizes=(12, 8, 5), batch=7, loss="mse", dtype="float64", seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, sizes[0])).astype(dtype)
+    if loss == "mse":
+        t = rng.standard_normal((batch, sizes[-1])).astype(dtype)
+    else:
+        t = rng.integers(0, sizes[-1], batch).astype(np.int64)
+    return {"x": x}, {"t": t}
+
+
+def reference_grads(net, inputs, targets):
+    g = net.graph
+    gg, grads = backward(g, g.meta["loss"], g.params)
+    feeds = {**inputs, **targets, **net.params, **net.state}
+    vals = numpy_ref.run(gg, feeds, [g.meta["loss"]] + list(grads.values()))
+    return float(vals[g.meta["loss"]]), {p: vals[gn] for p, gn in grads.items()}
+
+
+LOSSES = ["mse"] + (["xent"] if "cross_entropy" in all_ops() else [])
+
+
+# ---- programs against the reference --------------------------------------------
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_forward_and_gradients_match_reference(act, loss):
+    net = Network(mlp(act=act, loss=loss), seed=3)
+    x, t = data(loss=loss)
+    y = net.forward(**x)["y"]
+    ref = numpy_ref.run(net.graph, {**x, **net.params}, [net.graph.outputs["y"]])
+    np.testing.assert_allclose(y, ref[net.graph.outputs["y"]], rtol=1e-12, atol=1e-13)
+    loss_v, grads = net.gradients(x, t)
+    want_loss, want = reference_grads(net, x, t)
+    assert loss_v == pytest.approx(want_loss, rel=1e-12)
+    for p in net.params:
+        np.testing.assert_allclose(grads[p], want[p], rtol=1e-10, atol=1e-12, err_msg=p)
+    ev_loss, outs = net.evaluate_batch(x, t)
+    assert ev_loss == pytest.approx(want_loss, rel=1e-12)
+    np.testing.assert_allclose(outs["y"], y, rtol=1e-14)
+
+
+def test_batch_sizes_share_one_program():
+    net = Network(mlp(), seed=0)
+    for b in (1, 7, 33, 7):
+        x, t = data(batch=b)
+        ref = numpy_ref.run(net.graph, {**x, **net.params}, [net.graph.outputs["y"]])
+        np.testing.assert_allclose(net(x["x"]), ref[net.graph.outputs["y"]], rtol=1e-12)
+    assert len(net._programs) == 1
+
+
+def test_fusion_keeps_values():
+    g = mlp(sizes=(6, 5, 4, 3), act="sigmoid")
+    b = build(g, "grad", "float64")
+    fused = [n for n in b.graph.nodes() if n.op == "fused"]
+    assert any(len(n.attrs["body"]) > 1 for n in fused), "the bias add did not fuse"
+    assert not any(get_ew(n.op) for n in b.graph.nodes()), "an elementwise op was left unfused"
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((4, 6)), "t": rng.standard_normal((4, 3))}
+    for p in g.params:
+        feeds[p] = rng.standard_normal(g.shape(p))
+    plain, grads = backward(g, g.meta["loss"], g.params)
+    want = numpy_ref.run(plain, feeds, list(grads.values()))
+    got = numpy_ref.run(b.graph, feeds, list(b.grads.values()))
+    for p in g.params:
+        np.testing.assert_allclose(got[b.grads[p]], want[grads[p]], rtol=1e-12)
+
+
+def get_ew(op):
+    o = all_ops().get(op)
+    return bool(o is not None and o.elementwise and op != "fused")
+
+
+def test_memory_plan_reuses_and_keeps_results(monkeypatch):
+    g = mlp(sizes=(10, 9, 8, 7, 6, 5))
+    b = build(g, "grad", "float64")
+    plan = b.plan
+    naive_fixed, naive_batch = plan.naive["float64"]
+    assert plan.per_example["float64"] < naive_batch, "no buffer was reused"
+    # no two values live at once share memory
+    order = list(b.graph.nx.nodes)
+    pos = {n: i for i, n in enumerate(order)}
+    last = {n: max([pos[c] for c in b.graph.consumers(n)] + [pos[n]]) for n in order}
+    for n in b.roots:
+        last[n] = len(order)
+    slots = list(plan.slots.items())
+    for i, (a, sa) in enumerate(slots):
+        for c, sc in slots[i + 1:]:
+            if sa.dtype != sc.dtype or sa.batch != sc.batch:
+                continue
+            overlap_t = pos[a] <= last[c] and pos[c] <= last[a]
+            overlap_m = sa.offset < sc.offset + sc.size and sc.offset < sa.offset + sa.size
+            assert not (overlap_t and overlap_m), f"{a} and {c} share memory while both live"
+    # and results equal those of a plan without reuse
+    x, t = data(sizes=(10, 9, 8, 7, 6, 5))
+    reused = Network(g, seed=1).gradients(x, t)
+    monkeypatch.setattr(memory, "REUSE", False)
+    net = Network(mlp(sizes=(10, 9, 8, 7, 6, 5), name="mlp_noreuse"), seed=1)
+    fresh = net.gradients(x, t)
+    assert reused[0] == fresh[0]
+    for p in reused[1]:
+        np.testing.assert_array_equal(reused[1][p], fresh[1][p])
+
+
+# ---- optimizers ---------------------------------------------------------------
+
+def numpy_optimizer(name, params, grads_fn, steps, lr, **h):
+    """PyTorch's update rules written out in NumPy."""
+    p = {k: v.copy() for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v2 = {k: np.zeros_like(v) for k, v in p.items()}
+    wd, clip = h.get("weight_decay", 0.0), h.get("clip", 0.0)
+    for t in range(1, steps + 1):
+        g = grads_fn(p)
+        if clip:
+            norm = np.sqrt(sum(np.sum(x * x) for x in g.values()))
+            c = clip / (norm + 1e-6)
+            if c < 1:
+                g = {k: x * c for k, x in g.items()}
+        for k in p:
+            d = g[k] + wd * p[k] if name != "adamw" else g[k]
+            if name == "sgd":
+                mu = h.get("momentum", 0.0)
+                if mu:
+                    m[k] = mu * m[k] + d
+                    d = d + mu * m[k] if h.get("nesterov") else m[k]
+                p[k] = p[k] - lr * d
+            else:
+                b1, b2 = h.get("betas", (0.9, 0.999))
+                eps = h.get("eps", 1e-8)
+                if name == "adamw":
+                    p[k] = p[k] * (1 - lr * wd)
+                m[k] = b1 * m[k] + (1 - b1) * d
+                v2[k] = b2 * v2[k] + (1 - b2) * d * d
+                denom = np.sqrt(v2[k]) / np.sqrt(1 - b2 ** t) + eps
+                p[k] = p[k] - lr / (1 - b1 ** t) * m[k] / denom
+    return p
+
+
+@pytest.mark.parametrize("name,hyper", [
+    ("sgd", {}),
+    ("sgd", {"momentum": 0.9, "weight_decay": 0.01}),
+    ("sgd", {"momentum": 0.8, "nesterov": True}),
+    ("sgd", {"momentum": 0.9, "clip": 0.05}),
+    ("adam", {"weight_decay": 0.001}),
+    ("adam", {"betas": (0.8, 0.99), "eps": 1e-6, "clip": 0.1}),
+    ("adamw", {"weight_decay": 0.1}),
+])
+def test_optimizer_steps_match_numpy(name, hyper):
+    net = Network(mlp(), seed=5)
+    x, t = data()
+    start = net.state_dict()
+
+    def grads_fn(p):
+        ref = Network(mlp(), seed=5)
+        ref.load_state_dict(p)
+        return reference_grads(ref, x, t)[1]
+
+    want = numpy_optimizer(name, start, grads_fn, 4, 0.05, **hyper)
+    net.set_optimizer(name, **hyper)
+    for _ in range(4):
+        net.train_step(x, t, lr=0.05)
+    for k in want:
+        np.testing.assert_allclose(net.params[k], want[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_optimizer_state_resumes_exactly():
+    x, t = data()
+    a = Network(mlp(), seed=1)
+    a.set_optimizer("adam", weight_decay=0.01)
+    for _ in range(3):
+        a.train_step(x, t, 0.01)
+    saved, opt = a.state_dict(), a.optimizer_state()
+    for _ in range(2):
+        a.train_step(x, t, 0.01)
+    b = Network(mlp(), seed=9)
+    b.load_state_dict(saved)
+    b.load_optimizer_state(opt)
+    for _ in range(2):
+        b.train_step(x, t, 0.01)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+
+
+def test_train_step_reports_nonfinite_and_skips_update():
+    net = Network(mlp(), seed=0)
+    x, t = data()
+    x["x"][2, 3] = np.nan
+    before = net.state_dict()
+    loss = net.train_step(x, t, 0.1)
+    assert not np.isfinite(loss)
+    for k, v in before.items():
+        np.testing.assert_array_equal(net.params[k], v)
+    where = net.find_nonfinite(x, t)
+    assert where is not None and "'x'" in where
+    x["x"][2, 3] = 0.0
+    net.params["fc1.weight"][0, 0] = np.inf
+    where = net.find_nonfinite(x, t)
+    assert "fc1.weight" in where
+    net.params["fc1.weight"][0, 0] = 0.0
+    assert net.find_nonfinite(x, t) is None
+
+
+# ---- the Network's checks ---------------------------------------------------------
+
+def test_wrong_inputs_raise_data_errors():
+    from nnspec.errors import DataError
+    net = Network(mlp(loss=LOSSES[-1]), seed=0)
+    x, t = data(loss=LOSSES[-1])
+    with pytest.raises(DataError, match=r"'x'.*\[B, 12\].*\[7, 11\]"):
+        net.forward(x=np.zeros((7, 11)))
+    with pytest.raises(DataError, match="no array given for input 'x'"):
+        net.forward(y=x["x"])
+    with pytest.raises(DataError, match="batch of 3 rows"):
+        net.gradients(x, {"t": t["t"][:3]})
+    if LOSSES[-1] == "xent":
+        with pytest.raises(DataError, match="integers"):
+            net.gradients(x, {"t": t["t"].astype(np.float64)})
+    with pytest.raises(DataError, match=r"expected \[5, 8\], got \[8, 5\]"):
+        net.load_state_dict({**net.state_dict(), "fc1.weight": np.zeros((8, 5))})
+    with pytest.raises(DataError, match="missing"):
+        net.load_state_dict({})
+
+
+def test_params_are_live_views():
+    net = Network(mlp(), seed=0)
+    w = net.params["fc0.weight"]
+    x, t = data()
+    net.train_step(x, t, 0.1)
+    assert w is net.params["fc0.weight"]
+    np.testing.assert_array_equal(w, net.state_dict()["fc0.weight"])
+    net.load_state_dict({k: np.ones_like(v) for k, v in net.state_dict().items()})
+    assert np.all(w == 1)
+
+
+def test_init_is_reproducible_and_auto_picks_he_for_relu():
+    from nnspec.init import resolve
+    a, b = Network(mlp(act="relu"), seed=4), Network(mlp(act="relu"), seed=4)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    c = Network(mlp(act="relu"), seed=5)
+    assert not np.array_equal(a.params["fc0.weight"], c.params["fc0.weight"])
+    g = mlp(act="relu")
+    assert resolve(g, "fc0.weight") == "he"        # fc0 -> relu
+    assert resolve(g, "fc1.weight") == "glorot"    # the last layer feeds the loss
+    assert resolve(mlp(act="tanh"), "fc0.weight") == "glorot"
+    assert np.all(a.params["fc0.bias"] == 0.1)
+
+
+# ---- float32 code, the disk cache ------------------------------------------------
+
+def test_float32_step_has_no_float64():
+    net = Network(mlp(dtype="float32", sizes=(6, 5, 3), name="f32"), seed=0)
+    x, t = data(sizes=(6, 5, 3), dtype="float32")
+    net.train_step(x, t, 0.1)
+    src = net._train.source
+    body = src[src.index("T = np.float32"):]
+    # every float literal in generated code is typed: T(0.5), never a bare 0.5
+    bare = [m for m in re.finditer(r"(?<![\w.(])(\d+\.\d*(e-?\d+)?)", body)
+            if not body[:m.start()].endswith("T(")]
+    assert not bare, [body[m.start() - 20:m.end() + 5] for m in bare]
+    # and the values stay float32 all through the step
+    assert net.params["fc0.weight"].dtype == np.float32
+    loss, grads = net.gradients(x, t)
+    assert all(v.dtype == np.float32 for v in grads.values())
+
+
+def _run_fresh(code: str, cache: Path, env_extra=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, NNSPEC_CACHE=str(cache), PYTHONPATH=str(ROOT), **(env_extra or {}))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_second_process_loads_the_step_from_disk(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys, time
+        t0 = time.perf_counter()
+        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        from test_backend import mlp, data
+        from nnspec.model import Network
+        net = Network(mlp(dtype="float32", name="cached"), seed=0)
+        x, t = data(dtype="float32")
+        net.train_step(x, t, 0.1)
+        print("SECONDS", time.perf_counter() - t0)
+    """)
+    first = _run_fresh(code, tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = _run_fresh(code, tmp_path, {"NUMBA_DEBUG_CACHE": "1"})
+    assert second.returncode == 0, second.stderr
+    log = second.stdout + second.stderr
+    step_lines = [ln for ln in log.splitlines() if "step_cached" in ln]
+    assert any("data loaded" in ln for ln in step_lines), log[-2000:]
+    assert not any("data saved" in ln or "index saved" in ln for ln in step_lines), log[-2000:]
+    assert not re.search(r"\[cache\] data saved", log), "something was recompiled"
+    seconds = float(re.search(r"SECONDS ([\d.]+)", log).group(1))
+    assert seconds < 3.0, f"second start took {seconds:.2f} s"
+    assert len(list(tmp_path.glob("step_cached_train_*.py"))) == 1
