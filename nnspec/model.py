@@ -132,7 +132,8 @@ class Network:
         if want.kind in "iu" and a.dtype.kind not in "iu":
             raise DataError(f"'{name}': expected integers (class indices, {want.name}), "
                             f"got {a.dtype}")
-        if a.ndim != len(per_ex) + 1 or tuple(a.shape[1:]) != per_ex:
+        if a.ndim != len(per_ex) + 1 or any(
+                not isinstance(d, str) and d != n for d, n in zip(per_ex, a.shape[1:])):
             raise DataError(f"'{name}': expected shape {_fmt_shape(('B',) + per_ex)}, "
                             f"got {_fmt_shape(a.shape)}")
         return np.ascontiguousarray(a, dtype=want)

@@ -25,6 +25,35 @@ from ..ops import get_op
 from ..passes.fusion import block_pattern, member_expr
 
 PAR_MIN_EW = 1 << 15       # elementwise loops at least this long run in parallel
+PAR_MIN_WORK = 1 << 20     # steps of fewer multiply-adds run on one thread: waking a
+                           # second one costs more than it saves (and far more when the
+                           # machine is busy)
+
+
+def work_estimate(graph) -> tuple[int, int]:
+    """(multiply-adds per example, fixed ones) of one run of the graph: each
+    op's `macs`, or one per output element."""
+    per_ex = fixed = 0
+    for n in graph.nodes():
+        if n.op in ("input", "param", "state", "const"):
+            continue
+        ins = [graph.shape(i) for i in n.inputs]
+        m = 0
+        if n.op != "fused":
+            try:
+                m = int(get_op(n.op).macs(n.attrs, ins, n.shape) or 0)
+            except Exception:
+                m = 0
+        size = 1
+        for d in n.shape:
+            size *= d if isinstance(d, int) else 1
+        m = max(m, size * len(n.attrs.get("body", [0])))
+        batched = any("B" in s for s in ins + [n.shape])
+        if batched:
+            per_ex += m
+        else:
+            fixed += m
+    return per_ex, fixed
 
 
 def _prod_expr(dims) -> str:

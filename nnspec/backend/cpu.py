@@ -14,9 +14,26 @@ import json
 
 import numpy as np
 
+import threading
+
 from ..passes.pipeline import build
 from . import cache
-from .codegen import StepWriter
+from .codegen import PAR_MIN_WORK, StepWriter, work_estimate
+
+_threads = threading.local()
+
+
+def use_threads(n: int) -> None:
+    """Numba's thread count for this thread's next steps.  A small step runs on
+    one thread: waking a second costs more than it saves, and far more when
+    the machine is busy.  (Numba's setting is per thread and cannot be changed
+    from cached code, so it is set here, only when it changes.)"""
+    if getattr(_threads, "n", None) != n:
+        import numba
+        if not hasattr(_threads, "default"):
+            _threads.default = numba.get_num_threads()
+        numba.set_num_threads(min(n, _threads.default) if n else _threads.default)
+        _threads.n = n
 
 
 def _code_key(b, optimizer, whole) -> str:
@@ -54,6 +71,8 @@ class CompiledStep:
         self.fn = self.module.step
         self._batch_arg = next((j for j, n in enumerate(self.inputs)
                                 if g.shape(n) and g.shape(n)[0] == "B"), None)
+        self._work = work_estimate(b.graph)
+        self._threads: dict[int, int] = {}
         self._arenas: dict[int, list] = {}
         self._views: dict[tuple, np.ndarray] = {}
 
@@ -82,6 +101,11 @@ class CompiledStep:
     def __call__(self, P, S, G, M, V, hp, feeds: dict):
         xs = [feeds[n] for n in self.inputs]
         batch = xs[self._batch_arg].shape[0] if self._batch_arg is not None else 1
+        n = self._threads.get(batch)
+        if n is None:
+            per_ex, fixed = self._work
+            n = self._threads[batch] = 1 if batch * per_ex + fixed < PAR_MIN_WORK else 0
+        use_threads(n)
         return self.fn(P, S, G, M, V, hp, *self.arenas(batch), *xs)
 
     @property
@@ -96,6 +120,63 @@ def _safe(name: str) -> str:
 
 def compile_program(graph, kind: str, dtype: str, playout: dict, slayout: dict,
                     optimizer: dict | None = None, whole: bool = True,
-                    training: bool | None = None) -> CompiledStep:
+                    training: bool | None = None):
+    """A CompiledStep, or a ReferenceStep (same interface, NumPy) for graphs
+    the code generator does not handle yet (recurrences)."""
+    from ..passes.pipeline import REFERENCE_PIPELINE, compilable
+    if compilable(graph) is not None:
+        b = build(graph, kind, dtype, training, passes=REFERENCE_PIPELINE)
+        return ReferenceStep(b, playout, slayout, optimizer, compilable(graph))
     b = build(graph, kind, dtype, training)
     return CompiledStep(b, playout, slayout, optimizer, whole)
+
+
+class ReferenceStep:
+    """A program run node by node by the NumPy interpreter (backend/numpy_ref),
+    with the compiled optimizer update; slow, but every graph runs."""
+
+    def __init__(self, b, playout, slayout, optimizer, reason: str):
+        self.build, self.kind, self.graph, self.dtype = b, b.kind, b.graph, b.dtype
+        self.playout, self.slayout = playout, slayout
+        self.optimizer = dict(optimizer or {})
+        self.reason = reason
+        self.inputs = list(b.graph.inputs) + list(b.graph.targets)
+        self._last: dict = {}
+
+    def value(self, nid: str, batch: int):
+        return self._last[nid]
+
+    def __call__(self, P, S, G, M, V, hp, feeds: dict):
+        from . import numpy_ref, optim
+        vals = dict(feeds)
+        for lay, arena in ((self.playout, P), (self.slayout, S)):
+            for nid, (off, shape) in lay.items():
+                vals[nid] = arena[off:off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+        roots = list(dict.fromkeys(self.build.roots))
+        with np.errstate(all="ignore"):
+            out = numpy_ref.run(self.graph, vals, roots)
+        self._last = out
+        for p, gn in self.build.grads.items():
+            off, shape = self.playout[p]
+            G[off:off + out[gn].size] = out[gn].ravel()
+        for s_, nid in self.build.updates.items():
+            off, shape = self.slayout[s_]
+            S[off:off + out[nid].size] = out[nid].ravel()
+        loss_id = self.graph.meta.get("loss")
+        T = np.dtype(self.dtype).type
+        loss = T(out[loss_id]) if loss_id in out and self.kind != "infer" else T(0)
+        ok = bool(np.isfinite(loss))
+        if self.kind == "train" and ok:
+            scale = T(1)
+            clip = hp[optim.CLIP]
+            if clip > 0:
+                sq = optim.sumsq(G)
+                ok = bool(np.isfinite(sq))
+                scale = min(T(1), T(clip / (np.sqrt(sq) + T(1e-6))))
+            if ok:
+                name = self.optimizer.get("name", "sgd")
+                if name == "sgd":
+                    optim.sgd(P, G, M, hp, scale, bool(self.optimizer.get("nesterov", False)))
+                else:
+                    optim.adam(P, G, M, V, hp, scale, name == "adamw")
+        return loss, ok

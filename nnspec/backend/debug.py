@@ -35,6 +35,9 @@ def first_nonfinite(graph, feeds: dict, dtype: str):
                 continue
             with np.errstate(all="ignore"):
                 v = get_op(node.op).reference(node.attrs, *[vals[i] for i in node.inputs])
+            if node.dtype == "loop":          # a recurrence's value: a dict of arrays
+                vals[node.id] = v
+                continue
             v = np.asarray(v, dtype=node.dtype)
         vals[node.id] = v
         if v.dtype.kind == "f" and not np.all(np.isfinite(v)):

@@ -101,11 +101,27 @@ PIPELINE = [
 ]
 
 
-def build(graph: Graph, kind: str, dtype: str | None = None, training=None) -> Build:
+# what the NumPy interpreter runs when a graph cannot be compiled (recurrences,
+# dynamic time axes): the same graph, unfused and unplanned
+REFERENCE_PIPELINE = PIPELINE[:PIPELINE.index(split_bias)]
+
+
+def build(graph: Graph, kind: str, dtype: str | None = None, training=None,
+          passes=None) -> Build:
     b = Build(graph, kind, np.dtype(dtype or graph.dtype).name, training=training)
-    for p in PIPELINE:
+    for p in PIPELINE if passes is None else passes:
         b = p(b)
     return b
+
+
+def compilable(graph: Graph) -> str | None:
+    """Why the CPU backend cannot compile the graph, or None."""
+    for n in graph.nodes():
+        if n.op in ("loop", "loop_output", "loop_grad") or n.dtype == "loop":
+            return f"'{n.id}' is a recurrence ({n.op})"
+        if any(not isinstance(d, int) and d != "B" for d in n.shape):
+            return f"'{n.id}' has a dynamic axis {list(n.shape)}"
+    return None
 
 
 def state_updates(graph: Graph) -> dict:
