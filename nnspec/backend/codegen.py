@@ -25,6 +25,7 @@ from ..ops import get_op
 from ..passes.fusion import block_pattern, member_expr
 
 PAR_MIN_EW = 1 << 15       # elementwise loops at least this long run in parallel
+PAR_MIN_EW_EXAMPLE = 2048  # ... if they have at least this many elements per example
 PAR_MIN_WORK = 1 << 20     # steps of fewer multiply-adds run on one thread: waking a
                            # second one costs more than it saves (and far more when the
                            # machine is busy)
@@ -239,12 +240,28 @@ class StepWriter:
                 if p[0] == "block":
                     lo, hi = p[1:]
                     sizes += [_prod_expr(out_shape[hi + 1:]), _prod_expr(out_shape[lo:hi + 1])]
-        self.write_fused(name, n, pats, len(blocks) == 1)
+        par = self.parallel_worth(out_shape)
+        self.write_fused(name, n, pats, len(blocks) == 1, par)
         args = ", ".join(sizes + [f"f{k}"] + ins)
-        body(f"if {total} >= {PAR_MIN_EW}:  # {n.id} = fused {'+'.join(n.attrs['ops'])}", ind)
-        body(f"{name}p({args})", ind + 1)
-        body("else:", ind)
-        body(f"{name}({args})", ind + 1)
+        what = f"# {n.id} = fused {'+'.join(n.attrs['ops'])}"
+        if par:
+            body(f"if {total} >= {PAR_MIN_EW}:  {what}", ind)
+            body(f"{name}p({args})", ind + 1)
+            body("else:", ind)
+            body(f"{name}({args})", ind + 1)
+        else:
+            body(f"{name}({args})  {what}", ind)
+
+    @staticmethod
+    def parallel_worth(shape) -> bool:
+        """Whether a loop over `shape` gets a parallel variant: only values of
+        at least PAR_MIN_EW_EXAMPLE elements per example (feature maps), as
+        parallel loops cost much more to compile and an MLP's activations
+        are too small to gain from them."""
+        n = 1
+        for d in shape:
+            n *= d if isinstance(d, int) else 1
+        return n >= (PAR_MIN_EW_EXAMPLE if "B" in shape else PAR_MIN_EW)
 
     def fused_body(self, n) -> list[str]:
         lines = []
@@ -262,14 +279,14 @@ class StepWriter:
         lines.append(f"o[k] = t{len(n.attrs['body']) - 1}")
         return lines
 
-    def write_fused(self, name, n, pats, nested: bool):
+    def write_fused(self, name, n, pats, nested: bool, par: bool):
         nin = len(n.inputs)
         ins = ", ".join(f"i{j}" for j in range(nin))
         h = self.helpers
         loads_full = [f"x{j} = i{j}[k]" for j, p in enumerate(pats) if p[0] == "full"]
         loads_scalar = [f"x{j} = i{j}[0]" for j, p in enumerate(pats) if p[0] == "scalar"]
         body = self.fused_body(n)
-        for suffix, par in (("", False), ("p", True)):
+        for suffix, par in (("", False), ("p", True))[:2 if par else 1]:
             rng = "prange" if par else "range"
             h(f"@njit(cache=True, error_model='numpy'{', parallel=True' if par else ''})")
             if nested:
