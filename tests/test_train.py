@@ -168,3 +168,10 @@ def test_progress_bar_on_a_terminal_only():
         bar.close()
     assert "\r" in tty.getvalue() and "loss 0.2500" in tty.getvalue() and "1,234 ex/s" in tty.getvalue()
     assert pipe.getvalue() == ""
+
+
+def test_resume_with_other_settings_says_so(tmp_path, capsys):
+    fit(FakeNet(), "digits", epochs=1, batch=32, out_dir=tmp_path, progress=False)
+    fit(FakeNet(), "digits", epochs=2, batch=64, out_dir=tmp_path, resume=True, progress=True)
+    err = capsys.readouterr().err
+    assert "resuming" in err and "batch 32 -> 64" in err

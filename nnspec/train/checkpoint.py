@@ -47,7 +47,8 @@ def load_weights(net, weights: dict, source) -> None:
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise TrainingError(f"{source} does not fit this network: "
-                            + "; ".join(problems[:3]) + more)
+                            + "; ".join(problems[:3]) + more
+                            + " (was it made with other --set values?)")
     net.load_state_dict(weights)
 
 

@@ -154,9 +154,10 @@ def _build(args):
     import nnspec
     sets = _sets(args)
     seed = getattr(args, "seed", None)
-    if seed is None:
+    if seed is None and hasattr(args, "seed"):      # eval / predict load weights: no seed
         graph = nnspec.lower(args.spec, set=sets, dtype=args.dtype)
         seed = int((graph.meta.get("train") or {}).get("seed") or 0)
+    seed = seed or 0
     return nnspec.compile(args.spec, dtype=args.dtype, set=sets, seed=seed), seed
 
 

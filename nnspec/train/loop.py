@@ -60,6 +60,11 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
         rng = restore(net, ck, run.checkpoint)
         epoch, step, history = ck["epoch"], ck["step"], ck["history"]
         log(f"resuming {run.checkpoint} after epoch {epoch} (step {step})")
+        changed = [f"{k} {ck['config'].get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items()
+                   if k not in ("epochs", "data") and ck["config"].get(k) != v]
+        if changed:
+            log(f"note: resuming with other settings ({'; '.join(changed)}): the result "
+                f"will differ from an uninterrupted run")
     if run is not None:
         run.claim()
 
