@@ -7,7 +7,7 @@ the generic keys ``"input"`` / ``"target"`` (bound to the network's only input
 loader splits.  It gets the network so a task can size itself to it (a
 sequence task reads ``T`` or the vocabulary from the input's shape).
 
-Sequence tasks (adding problem, copy / reversal, character LM) plug in here.
+The sequence tasks (adding, copy, reverse) register themselves in sequences.py.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@
                             vocab from the file; `unigram_bits` its entropy per char
 
 Each task is a pure function of its arguments and `seed`.  The named sets
-registered in `registry.py` ("adding", "copy", "reverse") size themselves to
+registered below with `registry.register` ("adding", "copy", "reverse") size themselves to
 the network's first input (T from its shape when it is fixed).
 """
 from __future__ import annotations
