@@ -102,3 +102,12 @@ def test_cli_errors_are_messages(spec, capsys):
     assert "does not exist" in err and "Traceback" not in err
     assert main(["train", str(spec), "--data", "digts", "--quiet"]) == 1
     assert "did you mean 'digits'" in capsys.readouterr().err
+
+
+def test_eval_rebuilds_with_the_checkpoints_set_values(spec, tmp_path, capsys):
+    assert main(["train", str(spec), "--epochs", "1", "--quiet", "--set", "h=8"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(spec), "--checkpoint", "runs/tiny"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert main(["compile", str(spec), "-o", "t.nnc", "--checkpoint", "runs/tiny"]) == 0
+    assert load(tmp_path / "t.nnc").graph.meta["args"]["h"] == 8

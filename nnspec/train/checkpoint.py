@@ -6,6 +6,7 @@
     rng        the shuffling generator's state at the start of the next epoch
     history    per-epoch metrics so far
     config     the TrainConfig that made it (for reference)
+    set, dtype the network's --set values and dtype, so eval / predict rebuild the same network
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def save_checkpoint(path, net, *, epoch: int, step: int, rng: np.random.Generato
         "version": VERSION, "epoch": epoch, "step": step,
         "rng": rng.bit_generator.state, "history": history, "config": config,
         "graph": net.graph.hash(),
+        "set": dict(net.graph.meta.get("set") or {}), "dtype": net.graph.dtype,
         "model": dict(net.state_dict()), "optimizer": net.optimizer_state(),
     })
 

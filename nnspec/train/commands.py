@@ -65,7 +65,7 @@ def add_parsers(sub) -> None:
 def _common(p) -> None:
     p.add_argument("spec", metavar="SPEC", help="a .nn or .yaml spec")
     p.add_argument("--set", action="append", metavar="K=V", help="override a network argument")
-    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--dtype", choices=DTYPES, help="default: the checkpoint's, else float32")
 
 
 # ---- commands --------------------------------------------------------------------
@@ -94,8 +94,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from ..data import load
     from .metrics import evaluate
-    net, _ = _build(args)
-    _load_weights(net, args.checkpoint)
+    net = _trained(args)
     name = args.data or (net.graph.meta.get("train") or {}).get("data") or "digits"
     _, test = load(name, net)
     r = evaluate(net, test)
@@ -107,8 +106,7 @@ def cmd_predict(args) -> int:
     from ..data import bind, class_output
     from ..data.files import read_path
     from .bundle import atomic_write, check_writable
-    net, _ = _build(args)
-    _load_weights(net, args.checkpoint)
+    net = _trained(args)
     raw = read_path(args.input)
     if isinstance(raw, tuple):
         raise DataError(f"--input takes one .npz or .csv file, not a directory: {args.input}")
@@ -134,10 +132,8 @@ def cmd_predict(args) -> int:
 
 def cmd_compile(args) -> int:
     from .nnc import save
-    net, seed = _build(args)
-    if args.checkpoint:
-        _load_weights(net, args.checkpoint)
-    save(net, args.output, args.spec, overrides=_sets(args), seed=seed)
+    net, seed = (_trained(args), 0) if args.checkpoint else _build(args)
+    save(net, args.output, args.spec, seed=seed)
     print(f"wrote {args.output} ({_count(net)} parameters, graph {net.graph.hash()})")
     return 0
 
@@ -149,30 +145,33 @@ def _sets(args) -> dict:
     return parse_set(args.set)
 
 
-def _build(args):
+def _build(args, sets=None, dtype=None):
     """The spec's network, initialised with --seed, else the train section's seed, else 0."""
     import nnspec
-    sets = _sets(args)
+    sets = _sets(args) if args.set or sets is None else sets
+    dtype = args.dtype or dtype or "float32"
     seed = getattr(args, "seed", None)
-    if seed is None and hasattr(args, "seed"):      # eval / predict load weights: no seed
-        graph = nnspec.lower(args.spec, set=sets, dtype=args.dtype)
+    if seed is None:
+        graph = nnspec.lower(args.spec, set=sets, dtype=dtype)
         seed = int((graph.meta.get("train") or {}).get("seed") or 0)
-    seed = seed or 0
-    return nnspec.compile(args.spec, dtype=args.dtype, set=sets, seed=seed), seed
+    return nnspec.compile(args.spec, dtype=dtype, set=sets, seed=seed), seed
 
 
-def _load_weights(net, f) -> None:
+def _trained(args):
+    """The spec's network with the weights of --checkpoint (a run's checkpoint.npz,
+    its directory, or a .nnc), built with the --set values and dtype stored
+    there unless the command line gives them."""
     from .bundle import bundle_kind, read_bundle
     from .checkpoint import load_checkpoint, load_weights
-    p = Path(f)
+    p = Path(args.checkpoint)
     if p.is_dir():
         p = p / "checkpoint.npz"
     if not p.exists():
         raise TrainingError(f"checkpoint '{p}' does not exist")
-    if bundle_kind(p) == "nnspec-model":
-        load_weights(net, read_bundle(p)[1]["weights"], p)
-    else:
-        load_weights(net, load_checkpoint(p)["model"], p)
+    ck = read_bundle(p)[1] if bundle_kind(p) == "nnspec-model" else load_checkpoint(p)
+    net, _ = _build(args, ck.get("set"), ck.get("dtype"))
+    load_weights(net, ck["weights"] if "weights" in ck else ck["model"], p)
+    return net
 
 
 def _forward(net, x: dict, batch: int = 512) -> dict:
