@@ -24,16 +24,49 @@ _threads = threading.local()
 
 
 def use_threads(n: int) -> None:
-    """Numba's thread count for this thread's next steps.  A small step runs on
-    one thread: waking a second costs more than it saves, and far more when
-    the machine is busy.  (Numba's setting is per thread and cannot be changed
-    from cached code, so it is set here, only when it changes.)"""
+    """Numba's and the BLAS's thread counts for this thread's next steps (0:
+    all).  A small step runs on one thread: waking a second costs more than it
+    saves, and far more when the machine is busy.  (Numba's setting is per
+    thread and cannot be changed from cached code, so it is set here, only
+    when it changes.)"""
     if getattr(_threads, "n", None) != n:
         import numba
         if not hasattr(_threads, "default"):
             _threads.default = numba.get_num_threads()
-        numba.set_num_threads(min(n, _threads.default) if n else _threads.default)
+        k = min(n, _threads.default) if n else _threads.default
+        numba.set_num_threads(k)
+        blas_threads(k)
         _threads.n = n
+
+
+_blas_set = []
+
+
+def blas_threads(k: int) -> None:
+    """Set the thread count of SciPy's OpenBLAS (the BLAS behind np.dot in
+    compiled code), when it is loaded and exposes the setter; the environment
+    variable NNSPEC_BLAS_THREADS caps it."""
+    import os
+    cap = os.environ.get("NNSPEC_BLAS_THREADS")
+    if cap:
+        k = min(k, max(int(cap), 1))
+    if not _blas_set:
+        import ctypes
+        fn = None
+        try:
+            with open("/proc/self/maps") as f:
+                libs = {ln.split()[-1] for ln in f if "scipy_openblas" in ln and "scipy.libs" in ln}
+            for path in sorted(libs):
+                lib = ctypes.CDLL(path)
+                fn = getattr(lib, "scipy_openblas_set_num_threads", None)
+                if fn is not None:
+                    break
+        except OSError:
+            fn = None
+        if fn is None:
+            return                 # not loaded yet: looked up again next time
+        _blas_set.append(fn)
+    _blas_set[0](int(k))
 
 
 def _code_key(b, optimizer, whole) -> str:
@@ -106,7 +139,10 @@ class CompiledStep:
             per_ex, fixed = self._work
             n = self._threads[batch] = 1 if batch * per_ex + fixed < PAR_MIN_WORK else 0
         use_threads(n)
-        return self.fn(P, S, G, M, V, hp, *self.arenas(batch), *xs)
+        out = self.fn(P, S, G, M, V, hp, *self.arenas(batch), *xs)
+        if not _blas_set:          # the first call loaded the BLAS: set it next time
+            _threads.n = None
+        return out
 
     @property
     def source(self) -> str:
