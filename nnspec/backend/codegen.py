@@ -210,6 +210,8 @@ class StepWriter:
         if n.op == "fused":
             self.emit_fused(body, n, ind)
             return
+        if self.emit_channel_sum(body, n, ind):
+            return
         fn, extra = get_op(n.op).kernel(n.attrs)
         mod = sys.modules[fn.__module__]
         if getattr(mod, fn.__name__, None) is not fn and not hasattr(getattr(mod, fn.__name__, None), "py_func"):
@@ -218,6 +220,45 @@ class StepWriter:
         args = [f"v{self.k(i)}" for i in n.inputs] + [f"v{k}"]
         args += [self.literal(e) for e in extra]
         body(f"{alias}.{fn.__name__}({', '.join(args)})  # {n.id} = {n.op}", ind)
+
+    # ---- specialised kernels ---------------------------------------------------
+    def emit_channel_sum(self, body: Source, n, ind: int) -> bool:
+        """sum over every axis but 1 of a [B, C, ...] value (a conv bias's
+        gradient, a batch norm's shift): one blocked loop, where the general
+        reduction kernel indexes each element through a mask."""
+        if n.op not in ("sum", "mean") or len(n.inputs) != 1:
+            return False
+        x = self.g.shape(n.inputs[0])
+        if len(x) < 3 or x[0] != "B" or not all(isinstance(d, int) for d in x[1:]):
+            return False
+        axes = n.attrs.get("axes")
+        axes = [axes] if isinstance(axes, int) else list(axes or [])
+        axes = sorted(a % len(x) for a in axes)
+        if axes != [0] + list(range(2, len(x))) or tuple(n.shape) != (x[1],):
+            return False
+        C, S = x[1], _prod_expr(x[2:])
+        if "_chansum" not in self.helpers.text():
+            h = self.helpers
+            h("@njit(cache=True, error_model='numpy', fastmath=True)")
+            h("def _chansum(x, out, mean):")
+            h("nb, nc, ns = x.shape", 1)
+            h("for c in range(nc):", 1)
+            h("out[c] = T(0)", 2)
+            h("for b in range(nb):", 1)
+            h("for c in range(nc):", 2)
+            h("s = T(0)", 3)
+            h("for i in range(ns):", 3)
+            h("s += x[b, c, i]", 4)
+            h("out[c] += s", 3)
+            h("if mean:", 1)
+            h("r = T(1) / T(nb * ns)", 2)
+            h("for c in range(nc):", 2)
+            h("out[c] *= r", 3)
+            h()
+        k = self.k(n.id)
+        body(f"_chansum(f{self.k(n.inputs[0])}.reshape((B, {C}, {S})), f{k}, "
+             f"{n.op == 'mean'})  # {n.id} = {n.op} over all axes but 1", ind)
+        return True
 
     # ---- fused elementwise loops --------------------------------------------
     def emit_fused(self, body: Source, n, ind: int):
