@@ -210,7 +210,7 @@ class StepWriter:
         if n.op == "fused":
             self.emit_fused(body, n, ind)
             return
-        if self.emit_channel_sum(body, n, ind):
+        if self.emit_channel_sum(body, n, ind) or self.emit_trailing(body, n, ind):
             return
         fn, extra = get_op(n.op).kernel(n.attrs)
         mod = sys.modules[fn.__module__]
@@ -258,6 +258,56 @@ class StepWriter:
         k = self.k(n.id)
         body(f"_chansum(f{self.k(n.inputs[0])}.reshape((B, {C}, {S})), f{k}, "
              f"{n.op == 'mean'})  # {n.id} = {n.op} over all axes but 1", ind)
+        return True
+
+    def emit_trailing(self, body: Source, n, ind: int) -> bool:
+        """sum/mean over the trailing axes k.. of a [B, ...] value (a global
+        average pool), and its adjoint broadcast_like (g spread back over
+        them): loops over [rows, columns]."""
+        if n.op in ("sum", "mean") and len(n.inputs) == 1:
+            x = self.g.shape(n.inputs[0])
+            spread = False
+        elif n.op == "broadcast_like" and n.attrs.get("axes") is not None:
+            x = tuple(n.shape)
+            spread = True
+        else:
+            return False
+        if len(x) < 2 or x[0] != "B" or not all(isinstance(d, int) for d in x[1:]):
+            return False
+        axes = n.attrs.get("axes")
+        axes = [axes] if isinstance(axes, int) else list(axes or [])
+        axes = sorted(a % len(x) for a in axes)
+        if not axes or axes[0] < 1 or axes != list(range(axes[0], len(x))):
+            return False
+        if n.attrs.get("keepdims") or tuple(n.shape if not spread else self.g.shape(
+                n.inputs[0])) != tuple(x[:axes[0]]):
+            return False
+        R, S = _prod_expr(x[:axes[0]]), _prod_expr(x[axes[0]:])
+        mean = n.op == "mean" or (spread and bool(n.attrs.get("mean")))
+        if "def _rowsum" not in self.helpers.text():
+            h = self.helpers
+            h("@njit(cache=True, error_model='numpy', fastmath=True)")
+            h("def _rowsum(x, out, mean):")
+            h("r = T(1) / T(x.shape[1]) if mean else T(1)", 1)
+            h("for i in range(x.shape[0]):", 1)
+            h("s = T(0)", 2)
+            h("for j in range(x.shape[1]):", 2)
+            h("s += x[i, j]", 3)
+            h("out[i] = s * r", 2)
+            h()
+            h("@njit(cache=True, error_model='numpy')")
+            h("def _rowspread(g, out, mean):")
+            h("r = T(1) / T(out.shape[1]) if mean else T(1)", 1)
+            h("for i in range(out.shape[0]):", 1)
+            h("v = g[i] * r", 2)
+            h("for j in range(out.shape[1]):", 2)
+            h("out[i, j] = v", 3)
+            h()
+        k, a = self.k(n.id), self.k(n.inputs[0])
+        if spread:
+            body(f"_rowspread(f{a}, f{k}.reshape(({R}, {S})), {mean})  # {n.id} = {n.op}", ind)
+        else:
+            body(f"_rowsum(f{a}.reshape(({R}, {S})), f{k}, {mean})  # {n.id} = {n.op}", ind)
         return True
 
     # ---- fused elementwise loops --------------------------------------------
