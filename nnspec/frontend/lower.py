@@ -732,20 +732,27 @@ class Lowerer:
         for name, t in zip(block.inputs, inputs):
             inner.vars[name] = t
         self.stack.append(block.name)
-        self.tapes.append({"list": inst.tape, "pos": 0})
         try:
-            ret = self.exec(block.body, inner)
-        except SpecError as ex:
-            raise ex.called_from(f"block '{block.name}'", loc)
+            ret = self.run_body(block, inner, inst, loc)
         finally:
             self.stack.pop()
-            self.tapes.pop()
         if ret is None:
             raise SpecError(f"block '{block.name}' returns nothing", block.loc,
                             "end it with `return ...`")
         if isinstance(ret, Tensor):
             inst.last, inst.graph = ret.nid, ret.graph
         return ret
+
+    def run_body(self, block: ast.Block, inner: Scope, inst: Instance, loc):
+        """Run a block's or cell's body.  The layer instances it makes are
+        recorded on `inst`, and replayed when the same value is applied again."""
+        self.tapes.append({"list": inst.tape, "pos": 0})
+        try:
+            return self.exec(block.body, inner)
+        except SpecError as ex:
+            raise ex.called_from(f"{block.kind} '{block.name}'", loc)
+        finally:
+            self.tapes.pop()
 
     # ---- cells ------------------------------------------------------------------
     def apply_cell(self, layer: Layer, inputs, loc, scope, hint):
@@ -801,13 +808,7 @@ class Lowerer:
             seq_ids.append(self.bring(scope, x.nid, x.graph))
         # initial values given at the call site
         init = opts_init(layer.options.get("init"))
-        self.tapes.append({"list": inst.tape, "pos": 0})
-        try:
-            ret = self.exec(block.body, inner)
-        except SpecError as ex:
-            raise ex.called_from(f"cell '{block.name}'", loc)
-        finally:
-            self.tapes.pop()
+        ret = self.run_body(block, inner, inst, loc)
         for sname, st in build.states.items():
             if st["new"] is None:
                 raise SpecError(f"cell state '{sname}' is never assigned; add "
