@@ -254,12 +254,12 @@ class Network:
     def _hp(self, lr: float) -> np.ndarray:
         """The hyper-parameter array of the next step (backend/optim.py's
         layout); rebuilt only when something in it changes."""
+        key = (lr, self._t) if self._opt_name != "sgd" else lr
+        if key == self._hp_key:
+            return self._hp_arr
         o = _optim()
         h = self._hyper
         adam = self._opt_name != "sgd"
-        key = (lr, self._t) if adam else lr
-        if key == self._hp_key:
-            return self._hp_arr
         hp = np.zeros(o.HP_SIZE, np.float64)
         hp[o.LR] = lr
         hp[o.WEIGHT_DECAY] = h.get("weight_decay", 0.0)

@@ -104,29 +104,35 @@ class CompiledStep:
         self.fn = self.module.step
         self._batch_arg = next((j for j, n in enumerate(self.inputs)
                                 if g.shape(n) and g.shape(n)[0] == "B"), None)
+        # sequences: the arena's time part is sized per (batch, T)
+        self._steps_arg = next((j for j, n in enumerate(self.inputs)
+                                if tuple(g.shape(n))[:2] == ("B", "T")), None)
+        self._steps = 1
         self._work = work_estimate(b.graph)
-        self._threads: dict[int, int] = {}
+        self._bound: dict[int, tuple] = {}
         self._arenas: dict[int, list] = {}
         self._views: dict[tuple, np.ndarray] = {}
 
-    def arenas(self, batch: int) -> list:
-        a = self._arenas.get(batch)
+    def arenas(self, batch: int, steps: int = 1) -> list:
+        a = self._arenas.get((batch, steps))
         if a is None:
-            a = [np.zeros(max(self.plan.arena_size(dt, batch), 1), dtype=dt)
+            a = [np.zeros(max(self.plan.arena_size(dt, batch, steps), 1), dtype=dt)
                  for dt in self.arena_dtypes]
-            self._arenas[batch] = a
+            self._arenas[(batch, steps)] = a
         return a
 
     def value(self, nid: str, batch: int) -> np.ndarray:
         """The live array of a value left in a work arena by the last call."""
-        key = (nid, batch)
+        steps = self._steps
+        key = (nid, batch, steps)
         v = self._views.get(key)
         if v is None:
             s = self.plan.slots[nid]
-            arena = self.arenas(batch)[self.arena_dtypes.index(s.dtype)]
-            shape = tuple(batch if d == "B" else d for d in self.graph.shape(nid))
+            arena = self.arenas(batch, steps)[self.arena_dtypes.index(s.dtype)]
+            shape = tuple(batch if d == "B" else steps if d == "T" else d
+                          for d in self.graph.shape(nid))
             n = int(np.prod(shape, dtype=np.int64))
-            off = self.plan.offset(nid, batch)
+            off = self.plan.offset(nid, batch, steps)
             v = arena[off:off + n].reshape(shape)
             self._views[key] = v
         return v
@@ -134,12 +140,15 @@ class CompiledStep:
     def __call__(self, P, S, G, M, V, hp, feeds: dict):
         xs = [feeds[n] for n in self.inputs]
         batch = xs[self._batch_arg].shape[0] if self._batch_arg is not None else 1
-        n = self._threads.get(batch)
-        if n is None:
+        bound = self._bound.get(batch)
+        if bound is None:       # first call at this batch size: arenas and threads
             per_ex, fixed = self._work
-            n = self._threads[batch] = 1 if batch * per_ex + fixed < PAR_MIN_WORK else 0
-        use_threads(n)
-        out = self.fn(P, S, G, M, V, hp, *self.arenas(batch), *xs)
+            n = 1 if batch * per_ex + fixed < PAR_MIN_WORK else 0
+            bound = self._bound[batch] = (tuple(self.arenas(batch)), n)
+        arenas, n = bound
+        if getattr(_threads, "n", None) != n:
+            use_threads(n)
+        out = self.fn(P, S, G, M, V, hp, *arenas, *xs)
         if not _blas_set:          # the first call loaded the BLAS: set it next time
             _threads.n = None
         return out
