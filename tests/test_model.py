@@ -1,7 +1,7 @@
 """`Network` on specs from the frontend: programs against the NumPy
 interpreter for convolutions, batch norm (running statistics written back by
 the train program), dropout (the counter-based mask advancing per step), and
-recurrences (run by the reference fallback)."""
+recurrences (compiled, or run by the reference fallback)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,6 @@ import pytest
 
 import nnspec
 from nnspec.backend import numpy_ref
-from nnspec.backend.cpu import ReferenceStep
 from nnspec.passes.autodiff import backward
 from nnspec.passes.mode import specialise
 
@@ -94,13 +93,12 @@ def test_train_step_writes_running_statistics_and_advances_dropout():
         np.testing.assert_array_equal(net.state[k], after[k])
 
 
-def test_recurrence_runs_on_the_reference_fallback():
+def test_recurrence_matches_reference_and_trains():
     net = nnspec.compile(RNN, dtype="float64", seed=0)
     x, y = batch(net)
     vals, gids = reference(net, x, y, training=True)
     np.testing.assert_allclose(net.forward(**x)["logits"], vals[net.graph.outputs["logits"]],
                                rtol=1e-12)
-    assert isinstance(net._program("infer"), ReferenceStep)
     loss, grads = net.gradients(x, y)
     for p, gn in gids.items():
         np.testing.assert_allclose(grads[p], vals[gn], rtol=1e-10, err_msg=p)
