@@ -5,6 +5,7 @@ a network's inputs and targets.
     train, test = nnspec.data.load("mine.npz", net)
     train, test = nnspec.data.load("mine.csv", net)  # last column is the target
     train, test = nnspec.data.load("dir/", net)      # dir/train.npz + dir/test.npz
+    train, test = nnspec.data.load("text:notes.txt", net)   # char LM windows (text.py)
 
 A single file or named set is split deterministically (`SPLIT_SEED`, 20 %
 test, stratified by class for class-index targets), so every run of every
@@ -21,17 +22,23 @@ from .bind import bind, class_output, conform, n_examples, per_example, split
 from .files import read_path
 from .registry import DATASETS, register
 from . import sequences  # noqa: E402,F401  (registers adding, copy, reverse)
+from .text import is_text, text_info, text_task
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 
 __all__ = ["load", "read", "bind", "split", "class_output", "conform", "n_examples", "per_example",
-           "DATASETS", "register", "SPLIT_SEED", "TEST_FRACTION"]
+           "DATASETS", "register", "SPLIT_SEED", "TEST_FRACTION", "is_text", "text_info"]
 
 
 def load(name_or_path, net, *, test_fraction: float = TEST_FRACTION,
-         seed: int = SPLIT_SEED, target_column: int = -1):
-    """``(train, test)``: dicts of arrays named like the network's inputs and targets."""
+         seed: int = SPLIT_SEED, target_column: int = -1, chars=None):
+    """``(train, test)``: dicts of arrays named like the network's inputs and
+    targets.  `chars` is a text's vocabulary (from a checkpoint) for ``text:`` data."""
+    if is_text(name_or_path):
+        train, test = text_task(name_or_path, net, chars)
+        source = str(name_or_path)
+        return bind(train, net, f"{source} (train)"), bind(test, net, f"{source} (test)")
     raw, source = read(name_or_path, net, target_column)
     if isinstance(raw, tuple):
         train, test = raw

@@ -19,7 +19,7 @@ from .values import (Builtin, CellResult, Instance, Layer, Repeat, Symbol, Tenso
                      TimeIndex, ZeroInit, type_name)
 
 TRAIN_KEYS = ("loss", "optimizer", "schedule", "batch", "epochs", "clip", "data", "seed",
-              "lr", "bptt", "metrics")
+              "lr", "bptt", "metrics", "decoder_input", "start")
 CELL_OPTIONS = ("reverse", "direction", "merge", "init", "mask", "bptt")
 MAX_ITERATIONS = 100_000
 BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}

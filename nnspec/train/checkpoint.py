@@ -7,6 +7,8 @@
     history    per-epoch metrics so far
     config     the TrainConfig that made it (for reference)
     set, dtype the network's --set values and dtype, so eval / predict rebuild the same network
+    data       what the data needs to be read the same way again: a text's vocabulary
+               ("chars", id -> character) and unigram entropy; None for other data
 """
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ VERSION = 1
 
 
 def save_checkpoint(path, net, *, epoch: int, step: int, rng: np.random.Generator,
-                    history: list, config: dict) -> None:
+                    history: list, config: dict, data: dict | None = None) -> None:
     write_bundle(path, KIND, {
         "version": VERSION, "epoch": epoch, "step": step,
         "rng": rng.bit_generator.state, "history": history, "config": config,
         "graph": net.graph.hash(),
         "set": dict(net.graph.meta.get("set") or {}), "dtype": net.graph.dtype,
+        "data": data,
         "model": dict(net.state_dict()), "optimizer": net.optimizer_state(),
     })
 

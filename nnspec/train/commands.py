@@ -6,6 +6,7 @@ subclasses; `nnspec.cli.main` prints them without a traceback.
                       [--out DIR] [--resume] [--seed N] [--dtype float32|float64] [--quiet]
     nnspec eval SPEC --checkpoint F [--data D]
     nnspec predict SPEC --checkpoint F --input X.npz [--output out.npz]
+    nnspec predict SPEC --checkpoint F --generate N [--prompt S] [--temperature X] [--seed N]
     nnspec compile SPEC -o model.nnc [--checkpoint F]
 
 A checkpoint F is a run's checkpoint.npz, the run directory itself, or a .nnc file.
@@ -28,8 +29,9 @@ def add_parsers(sub) -> None:
                        description="Train on the spec's data (or --data); write DIR/checkpoint.npz, "
                                    "metrics.json and curves.png after every epoch.")
     _common(t)
-    t.add_argument("--data", metavar="D", help="'digits', a .npz / .csv file or a directory "
-                                              "with train/test files (default: the spec's)")
+    t.add_argument("--data", metavar="D", help="'digits', a .npz / .csv file, a directory "
+                                              "with train/test files, or text:PATH (a text "
+                                              "file, for a character model) (default: the spec's)")
     t.add_argument("--epochs", type=int, metavar="N")
     t.add_argument("--batch", type=int, metavar="N", help="examples per step")
     t.add_argument("--lr", type=float, metavar="X", help="peak learning rate")
@@ -46,11 +48,18 @@ def add_parsers(sub) -> None:
     e.add_argument("--data", metavar="D", help="default: the spec's data")
     e.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="run a checkpoint on inputs; print predicted classes")
+    p = sub.add_parser("predict", help="run a checkpoint on inputs; print predicted classes "
+                                       "(or generate text from a character model)")
     _common(p)
     p.add_argument("--checkpoint", required=True, metavar="F")
-    p.add_argument("--input", required=True, metavar="X.npz",
+    p.add_argument("--input", metavar="X.npz",
                    help="arrays named like the spec's inputs (or 'input')")
+    p.add_argument("--generate", type=int, metavar="N",
+                   help="sample N characters from a model trained on text:PATH data")
+    p.add_argument("--prompt", default="", metavar="S", help="text to continue (--generate)")
+    p.add_argument("--temperature", type=float, default=0.8, metavar="X",
+                   help="sampling temperature; 0 picks the likeliest character (default 0.8)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed (default 0)")
     p.add_argument("--output", metavar="OUT.npz", help="write every output (and classes) here")
     p.set_defaults(func=cmd_predict)
 
@@ -74,7 +83,7 @@ def cmd_train(args) -> int:
     from ..data import load
     from .config import TrainConfig
     from .loop import fit
-    net, seed = _build(args)
+    net, seed, info = _build_for_data(args)
     cfg = TrainConfig.from_meta(net.graph.meta.get("train"), data=args.data, epochs=args.epochs,
                                 batch=args.batch, lr=args.lr, seed=seed)
     out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
@@ -84,21 +93,23 @@ def cmd_train(args) -> int:
               f"{n_examples(test)} test examples; {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch}, "
               f"{cfg.epochs} epochs -> {out}/", file=sys.stderr)
     r = fit(net, (train, test), out_dir=out, resume=args.resume, progress=not args.quiet,
-            config=cfg)
-    print(_result_line(r["test_loss"], r["test_accuracy"], r["examples"]["test"])
+            config=cfg, data_info=info)
+    print(_result_line(r, r["examples"]["test"])
           + f"  ({r['epochs']} epochs, {r['seconds']:.1f} s training)")
     print(f"wrote {out}/checkpoint.npz, metrics.json" + (", curves.png" if (out / "curves.png").exists() else ""))
     return 0
 
 
 def cmd_eval(args) -> int:
-    from ..data import load
-    from .metrics import evaluate
-    net = _trained(args)
+    from ..data import is_text, load, text_info
+    from .metrics import evaluate, task_of
+    net, ck = _trained(args)
     name = args.data or (net.graph.meta.get("train") or {}).get("data") or "digits"
-    _, test = load(name, net)
-    r = evaluate(net, test)
-    print(_result_line(r["loss"], r["accuracy"], r["n"]))
+    chars = (ck.get("data") or {}).get("chars")
+    train, test = load(name, net, chars=chars)
+    info = text_info(name, chars) if is_text(name) else None
+    r = evaluate(net, test, task=task_of(net, train, info))
+    print(_result_line({f"test_{k}": v for k, v in r.items()}, r["n"], info))
     return 0
 
 
@@ -106,7 +117,11 @@ def cmd_predict(args) -> int:
     from ..data import bind, class_output
     from ..data.files import read_path
     from .bundle import atomic_write, check_writable
-    net = _trained(args)
+    net, ck = _trained(args)
+    if args.generate is not None:
+        return _generate(args, net, ck)
+    if not args.input:
+        raise DataError("predict needs --input X.npz (or --generate N for a text model)")
     raw = read_path(args.input)
     if isinstance(raw, tuple):
         raise DataError(f"--input takes one .npz or .csv file, not a directory: {args.input}")
@@ -132,7 +147,7 @@ def cmd_predict(args) -> int:
 
 def cmd_compile(args) -> int:
     from .nnc import save
-    net, seed = (_trained(args), 0) if args.checkpoint else _build(args)
+    net, seed = (_trained(args)[0], 0) if args.checkpoint else _build(args)
     save(net, args.output, args.spec, seed=seed)
     print(f"wrote {args.output} ({_count(net)} parameters, graph {net.graph.hash()})")
     return 0
@@ -145,10 +160,42 @@ def _sets(args) -> dict:
     return parse_set(args.set)
 
 
-def _build(args, sets=None, dtype=None):
-    """The spec's network, initialised with --seed, else the train section's seed, else 0."""
+def _generate(args, net, ck) -> int:
+    from .decode import generate
+    chars = (ck.get("data") or {}).get("chars")
+    if not chars:
+        raise DataError(f"--generate: checkpoint '{args.checkpoint}' holds no text vocabulary "
+                        f"(train the model on text:PATH data)")
+    if args.generate < 0:
+        raise DataError(f"--generate takes a number of characters, got {args.generate}")
+    text = generate(net, chars, args.prompt, args.generate, temperature=args.temperature,
+                    seed=args.seed)
+    print(args.prompt + text)
+    return 0
+
+
+def _build_for_data(args):
+    """`_build`, with ``vocab`` set to a text's vocabulary size when the data is
+    ``text:...``, the network has a `vocab` argument and --set does not give it:
+    ``(net, seed, data info or None)``."""
     import nnspec
-    sets = _sets(args) if args.set or sets is None else sets
+    from ..data import is_text, text_info
+    sets = _sets(args)
+    graph = nnspec.lower(args.spec, set=sets, dtype=args.dtype or "float32")
+    name = args.data or (graph.meta.get("train") or {}).get("data")
+    if name is None or not is_text(name):
+        return (*_build(args), None)
+    info = text_info(name)
+    if "vocab" in graph.meta.get("args", {}) and "vocab" not in sets:
+        sets["vocab"] = len(info["chars"])
+    return (*_build(args, sets, force=True), info)
+
+
+def _build(args, sets=None, dtype=None, force=False):
+    """The spec's network, initialised with --seed, else the train section's seed, else 0.
+    `sets` are a checkpoint's --set values, replaced by the command line's unless `force`."""
+    import nnspec
+    sets = sets if force else _sets(args) if args.set or sets is None else sets
     dtype = args.dtype or dtype or "float32"
     seed = getattr(args, "seed", None)
     if seed is None:
@@ -160,7 +207,7 @@ def _build(args, sets=None, dtype=None):
 def _trained(args):
     """The spec's network with the weights of --checkpoint (a run's checkpoint.npz,
     its directory, or a .nnc), built with the --set values and dtype stored
-    there unless the command line gives them."""
+    there unless the command line gives them: ``(net, checkpoint tree)``."""
     from .bundle import bundle_kind, read_bundle
     from .checkpoint import load_checkpoint, load_weights
     p = Path(args.checkpoint)
@@ -171,7 +218,7 @@ def _trained(args):
     ck = read_bundle(p)[1] if bundle_kind(p) == "nnspec-model" else load_checkpoint(p)
     net, _ = _build(args, ck.get("set"), ck.get("dtype"))
     load_weights(net, ck["weights"] if "weights" in ck else ck["model"], p)
-    return net
+    return net, ck
 
 
 def _forward(net, x: dict, batch: int = 512) -> dict:
@@ -187,8 +234,16 @@ def _count(net) -> str:
     return f"{net.graph.count('param'):,}"
 
 
-def _result_line(loss, acc, n) -> str:
+def _result_line(r: dict, n, info=None) -> str:
+    """The final score: accuracy (classification), the task's metrics, the loss."""
+    from .progress import task_metrics
+    loss, acc = r.get("test_loss"), r.get("test_accuracy")
     s = f"test loss {loss:.4f}" if loss is not None else "test loss -"
+    if info and "unigram_bits" in info:
+        r = {**r, "unigram_bits": info["unigram_bits"]}
+    extra = task_metrics(r, "test_")
+    if extra:
+        s = "test " + "  ".join(extra) + "  " + s
     if acc is not None:
         s = f"test accuracy {100 * acc:.2f}%  " + s
     return s + f"  ({n} examples)"

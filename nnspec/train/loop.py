@@ -23,14 +23,15 @@ from .. import data as nndata
 from ..errors import TrainingError
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .config import TrainConfig
-from .metrics import evaluate, plot_curves, write_metrics
+from .metrics import Task, evaluate, plot_curves, task_of, write_metrics
 from .progress import Bar, fmt_metrics
 from .rundir import RunDir
 from .schedule import lr_at
 
 
 def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=None,
-        seed=None, out_dir=None, resume=False, progress=True, *, config=None) -> dict:
+        seed=None, out_dir=None, resume=False, progress=True, *, config=None,
+        data_info=None) -> dict:
     """Train `net` in place and return the metrics (what metrics.json holds).
 
     `data` is a data set name or path (see `nnspec.data.load`) or a
@@ -38,11 +39,16 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
     train section (`graph.meta["train"]`), then `TrainConfig`'s defaults.
     With `out_dir`, a checkpoint, metrics.json and curves.png are written
     there after every epoch; `resume` continues from that checkpoint.
+    The metrics fit the task (see `metrics.task_of`); `data_info` describes a
+    text's vocabulary for ``(train, test)`` pairs made from one (text.py).
     """
     cfg = config or TrainConfig.from_meta(
         net.graph.meta.get("train"), epochs=epochs, batch=batch, lr=lr, schedule=schedule,
         clip=clip, seed=seed, data=data if isinstance(data, (str, Path)) else None)
     train, test = data if isinstance(data, tuple) else nndata.load(cfg.data, net)
+    if data_info is None and not isinstance(data, tuple) and nndata.is_text(cfg.data):
+        data_info = nndata.text_info(cfg.data)
+    task = task_of(net, train, data_info)
     n = nndata.n_examples(train)
     if n == 0:
         raise TrainingError("the training set is empty")
@@ -71,16 +77,17 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
     bar = Bar(enabled=progress)
     try:
         for epoch in range(epoch, cfg.epochs):
-            step, record = _epoch(net, train, test, cfg, plan, rng, epoch, step, bar)
+            step, record = _epoch(net, train, test, cfg, plan, rng, epoch, step, bar, task)
             history.append(record)
             log(fmt_metrics(record, cfg.epochs))
             if run is not None:
                 save_checkpoint(run.checkpoint, net, epoch=epoch + 1, step=step, rng=rng,
-                                history=history, config=cfg.to_dict())
-                write_metrics(run.metrics, summary(history, cfg, n, nndata.n_examples(test)))
+                                history=history, config=cfg.to_dict(), data=data_info)
+                write_metrics(run.metrics, summary(history, cfg, n, nndata.n_examples(test),
+                                                   task))
     finally:
         bar.close()     # an interrupt must not leave half a bar on the terminal
-    result = summary(history, cfg, n, nndata.n_examples(test))
+    result = summary(history, cfg, n, nndata.n_examples(test), task)
     if run is not None:
         write_metrics(run.metrics, result)
         note = plot_curves(run.curves, history) if history else None
@@ -104,7 +111,7 @@ class Plan:
         return self.steps_per_epoch * self.epochs
 
 
-def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar):
+def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar, task: Task):
     """One pass over the shuffled training set, then scoring: ``(step, record)``."""
     t0 = time.perf_counter()
     perm = rng.permutation(plan.n)
@@ -126,21 +133,35 @@ def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar):
     bar.close()
     record = {"epoch": epoch + 1, "step": step, "lr": rate, "train_loss": loss_sum / plan.n}
     if cfg.eval_train:
-        record["train_accuracy"] = evaluate(net, train)["accuracy"]
-    scored = evaluate(net, test)
-    record.update(test_loss=scored["loss"], test_accuracy=scored["accuracy"],
-                  seconds=time.perf_counter() - t0)
+        # free-running decoding costs T forwards, so the training set is scored without it
+        quick = Task("tokens", task.target, task.output) if task.kind == "seq2seq" else task
+        scored = evaluate(net, train, task=quick)
+        record.update({f"train_{k}": scored[k] for k in ("accuracy",) + quick.metrics
+                       if scored.get(k) is not None})
+    scored = evaluate(net, test, task=task)
+    record.update(test_loss=scored["loss"], test_accuracy=scored["accuracy"])
+    record.update({f"test_{k}": scored[k] for k in task.metrics})
+    if task.unigram_bits is not None:
+        record["unigram_bits"] = task.unigram_bits
+    record["seconds"] = time.perf_counter() - t0
     return step, record
 
 
-def summary(history: list, cfg: TrainConfig, n_train: int, n_test: int) -> dict:
+def summary(history: list, cfg: TrainConfig, n_train: int, n_test: int,
+            task: Task | None = None) -> dict:
     last = history[-1] if history else {}
+    extra = {f"{part}_{k}": last.get(f"{part}_{k}") for k in (task.metrics if task else ())
+             for part in ("test", "train") if f"{part}_{k}" in last}
+    if task is not None and task.unigram_bits is not None:
+        extra["unigram_bits"] = task.unigram_bits
     return {
         "format": "nnspec-metrics",
+        "task": task.kind if task else None,
         "test_accuracy": last.get("test_accuracy"),
         "test_loss": last.get("test_loss"),
         "train_loss": last.get("train_loss"),
         "train_accuracy": last.get("train_accuracy"),
+        **extra,
         "epochs": last.get("epoch", 0), "steps": last.get("step", 0),
         "seconds": sum(h["seconds"] for h in history),
         "examples": {"train": n_train, "test": n_test},

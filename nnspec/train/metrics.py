@@ -3,34 +3,137 @@ from __future__ import annotations
 
 import io
 import json
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import class_output, n_examples
+from ..data import class_output, n_examples, per_example
 from .bundle import atomic_write
 
 EVAL_BATCH = 512
+LN2 = math.log(2.0)
+
+# what each kind of task is scored by (besides the loss), in evaluate()'s keys
+KINDS = {
+    "classification": ("accuracy",),          # int target [B], cross-entropy over [B, C]
+    "tokens": ("token_accuracy",),            # int target [B, T], cross-entropy over [B, T, C]
+    "seq2seq": ("token_accuracy", "free_running_accuracy"),   # tokens + a decoder input
+    "lm": ("token_accuracy", "bpc"),          # tokens read from a text (data = text:...)
+    "regression": ("mse", "baseline_mse"),    # float target, mse loss
+    "other": (),
+}
+METRICS = ("accuracy", "token_accuracy", "free_running_accuracy", "bpc", "mse", "baseline_mse")
 
 
-def evaluate(net, data: dict, batch: int = EVAL_BATCH) -> dict:
-    """Eval-mode ``{"loss", "accuracy", "n"}`` over all of `data`; accuracy is
-    None unless a target holds class indices (then it is the first such target's)."""
+@dataclass(frozen=True)
+class Task:
+    """How a network's results are scored: chosen from its loss, targets and data."""
+    kind: str                           # a key of KINDS
+    target: str | None = None           # the target scored
+    output: str | None = None           # the output that predicts it
+    decoder_input: str | None = None    # seq2seq: the input the decoder reads
+    start: int = 0                      # seq2seq: the token the decoder starts from
+    mean: np.ndarray | None = None      # regression: the training set's mean target
+    unigram_bits: float | None = None   # lm: the text's unigram entropy, bits/char
+
+    @property
+    def metrics(self) -> tuple:
+        return KINDS[self.kind]
+
+
+def task_of(net, train: dict | None = None, info: dict | None = None) -> Task:
+    """The first target's task.  Class indices with a [.., C] output are
+    classification ([B]) or tokens ([B, T]; seq2seq when the train section
+    names a `decoder_input`, lm when the data is a text); a float target
+    under an mse loss is regression (scored against predicting `train`'s mean)."""
+    cfg = net.graph.meta.get("train") or {}
+    info = info or {}
+    for t in net.targets:
+        co = class_output(net, t)
+        if co is not None:
+            if len(per_example(net.targets[t])) == 0:
+                return Task("classification", t, co[0])
+            if cfg.get("decoder_input"):
+                return Task("seq2seq", t, co[0], str(cfg["decoder_input"]),
+                            int(cfg.get("start") or 0))
+            if "unigram_bits" in info:
+                return Task("lm", t, co[0], unigram_bits=info["unigram_bits"])
+            return Task("tokens", t, co[0])
+        out = _mse_output(net, t)
+        if out is not None:
+            mean = None if train is None else np.mean(train[t], axis=0, dtype=np.float64)
+            return Task("regression", t, out, mean=mean)
+    return Task("other")
+
+
+def _mse_output(net, target: str) -> str | None:
+    """The output an mse loss compares with `target`, if there is one."""
+    g = net.graph
+    by_id = {nid: name for name, nid in g.outputs.items()}
+    for c in g.consumers(target):
+        if g.node(c).layer == "mse":
+            for i in g.node(c).inputs:
+                if i in by_id:
+                    return by_id[i]
+    return None
+
+
+def evaluate(net, data: dict, batch: int = EVAL_BATCH, task: Task | None = None) -> dict:
+    """Eval-mode ``{"loss", "n"}`` over all of `data`, plus the task's metrics
+    (see KINDS; the task defaults to `task_of(net)`): ``accuracy`` for
+    classification, ``token_accuracy`` (teacher-forced, for seq2seq),
+    ``free_running_accuracy`` (greedy decoding from the model's own
+    predictions), ``bpc`` (mean cross-entropy / ln 2 of the scored target),
+    ``mse`` and ``baseline_mse`` (always predicting the training mean)."""
+    task = task or task_of(net)
     n = n_examples(data)
+    r = {"loss": None, "n": n, **{k: None for k in task.metrics}}
+    if task.kind != "classification":
+        r["accuracy"] = None
     if n == 0:
-        return {"loss": None, "accuracy": None, "n": 0}
-    scored = [(t, co) for t in net.targets if (co := class_output(net, t))]
-    loss_sum, right, total = 0.0, 0, 0
+        return r
+    loss_sum, right, total, nll, sq, base_sq = 0.0, 0, 0, 0.0, 0.0, 0.0
     for lo in range(0, n, batch):
         xb = {k: data[k][lo:lo + batch] for k in net.inputs}
         yb = {k: data[k][lo:lo + batch] for k in net.targets}
         loss, outs = net.evaluate_batch(xb, yb)
         loss_sum += float(loss) * len(next(iter(yb.values())))
-        if scored:
-            t, (out, _) = scored[0]
-            pred = np.argmax(outs[out], axis=-1)
-            right += int(np.count_nonzero(pred == yb[t]))
-            total += yb[t].size
-    return {"loss": loss_sum / n, "accuracy": right / total if scored else None, "n": n}
+        if task.target is None:
+            continue
+        y, out = yb[task.target], np.asarray(outs[task.output])
+        total += y.size
+        if task.kind == "regression":
+            sq += float(np.sum((out.astype(np.float64) - y) ** 2))
+            if task.mean is not None:
+                base_sq += float(np.sum((task.mean - y) ** 2))
+            continue
+        right += int(np.count_nonzero(np.argmax(out, axis=-1) == y))
+        if task.kind == "lm":
+            nll += float(np.sum(_nll(out, y)))
+    r["loss"] = loss_sum / n
+    key = "accuracy" if task.kind == "classification" else "token_accuracy"
+    if task.kind == "regression":
+        r["mse"] = sq / total
+        r["baseline_mse"] = base_sq / total if task.mean is not None else None
+    elif key in r:
+        r[key] = right / total
+    if task.kind == "lm":
+        r["bpc"] = nll / total / LN2
+    if task.kind == "seq2seq":
+        from .decode import free_running
+        pred = free_running(net, {k: data[k] for k in net.inputs}, task.decoder_input,
+                            task.start, task.output)
+        r["free_running_accuracy"] = float(np.mean(pred == data[task.target]))
+    return r
+
+
+def _nll(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """-log softmax(logits)[y] per position, in float64 (nats)."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    logz = np.log(np.exp(z).sum(axis=-1))
+    return logz - np.take_along_axis(z, y[..., None].astype(np.int64), axis=-1)[..., 0]
 
 
 def write_metrics(path, metrics: dict) -> None:

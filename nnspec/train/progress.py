@@ -51,5 +51,23 @@ def fmt_metrics(r: dict, epochs: int) -> str:
         parts.append(f"test loss {r['test_loss']:.4f}")
     if r.get("test_accuracy") is not None:
         parts.append(f"acc {100 * r['test_accuracy']:.2f}%")
+    parts += task_metrics(r, "test_")
     parts += [f"lr {r['lr']:.3g}", f"{r['seconds']:.1f}s"]
     return "  ".join(parts)
+
+
+def task_metrics(r: dict, prefix: str = "test_") -> list:
+    """The task's metrics of a record (see metrics.KINDS), each as 'name value'."""
+    parts = []
+    if r.get(prefix + "token_accuracy") is not None:
+        parts.append(f"token acc {100 * r[prefix + 'token_accuracy']:.2f}%")
+    if r.get(prefix + "free_running_accuracy") is not None:
+        parts.append(f"free-running {100 * r[prefix + 'free_running_accuracy']:.2f}%")
+    if r.get(prefix + "bpc") is not None:
+        unigram = f" (unigram {r['unigram_bits']:.3f})" if r.get("unigram_bits") else ""
+        parts.append(f"bpc {r[prefix + 'bpc']:.3f}{unigram}")
+    if r.get(prefix + "mse") is not None:
+        base = r.get(prefix + "baseline_mse")
+        parts.append(f"mse {r[prefix + 'mse']:.4g}"
+                     + (f" (predicting the mean: {base:.4g})" if base is not None else ""))
+    return parts
