@@ -109,7 +109,7 @@ class CompiledStep:
                                 if tuple(g.shape(n))[:2] == ("B", "T")), None)
         self._steps = 1
         self._work = work_estimate(b.graph)
-        self._bound: dict[int, tuple] = {}
+        self._bound: dict = {}
         self._arenas: dict[int, list] = {}
         self._views: dict[tuple, np.ndarray] = {}
 
@@ -140,11 +140,15 @@ class CompiledStep:
     def __call__(self, P, S, G, M, V, hp, feeds: dict):
         xs = [feeds[n] for n in self.inputs]
         batch = xs[self._batch_arg].shape[0] if self._batch_arg is not None else 1
-        bound = self._bound.get(batch)
+        key = batch
+        if self._steps_arg is not None:     # sequences: arenas per (batch, T)
+            key = (batch, xs[self._steps_arg].shape[1])
+            self._steps = key[1]
+        bound = self._bound.get(key)
         if bound is None:       # first call at this batch size: arenas and threads
             per_ex, fixed = self._work
             n = 1 if batch * per_ex + fixed < PAR_MIN_WORK else 0
-            bound = self._bound[batch] = (tuple(self.arenas(batch)), n)
+            bound = self._bound[key] = (tuple(self.arenas(batch, self._steps)), n)
         arenas, n = bound
         if getattr(_threads, "n", None) != n:
             use_threads(n)

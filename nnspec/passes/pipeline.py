@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir import Graph
-from . import canonical, dce, fusion, memory, mode
+from . import canonical, dce, fusion, loop_results, memory, mode
 from .autodiff import backward
 
 TRAINING_KINDS = ("grad", "train")
@@ -80,6 +80,11 @@ def fuse_elementwise(b: Build) -> Build:
     return b
 
 
+def place_loop_results(b: Build) -> Build:
+    b.graph = loop_results.materialise(b.graph)
+    return b
+
+
 def plan_memory(b: Build) -> Build:
     pinned = {gn for gn in b.grads.values()
               if list(b.grads.values()).count(gn) == 1
@@ -97,12 +102,13 @@ PIPELINE = [
     eliminate_dead_code,  # drop what no root needs (the loss in infer, unused outputs in train)
     split_bias,           # linear+bias -> linear, add: the add fuses with the activation after it
     fuse_elementwise,     # elementwise chains -> one typed loop each (one pass over memory)
+    place_loop_results,   # a buffer (loop_output) for every result a compiled loop writes
     plan_memory,          # liveness-based slots in one arena per dtype, reused across steps
 ]
 
 
-# what the NumPy interpreter runs when a graph cannot be compiled (recurrences,
-# dynamic time axes): the same graph, unfused and unplanned
+# what the NumPy interpreter runs when a graph cannot be compiled (dynamic
+# axes other than B and T): the same graph, unfused and unplanned
 REFERENCE_PIPELINE = PIPELINE[:PIPELINE.index(split_bias)]
 
 
@@ -117,9 +123,7 @@ def build(graph: Graph, kind: str, dtype: str | None = None, training=None,
 def compilable(graph: Graph) -> str | None:
     """Why the CPU backend cannot compile the graph, or None."""
     for n in graph.nodes():
-        if n.op in ("loop", "loop_output", "loop_grad") or n.dtype == "loop":
-            return f"'{n.id}' is a recurrence ({n.op})"
-        if any(not isinstance(d, int) and d != "B" for d in n.shape):
+        if any(not isinstance(d, int) and d not in ("B", "T") for d in n.shape):
             return f"'{n.id}' has a dynamic axis {list(n.shape)}"
     return None
 
