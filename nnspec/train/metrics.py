@@ -141,28 +141,41 @@ def write_metrics(path, metrics: dict) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+PANELS = (("accuracy", ("accuracy",)), ("bits per character", ("bpc",)),
+          ("token accuracy", ("token_accuracy", "free_running_accuracy")),
+          ("mean squared error", ("mse", "baseline_mse")))
+
+
 def plot_curves(path, history: list) -> str | None:
-    """Loss and accuracy per epoch; returns a note instead when matplotlib is missing."""
+    """Loss and the task's score per epoch; returns a note instead when matplotlib is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         return "matplotlib is not installed: no curves.png (pip install matplotlib)"
     epochs = [h["epoch"] for h in history]
-    has_acc = any(h.get("test_accuracy") is not None for h in history)
-    fig = Figure(figsize=(9 if has_acc else 5, 3.5))
+    # the second panel: the task's main score (the first of these the history holds)
+    panel = next(((title, keys) for title, keys in PANELS
+                  if any(h.get(f"test_{keys[0]}") is not None for h in history)), None)
+    fig = Figure(figsize=(9 if panel else 5, 3.5))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2 if has_acc else 1, squeeze=False)[0]
+    axes = fig.subplots(1, 2 if panel else 1, squeeze=False)[0]
     for key, label in (("train_loss", "train"), ("test_loss", "test")):
         axes[0].plot(epochs, _series(history, key), marker=".", label=label)
     axes[0].set(title="loss", xlabel="epoch")
     axes[0].set_yscale("log")
     axes[0].legend()
-    if has_acc:
-        for key, label in (("train_accuracy", "train"), ("test_accuracy", "test")):
-            if any(h.get(key) is not None for h in history):
-                axes[1].plot(epochs, _series(history, key), marker=".", label=label)
-        axes[1].set(title="accuracy", xlabel="epoch")
+    if panel:
+        title, keys = panel
+        for k in keys:
+            for part in ("train", "test"):
+                key = f"{part}_{k}"
+                if any(h.get(key) is not None for h in history):
+                    axes[1].plot(epochs, _series(history, key), marker=".",
+                                 label=f"{part} {k.replace('_', ' ')}" if len(keys) > 1 else part)
+        if title == "bits per character" and history[-1].get("unigram_bits"):
+            axes[1].axhline(history[-1]["unigram_bits"], ls="--", c="grey", label="unigram")
+        axes[1].set(title=title, xlabel="epoch")
         axes[1].legend()
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.15, top=0.9, wspace=0.3)  # tight_layout costs a second
     buf = io.BytesIO()
