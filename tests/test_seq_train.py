@@ -149,6 +149,11 @@ def test_checkpoint_keeps_the_vocabulary_and_cli_generates(text_file, tmp_path, 
     assert first.startswith("the ") and len(first.rstrip("\n")) >= 29
     assert main(["eval", spec, "--checkpoint", "run", "--data", f"text:{text_file}"]) == 0
     assert "bpc" in capsys.readouterr().out
+    assert main(["compile", spec, "--checkpoint", "run", "-o", "m.nnc"]) == 0   # keeps the vocabulary
+    capsys.readouterr()
+    assert main(["predict", spec, "--checkpoint", "m.nnc", "--generate", "25",
+                 "--prompt", "the ", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == first
 
 
 def nnspec_root():

@@ -147,8 +147,11 @@ def cmd_predict(args) -> int:
 
 def cmd_compile(args) -> int:
     from .nnc import save
-    net, seed = (_trained(args)[0], 0) if args.checkpoint else _build(args)
-    save(net, args.output, args.spec, seed=seed)
+    if args.checkpoint:
+        (net, ck), seed = _trained(args), 0
+    else:
+        (net, seed), ck = _build(args), {}
+    save(net, args.output, args.spec, seed=seed, data=ck.get("data"))
     print(f"wrote {args.output} ({_count(net)} parameters, graph {net.graph.hash()})")
     return 0
 

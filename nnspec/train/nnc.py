@@ -25,10 +25,12 @@ KIND = "nnspec-model"
 VERSION = 1
 
 
-def save(net, path, spec=None, *, overrides: dict | None = None, seed: int = 0) -> None:
+def save(net, path, spec=None, *, overrides: dict | None = None, seed: int = 0,
+         data: dict | None = None) -> None:
     """Write `net` (compiled from `spec`, a path or source text, with the
     ``--set`` `overrides`) to `path`, with its current weights.  Both default
-    to what `nnspec.lower` recorded in ``net.graph.meta``."""
+    to what `nnspec.lower` recorded in ``net.graph.meta``.  `data` is what a
+    checkpoint keeps of its data (a text's vocabulary), kept here too."""
     meta = net.graph.meta
     if spec is None:
         f = meta.get("file")
@@ -46,6 +48,7 @@ def save(net, path, spec=None, *, overrides: dict | None = None, seed: int = 0) 
         "seed": int(seed),
         "graph": net.graph.hash(),
         "weights": dict(net.state_dict()),
+        "data": data,
     })
 
 
