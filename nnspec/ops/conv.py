@@ -332,78 +332,90 @@ def _as4(a):
     return a.reshape((n0, n1, a.size // max(n0 * n1 * nl, 1), nl))
 
 
-@kernel(parallel=True)
-def _im2col(x4, grp, Cg, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, cols):
-    """cols[(c kh + i) kw + j, (b Ho + oy) Wo + ox] = x[b, grp Cg + c, oy sh - ph + i dh, ...]."""
-    B, H, W = x4.shape[0], x4.shape[2], x4.shape[3]
+@kernel
+def _chunk(B, P, K):
+    """Images per im2col chunk: columns of about 4 MB (float32).  Fewer, larger GEMMs
+    than one per image: a threaded BLAS call costs a wake-up (milliseconds on a busy
+    machine)."""
+    return max(1, min(B, (1 << 20) // max(P * K, 1)))
+
+
+@kernel
+def _ox_range(Wo, W, sw, off):
+    """The ox with 0 <= ox sw + off < W, as [ox0, ox1)."""
+    ox0 = 0 if off >= 0 else min((-off + sw - 1) // sw, Wo)
+    ox1 = max(min(Wo, (W - 1 - off) // sw + 1), ox0)
+    return ox0, ox1
+
+
+@kernel
+def _im2col(x4, b0, n, grp, Cg, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, cols):
+    """cols[(c kh + i) kw + j, (t Ho + oy) Wo + ox] = x[b0 + t, grp Cg + c, oy sh - ph + i dh,
+    ox sw - pw + j dw] (0 in the padding), for the n images from b0."""
+    C, H, W = x4.shape[1], x4.shape[2], x4.shape[3]
+    xf, cf = x4.reshape(x4.size), cols.reshape(cols.size)
+    N = n * Ho * Wo
     zero = cols.dtype.type(0)
-    for r in prange(Cg * kh * kw):
-        c = r // (kh * kw)
-        i = (r // kw) % kh
-        j = r % kw
-        ch = grp * Cg + c
-        for b in range(B):
-            for oy in range(Ho):
-                iy = oy * sh - ph + i * dh
-                base = (b * Ho + oy) * Wo
-                if iy < 0 or iy >= H:
-                    for ox in range(Wo):
-                        cols[r, base + ox] = zero
-                else:
-                    for ox in range(Wo):
-                        ix = ox * sw - pw + j * dw
-                        cols[r, base + ox] = x4[b, ch, iy, ix] if 0 <= ix < W else zero
-
-
-@kernel(parallel=True)
-def _col2im(dcols, grp, Cg, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, dx4):
-    """The adjoint of _im2col: add the columns back into dx's group `grp`."""
-    B, H, W = dx4.shape[0], dx4.shape[2], dx4.shape[3]
-    for t in prange(B * Cg):
-        b = t // Cg
-        c = t % Cg
-        ch = grp * Cg + c
-        for y in range(H):
-            for x in range(W):
-                dx4[b, ch, y, x] = 0
+    for c in range(Cg):
         for i in range(kh):
             for j in range(kw):
                 r = (c * kh + i) * kw + j
-                for oy in range(Ho):
-                    iy = oy * sh - ph + i * dh
-                    if iy < 0 or iy >= H:
-                        continue
-                    base = (b * Ho + oy) * Wo
-                    for ox in range(Wo):
-                        ix = ox * sw - pw + j * dw
-                        if 0 <= ix < W:
-                            dx4[b, ch, iy, ix] += dcols[r, base + ox]
+                off = j * dw - pw
+                ox0, ox1 = _ox_range(Wo, W, sw, off)
+                for t in range(n):
+                    for oy in range(Ho):
+                        iy = oy * sh - ph + i * dh
+                        cb = r * N + (t * Ho + oy) * Wo
+                        if iy < 0 or iy >= H:
+                            for ox in range(Wo):
+                                cf[cb + ox] = zero
+                        else:
+                            xb = (((b0 + t) * C + grp * Cg + c) * H + iy) * W + off
+                            for ox in range(ox0):
+                                cf[cb + ox] = zero
+                            for ox in range(ox0, ox1):
+                                cf[cb + ox] = xf[xb + ox * sw]
+                            for ox in range(ox1, Wo):
+                                cf[cb + ox] = zero
 
 
-@kernel(parallel=True)
-def _gather_group(g4, grp, Og, out):
-    """out[o, b P + p] = g[b, grp Og + o, p] (the group's output channels as rows)."""
-    B = g4.shape[0]
-    P = g4.shape[2] * g4.shape[3]
-    gf = g4.reshape((B, g4.shape[1], P))
-    for t in prange(Og * B):
-        o = t // B
-        b = t % B
-        for p in range(P):
-            out[o, b * P + p] = gf[b, grp * Og + o, p]
+@kernel
+def _col2im(dcols, b0, n, grp, Cg, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, dx4):
+    """The adjoint of _im2col: add the columns into dx (images b0.., group grp)."""
+    C, H, W = dx4.shape[1], dx4.shape[2], dx4.shape[3]
+    df, cf = dx4.reshape(dx4.size), dcols.reshape(dcols.size)
+    N = n * Ho * Wo
+    for t in range(n):
+        for c in range(Cg):
+            for i in range(kh):
+                for j in range(kw):
+                    r = (c * kh + i) * kw + j
+                    off = j * dw - pw
+                    ox0, ox1 = _ox_range(Wo, W, sw, off)
+                    for oy in range(Ho):
+                        iy = oy * sh - ph + i * dh
+                        if iy < 0 or iy >= H:
+                            continue
+                        cb = r * N + (t * Ho + oy) * Wo
+                        xb = (((b0 + t) * C + grp * Cg + c) * H + iy) * W + off
+                        for ox in range(ox0, ox1):
+                            df[xb + ox * sw] += cf[cb + ox]
 
 
-@kernel(parallel=True)
-def _scatter_group(res, grp, Og, out4, bias, has_bias):
-    B = out4.shape[0]
-    P = out4.shape[2] * out4.shape[3]
-    of = out4.reshape((B, out4.shape[1], P))
-    for t in prange(Og * B):
-        o = t // B
-        b = t % B
-        add = bias[grp * Og + o] if has_bias else res.dtype.type(0)
-        for p in range(P):
-            of[b, grp * Og + o, p] = res[o, b * P + p] + add
+@kernel
+def _gather(g3, b0, n, grp, Og, gg):
+    """gg[o, t P + p] = g[b0 + t, grp Og + o, p] (the chunk's output channels as rows)."""
+    P = g3.shape[2]
+    for o in range(Og):
+        for t in range(n):
+            for p in range(P):
+                gg[o, t * P + p] = g3[b0 + t, grp * Og + o, p]
+
+
+@kernel
+def _flat3(a):
+    n0, n1 = a.shape[0], a.shape[1]
+    return a.reshape((n0, n1, a.size // max(n0 * n1, 1)))
 
 
 @kernel
@@ -411,15 +423,28 @@ def _conv(x, w, out, bias, has_bias, stride, dil, code, lo, hi, groups):
     x4, w4, o4 = _as4(x), _as4(w), _as4(out)
     ph, pw = _geom(x4, w4, stride, dil, code, lo)
     O, Cg, kh, kw = w4.shape
-    Og = O // groups
-    Ho, Wo = o4.shape[2], o4.shape[3]
-    cols = np.empty((Cg * kh * kw, x4.shape[0] * Ho * Wo), dtype=out.dtype)
-    wf = w4.reshape((O, Cg * kh * kw))
+    Og, K = O // groups, Cg * kh * kw
+    B, Ho, Wo = x4.shape[0], o4.shape[2], o4.shape[3]
+    P = Ho * Wo
+    nb = _chunk(B, P, K)
+    colbuf = np.empty(K * nb * P, dtype=out.dtype)
+    wf = w4.reshape((O, K))
+    o3 = _flat3(out)
+    zero = out.dtype.type(0)
     for grp in range(groups):
-        _im2col(x4, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1], dil[0], dil[1], ph, pw, cols)
         wg = np.ascontiguousarray(wf[grp * Og:(grp + 1) * Og])
-        res = np.dot(wg, cols)
-        _scatter_group(res, grp, Og, o4, bias, has_bias)
+        for b0 in range(0, B, nb):
+            n = min(nb, B - b0)
+            cols = colbuf[:K * n * P].reshape((K, n * P))
+            _im2col(x4, b0, n, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1], dil[0], dil[1],
+                    ph, pw, cols)
+            res = np.dot(wg, cols)
+            for t in range(n):
+                for o in range(Og):
+                    add = bias[grp * Og + o] if has_bias else zero
+                    orow = o3[b0 + t, grp * Og + o]
+                    for p in range(P):
+                        orow[p] = res[o, t * P + p] + add
 
 
 @kernel
@@ -438,15 +463,24 @@ def _conv_back_data(g, w, dx, stride, dil, code, lo, groups):
     g4, w4, dx4 = _as4(g), _as4(w), _as4(dx)
     ph, pw = _geom(dx4, w4, stride, dil, code, lo)
     O, Cg, kh, kw = w4.shape
-    Og = O // groups
-    Ho, Wo = g4.shape[2], g4.shape[3]
-    gg = np.empty((Og, g4.shape[0] * Ho * Wo), dtype=dx.dtype)
-    wf = w4.reshape((O, Cg * kh * kw))
+    Og, K = O // groups, Cg * kh * kw
+    B, Ho, Wo = g4.shape[0], g4.shape[2], g4.shape[3]
+    P = Ho * Wo
+    nb = _chunk(B, P, K)
+    ggbuf = np.empty(Og * nb * P, dtype=dx.dtype)
+    wf = w4.reshape((O, K))
+    g3 = _flat3(g)
+    dflat = dx.reshape(dx.size)
+    dflat[:] = 0
     for grp in range(groups):
-        _gather_group(g4, grp, Og, gg)
         wg = np.ascontiguousarray(wf[grp * Og:(grp + 1) * Og].T)
-        dcols = np.dot(wg, gg)
-        _col2im(dcols, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1], dil[0], dil[1], ph, pw, dx4)
+        for b0 in range(0, B, nb):
+            n = min(nb, B - b0)
+            gg = ggbuf[:Og * n * P].reshape((Og, n * P))
+            _gather(g3, b0, n, grp, Og, gg)
+            dcols = np.dot(wg, gg)
+            _col2im(dcols, b0, n, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1], dil[0], dil[1],
+                    ph, pw, dx4)
 
 
 @kernel
@@ -456,18 +490,27 @@ def conv_grad_input(g, w, x, out, stride, dil, code, lo, hi, groups):
 
 @kernel
 def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
-    x4, g4, w4 = _as4(x), _as4(g), _as4(out)
+    x4, w4 = _as4(x), _as4(out)
     ph, pw = _geom(x4, w4, stride, dil, code, lo)
     O, Cg, kh, kw = w4.shape
-    Og = O // groups
-    Ho, Wo = g4.shape[2], g4.shape[3]
-    cols = np.empty((Cg * kh * kw, x4.shape[0] * Ho * Wo), dtype=out.dtype)
-    gg = np.empty((Og, x4.shape[0] * Ho * Wo), dtype=out.dtype)
-    of = out.reshape((O, Cg * kh * kw))
+    Og, K = O // groups, Cg * kh * kw
+    g4, g3 = _as4(g), _flat3(g)
+    B, Ho, Wo = x4.shape[0], g4.shape[2], g4.shape[3]
+    P = Ho * Wo
+    nb = _chunk(B, P, K)
+    colbuf = np.empty(K * nb * P, dtype=out.dtype)
+    ggbuf = np.empty(Og * nb * P, dtype=out.dtype)
+    of = out.reshape((O, K))
+    of[:] = 0
     for grp in range(groups):
-        _im2col(x4, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1], dil[0], dil[1], ph, pw, cols)
-        _gather_group(g4, grp, Og, gg)
-        of[grp * Og:(grp + 1) * Og] = np.dot(gg, cols.T)
+        for b0 in range(0, B, nb):
+            n = min(nb, B - b0)
+            cols = colbuf[:K * n * P].reshape((K, n * P))
+            gg = ggbuf[:Og * n * P].reshape((Og, n * P))
+            _im2col(x4, b0, n, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1], dil[0], dil[1],
+                    ph, pw, cols)
+            _gather(g3, b0, n, grp, Og, gg)
+            of[grp * Og:(grp + 1) * Og] += np.dot(gg, cols.T)
 
 
 @kernel
@@ -475,15 +518,14 @@ def conv_transpose_nobias(x, w, out, stride, dil, code, lo, hi, groups):
     _conv_back_data(x, w, out, stride, dil, code, lo, groups)
 
 
-@kernel(parallel=True)
+@kernel
 def conv_transpose_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
     _conv_back_data(x, w, out, stride, dil, code, lo, groups)
-    o3 = out.reshape((out.shape[0], out.shape[1], out.size // (out.shape[0] * out.shape[1])))
-    for t in prange(o3.shape[0] * o3.shape[1]):
-        c = t % o3.shape[1]
-        bb = t // o3.shape[1]
-        for p in range(o3.shape[2]):
-            o3[bb, c, p] += b[c]
+    o3 = _flat3(out)
+    for bb in range(o3.shape[0]):
+        for c in range(o3.shape[1]):
+            for p in range(o3.shape[2]):
+                o3[bb, c, p] += b[c]
 
 
 # ---- layers ------------------------------------------------------------------------

@@ -175,20 +175,59 @@ def _as3(x):
 
 
 @kernel
+def _sums(x3, g3, c, m, kind):
+    """Over b and p of channel c, with four accumulators (kind 0: (sum x, 0);
+    1: (sum (x - m)^2, 0); 2: (sum g, sum g (x - m)))."""
+    B, P = x3.shape[0], x3.shape[2]
+    T = x3.dtype.type
+    a0, a1, a2, a3 = T(0), T(0), T(0), T(0)
+    e0, e1, e2, e3 = T(0), T(0), T(0), T(0)
+    P4 = P - P % 4
+    for b in range(B):
+        xr = x3[b, c]
+        gr = g3[b, c]
+        if kind == 0:
+            for p in range(0, P4, 4):
+                a0 += xr[p]
+                a1 += xr[p + 1]
+                a2 += xr[p + 2]
+                a3 += xr[p + 3]
+            for p in range(P4, P):
+                a0 += xr[p]
+        elif kind == 1:
+            for p in range(0, P4, 4):
+                d0, d1, d2, d3 = xr[p] - m, xr[p + 1] - m, xr[p + 2] - m, xr[p + 3] - m
+                a0 += d0 * d0
+                a1 += d1 * d1
+                a2 += d2 * d2
+                a3 += d3 * d3
+            for p in range(P4, P):
+                d0 = xr[p] - m
+                a0 += d0 * d0
+        else:
+            for p in range(0, P4, 4):
+                a0 += gr[p]
+                a1 += gr[p + 1]
+                a2 += gr[p + 2]
+                a3 += gr[p + 3]
+                e0 += gr[p] * (xr[p] - m)
+                e1 += gr[p + 1] * (xr[p + 1] - m)
+                e2 += gr[p + 2] * (xr[p + 2] - m)
+                e3 += gr[p + 3] * (xr[p + 3] - m)
+            for p in range(P4, P):
+                a0 += gr[p]
+                e0 += gr[p] * (xr[p] - m)
+    return (a0 + a1) + (a2 + a3), (e0 + e1) + (e2 + e3)
+
+
+@kernel
 def _channel_stats(x3, c):
     """(mean, biased var) of channel c, two-pass."""
     B, P = x3.shape[0], x3.shape[2]
     T = x3.dtype.type
-    s = T(0)
-    for b in range(B):
-        for p in range(P):
-            s += x3[b, c, p]
+    s, _ = _sums(x3, x3, c, T(0), 0)
     mean = s / T(B * P)
-    v = T(0)
-    for b in range(B):
-        for p in range(P):
-            d = x3[b, c, p] - mean
-            v += d * d
+    v, _ = _sums(x3, x3, c, mean, 1)
     return mean, v / T(B * P)
 
 
@@ -202,9 +241,12 @@ def batchnorm(x, w, b, rm, rv, out, eps, training):
         else:
             mean, var = rm[c], rv[c]
         scale = w[c] / np.sqrt(var + T(eps))
+        shift = b[c] - mean * scale
         for bb in range(x3.shape[0]):
+            xr = x3[bb, c]
+            orow = o3[bb, c]
             for p in range(x3.shape[2]):
-                o3[bb, c, p] = (x3[bb, c, p] - mean) * scale + b[c]
+                orow[p] = xr[p] * scale + shift
 
 
 @kernel(parallel=True)
@@ -219,23 +261,26 @@ def _batchnorm_grad(g, x, w, rm, rv, out, eps, training, weight_part):
         else:
             mean, var = rm[c], rv[c]
         inv = T(1) / np.sqrt(var + T(eps))
-        sg = T(0)
-        sgx = T(0)
-        for bb in range(B):
-            for p in range(P):
-                sg += g3[bb, c, p]
-                sgx += g3[bb, c, p] * (x3[bb, c, p] - mean) * inv
+        sg, sgx = _sums(x3, g3, c, mean, 2)
+        sgx = sgx * inv
         if weight_part:
             o3[0, c, 0] = sgx
         else:
             n = T(B * P)
+            k = w[c] * inv
+            if training:
+                # dx = k (g - sg/n - (x - mean) inv sgx/n) = k g + a x + d
+                a = -k * inv * sgx / n
+                d = -k * sg / n - a * mean
+            else:
+                a = T(0)
+                d = T(0)
             for bb in range(B):
+                xr = x3[bb, c]
+                gr = g3[bb, c]
+                orow = o3[bb, c]
                 for p in range(P):
-                    if training:
-                        xh = (x3[bb, c, p] - mean) * inv
-                        o3[bb, c, p] = w[c] * inv * (g3[bb, c, p] - sg / n - xh * sgx / n)
-                    else:
-                        o3[bb, c, p] = w[c] * inv * g3[bb, c, p]
+                    orow[p] = k * gr[p] + a * xr[p] + d
 
 
 @kernel
@@ -258,8 +303,12 @@ def batchnorm_stat(x, s, out, momentum, var, training):
         if not training:
             out[c] = s[c]
             continue
-        mean, v = _channel_stats(x3, c)
-        new = v * T(n) / T(max(n - 1, 1)) if var else mean
+        if var:
+            mean, v = _channel_stats(x3, c)
+            new = v * T(n) / T(max(n - 1, 1))
+        else:
+            tot, _ = _sums(x3, x3, c, T(0), 0)
+            new = tot / T(n)
         out[c] = (T(1) - m) * s[c] + m * new
 
 
@@ -320,17 +369,17 @@ def _splitmix(z):
     return z ^ (z >> np.uint64(31))
 
 
-@kernel(parallel=True)
+@kernel
 def dropout_mask(x, step, out, p, seed, training):
     T = out.dtype.type
     o = out.reshape(-1)
     if not training:
-        for i in prange(o.size):
+        for i in range(o.size):
             o[i] = T(1)
         return
     key = _splitmix(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(int(step[()])))
     keep = T(1.0 / (1.0 - p))
-    for j in prange(o.size):
+    for j in range(o.size):
         u = np.float64(_splitmix(key + np.uint64(j)) >> np.uint64(11)) * 1.1102230246251565e-16
         o[j] = keep if u >= p else T(0)
 

@@ -253,14 +253,14 @@ def _win(o, s, p, k, n):
     return max(lo, 0), min(hi, n), hi - lo
 
 
-@kernel(parallel=True)
+@kernel
 def _maxpool(x, out, sw, want_sw, kern, stride, pad):
     x4, o4 = _as4(x), _as4(out)
     s4 = _as4(sw)
     B, C, H, W = x4.shape
     Ho = s4.shape[2] if want_sw else o4.shape[2]
     Wo = s4.shape[3] if want_sw else o4.shape[3]
-    for t in prange(B * C):
+    for t in range(B * C):
         b = t // C
         c = t % C
         for oy in range(Ho):
@@ -291,14 +291,14 @@ def maxpool_switches(x, out, kern, stride, pad):
     _maxpool(x, np.zeros((1, 1, 1, 1), x.dtype), out, True, kern, stride, pad)
 
 
-@kernel(parallel=True)
+@kernel
 def _unpool(v, sw, out):
     # (explicit sizes: reshape with -1 miscompiles inside this parallel kernel)
     n = v.shape[0] * v.shape[1]
     vf = v.reshape((n, v.size // n))
     sf = sw.reshape((n, v.size // n))
     of = out.reshape((n, out.size // n))
-    for t in prange(n):
+    for t in range(n):
         for i in range(of.shape[1]):
             of[t, i] = 0
         for k in range(vf.shape[1]):
@@ -315,24 +315,24 @@ def unpool_like(v, sw, like, out):
     _unpool(v, sw, out)
 
 
-@kernel(parallel=True)
+@kernel
 def gather_switches(g, sw, out):
     n = g.shape[0] * g.shape[1]
     gf = g.reshape((n, g.size // n))
     sf = sw.reshape((n, sw.size // n))
     of = out.reshape((n, out.size // n))
-    for t in prange(n):
+    for t in range(n):
         for i in range(of.shape[1]):
             of[t, i] = gf[t, sf[t, i]]
 
 
-@kernel(parallel=True)
+@kernel
 def avgpool(x, out, kern, stride, pad, include_pad):
     x4, o4 = _as4(x), _as4(out)
     B, C, H, W = x4.shape
     Ho, Wo = o4.shape[2], o4.shape[3]
     T = out.dtype.type
-    for t in prange(B * C):
+    for t in range(B * C):
         b = t // C
         c = t % C
         for oy in range(Ho):
@@ -347,13 +347,13 @@ def avgpool(x, out, kern, stride, pad, include_pad):
                 o4[b, c, oy, ox] = acc / T(cnt)
 
 
-@kernel(parallel=True)
+@kernel
 def avgpool_grad(g, x, out, kern, stride, pad, include_pad):
     g4, d4 = _as4(g), _as4(out)
     B, C, H, W = d4.shape
     Ho, Wo = g4.shape[2], g4.shape[3]
     T = out.dtype.type
-    for t in prange(B * C):
+    for t in range(B * C):
         b = t // C
         c = t % C
         for yy in range(H):
