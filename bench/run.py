@@ -83,6 +83,58 @@ train {
 }
 
 
+# recurrent workloads (classes 0: a regression, target [1]); each runs all T
+# steps of its loop, forward and backward, inside the one compiled step
+LSTM_CELL = """
+cell lstm(n)(x) {
+    state h = zeros(n)
+    state c = zeros(n)
+    i = sigmoid(dense(x[t], n) + dense(h[t-1], n, bias=false))
+    f = sigmoid(dense(x[t], n) + dense(h[t-1], n, bias=false))
+    g = tanh(dense(x[t], n) + dense(h[t-1], n, bias=false))
+    o = sigmoid(dense(x[t], n) + dense(h[t-1], n, bias=false))
+    c[t] = f * c[t-1] + i * g
+    h[t] = o * tanh(c[t])
+    return h
+}
+"""
+WORKLOADS.update({
+    "gru": ((ROOT / "specs" / "gru.nn").read_text().split("network")[0] + """
+network gru_reg {
+    input x: [100, 8]
+    output y = (x -> gru(32)).h -> dense(1)
+}
+train {
+    target v: [1]
+    loss = mse(y, v)
+    optimizer = sgd(lr = 0.01)
+}
+""", 1, ((100, 8), 0)),
+    "lstm": ((ROOT / "specs" / "lstm.nn").read_text().split("network")[0] + """
+network lstm_clf {
+    input x: [64, 64]
+    output logits = (x -> lstm(256)).h -> dense(10)
+}
+train {
+    target label: int
+    loss = cross_entropy(logits, label)
+    optimizer = sgd(lr = 0.01)
+}
+""", 32, ((64, 64), 10)),
+    "lstm_cell": (LSTM_CELL + """
+network lstm_cell {
+    input x: [50, 16]
+    output logits = (x -> lstm(64)).h -> dense(10)
+}
+train {
+    target label: int
+    loss = cross_entropy(logits, label)
+    optimizer = sgd(lr = 0.01)
+}
+""", 8, ((50, 16), 10)),
+})
+
+
 # ---- workers ----------------------------------------------------------------------
 
 def torch_model(name):
@@ -113,6 +165,38 @@ def torch_model(name):
                              nn.Flatten(), nn.Linear(32, 10))
     if name == "mlp_small":
         return nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+
+    class Last(nn.Module):          # torch.nn.GRU / LSTM, a dense layer on the last step
+        def __init__(self, rnn, n, out):
+            super().__init__()
+            self.rnn, self.head = rnn, nn.Linear(n, out)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    class Cell(nn.Module):          # the hand-written LSTM cell, a Python loop over t
+        def __init__(self, f, n, out):
+            super().__init__()
+            self.n, self.head = n, nn.Linear(n, out)
+            self.wx, self.wh = nn.Linear(f, 4 * n), nn.Linear(n, 4 * n, bias=False)
+
+        def forward(self, x):
+            n = self.n
+            h = c = x.new_zeros(x.shape[0], n)
+            for t in range(x.shape[1]):
+                z = self.wx(x[:, t]) + self.wh(h)
+                i, f = torch.sigmoid(z[:, :n]), torch.sigmoid(z[:, n:2 * n])
+                g, o = torch.tanh(z[:, 2 * n:3 * n]), torch.sigmoid(z[:, 3 * n:])
+                c = f * c + i * g
+                h = o * torch.tanh(c)
+            return self.head(h)
+
+    if name == "gru":
+        return Last(nn.GRU(8, 32, batch_first=True), 32, 1)
+    if name == "lstm":
+        return Last(nn.LSTM(64, 256, batch_first=True), 256, 10)
+    if name == "lstm_cell":
+        return Cell(16, 64, 10)
     raise KeyError(name)
 
 
@@ -123,7 +207,8 @@ def make_step(framework, name):
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch,) + shape).astype(np.float32)
-    y = rng.integers(0, classes, batch).astype(np.int64)
+    y = (rng.integers(0, classes, batch).astype(np.int64) if classes
+         else rng.standard_normal((batch, 1)).astype(np.float32))
     if framework == "nnspec":
         sys.path.insert(0, str(ROOT))
         import nnspec
@@ -140,7 +225,7 @@ def make_step(framework, name):
         model = torch_model(name)
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        loss_fn = torch.nn.CrossEntropyLoss()
+        loss_fn = torch.nn.CrossEntropyLoss() if classes else torch.nn.MSELoss()
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
         def step():

@@ -261,6 +261,58 @@ def loop_source(node, dtype: str) -> tuple[str, str]:
     return text, "loop_" + hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def _after_loop(a: dict, bwd) -> tuple[dict, dict]:
+    """Gradient terms that are sums over steps of a GEMM with a per-step
+    cotangent G: dW = sum_t G[t]^T y[t] (y any per-step value), db =
+    sum_t rows of G[t] (capture gradients), and dx[t] = G[t] W (a sequence
+    gradient).  Stacking G over the steps turns each into one GEMM after the
+    loop (T*B rows) instead of T small ones.  Returns (root output id ->
+    (input position, nodes of its tree in order), G id -> stack index)."""
+    n_seq, n_init = a["n_seq"], a["n_init"]
+    cap0 = n_seq + n_init
+    rows = set(a["seq_inputs"]) | set(a["state_inputs"])
+    caps = set(a["captures"])
+
+    def tree(nid, kind, out):
+        n = bwd.node(nid)
+        if n.op == "add" and len(n.inputs) == 2 and n.inputs[0] != n.inputs[1]:
+            if not all(bwd.consumers(i) == [nid] for i in n.inputs):
+                return False
+            if not all(tree(i, kind, out) for i in n.inputs):
+                return False
+        elif kind == "cap" and n.op == "matmul" and n.attrs.get("ta") and not n.attrs.get("tb"):
+            if n.inputs[1] in caps or n.inputs[0] in rows | caps:
+                return False
+        elif kind == "cap" and n.op == "sum_rows":
+            if n.inputs[0] in rows | caps:
+                return False
+        elif kind == "seq" and n.op == "matmul" and not n.attrs.get("ta") and not n.attrs.get("tb"):
+            if n.inputs[1] not in caps or n.inputs[0] in rows | caps:
+                return False
+        else:
+            return False
+        out.append(nid)
+        return True
+
+    roots, stacks = {}, {}
+    for i in a["wants"]:
+        nid = bwd.outputs.get(f"grad:{i}")
+        if nid is None or bwd.consumers(nid) or (n_seq <= i < cap0):
+            continue
+        nodes = []
+        if tree(nid, "seq" if i < n_seq else "cap", nodes):
+            roots[nid] = (i, nodes)
+            for m in nodes:
+                n = bwd.node(m)
+                if n.op == "add":
+                    continue
+                # G, and y of G^T y when it is not a sequence already
+                for g in n.inputs[:1] + (n.inputs[1:] if n.attrs.get("ta") else ()):
+                    if g not in stacks and g not in rows:
+                        stacks[g] = len(stacks)
+    return roots, stacks
+
+
 def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tuple[str, _Writer]:
     """(source, writer) of the @njit function running a `loop_grad` node:
     fname(seq..., init..., captures..., [mask], carry..., cotangent per seed...,
@@ -298,7 +350,11 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
             w(f"gs_{s}[:] = d_{seeds.index(key)}")
     for i in wants:
         w(f"g_{i}[...] = T(0)")
-    todo = _buffers(w, bwd, names, hoisted)
+    post, stacks = _after_loop(a, bwd)
+    skip = {m for _, nodes in post.values() for m in nodes}
+    todo = _buffers(w, bwd, names, hoisted, skip)
+    for g, j in stacks.items():
+        w(f"GS{j} = np.empty((B, T_) + {_shape(bwd.shape(g)[1:])}, T)  # {g}, every step")
     k = a.get("bptt") or 0
     w("for i in range(T_ - 1, -1, -1):")
     w("t = T_ - 1 - i" if a["reverse"] else "t = i", 2)
@@ -320,9 +376,11 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
         else:
             w(f"e_{j}[:] = {src}", 2)
     _emit_body(w, bwd, names, todo, 2)
+    for g, j in stacks.items():
+        w(f"GS{j}[:, t] = {names[g]}", 2)
     for i in wants:
         out = bwd.outputs.get(f"grad:{i}")
-        if out is None:
+        if out is None or out in post:
             continue
         if i < n_seq:
             w(f"g_{i}[:, t] = {names[out]}", 2)
@@ -345,6 +403,30 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
         j = n_seq + spec["index"] if spec["init"] == "input" else None
         if j is not None and j in wants:
             w(f"g_{j}[:] = gs_{s}")
+    # after the loop: the stacked GEMMs (see _after_loop)
+    big = {g: f"GS{j}" for g, j in stacks.items()}
+    big.update({sid: f"np.ascontiguousarray(x_{k})" for k, sid in enumerate(a["seq_inputs"])})
+    big.update({cid: f"car_{s}" for s, cid in enumerate(a["state_inputs"])})
+    big.update({c: f"p_{k}" for k, c in enumerate(a["captures"])})
+    for root, (i, nodes) in post.items():
+        for m in nodes:
+            n = bwd.node(m)
+            seq = i < n_seq
+            v = f"g_{i}" if m == root and seq else f"_r{len(big)}"
+            if m != root or not seq:
+                shape = "np.empty((B, T_) + %s, T)" % _shape(n.shape[1:]) if seq else \
+                    f"np.empty({_shape(n.shape)}, T)"
+                w(f"{v} = {shape}")
+            w(f"# {m} = {n.op}, over all steps")
+            if n.op == "add":
+                w(f"{v}[...] = {big[n.inputs[0]]} + {big[n.inputs[1]]}")
+            else:
+                fn, extra = get_op(n.op).kernel(n.attrs)
+                kargs = [big[x] for x in n.inputs] + [v] + [w.literal(e) for e in extra]
+                w(f"{w.alias(fn)}({', '.join(kargs)})")
+            big[m] = v
+        if i >= n_seq:
+            w(f"g_{i} += {big[root]}")
     return w.function(fname, args), w
 
 
