@@ -125,9 +125,11 @@ def C(op, args, note="", fd=True, **attrs) -> Case:
     return Case(op, attrs, tuple(args), note, fd)
 
 
-# Ops whose behaviour is a whole subgraph, tested with the recurrent cells rather
-# than by this table (their kernels come from the code generator).
-ELSEWHERE = {"loop", "loop_grad", "loop_output"}
+# Ops whose behaviour is a whole subgraph, tested elsewhere rather than by this
+# table (their kernels come from the code generator): the recurrences in
+# test_loop*.py, and `fused` (the fusion pass's chains of the ops above) in
+# test_backend.py.
+ELSEWHERE = {"loop", "loop_grad", "loop_output", "fused"}
 
 UNARY = ["neg", "identity", "square", "exp", "relu", "sigmoid", "tanh", "softplus", "abs"]
 
