@@ -25,6 +25,30 @@ from ..ops import get_op
 from ..passes.fusion import block_pattern, member_expr
 
 PAR_MIN_EW = 1 << 15       # elementwise loops at least this long run in parallel
+
+# float32 tanh and sigmoid in fused loops: a rational minimax fit,
+# tanh(x) ~ x P(x^2) / Q(x^2) on |x| <= 9 (beyond, tanh rounds to +-1 in
+# float32), fitted for this backend.  Only multiply-adds and one division,
+# so LLVM vectorises the loop: 0.15 ns per element against 2 ns for libm's
+# expf-based forms.  Error <= 3.6e-7 absolute and relative (about 6 ulp);
+# sigmoid(x) = (1 + tanh(x / 2)) / 2 has absolute error <= 2e-7 (its relative
+# error grows below sigmoid(x) ~ 1e-6, i.e. x < -14).  float64 keeps libm.
+FAST32 = """
+@njit(inline='always')
+def _tanh32(x):
+    x = min(max(x, T(-9)), T(9))
+    u = x * x
+    p = T(1) + u * (T(0.13381036) + u * (T(0.0034956001) + u * (T(2.060926e-05)
+                                                              + u * T(1.335488e-08))))
+    q = T(1) + u * (T(0.4671435) + u * (T(0.025877029) + u * (T(0.00032856534)
+                                                            + u * T(7.7766538e-07))))
+    return min(max(x * p / q, T(-1)), T(1))
+
+
+@njit(inline='always')
+def _sigmoid32(x):
+    return T(0.5) + T(0.5) * _tanh32(T(0.5) * x)
+"""
 PAR_MIN_EW_EXAMPLE = 2048  # ... if they have at least this many elements per example
 PAR_MIN_WORK = 1 << 20     # steps of fewer multiply-adds run on one thread: waking a
                            # second one costs more than it saves (and far more when the
@@ -327,13 +351,20 @@ class StepWriter:
         return True
 
     # ---- fused elementwise loops --------------------------------------------
-    def emit_fused(self, body: Source, n, ind: int):
+    def emit_fused(self, body: Source, n, ind: int, graph=None, ins=None, out=None,
+                   name=None):
+        """A `fused` node: its loop as a helper, and the call.  By default the
+        node is the step graph's (flat views f<k>); a loop body passes its
+        own graph, flat input/output expressions and a helper name (serial)."""
+        graph = graph or self.g
         out_shape = tuple(n.shape)
-        pats = [block_pattern(self.g.shape(i), out_shape) for i in n.inputs]
+        pats = [block_pattern(graph.shape(i), out_shape) for i in n.inputs]
         blocks = {p[1:] for p in pats if p[0] == "block"}
-        name = f"_fused{self.k(n.id)}"
         k = self.k(n.id)
-        ins = [f"f{self.k(i)}" for i in n.inputs]
+        in_loop = name is not None
+        name = name or f"_fused{k}"
+        ins = ins or [f"f{self.k(i)}" for i in n.inputs]
+        out = out or f"f{k}"
         total = _prod_expr(out_shape)
         if len(blocks) == 1:
             lo, hi = next(iter(blocks))
@@ -347,9 +378,9 @@ class StepWriter:
                 if p[0] == "block":
                     lo, hi = p[1:]
                     sizes += [_prod_expr(out_shape[hi + 1:]), _prod_expr(out_shape[lo:hi + 1])]
-        par = self.parallel_worth(out_shape)
+        par = self.parallel_worth(out_shape) and not in_loop
         self.write_fused(name, n, pats, len(blocks) == 1, par)
-        args = ", ".join(sizes + [f"f{k}"] + ins)
+        args = ", ".join(sizes + [out] + ins)
         what = f"# {n.id} = fused {'+'.join(n.attrs['ops'])}"
         if par:
             body(f"if {total} >= {PAR_MIN_EW}:  {what}", ind)
@@ -378,6 +409,8 @@ class StepWriter:
                    for v, a in zip(("a", "b", "c"), m["args"])}
 
             fast_tanh = self.dtype == "float32"
+            if fast_tanh and m["op"] == "sigmoid":
+                expr = "_sigmoid32(a)"
 
             class R(ast.NodeTransformer):
                 def visit_Name(self, node):
@@ -488,12 +521,7 @@ class StepWriter:
         head(f"T = {self.tname}")
         head()
         head()
-        head("@njit(inline='always')")
-        head("def _tanh32(x):")
-        head('"""float32 tanh through exp, 3 times faster than libm\'s tanhf; absolute', 1)
-        head('error <= 2e-7 (relative error grows for |x| < 1e-3)."""', 1)
-        head("e = np.exp(T(2) * min(max(x, T(-15)), T(15)))", 1)
-        head("return T(1) - T(2) / (e + T(1))", 1)
+        head.lines += FAST32.splitlines()
         for c in self.consts:
             head(c)
         head()

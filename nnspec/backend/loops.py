@@ -158,6 +158,14 @@ def _buffers(w: _Writer, graph, names: dict, hoisted: dict, skip=()) -> list:
     return todo
 
 
+def _optimise(graph, roots):
+    """The step writer's passes on a body graph: bias adds split off the GEMMs
+    and elementwise chains fused into one loop each (`roots`: the values read
+    after the body runs)."""
+    from ..passes import canonical, fusion
+    return fusion.fuse_elementwise(canonical.split_bias(graph), roots)
+
+
 def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
     """Kernel calls for the nodes in `todo`, in order (every value named)."""
     for nid in todo:
@@ -169,6 +177,12 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             continue
         if n.op == "input":
             raise ValueError(f"loops: body input '{nid}' is not bound")
+        if n.op == "fused":
+            sw = w.namer
+            sw.n_loop_fused = getattr(sw, "n_loop_fused", 0) + 1
+            sw.emit_fused(w, n, ind, graph, [f"{names[i]}.reshape(-1)" for i in n.inputs],
+                          f"{v}.reshape(-1)", f"_lfused{sw.n_loop_fused}")
+            continue
         fn, extra = get_op(n.op).kernel(n.attrs)
         args = [names[i] for i in n.inputs] + [v] + [w.literal(e) for e in extra]
         w(f"{w.alias(fn)}({', '.join(args)})", ind)
@@ -205,6 +219,8 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None) -> tuple[str
     """(source of the @njit function `fname`, its writer) running a `loop`
     node's forward: fname(seq..., init..., captures..., [mask], out..., final..., carry...)."""
     a, body = node.attrs, node.attrs["body"]
+    if namer is not None:
+        body = _optimise(body, list(body.outputs.values()))
     w = _Writer(dtype, namer)
     S, K = len(a["states"]), len(a["outputs"])
     args = loop_args(a) + [f"out_{k}" for k in range(K)] + [f"fin_{s}" for s in range(S)]
@@ -242,12 +258,16 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None) -> tuple[str
     else:
         for k, o in enumerate(outs):
             w(f"out_{k}[:, t] = {o}", 2)
-        # all new states are computed before any carry buffer is overwritten
-        tmp = [f"_h{s}" for s in range(S)]
+        # all new states are computed before any carry buffer is overwritten;
+        # a copy is needed only when a new state is another state's carry
+        carried = {f"h_{s}" for s in range(S)}
+        if carried & set(new):
+            for s, v in enumerate(new):
+                w(f"_h{s} = {v}.copy()", 2)
+            new = [f"_h{s}" for s in range(S)]
         for s, v in enumerate(new):
-            w(f"{tmp[s]} = {v}.copy()", 2)
-        for s in range(S):
-            w(f"h_{s}[:] = {tmp[s]}", 2)
+            if v != f"h_{s}":
+                w(f"h_{s}[:] = {v}", 2)
     for s in range(S):
         w(f"fin_{s}[:] = h_{s}")
     return w.function(fname, args), w
@@ -333,6 +353,12 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
     args = loop_args(a) + [f"car_{s}" for s in range(S)]
     args += [f"d_{j}" for j in range(len(seeds))] + [f"g_{i}" for i in wants]
     names = {}
+    raw = bwd
+    post, stacks = _after_loop(a, bwd)
+    if namer is not None:
+        roots = [raw.outputs[f"grad:{i}"] for i in wants + [n_in + s for s in range(S)]
+                 if f"grad:{i}" in raw.outputs and raw.outputs[f"grad:{i}"] not in post]
+        bwd = _optimise(raw, roots + list(stacks))
     hoisted = _prologue(w, a, bwd, names)
     for s, cid in enumerate(a["state_inputs"]):
         w(f"c_{s} = np.empty({_shape(bwd.shape(cid))}, T)")
@@ -350,7 +376,6 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
             w(f"gs_{s}[:] = d_{seeds.index(key)}")
     for i in wants:
         w(f"g_{i}[...] = T(0)")
-    post, stacks = _after_loop(a, bwd)
     skip = {m for _, nodes in post.values() for m in nodes}
     todo = _buffers(w, bwd, names, hoisted, skip)
     for g, j in stacks.items():
@@ -410,7 +435,7 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
     big.update({c: f"p_{k}" for k, c in enumerate(a["captures"])})
     for root, (i, nodes) in post.items():
         for m in nodes:
-            n = bwd.node(m)
+            n = raw.node(m)
             seq = i < n_seq
             v = f"g_{i}" if m == root and seq else f"_r{len(big)}"
             if m != root or not seq:
