@@ -371,7 +371,7 @@ class StepWriter:
             n0 = _prod_expr(out_shape[:lo])
             n1 = _prod_expr(out_shape[lo:hi + 1])
             n2 = _prod_expr(out_shape[hi + 1:])
-            sizes = [n0, n1, n2]
+            sizes = [n0, n1] if n2 == "1" else [n0, n1, n2]
         else:
             sizes = [total]
             for p, i in zip(pats, n.inputs):
@@ -379,7 +379,7 @@ class StepWriter:
                     lo, hi = p[1:]
                     sizes += [_prod_expr(out_shape[hi + 1:]), _prod_expr(out_shape[lo:hi + 1])]
         par = self.parallel_worth(out_shape) and not in_loop
-        self.write_fused(name, n, pats, len(blocks) == 1, par)
+        self.write_fused(name, n, pats, len(blocks) == 1, par, rows=len(sizes) == 2)
         args = ", ".join(sizes + [out] + ins)
         what = f"# {n.id} = fused {'+'.join(n.attrs['ops'])}"
         if par:
@@ -429,7 +429,10 @@ class StepWriter:
         lines.append(f"o[k] = t{len(n.attrs['body']) - 1}")
         return lines
 
-    def write_fused(self, name, n, pats, nested: bool, par: bool):
+    def write_fused(self, name, n, pats, nested: bool, par: bool, rows: bool = False):
+        """nested: one broadcast block (a bias) read once per run of the inner
+        loop; rows: that block is the trailing axes, so the inner loop runs
+        along it (vectorised) instead of over a run of length 1."""
         nin = len(n.inputs)
         ins = ", ".join(f"i{j}" for j in range(nin))
         h = self.helpers
@@ -439,7 +442,20 @@ class StepWriter:
         for suffix, par in (("", False), ("p", True))[:2 if par else 1]:
             rng = "prange" if par else "range"
             h(f"@njit(cache=True, error_model='numpy'{', parallel=True' if par else ''})")
-            if nested:
+            if nested and rows:
+                h(f"def {name}{suffix}(n0, n1, o, {ins}):")
+                for ln in loads_scalar:
+                    h(ln, 1)
+                h(f"for a0 in {rng}(n0):", 1)
+                h("base = a0 * n1", 2)
+                h("for a1 in range(n1):", 2)
+                h("k = base + a1", 3)
+                for j, p in enumerate(pats):
+                    if p[0] == "block":
+                        h(f"x{j} = i{j}[a1]", 3)
+                for ln in loads_full + body:
+                    h(ln, 3)
+            elif nested:
                 h(f"def {name}{suffix}(n0, n1, n2, o, {ins}):")
                 for ln in loads_scalar:
                     h(ln, 1)

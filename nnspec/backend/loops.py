@@ -142,6 +142,15 @@ def _prologue(w: _Writer, a: dict, graph, names: dict) -> dict:
     return hoisted
 
 
+def _wcats(w: _Writer, graph, names: dict):
+    """The stacked weights of merged GEMMs (`_merge_gemms`), once per call."""
+    for n in graph.nodes():
+        if n.op == "input" and n.attrs.get("kind") == "wcat":
+            names[n.id] = f"wc{len(names)}"
+            parts = ", ".join(names[p] for p in n.attrs["parts"])
+            w(f"{names[n.id]} = np.concatenate(({parts},))")
+
+
 def _buffers(w: _Writer, graph, names: dict, hoisted: dict, skip=()) -> list:
     """A buffer per node the loop computes (allocated once, before the loop);
     returns the ids to emit, in order."""
@@ -158,12 +167,111 @@ def _buffers(w: _Writer, graph, names: dict, hoisted: dict, skip=()) -> list:
     return todo
 
 
-def _optimise(graph, roots):
-    """The step writer's passes on a body graph: bias adds split off the GEMMs
-    and elementwise chains fused into one loop each (`roots`: the values read
-    after the body runs)."""
+def _optimise(graph, roots, caps, skip=()):
+    """The step writer's passes on a body graph: bias adds split off the GEMMs,
+    GEMMs sharing an operand merged (`_merge_gemms`), and elementwise chains
+    fused into one loop each (`roots`: the values read after the body runs;
+    `caps`: the captured inputs; `skip`: nodes computed after the loop)."""
     from ..passes import canonical, fusion
-    return fusion.fuse_elementwise(canonical.split_bias(graph), roots)
+    g = _merge_gemms(canonical.split_bias(graph), set(caps), set(skip))
+    return fusion.fuse_elementwise(g, roots)
+
+
+def _merge_gemms(graph, caps: set, skip: set = frozenset()):
+    """One GEMM per step where the body has several with a shared operand
+    (an LSTM's four gates, a GRU's three):
+
+    forward   y_k = linear(x, W_k), x not a step input (those are hoisted)
+              -> y = linear(x, Wcat) [.., sum n_k]; y_k = slice of y
+    backward  add-tree of matmul(g_k, W_k)   (dx = sum_k g_k W_k)
+              -> cat = colcat(g_k...) [.., sum n_k]; dx = matmul(cat, Wcat)
+
+    Wcat is an input node of kind "wcat" (attrs.parts: the captures stacked
+    along axis 0), filled once per call before the loop."""
+    from ..passes.util import add_raw, copy_node, empty_like
+    fwd: dict[str, list] = {}
+    for n in graph.nodes():
+        if (n.op == "linear" and len(n.inputs) == 2 and n.inputs[1] in caps
+                and graph.node(n.inputs[0]).attrs.get("kind") != "step"):
+            fwd.setdefault(n.inputs[0], []).append(n.id)
+    fwd = {x: ms for x, ms in fwd.items() if len(ms) > 1}
+
+    def leaves(nid, out, top):
+        n = graph.node(nid)
+        if not top and len(graph.consumers(nid)) != 1:
+            return False
+        if n.op == "add" and len(n.inputs) == 2 and n.inputs[0] != n.inputs[1] \
+                and tuple(graph.shape(n.inputs[0])) == tuple(graph.shape(n.inputs[1])):
+            return all(leaves(i, out, False) for i in n.inputs)
+        if (n.op == "matmul" and not n.attrs.get("ta") and not n.attrs.get("tb")
+                and n.inputs[1] in caps and not top):
+            out.append(nid)
+            return True
+        return False
+
+    bwd, inner = {}, set()
+    for n in reversed(list(graph.nodes())):
+        if n.id in inner or n.id in skip or n.op != "add":
+            continue
+        ls = []
+        if leaves(n.id, ls, True) and len(ls) > 1:
+            bwd[n.id] = ls
+            inner |= nx_ancestors_within(graph, n.id, set(ls))
+    if not fwd and not bwd:
+        return graph
+    g = empty_like(graph)
+    wcats: dict[tuple, str] = {}
+
+    def wcat(parts):
+        parts = tuple(parts)
+        if parts not in wcats:
+            rows = sum(graph.shape(p)[0] for p in parts)
+            wcats[parts] = add_raw(g, g.unique("wcat"), "input", (),
+                                   {"kind": "wcat", "parts": list(parts)},
+                                   (rows,) + tuple(graph.shape(parts[0])[1:]),
+                                   graph.dtype_of(parts[0]))
+        return wcats[parts]
+    first = {ms[0]: x for x, ms in fwd.items()}
+    gone = {m for ms in fwd.values() for m in ms} | inner
+    for n in graph.nodes():
+        if n.id in first:
+            ms = fwd[first[n.id]]
+            ws = [graph.node(m).inputs[1] for m in ms]
+            wc = wcat(ws)
+            shape = tuple(n.shape[:-1]) + (g.shape(wc)[0],)
+            mm = add_raw(g, g.unique(f"{n.id}.merged"), "linear", (n.inputs[0], wc),
+                         {"bias": False}, shape, n.dtype, n.layer, n.loc)
+            off = 0
+            for m, w in zip(ms, ws):
+                k = graph.shape(w)[0]
+                add_raw(g, m, "slice", (mm,), {"axis": len(shape) - 1, "start": off,
+                                               "stop": off + k},
+                        graph.shape(m), n.dtype, n.layer, n.loc)
+                off += k
+        elif n.id in bwd:
+            ls = [graph.node(m) for m in bwd[n.id]]
+            wc = wcat([m.inputs[1] for m in ls])
+            gs = [m.inputs[0] for m in ls]
+            shape = tuple(graph.shape(gs[0])[:-1]) + (g.shape(wc)[0],)
+            cat = add_raw(g, g.unique(f"{n.id}.cat"), "colcat", gs, {}, shape, n.dtype,
+                          n.layer, n.loc)
+            add_raw(g, n.id, "matmul", (cat, wc), {}, n.shape, n.dtype, n.layer, n.loc)
+        elif n.id not in gone:
+            copy_node(g, graph, n.id)
+    return g
+
+
+def nx_ancestors_within(graph, root: str, stop: set) -> set:
+    """The nodes of the add-tree under `root`, its leaves `stop` included."""
+    out, todo = set(), [root]
+    while todo:
+        nid = todo.pop()
+        for i in graph.node(nid).inputs:
+            if i not in out:
+                out.add(i)
+                if i not in stop:
+                    todo.append(i)
+    return out
 
 
 def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
@@ -177,6 +285,19 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             continue
         if n.op == "input":
             raise ValueError(f"loops: body input '{nid}' is not bound")
+        if n.op == "slice" and n.attrs["axis"] == len(n.shape) - 1:
+            src, k = names[n.inputs[0]], graph.shape(n.inputs[0])[-1]
+            w(f"{v}.reshape(-1, {n.shape[-1]})[:] = {src}.reshape(-1, {k})"
+              f"[:, {n.attrs['start']}:{n.attrs['stop']}]", ind)
+            continue
+        if n.op == "colcat":
+            off = 0
+            for i in n.inputs:
+                k = graph.shape(i)[-1]
+                w(f"{v}.reshape(-1, {n.shape[-1]})[:, {off}:{off + k}] = "
+                  f"{names[i]}.reshape(-1, {k})", ind)
+                off += k
+            continue
         if n.op == "fused":
             sw = w.namer
             sw.n_loop_fused = getattr(sw, "n_loop_fused", 0) + 1
@@ -220,13 +341,14 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None) -> tuple[str
     node's forward: fname(seq..., init..., captures..., [mask], out..., final..., carry...)."""
     a, body = node.attrs, node.attrs["body"]
     if namer is not None:
-        body = _optimise(body, list(body.outputs.values()))
+        body = _optimise(body, list(body.outputs.values()), a["captures"])
     w = _Writer(dtype, namer)
     S, K = len(a["states"]), len(a["outputs"])
     args = loop_args(a) + [f"out_{k}" for k in range(K)] + [f"fin_{s}" for s in range(S)]
     args += [f"car_{s}" for s in range(S)]
     names = {}
     hoisted = _prologue(w, a, body, names)
+    _wcats(w, body, names)
     for s, (spec, cid) in enumerate(zip(a["states"], a["state_inputs"])):
         if spec["init"] == "input":
             w(f"h_{s} = i_{spec['index']}.copy()")
@@ -358,8 +480,10 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
     if namer is not None:
         roots = [raw.outputs[f"grad:{i}"] for i in wants + [n_in + s for s in range(S)]
                  if f"grad:{i}" in raw.outputs and raw.outputs[f"grad:{i}"] not in post]
-        bwd = _optimise(raw, roots + list(stacks))
+        skip = {m for _, nodes in post.values() for m in nodes}
+        bwd = _optimise(raw, roots + list(stacks), a["captures"], skip)
     hoisted = _prologue(w, a, bwd, names)
+    _wcats(w, bwd, names)
     for s, cid in enumerate(a["state_inputs"]):
         w(f"c_{s} = np.empty({_shape(bwd.shape(cid))}, T)")
         names[cid] = f"c_{s}"
