@@ -26,7 +26,7 @@ def test_compiled_loop_matches_reference(cell, reverse, mask):
     want = numpy_ref.run(g, feeds, ["y"])["y"]
     n = g.node("y")
     got = run_loop(n, "float64", *[feeds[i] for i in n.inputs])
-    for kind in want:
+    for kind in ("seq", "final", "carry"):
         for a, b in zip(want[kind], got[kind]):
             np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
 

@@ -142,6 +142,36 @@ def _prologue(w: _Writer, a: dict, graph, names: dict) -> dict:
     return hoisted
 
 
+def _with_saved(bwd, saved):
+    """The backward graph with each saved forward value an input (kind
+    "saved", same id): the loop_grad reads it from the forward's buffer."""
+    if not saved:
+        return bwd
+    from ..passes.util import add_raw, copy_node, empty_like
+    g = empty_like(bwd)
+    keep = set(saved)
+    for n in bwd.nodes():
+        if n.id in keep:
+            add_raw(g, n.id, "input", (), {"kind": "saved"}, n.shape, n.dtype, n.layer, n.loc)
+        else:
+            copy_node(g, bwd, n.id)
+    return g
+
+
+def _prune(graph, roots):
+    """Only the nodes `roots` need (every input kept: the writer names them)."""
+    import networkx as nx
+    from ..passes.util import copy_node, empty_like
+    keep = set(roots)
+    for r in roots:
+        keep |= nx.ancestors(graph.nx, r)
+    g = empty_like(graph)
+    for n in graph.nodes():
+        if n.id in keep or n.op == "input":
+            copy_node(g, graph, n.id)
+    return g
+
+
 def _wcats(w: _Writer, graph, names: dict):
     """The stacked weights of merged GEMMs (`_merge_gemms`), once per call."""
     for n in graph.nodes():
@@ -336,16 +366,19 @@ def loop_args(a: dict) -> list:
     return args
 
 
-def loop_function(node, dtype: str, fname: str = "run", namer=None) -> tuple[str, _Writer]:
+def loop_function(node, dtype: str, fname: str = "run", namer=None,
+                  saved=()) -> tuple[str, _Writer]:
     """(source of the @njit function `fname`, its writer) running a `loop`
-    node's forward: fname(seq..., init..., captures..., [mask], out..., final..., carry...)."""
+    node's forward: fname(seq..., init..., captures..., [mask], out..., final...,
+    carry..., saved...) -- `saved`: body ids whose value at every step goes
+    into a [B, T, ...] buffer for the backward (ops/loop.py)."""
     a, body = node.attrs, node.attrs["body"]
     if namer is not None:
-        body = _optimise(body, list(body.outputs.values()), a["captures"])
+        body = _optimise(body, list(body.outputs.values()) + list(saved), a["captures"])
     w = _Writer(dtype, namer)
     S, K = len(a["states"]), len(a["outputs"])
     args = loop_args(a) + [f"out_{k}" for k in range(K)] + [f"fin_{s}" for s in range(S)]
-    args += [f"car_{s}" for s in range(S)]
+    args += [f"car_{s}" for s in range(S)] + [f"sv_{j}" for j in range(len(saved))]
     names = {}
     hoisted = _prologue(w, a, body, names)
     _wcats(w, body, names)
@@ -365,6 +398,8 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None) -> tuple[str
     for nid, P in hoisted.items():
         w(f"{names[nid]}[:] = {P}[:, t]", 2)
     _emit_body(w, body, names, todo, 2)
+    for j, nid in enumerate(saved):
+        w(f"sv_{j}[:, t] = {names[nid]}", 2)
     new = [names[body.outputs["state:" + st["name"]]] for st in a["states"]]
     outs = [names[body.outputs[k]] for k in a["outputs"]]
     if a.get("mask"):
@@ -473,17 +508,24 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
     S = len(a["states"])
     seeds, wants = list(a["seeds"]), list(a["wants"])
     args = loop_args(a) + [f"car_{s}" for s in range(S)]
-    args += [f"d_{j}" for j in range(len(seeds))] + [f"g_{i}" for i in wants]
+    saved = list(a.get("saved", ()))
+    args += [f"d_{j}" for j in range(len(seeds))] + [f"sv_{j}" for j in range(len(saved))]
+    args += [f"g_{i}" for i in wants]
     names = {}
-    raw = bwd
-    post, stacks = _after_loop(a, bwd)
+    raw = _with_saved(bwd, saved)
+    post, stacks = _after_loop(a, raw)
+    roots = [raw.outputs[f"grad:{i}"] for i in wants + [n_in + s for s in range(S)]
+             if f"grad:{i}" in raw.outputs and raw.outputs[f"grad:{i}"] not in post]
+    bwd = _prune(raw, roots + list(stacks))
     if namer is not None:
-        roots = [raw.outputs[f"grad:{i}"] for i in wants + [n_in + s for s in range(S)]
-                 if f"grad:{i}" in raw.outputs and raw.outputs[f"grad:{i}"] not in post]
         skip = {m for _, nodes in post.values() for m in nodes}
-        bwd = _optimise(raw, roots + list(stacks), a["captures"], skip)
+        bwd = _optimise(bwd, roots + list(stacks), a["captures"], skip)
     hoisted = _prologue(w, a, bwd, names)
     _wcats(w, bwd, names)
+    for j, nid in enumerate(saved):
+        if nid in bwd:
+            w(f"z_{j} = np.empty({_shape(bwd.shape(nid))}, T)")
+            names[nid] = f"z_{j}"
     for s, cid in enumerate(a["state_inputs"]):
         w(f"c_{s} = np.empty({_shape(bwd.shape(cid))}, T)")
         names[cid] = f"c_{s}"
@@ -502,8 +544,10 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
         w(f"g_{i}[...] = T(0)")
     skip = {m for _, nodes in post.values() for m in nodes}
     todo = _buffers(w, bwd, names, hoisted, skip)
+    sv_of = {nid: f"sv_{j}" for j, nid in enumerate(saved)}
     for g, j in stacks.items():
-        w(f"GS{j} = np.empty((B, T_) + {_shape(bwd.shape(g)[1:])}, T)  # {g}, every step")
+        if g not in sv_of:
+            w(f"GS{j} = np.empty((B, T_) + {_shape(bwd.shape(g)[1:])}, T)  # {g}, every step")
     k = a.get("bptt") or 0
     w("for i in range(T_ - 1, -1, -1):")
     w("t = T_ - 1 - i" if a["reverse"] else "t = i", 2)
@@ -513,6 +557,9 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
         w(f"c_{s}[:] = car_{s}[:, t]", 2)
     for nid, P in hoisted.items():
         w(f"{names[nid]}[:] = {P}[:, t]", 2)
+    for j, nid in enumerate(saved):
+        if nid in bwd:
+            w(f"z_{j}[:] = sv_{j}[:, t]", 2)
     if a.get("mask"):
         w("m = mask[:, t]", 2)
     for j, key in enumerate(state_keys + out_keys):
@@ -526,7 +573,8 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
             w(f"e_{j}[:] = {src}", 2)
     _emit_body(w, bwd, names, todo, 2)
     for g, j in stacks.items():
-        w(f"GS{j}[:, t] = {names[g]}", 2)
+        if g not in sv_of:
+            w(f"GS{j}[:, t] = {names[g]}", 2)
     for i in wants:
         out = bwd.outputs.get(f"grad:{i}")
         if out is None or out in post:
@@ -553,7 +601,7 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
         if j is not None and j in wants:
             w(f"g_{j}[:] = gs_{s}")
     # after the loop: the stacked GEMMs (see _after_loop)
-    big = {g: f"GS{j}" for g, j in stacks.items()}
+    big = {g: sv_of.get(g, f"GS{j}") for g, j in stacks.items()}
     big.update({sid: f"np.ascontiguousarray(x_{k})" for k, sid in enumerate(a["seq_inputs"])})
     big.update({cid: f"car_{s}" for s, cid in enumerate(a["state_inputs"])})
     big.update({c: f"p_{k}" for k, c in enumerate(a["captures"])})
@@ -637,10 +685,14 @@ def emit_step(sw, body, n, ind: int) -> None:
     a = n.attrs
     fname = f"_loop{sw.k(n.id)}"
     if n.op == "loop":
-        src, _ = loop_function(n, sw.dtype, fname, sw)
+        saved = sorted((g.node(c).attrs["index"], g.node(c).attrs["node"], res[("saved", j)])
+                       for c in g.consumers(n.id)
+                       for j in [g.node(c).attrs["index"]] if g.node(c).attrs["kind"] == "saved")
+        src, _ = loop_function(n, sw.dtype, fname, sw, [nid for _, nid, _ in saved])
         outs = [res[("seq", k)] for k in range(len(a["outputs"]))]
         outs += [res[("final", s)] for s in range(len(a["states"]))]
         outs += [res[("carry", s)] for s in range(len(a["states"]))]
+        outs += [v for _, _, v in saved]
     else:
         src, _ = loop_grad_function(n, sw.dtype, fname, sw)
         outs = [res[("grad", i)] for i in a["wants"]]

@@ -15,7 +15,8 @@ A `loop` node (built by frontend/lower.py `run_cell`) has
                           mask 0 an example keeps its state and emits zeros
             bptt          optional k: truncated backpropagation (see `loop_grad`)
     value   {"seq": [out_k [B, T, ...]], "final": [state_s [B, ...]],
-             "carry": [state_s before each step, [B, T, ...]]}
+             "carry": [state_s before each step, [B, T, ...]],
+             "saved": body node id -> its value at every step [B, T, ...]}
 
 `loop_output(loop; kind, index)` picks `value[kind][index]`.  Carries are kept
 batch-first like every activation (axis 0 is B); the backward pass reads them.
@@ -28,9 +29,12 @@ emits one `loop_grad` node that runs it over the steps in reverse, plus a
 loop the gradients of its `loop_output` readers as a dict keyed by
 `(kind, index)` (the `selects` protocol).
 
-Trade-off: the backward step recomputes the forward step from (x[t], h[t-1],
-captures) instead of storing every body activation: memory is O(T * state) and
-the backward costs one extra forward step per step.
+Saved activations: the body values the backward step reads (gate
+activations, tanh(c), ...) are kept from the forward pass, one [B, T, ...]
+buffer each (`loop_output(kind="saved", node=<body id>)`, inputs of the
+loop_grad after its seeds), so the compiled backward does not run the forward
+step again: memory is O(T * those values), the backward costs only its own
+GEMMs.  (The NumPy reference of loop_grad recomputes them.)
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ import numpy as np
 from ..errors import ShapeError
 from .base import Op, register
 
-KINDS = ("seq", "final", "carry", "grad")
+KINDS = ("seq", "final", "carry", "saved", "grad")
 
 
 # ---- the layout of a loop node's inputs ----------------------------------------
@@ -91,6 +95,29 @@ def output_shape(graph, loop_id: str, kind: str, index: int) -> tuple[tuple, str
     return tuple(shape), body.dtype_of(o)
 
 
+class _Saved:
+    """Loop.reference's saved values: body node id -> [B, T, ...], stacked on
+    demand from the per-step values."""
+
+    def __init__(self, per_step):
+        self.per_step = per_step
+
+    def __getitem__(self, nid):
+        return np.stack([v[nid] for v in self.per_step], axis=1)
+
+
+def saved_values(body, bwd) -> list:
+    """The body values the backward graph reads: forward nodes (not inputs)
+    with a reader among the backward nodes."""
+    out = []
+    for n in body.nodes():
+        if n.op in ("input", "const") or not str(n.dtype).startswith("float"):
+            continue
+        if any(c not in body for c in bwd.consumers(n.id)):
+            out.append(n.id)
+    return out
+
+
 # ---- loop -------------------------------------------------------------------------
 
 class Loop(Op):
@@ -120,11 +147,14 @@ class Loop(Op):
         outs = [[None] * T for _ in out_ids]
         carries = [[None] * T for _ in state]
         fixed = dict(zip(attrs["captures"], caps))
+        every = [n.id for n in body.nodes() if n.op != "input"]
+        per_step = [None] * T
         for _, t in steps(attrs, T):
             feeds = dict(fixed)
             feeds.update({sid: x[:, t] for sid, x in zip(attrs["seq_inputs"], seqs)})
             feeds.update(zip(attrs["state_inputs"], state))
-            vals = run(body, feeds, set(new_ids + out_ids))
+            vals = run(body, feeds, every)
+            per_step[t] = vals
             for s, prev in enumerate(state):
                 carries[s][t] = prev
             new = [vals[n] for n in new_ids]
@@ -136,7 +166,8 @@ class Loop(Op):
             for k, y in enumerate(ys):
                 outs[k][t] = y
         return {"seq": [np.stack(o, axis=1) for o in outs], "final": state,
-                "carry": [np.stack(c, axis=1) for c in carries]}
+                "carry": [np.stack(c, axis=1) for c in carries],
+                "saved": _Saved(per_step)}
 
     def grad(self, gb, node, g):
         return build_loop_grad(gb, node, g)
@@ -167,6 +198,8 @@ class LoopOutput(Op):
         return tuple(attrs["shape"]), attrs.get("dtype", "float32")
 
     def reference(self, attrs, value):
+        if attrs["kind"] == "saved":
+            return value["saved"][attrs["node"]]
         return value[attrs["kind"]][attrs["index"]]
 
     def part(self, node):
@@ -336,8 +369,16 @@ def build_loop_grad(gb, node, g):
         carries.append(gb.add("loop_output", (node.id,), {"kind": "carry", "index": s,
                                                           "shape": shape, "dtype": dtype},
                               shape=shape, dtype=dtype))
-    lg_attrs = dict(attrs, bwd=bwd, seeds=keys, wants=wants)
-    lg = gb.add("loop_grad", list(node.inputs) + carries + [seeds[k] for k in keys],
+    saved = saved_values(attrs["body"], bwd)
+    kept = []
+    for j, nid in enumerate(saved):
+        s = attrs["body"].shape(nid)
+        shape, dtype = (s[0], graph.shape(node.inputs[0])[1], *s[1:]), attrs["body"].dtype_of(nid)
+        kept.append(gb.add("loop_output", (node.id,), {"kind": "saved", "index": j, "node": nid,
+                                                        "shape": shape, "dtype": dtype},
+                           shape=shape, dtype=dtype))
+    lg_attrs = dict(attrs, bwd=bwd, seeds=keys, wants=wants, saved=saved)
+    lg = gb.add("loop_grad", list(node.inputs) + carries + [seeds[k] for k in keys] + kept,
                 lg_attrs, shape=(), dtype="loop")
     out = [None] * len(node.inputs)
     for i in wants:

@@ -45,6 +45,8 @@ def materialise(graph: Graph) -> Graph:
         if n.op not in ("loop", "loop_grad"):
             continue
         have = readers.get(n.id, {})
+        for key in sorted(k for k in have if k[0] == "saved"):   # values kept for loop_grad
+            copy_node(g, graph, have[key])
         for kind, index in results(graph, n.id):
             if (kind, index) in have:
                 copy_node(g, graph, have[(kind, index)])
