@@ -178,6 +178,18 @@ network n {
         nnspec.lower(src)
 
 
+def test_one_hot_layer():
+    g = nnspec.lower("network n { input t: int[4]\n output y = t -> one_hot(6) }",
+                     dtype="float64")
+    assert g.shape(g.outputs["y"]) == ("B", 4, 6) and g.dtype_of(g.outputs["y"]) == "float64"
+    y = numpy_ref.run(g, {"t": np.array([[0, 5, -1, 6]])}, [g.outputs["y"]])[g.outputs["y"]]
+    want = np.zeros((4, 6))
+    want[0, 0] = want[1, 5] = 1                     # -1 and 6 lie outside: rows of zeros
+    np.testing.assert_array_equal(y[0], want)
+    with pytest.raises(SpecError, match="k must be a positive integer"):
+        nnspec.lower("network n { input t: int[4]\n output y = t -> one_hot(0) }")
+
+
 # ---- the data set ---------------------------------------------------------------------
 
 def evaluate(tok, parent, mask, modulus=5):
