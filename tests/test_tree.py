@@ -212,7 +212,8 @@ def evaluate(tok, parent, mask, modulus=5):
 
 
 def test_trees_are_deterministic_and_labelled_by_their_value():
-    a, b, c = expressions(300, 15, seed=1), expressions(300, 15, seed=1), expressions(300, 15, seed=2)
+    a, b = expressions(300, 15, seed=1), expressions(300, 15, seed=1)
+    c = expressions(300, 15, seed=2)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert not np.array_equal(a["tok"], c["tok"])
