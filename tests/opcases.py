@@ -240,6 +240,16 @@ CASES = [
       p=0.3, seed=12345, training=True),
     C("dropout_mask", [X(3, 4, grad=False), P(kind="count", grad=False)], "eval",
       p=0.5, seed=1, training=False),
+    # ---- integer indices, per-example matrix-vector products ----------------------
+    C("one_hot", [I(2, 5, high=6)], "", k=4),           # ids 4 and 5 lie outside: zeros
+    C("positions", [X(2, 3, 4, grad=False)], "axis1", axis=1),
+    C("positions", [I(2, 5, high=3)], "last", axis=-1),
+    C("vecmat", [X(2, 5), X(2, 5, 3)]),
+    C("vecmat", [X(2, 4), X(2, 4, 2, 3)], "rank4"),
+    C("outer", [X(2, 5), X(2, 3)]),
+    C("outer", [X(2, 4), X(2, 2, 3)], "rank4"),
+    C("matvec", [X(2, 5, 3), X(2, 3)]),
+    C("matvec", [X(2, 4, 2, 3), X(2, 2, 3)], "rank4"),
     # ---- embedding, losses ---------------------------------------------------------
     C("embedding", [I(3, high=7), P(7, 4)], "1d"),
     C("embedding", [I(2, 5, high=6), P(6, 3)], "seq"),

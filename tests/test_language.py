@@ -411,6 +411,32 @@ def test_initial_state_from_an_input():
     assert loop.attrs["states"][0]["init"] == "input" and "h0" in loop.inputs
 
 
+def test_tree_cell_sums_children_in_one_loop():
+    g = lower("""
+        cell tree_rnn(n)(x) {
+            state h = zeros(n)
+            h[t] = tanh(dense(x[t], n) + dense(children(h), n, bias=false))
+            return h
+        }
+        network net(nodes = 15) {
+            input tok: int[nodes]
+            input parent: int[nodes]
+            input mask: [nodes]
+            r = tok -> embedding(8, 16) -> tree_rnn(32, parent=parent, mask=mask)
+            output logits = final(r) -> dense(5)
+        }
+    """)
+    (loop,) = op_nodes(g, "loop")
+    assert [s["name"] for s in loop.attrs["states"]] == ["h", "children(h)"]
+    assert len(loop.attrs["seq_inputs"]) == 3          # x[t], here[t], parent[t]
+    body = loop.attrs["body"]
+    assert body.shape("children(h)[t-1]") == ("B", 15, 32)
+    assert sorted(ops(body)).count("vecmat") == 1 and "outer" in ops(body)
+    assert ops(g).count("one_hot") == 2 and g.shape(g.outputs["logits"]) == ("B", 5)
+    finals = [n for n in op_nodes(g, "loop_output") if n.attrs["kind"] == "final"]
+    assert [n.id for n in finals] == [f"{loop.id}.h"]     # the sums stay hidden
+
+
 # ---- initialisers and the train section ------------------------------------------
 
 def test_per_layer_init_and_bias_init():

@@ -22,6 +22,7 @@ from .bind import bind, class_output, conform, n_examples, per_example, split
 from .files import read_path
 from .registry import DATASETS, register
 from . import sequences  # noqa: E402,F401  (registers adding, copy, reverse)
+from . import trees  # noqa: E402,F401  (registers trees)
 from .text import is_text, text_info, text_task
 
 SPLIT_SEED = 0

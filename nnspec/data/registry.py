@@ -7,7 +7,8 @@ the generic keys ``"input"`` / ``"target"`` (bound to the network's only input
 loader splits.  It gets the network so a task can size itself to it (a
 sequence task reads ``T`` or the vocabulary from the input's shape).
 
-The sequence tasks (adding, copy, reverse) register themselves in sequences.py.
+The sequence tasks (adding, copy, reverse) register themselves in sequences.py,
+the tree task (trees) in trees.py.
 """
 from __future__ import annotations
 

@@ -14,13 +14,13 @@ from ..errors import Loc, ShapeError, SpecError, did_you_mean
 from ..ir import BATCH, TIME, Graph
 from ..ops import all_layers
 from ..ops.base import fmt
-from . import ast
+from . import ast, tree
 from .values import (Builtin, CellResult, Instance, Layer, Repeat, Symbol, Tensor,
                      TimeIndex, ZeroInit, type_name)
 
 TRAIN_KEYS = ("loss", "optimizer", "schedule", "batch", "epochs", "clip", "data", "seed",
               "lr", "bptt", "metrics", "decoder_input", "start")
-CELL_OPTIONS = ("reverse", "direction", "merge", "init", "mask", "bptt")
+CELL_OPTIONS = ("reverse", "direction", "merge", "init", "mask", "bptt", "parent")
 MAX_ITERATIONS = 100_000
 BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 
@@ -58,6 +58,7 @@ class CellBuild:
         self.seq = {}                  # input name -> body node of x[t]
         self.states = {}               # state name -> {"prev": nid, "new": nid|None, ...}
         self.captures = {}             # outer node id -> body node id
+        self.tree = None               # tree.TreeBuild when applied with parent=
 
 
 class LayerCtx:
@@ -520,8 +521,10 @@ class Lowerer:
 
     # ---- calls, chains, layers -----------------------------------------------------
     def call(self, e: ast.Call, scope, *, chain_input=None, hint=None):
-        if isinstance(e.func, ast.Name) and e.func.id not in scope.vars \
-                and e.func.id not in self.defs and e.func.id not in self.layers \
+        if isinstance(e.func, ast.Name) and e.func.id == tree.NAME and chain_input is None \
+                and not self.user_defined(tree.NAME, scope):
+            return tree.children(self, e, scope)
+        if isinstance(e.func, ast.Name) and not self.user_defined(e.func.id, scope) \
                 and e.func.id not in self.builtins:
             raise SpecError(f"unknown layer '{e.func.id}'", e.func.loc,
                             did_you_mean(e.func.id, self.visible(scope)))
@@ -535,6 +538,10 @@ class Lowerer:
         if chain_input is not None:
             args = [chain_input] + args
         return self.apply(f, args, kwargs, e.loc, scope, hint=hint)
+
+    def user_defined(self, name: str, scope) -> bool:
+        """A variable, block, cell or layer of that name is visible."""
+        return name in scope.vars or name in self.defs or name in self.layers
 
     def apply(self, f, args, kwargs, loc, scope, hint=None):
         from ..ops.base import LayerDef
@@ -618,8 +625,8 @@ class Lowerer:
                                 f"{type_name(v)}", stage.loc)
             if isinstance(stage, ast.Call):
                 f = None
-                if isinstance(stage.func, ast.Name) and stage.func.id not in scope.vars \
-                        and stage.func.id not in self.defs and stage.func.id not in self.layers \
+                if isinstance(stage.func, ast.Name) \
+                        and not self.user_defined(stage.func.id, scope) \
                         and stage.func.id not in self.builtins:
                     raise SpecError(f"unknown layer '{stage.func.id}'", stage.func.loc,
                                     did_you_mean(stage.func.id, self.visible(scope)))
@@ -631,8 +638,7 @@ class Lowerer:
                 v = self.call(stage, scope, chain_input=None, hint=h) if not inputs else \
                     self._call_with_inputs(stage, f, inputs, scope, h)
             else:
-                if isinstance(stage, ast.Name) and stage.id not in scope.vars \
-                        and stage.id not in self.defs and stage.id not in self.layers:
+                if isinstance(stage, ast.Name) and not self.user_defined(stage.id, scope):
                     raise SpecError(f"unknown layer '{stage.id}'", stage.loc,
                                     did_you_mean(stage.id, self.visible(scope)))
                 f = self.eval(stage, scope)
@@ -764,6 +770,9 @@ class Lowerer:
         if direction not in ("forward", "reverse", "bidir"):
             raise SpecError(f"direction must be forward, reverse or bidir; got {direction!r}",
                             loc, did_you_mean(str(direction), ["forward", "reverse", "bidir"]))
+        if opts.get("parent") is not None and direction != "forward":
+            raise SpecError("a tree cell (parent=) runs bottom-up, children before parents; "
+                            "it takes no reverse= or direction=", loc)
         if direction == "bidir":
             merge = opts.get("merge", Symbol("concat"))
             merge = symbol_name(merge)
@@ -806,6 +815,8 @@ class Lowerer:
             step = body.input(f"{name}[t]", (xs[0], *xs[2:]), g.dtype_of(x.nid), kind="step")
             build.seq[name] = step
             seq_ids.append(self.bring(scope, x.nid, x.graph))
+        if layer.options.get("parent") is not None:
+            seq_ids += tree.start(self, build, layer.options, g, seq_ids[0], loc, scope)
         # initial values given at the call site
         init = opts_init(layer.options.get("init"))
         ret = self.run_body(block, inner, inst, loc)
@@ -813,6 +824,8 @@ class Lowerer:
             if st["new"] is None:
                 raise SpecError(f"cell state '{sname}' is never assigned; add "
                                 f"{sname}[t] = ...", st["loc"])
+        if build.tree is not None:
+            tree.finish(build)
         if ret is None:
             raise SpecError(f"cell '{block.name}' returns nothing", block.loc,
                             "end it with `return h` (the sequence of a state)")
@@ -851,7 +864,8 @@ class Lowerer:
         attrs = {"body": body, "reverse": bool(reverse), "n_seq": len(seq_ids),
                  "n_init": len(init_ids), "states": state_specs,
                  "state_inputs": [build.states[s]["prev"] for s in build.states],
-                 "seq_inputs": [build.seq[n] for n in block.inputs],
+                 "seq_inputs": [build.seq[n] for n in block.inputs]
+                 + ([build.tree.here, build.tree.parent] if build.tree else []),
                  "captures": [b for _, b in captured],
                  "outputs": [f"out:{k}" for k in range(len(outs))], **extra_attrs}
         loop = g.add("loop", seq_ids + init_ids + [o for o, _ in captured] + extra, attrs,
@@ -866,6 +880,8 @@ class Lowerer:
             results.append(nid)
         finals = {}
         for k, sname in enumerate(build.states):
+            if build.states[sname].get("hidden"):
+                continue
             nid = g.add("loop_output", (loop,), {"kind": "final", "index": k},
                         name=f"{inst.name}.{sname}", layer=inst.name, loc=loc,
                         shape=body.shape(build.states[sname]["new"]),
@@ -963,6 +979,9 @@ class Lowerer:
             if name in build.states:
                 st = build.states[name]
                 if idx.offset == -1:
+                    if build.tree is not None:
+                        raise SpecError(f"in a tree cell a node reads its children, not the "
+                                        f"node before it: children({name})", e.loc)
                     return Tensor(st["prev"], scope.graph)
                 if idx.offset == 0:
                     if st["new"] is None:
