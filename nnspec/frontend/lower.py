@@ -14,13 +14,14 @@ from ..errors import Loc, ShapeError, SpecError, did_you_mean
 from ..ir import BATCH, TIME, Graph
 from ..ops import all_layers
 from ..ops.base import fmt
-from . import ast
+from . import ast, teacher
 from .values import (Builtin, CellResult, Instance, Layer, Repeat, Symbol, Tensor,
                      TimeIndex, ZeroInit, type_name)
 
 TRAIN_KEYS = ("loss", "optimizer", "schedule", "batch", "epochs", "clip", "data", "seed",
-              "lr", "bptt", "metrics", "decoder_input", "start")
-CELL_OPTIONS = ("reverse", "direction", "merge", "init", "mask", "bptt")
+              "lr", "bptt", "metrics", "decoder_input", "start", "teacher_forcing")
+CELL_OPTIONS = ("reverse", "direction", "merge", "init", "mask", "bptt", "teacher",
+                "teacher_state")
 MAX_ITERATIONS = 100_000
 BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 
@@ -58,6 +59,7 @@ class CellBuild:
         self.seq = {}                  # input name -> body node of x[t]
         self.states = {}               # state name -> {"prev": nid, "new": nid|None, ...}
         self.captures = {}             # outer node id -> body node id
+        self.teacher = None            # teacher.Teacher when the call gives teacher=
 
 
 class LayerCtx:
@@ -140,6 +142,7 @@ class Lowerer:
         self.instances: list[Instance] = []
         self.stack: list[str] = []      # blocks being expanded (recursion guard)
         self.tapes: list[dict] = []     # instances made inside a block/cell application
+        self.forced: list = []          # (loop id, teacher id) of each teacher-forced cell
 
     # ---- module-level names ----------------------------------------------------
     def collect(self, module: ast.Module, seen=None):
@@ -246,6 +249,8 @@ class Lowerer:
                             "add `output NAME = ...`")
         self.graph.meta["args"] = {k: v if not isinstance(v, Symbol) else v.name
                                    for k, v in args.items()}
+        if self.forced:
+            self.graph.meta["teacher_forcing"] = teacher.meta(self.graph, self.forced)
         if trains:
             self.graph.meta["train"] = self.lower_train(trains[0], scope)
             self.graph.meta["loss"] = self.graph.meta["train"]["loss"]
@@ -273,6 +278,8 @@ class Lowerer:
                         raise SpecError("the loss must be a scalar tensor (a loss layer, or a "
                                         "weighted sum of them)", st.value.loc)
                     v = v.nid
+                if st.name == "teacher_forcing":
+                    teacher.check_setting(v, st.value.loc, bool(self.forced))
                 cfg[st.name] = plain(v)
             else:
                 raise SpecError("a train section holds `target` declarations and settings "
@@ -570,11 +577,11 @@ class Lowerer:
         raise SpecError(f"{type_name(f)} cannot be called", loc)
 
     def make_layer(self, block: ast.Block, args, kwargs, loc, scope) -> Layer:
-        opts = {}
+        opts, locs = {}, {}
         if block.kind == "cell":
             for k in CELL_OPTIONS:
                 if k in kwargs:
-                    opts[k] = kwargs.pop(k)[0]
+                    opts[k], locs[k] = kwargs.pop(k)
         bound = self.bind(block.name, [p.name for p in block.params], args,
                           {k: v for k, (v, _) in kwargs.items()}, loc,
                           {k: l for k, (_, l) in kwargs.items()})
@@ -588,7 +595,7 @@ class Lowerer:
                 env[p.name] = self.eval(p.default, s)
             else:
                 raise SpecError(f"{block.kind} '{block.name}' needs argument '{p.name}'", loc)
-        return Layer(block.kind, block, [], env, loc, options=opts)
+        return Layer(block.kind, block, [], env, loc, options=opts, option_locs=locs)
 
     def bind(self, what, names, args, kwargs, loc, kwlocs):
         if len(args) > len(names):
@@ -765,6 +772,10 @@ class Lowerer:
             raise SpecError(f"direction must be forward, reverse or bidir; got {direction!r}",
                             loc, did_you_mean(str(direction), ["forward", "reverse", "bidir"]))
         if direction == "bidir":
+            if opts.get("teacher") is not None:
+                raise SpecError("a teacher stands in for a state read back in one direction; "
+                                "direction=bidir runs the cell both ways",
+                                layer.option_locs.get("teacher", loc))
             merge = opts.get("merge", Symbol("concat"))
             merge = symbol_name(merge)
             if merge not in ("concat", "sum"):
@@ -808,6 +819,7 @@ class Lowerer:
             seq_ids.append(self.bring(scope, x.nid, x.graph))
         # initial values given at the call site
         init = opts_init(layer.options.get("init"))
+        build.teacher = teacher.option(layer.options, layer.option_locs, g, seq_ids[0], loc)
         ret = self.run_body(block, inner, inst, loc)
         for sname, st in build.states.items():
             if st["new"] is None:
@@ -848,14 +860,21 @@ class Lowerer:
             body.outputs[f"out:{k}"] = o
         captured = list(build.captures.items())
         extra, extra_attrs = self.cell_mask_bptt(layer.options, g, seq_ids[0], loc, scope)
+        steps = [build.seq[n] for n in block.inputs]
+        if build.teacher is not None:
+            forced, forced_steps = teacher.finish(build.teacher, build.states, block.name, g,
+                                                  seq_ids[0], inst.name, self.dtype, loc)
+            seq_ids, steps = seq_ids + forced, steps + forced_steps
         attrs = {"body": body, "reverse": bool(reverse), "n_seq": len(seq_ids),
                  "n_init": len(init_ids), "states": state_specs,
                  "state_inputs": [build.states[s]["prev"] for s in build.states],
-                 "seq_inputs": [build.seq[n] for n in block.inputs],
+                 "seq_inputs": steps,
                  "captures": [b for _, b in captured],
                  "outputs": [f"out:{k}" for k in range(len(outs))], **extra_attrs}
         loop = g.add("loop", seq_ids + init_ids + [o for o, _ in captured] + extra, attrs,
                      name=inst.name, layer=inst.name, loc=loc, shape=(), dtype="loop")
+        if build.teacher is not None:
+            self.forced.append((loop, build.teacher.outer))
         seq_shape = g.shape(seq_ids[0])
         results = []
         for k, o in enumerate(outs):
@@ -963,7 +982,8 @@ class Lowerer:
             if name in build.states:
                 st = build.states[name]
                 if idx.offset == -1:
-                    return Tensor(st["prev"], scope.graph)
+                    return Tensor(teacher.read_prev(build.teacher, build.states, name,
+                                                    scope.graph, e.loc), scope.graph)
                 if idx.offset == 0:
                     if st["new"] is None:
                         raise SpecError(f"{name}[t] is read before it is assigned", e.loc)
@@ -1096,5 +1116,6 @@ def make_builtins() -> dict:
         "cosine": optimizer("cosine", ("min_lr", "warmup")),
         "step": optimizer("step", ("every", "gamma")),
         "constant": optimizer("constant", ()),
+        **{name: teacher.decay_builtin(name) for name in teacher.DECAYS},
     }
     return {k: Builtin(k, f) for k, f in fns.items()}
