@@ -3,6 +3,9 @@
     embedding(ids, w)              int64 ids [...], w [V, D] -> [..., D]
     embedding_grad(g, ids, w)      g [..., D] scatter-added into rows of a [V, D]
                                    zero array (w gives the shape)
+    one_hot(ids; n)                int64 ids [...] -> [..., n] floats: the rows of an
+                                   n x n identity (a fixed table); ids outside
+                                   [0, n) give a row of zeros
 
 The ids get no gradient.  Ids outside [0, V) are a DataError in the reference
 and clipped nowhere: kernels assume the data binding checked them.
@@ -65,8 +68,31 @@ class EmbeddingGrad(Op):
         return embedding_grad, ()
 
 
+class OneHot(Op):
+    name = "one_hot"
+    arity = 1
+    differentiable = False            # of int ids
+
+    def infer(self, attrs, shapes, dtypes):
+        n = attrs.get("n")
+        if not str(dtypes[0]).startswith("int"):
+            raise ShapeError(f"one_hot: ids must be integers, got {dtypes[0]} "
+                             f"{fmt(tuple(shapes[0]))}")
+        if not isinstance(n, int) or n < 1:
+            raise ShapeError(f"one_hot: n must be a positive integer, got {n!r}")
+        return tuple(shapes[0]) + (n,), attrs.get("dtype", "float32")
+
+    def reference(self, attrs, ids):
+        n = attrs["n"]
+        return (ids[..., None] == np.arange(n)).astype(attrs.get("dtype", "float32"))
+
+    def kernel(self, attrs):
+        return one_hot, ()
+
+
 register(Embedding())
 register(EmbeddingGrad())
+register(OneHot())
 
 
 @kernel(parallel=True)
@@ -91,6 +117,16 @@ def embedding_grad(g, ids, w, out):
             out[f[i], j] += gr[i, j]
 
 
+@kernel
+def one_hot(ids, out):
+    n = out.shape[-1]
+    f = ids.reshape(-1)
+    o = out.reshape((f.size, n))
+    for i in range(f.size):
+        for j in range(n):
+            o[i, j] = 1 if f[i] == j else 0
+
+
 @layer("embedding")
 def embedding_layer(ctx, ids, vocab, dim, *, init="glorot"):
     """Looks up int ids [B] or [B, T] in a [vocab, dim] table: [B, dim] or [B, T, dim]."""
@@ -99,3 +135,14 @@ def embedding_layer(ctx, ids, vocab, dim, *, init="glorot"):
             ctx.fail(f"embedding: {what} must be a positive integer, got {v!r}")
     w = ctx.param("weight", (vocab, dim), init=init, fan_in=1, fan_out=dim)
     return ctx.emit("embedding", [ids, w])
+
+
+@layer("one_hot")
+def one_hot_layer(ctx, ids, n):
+    """Int ids [B] or [B, T] as one-hot rows [B, n] or [B, T, n] (ids outside [0, n) give zeros): a class fed back to a cell, `teacher = one_hot(prev, classes)`."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        ctx.fail(f"one_hot: n must be a positive integer, got {n!r}")
+    if not ctx.graph.dtype_of(ids).startswith("int"):
+        ctx.fail(f"one_hot: takes int class ids, got {ctx.graph.dtype_of(ids)} "
+                 f"{fmt(ctx.shape(ids))}")
+    return ctx.emit("one_hot", [ids], {"n": n, "dtype": ctx.dtype}, dtype=ctx.dtype)
