@@ -111,9 +111,10 @@ class Network:
         feeds, batch = {}, None
         for name, per_ex, want in expected:
             a = given.get(name)
-            if a is None and name in self._zeros_default:
-                a = self.blank(name, given)
-            if (type(a) is not np.ndarray or a.dtype != want or a.shape[1:] != per_ex
+            if a is None and name in self._zeros_default \
+                    and (zeros := self.blank(name, given)) is not None:
+                a = zeros
+            elif (type(a) is not np.ndarray or a.dtype != want or a.shape[1:] != per_ex
                     or a.ndim != len(per_ex) + 1 or not a.flags.c_contiguous):
                 a = self._check(name, per_ex, want, given)
             if batch is None:

@@ -3,13 +3,14 @@
 With `teacher = S` (a [B, T, ...] sequence) a cell's step reads, wherever the
 body says y[t-1],
 
-    y[t-1] + f[t] * (S[t] - y[t-1])   =   f[t] * S[t] + (1 - f[t]) * y[t-1]
+    f[t] * S[t] + (y[t-1] - f[t] * y[t-1])   =   f[t] * S[t] + (1 - f[t]) * y[t-1]
 
-where f is a 0/1 mask [B, T, 1, ...]: a hidden input of the network (marked
+(written so that f = 1 reads S[t] and f = 0 reads y[t-1] exactly, with no
+rounding from the other term) where f is a 0/1 mask [B, T, 1, ...]: a hidden input of the network (marked
 with the attr `teacher_forcing`, listed in `graph.meta["teacher_forcing"]`)
 that the trainer draws per example and step (nnspec/train/forcing.py) and
 that is zeros when nothing gives it, so `forward`, `eval` and `predict` run
-free-running.  The blend is three elementwise nodes in the step's body graph,
+free-running.  The blend is four elementwise nodes in the step's body graph,
 fed by two more sequence inputs of the loop (S and f): the loop op and its
 BPTT need nothing new, and the gradient flows through the blend like through
 any other node.  The state itself (the loop's carry and final value) stays
@@ -94,9 +95,10 @@ def read_prev(tf: Teacher | None, states: dict, name: str, body, loc) -> str:
                             f"give a [B, T, {', '.join(map(str, want))}] sequence")
         tf.step = body.input(f"{name}.teacher[t]", body.shape(carry), kind="step")
         tf.force = body.input(f"{name}.{MASK}[t]", (BATCH,) + (1,) * len(want), kind="step")
-        gap = body.add("sub", (tf.step, carry), name=f"{name}.teacher_gap", loc=loc)
-        pull = body.add("mul", (tf.force, gap), name=f"{name}.teacher_pull", loc=loc)
-        tf.read = body.add("add", (carry, pull), name=f"{name}[t-1].forced", loc=loc)
+        taught = body.add("mul", (tf.force, tf.step), name=f"{name}.taught", loc=loc)
+        told = body.add("mul", (tf.force, carry), name=f"{name}.replaced", loc=loc)
+        own = body.add("sub", (carry, told), name=f"{name}.own", loc=loc)
+        tf.read = body.add("add", (taught, own), name=f"{name}[t-1].forced", loc=loc)
     return tf.read
 
 
