@@ -6,11 +6,11 @@ body says y[t-1],
     f[t] * S[t] + (y[t-1] - f[t] * y[t-1])   =   f[t] * S[t] + (1 - f[t]) * y[t-1]
 
 (written so that f = 1 reads S[t] and f = 0 reads y[t-1] exactly, with no
-rounding from the other term) where f is a 0/1 mask [B, T, 1, ...]: a hidden input of the network (marked
-with the attr `teacher_forcing`, listed in `graph.meta["teacher_forcing"]`)
-that the trainer draws per example and step (nnspec/train/forcing.py) and
-that is zeros when nothing gives it, so `forward`, `eval` and `predict` run
-free-running.  The blend is four elementwise nodes in the step's body graph,
+rounding from the other term) where f is a 0/1 mask [B, T, 1, ...]: a hidden
+input of the network (marked with the attr `teacher_forcing`, listed in
+`graph.meta["teacher_forcing"]`) that the trainer draws per example and step
+(nnspec/train/forcing.py) and that is zeros when nothing gives it, so
+`forward`, `eval` and `predict` run free-running.  The blend is four elementwise nodes in the step's body graph,
 fed by two more sequence inputs of the loop (S and f): the loop op and its
 BPTT need nothing new, and the gradient flows through the blend like through
 any other node.  The state itself (the loop's carry and final value) stays

@@ -139,7 +139,8 @@ def embedding_layer(ctx, ids, vocab, dim, *, init="glorot"):
 
 @layer("one_hot")
 def one_hot_layer(ctx, ids, n):
-    """Int ids [B] or [B, T] as one-hot rows [B, n] or [B, T, n] (ids outside [0, n) give zeros): a class fed back to a cell, `teacher = one_hot(prev, classes)`."""
+    """Int ids [B] or [B, T] as one-hot rows [B, n] or [B, T, n] (ids outside [0, n)
+    give zeros): a class fed back to a cell, `teacher = one_hot(prev, classes)`."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         ctx.fail(f"one_hot: n must be a positive integer, got {n!r}")
     if not ctx.graph.dtype_of(ids).startswith("int"):
