@@ -11,8 +11,10 @@ import pytest
 
 import nnspec
 from nnspec.backend import numpy_ref
-from nnspec.errors import SpecError, TrainingError
+from nnspec.data import bind
+from nnspec.errors import DataError, SpecError, TrainingError
 from nnspec.frontend.teacher import probability
+from nnspec.passes.autodiff import backward
 from nnspec.train import fit
 from nnspec.train.config import TrainConfig
 from nnspec.train.forcing import masks
@@ -194,6 +196,17 @@ def test_masks_flip_a_coin_per_example_and_step_but_never_at_step_0():
     np.testing.assert_array_equal(m, again)                        # seeded
 
 
+def test_predicting_needs_no_teacher_but_training_does():
+    net = nnspec.compile(spec())
+    x = np.zeros((2, T, 1))
+    assert list(bind({"x": x}, net, "in.npz", require_targets=False)) == ["x"]
+    with pytest.raises(DataError, match="no array for the input 'prev'"):
+        bind({"x": x, "next": np.zeros((2, T, 2))}, net, "data")
+    # a teacher read anywhere else is an input like any other
+    g = nnspec.lower(spec(teacher="input prev: [T, 2]\n  output echo = prev -> dense(2)"))
+    assert g.meta["teacher_forcing"]["teacher_only"] == []
+
+
 # ---- compiled: free-running by default, both scores in eval, training ---------------
 
 def sines_subset(net, n_train=64, n_test=32):
@@ -220,6 +233,21 @@ def test_eval_and_predict_run_free_running():
     assert r["mse"] == pytest.approx(np.mean((forced - nxt) ** 2), rel=1e-9)
     assert r["loss"] == pytest.approx(r["mse"], rel=1e-9)
     assert task_of(net).metrics == ("mse", "baseline_mse", "free_running_mse")
+
+
+def test_compiled_gradient_through_the_blend_matches_the_reference():
+    net = nnspec.compile(spec(), dtype="float64")
+    train, _ = sines_subset(net, n_train=4)
+    xb = {k: train[k][:, :T] for k in ("x", "prev")}
+    yb = {"next": train["next"][:, :T]}
+    xb.update(masks(net, xb, 0.5, np.random.default_rng(4)))
+    loss, grads = net.gradients(xb, yb)
+    g = net.graph
+    gg, gids = backward(g, g.meta["loss"], g.params)
+    ref = numpy_ref.run(gg, {**net.params, **xb, **yb}, [g.meta["loss"], *gids.values()])
+    assert loss == pytest.approx(float(ref[g.meta["loss"]]), rel=1e-12)
+    for p, gid in gids.items():
+        np.testing.assert_allclose(grads[p], ref[gid], rtol=1e-9, atol=1e-12, err_msg=p)
 
 
 def test_fit_draws_masks_and_reports_both_scores():
