@@ -293,7 +293,9 @@ cell jordan(n, k)(x) {
     (dict(call="teacher = prev", teacher="input prev: [6, 2]"),
      "one value of the state|at each step", "teacher = prev"),
     (dict(call="teacher = prev", cell=NO_READ), "never reads", "teacher = prev"),
-    (dict(call="teacher = prev, direction = bidir"), "one direction", "teacher = prev"),
+    (dict(call="teacher = prev, direction = bidir"), "forward recurrence; this cell runs "
+     "bidir", "teacher = prev"),
+    (dict(call="teacher = prev, reverse = true"), "runs reverse", "teacher = prev"),
     (dict(call='teacher_state = "y"'), "give the teacher too", 'teacher_state = "y"'),
     (dict(call="", train="  teacher_forcing = 0.5\n"), "no cell of this network has a teacher",
      "0.5"),

@@ -771,11 +771,12 @@ class Lowerer:
         if direction not in ("forward", "reverse", "bidir"):
             raise SpecError(f"direction must be forward, reverse or bidir; got {direction!r}",
                             loc, did_you_mean(str(direction), ["forward", "reverse", "bidir"]))
+        if direction != "forward" and opts.get("teacher") is not None:
+            raise SpecError(f"a teacher stands in for the previous step of a forward "
+                            f"recurrence; this cell runs {direction}",
+                            layer.option_locs.get("teacher", loc),
+                            "teacher forcing trains a generator, which runs forward")
         if direction == "bidir":
-            if opts.get("teacher") is not None:
-                raise SpecError("a teacher stands in for a state read back in one direction; "
-                                "direction=bidir runs the cell both ways",
-                                layer.option_locs.get("teacher", loc))
             merge = opts.get("merge", Symbol("concat"))
             merge = symbol_name(merge)
             if merge not in ("concat", "sum"):
