@@ -4,6 +4,7 @@
     y = net.forward(x=batch)["y"]                               # eval mode
     loss = net.train_step({"x": xb}, {"label": yb}, lr=0.1)     # one compiled step
     loss, grads = net.gradients({"x": xb}, {"label": yb})       # train-mode fwd + bwd
+    net.forcing                  # teacher-forcing mask inputs (zeros unless given)
     net.find_nonfinite({"x": xb}, {"label": yb})                # first non-finite node
 
 Parameters live in one flat arena (`P`), state in another (`S`); `net.params`
@@ -54,10 +55,17 @@ class Network:
         self.graph = graph
         self.dtype = np.dtype(dtype or graph.dtype).name
         self.seed = seed
-        self.inputs = {n: self._example_shape(n) for n in graph.inputs}
+        tf = graph.meta.get("teacher_forcing") or {}
+        # a teacher-forced cell's 0/1 mask (frontend/teacher.py): a hidden input the
+        # trainer draws; left out it is zeros, and so are inputs only a teacher reads
+        self.forcing = {n: self._example_shape(n) for n in tf.get("masks", ())}
+        self.teacher_only = tuple(tf.get("teacher_only", ()))
+        self._zeros_default = set(self.forcing) | set(self.teacher_only)
+        self.inputs = {n: self._example_shape(n) for n in graph.inputs
+                       if n not in self.forcing}
         self.targets = {n: self._example_shape(n) for n in graph.targets}
         self.outputs = list(graph.outputs)
-        self._expect_in = [self._expected(n) for n in self.inputs]
+        self._expect_in = [self._expected(n) for n in [*self.inputs, *self.forcing]]
         self._expect_all = self._expect_in + [self._expected(n) for n in self.targets]
         self._playout, np_ = _layout(graph, graph.params)
         self._slayout, ns = _layout(graph, graph.state)
@@ -92,7 +100,7 @@ class Network:
         want = np.dtype(self.graph.dtype_of(name))
         if want.kind == "f":
             want = np.dtype(self.dtype)
-        per_ex = self.inputs.get(name, self.targets.get(name))
+        per_ex = self.inputs.get(name, self.targets.get(name, self.forcing.get(name)))
         return name, tuple(per_ex), want
 
     def _feeds(self, inputs: dict, targets: dict | None) -> dict:
@@ -103,7 +111,10 @@ class Network:
         feeds, batch = {}, None
         for name, per_ex, want in expected:
             a = given.get(name)
-            if (type(a) is not np.ndarray or a.dtype != want or a.shape[1:] != per_ex
+            if a is None and name in self._zeros_default \
+                    and (zeros := self.blank(name, given)) is not None:
+                a = zeros
+            elif (type(a) is not np.ndarray or a.dtype != want or a.shape[1:] != per_ex
                     or a.ndim != len(per_ex) + 1 or not a.flags.c_contiguous):
                 a = self._check(name, per_ex, want, given)
             if batch is None:
@@ -120,6 +131,23 @@ class Network:
                 raise DataError(f"unknown arrays {sorted(extra)}; the network takes "
                                 f"{sorted(e[0] for e in expected)}")
         return feeds
+
+    def blank(self, name: str, given: dict):
+        """Zeros for the mask or teacher-only input `name`, B and T read from the
+        other arrays `given` (None when they do not tell)."""
+        _, per_ex, want = self._expected(name)
+        B = T = None
+        for name, shape, _ in self._expect_all:
+            a = given.get(name)
+            if a is None or name in self._zeros_default:
+                continue
+            B = len(a) if B is None else B
+            if T is None and shape[:1] == ("T",) and np.ndim(a) > 1:
+                T = np.shape(a)[1]
+        shape = tuple(T if d == "T" else d for d in per_ex)
+        if B is None or None in shape:
+            return None
+        return np.zeros((B,) + shape, want)
 
     def _check(self, name, per_ex, want, given) -> np.ndarray:
         if name not in given:

@@ -254,6 +254,7 @@ CASES = [
     C("embedding", [I(3, high=7), P(7, 4)], "1d"),
     C("embedding", [I(2, 5, high=6), P(6, 3)], "seq"),
     C("embedding_grad", [X(2, 5, 3), I(2, 5, high=6), P(6, 3, grad=False)]),
+    C("one_hot", [I(2, 5, high=6)], "seq", k=5),      # id 5 is out of range: a row of zeros
     C("softmax", [X(3, 5)]),
     C("softmax", [X(2, 3, 4)], "seq"),
     C("log_softmax", [X(3, 5)]),

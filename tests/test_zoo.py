@@ -30,8 +30,8 @@ def test_zoo_is_complete():
     for name in ("mlp.nn", "maxout_mlp.nn", "cnn.nn", "lenet5.nn", "alexnet.nn", "zfnet.nn",
                  "vgg16.nn", "googlenet.nn", "inception_v3.nn", "resnet18.nn", "resnet50.nn",
                  "densenet121.nn", "xception.nn", "unet.nn", "wavenet.nn", "elman_rnn.nn",
-                 "jordan_rnn.nn", "birnn.nn", "seq2seq.nn", "lstm_1997.nn", "lstm.nn",
-                 "lstm_peephole.nn", "gru.nn", "lstm_adding.nn", "recursive_tree.nn"):
+                 "jordan_rnn.nn", "jordan_sequence.nn", "birnn.nn", "seq2seq.nn", "lstm_1997.nn",
+                 "lstm.nn", "lstm_peephole.nn", "gru.nn", "lstm_adding.nn", "recursive_tree.nn"):
         assert name in names, f"specs/{name} is missing"
 
 

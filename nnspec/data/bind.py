@@ -29,15 +29,20 @@ def fmt(shape) -> str:
 def bind(arrays: dict, net, source: str, *, require_targets: bool = True) -> dict:
     """Arrays named for the network: each input and target looked up by its
     own name, else by the generic name when the network has only one of
-    that kind; reshaped and cast to what the network expects."""
+    that kind; reshaped and cast to what the network expects.  Without targets
+    (predicting) an input only a teacher reads may be left out: the network
+    runs free-running and never reads it."""
     out = {}
     kinds = [("input", net.inputs)] + ([("target", net.targets)] if require_targets else [])
+    optional = () if require_targets else getattr(net, "teacher_only", ())
     for kind, wanted in kinds:
         for name, shape in wanted.items():
             if name in arrays:
                 a = arrays[name]
             elif len(wanted) == 1 and GENERIC[kind] in arrays:
                 a = arrays[GENERIC[kind]]
+            elif name in optional:
+                continue
             else:
                 have = ", ".join(sorted(arrays)) or "none"
                 raise DataError(f"{source}: no array for the {kind} '{name}' "

@@ -7,9 +7,12 @@
                             next shifted right (teacher forcing)
     char_lm(path, T)        x [n, T] int64 char ids, next [n, T] = the following char;
                             vocab from the file; `unigram_bits` its entropy per char
+    sines(n, T)             x [n, T, 1] a frequency w (the same at every step),
+                            next [n, T, 2] = (sin, cos) of w (t + 1); prev [n, T, 2] =
+                            next shifted right behind zeros (the teacher of a Jordan cell)
 
 Each task is a pure function of its arguments and `seed`.  The named sets
-registered below with `registry.register` ("adding", "copy", "reverse") size themselves to
+registered below with `registry.register` ("adding", "copy", "reverse", "sines") size themselves to
 the network's first input (T from its shape when it is fixed).
 """
 from __future__ import annotations
@@ -57,6 +60,24 @@ def copy(n: int, T: int, vocab: int = 10, *, reverse: bool = False, seed: int = 
     nxt = src[:, ::-1].copy() if reverse else src.copy()
     prev = np.concatenate([np.full((n, 1), START, np.int64), nxt[:, :-1]], axis=1)
     return {"src": src, "prev": prev, "next": nxt}
+
+
+def sines(n: int, T: int, *, low: float = 0.3, high: float = 0.9, seed: int = 0) -> dict:
+    """Generate a sinusoid from its frequency alone: the input is w (radians per
+    step, uniform in [low, high)) at every step, the target at step t the point
+    (sin, cos) of angle w (t + 1) on the unit circle.  The input says nothing
+    about time, so a network knows where it is only from what it said last:
+    a Jordan cell must rotate its previous output by w.  `prev` is the target
+    one step back (zeros at step 0, where a zeros state starts)."""
+    if T < 2:
+        raise DataError(f"sines: needs at least 2 steps, got T={T}")
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(low, high, size=(n, 1))
+    angle = w * np.arange(1, T + 1)[None, :]
+    nxt = np.stack([np.sin(angle), np.cos(angle)], axis=-1).astype(np.float32)
+    prev = np.concatenate([np.zeros((n, 1, 2), np.float32), nxt[:, :-1]], axis=1)
+    x = np.repeat(w[:, :, None], T, axis=1).astype(np.float32)
+    return {"x": x, "prev": prev, "next": nxt}
 
 
 @dataclass
@@ -144,6 +165,12 @@ def _adding(net=None) -> dict:
 def _copy(net=None) -> dict:
     """Copy 10 tokens over a vocabulary of 10 (T from the network when fixed)."""
     return copy(N_EXAMPLES, _steps(net, 10), seed=0)
+
+
+@register("sines")
+def _sines(net=None) -> dict:
+    """Sinusoids from their frequency, 2,000 of 24 steps (T from the network when fixed)."""
+    return sines(2_000, _steps(net, 24), seed=0)
 
 
 @register("reverse")

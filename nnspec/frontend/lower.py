@@ -14,13 +14,14 @@ from ..errors import Loc, ShapeError, SpecError, did_you_mean
 from ..ir import BATCH, TIME, Graph
 from ..ops import all_layers
 from ..ops.base import fmt
-from . import ast, tree
+from . import ast, teacher, tree
 from .values import (Builtin, CellResult, Instance, Layer, Repeat, Symbol, Tensor,
                      TimeIndex, ZeroInit, type_name)
 
 TRAIN_KEYS = ("loss", "optimizer", "schedule", "batch", "epochs", "clip", "data", "seed",
-              "lr", "bptt", "metrics", "decoder_input", "start")
-CELL_OPTIONS = ("reverse", "direction", "merge", "init", "mask", "bptt", "parent")
+              "lr", "bptt", "metrics", "decoder_input", "start", "teacher_forcing")
+CELL_OPTIONS = ("reverse", "direction", "merge", "init", "mask", "bptt", "parent", "teacher",
+                "teacher_state")
 MAX_ITERATIONS = 100_000
 BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 
@@ -59,6 +60,7 @@ class CellBuild:
         self.states = {}               # state name -> {"prev": nid, "new": nid|None, ...}
         self.captures = {}             # outer node id -> body node id
         self.tree = None               # tree.TreeBuild when applied with parent=
+        self.teacher = None            # teacher.Teacher when the call gives teacher=
 
 
 class LayerCtx:
@@ -141,6 +143,7 @@ class Lowerer:
         self.instances: list[Instance] = []
         self.stack: list[str] = []      # blocks being expanded (recursion guard)
         self.tapes: list[dict] = []     # instances made inside a block/cell application
+        self.forced: list = []          # (loop id, teacher id) of each teacher-forced cell
 
     # ---- module-level names ----------------------------------------------------
     def collect(self, module: ast.Module, seen=None):
@@ -247,6 +250,8 @@ class Lowerer:
                             "add `output NAME = ...`")
         self.graph.meta["args"] = {k: v if not isinstance(v, Symbol) else v.name
                                    for k, v in args.items()}
+        if self.forced:
+            self.graph.meta["teacher_forcing"] = teacher.meta(self.graph, self.forced)
         if trains:
             self.graph.meta["train"] = self.lower_train(trains[0], scope)
             self.graph.meta["loss"] = self.graph.meta["train"]["loss"]
@@ -274,6 +279,8 @@ class Lowerer:
                         raise SpecError("the loss must be a scalar tensor (a loss layer, or a "
                                         "weighted sum of them)", st.value.loc)
                     v = v.nid
+                if st.name == "teacher_forcing":
+                    teacher.check_setting(v, st.value.loc, bool(self.forced))
                 cfg[st.name] = plain(v)
             else:
                 raise SpecError("a train section holds `target` declarations and settings "
@@ -577,11 +584,11 @@ class Lowerer:
         raise SpecError(f"{type_name(f)} cannot be called", loc)
 
     def make_layer(self, block: ast.Block, args, kwargs, loc, scope) -> Layer:
-        opts = {}
+        opts, locs = {}, {}
         if block.kind == "cell":
             for k in CELL_OPTIONS:
                 if k in kwargs:
-                    opts[k] = kwargs.pop(k)[0]
+                    opts[k], locs[k] = kwargs.pop(k)
         bound = self.bind(block.name, [p.name for p in block.params], args,
                           {k: v for k, (v, _) in kwargs.items()}, loc,
                           {k: l for k, (_, l) in kwargs.items()})
@@ -595,7 +602,7 @@ class Lowerer:
                 env[p.name] = self.eval(p.default, s)
             else:
                 raise SpecError(f"{block.kind} '{block.name}' needs argument '{p.name}'", loc)
-        return Layer(block.kind, block, [], env, loc, options=opts)
+        return Layer(block.kind, block, [], env, loc, options=opts, option_locs=locs)
 
     def bind(self, what, names, args, kwargs, loc, kwlocs):
         if len(args) > len(names):
@@ -773,6 +780,11 @@ class Lowerer:
         if opts.get("parent") is not None and direction != "forward":
             raise SpecError("a tree cell (parent=) runs bottom-up, children before parents; "
                             "it takes no reverse= or direction=", loc)
+        if direction != "forward" and opts.get("teacher") is not None:
+            raise SpecError(f"a teacher stands in for the previous step of a forward "
+                            f"recurrence; this cell runs {direction}",
+                            layer.option_locs.get("teacher", loc),
+                            "teacher forcing trains a generator, which runs forward")
         if direction == "bidir":
             merge = opts.get("merge", Symbol("concat"))
             merge = symbol_name(merge)
@@ -819,6 +831,7 @@ class Lowerer:
             seq_ids += tree.start(self, build, layer.options, g, seq_ids[0], loc, scope)
         # initial values given at the call site
         init = opts_init(layer.options.get("init"))
+        build.teacher = teacher.option(layer.options, layer.option_locs, g, seq_ids[0], loc)
         ret = self.run_body(block, inner, inst, loc)
         for sname, st in build.states.items():
             if st["new"] is None:
@@ -861,15 +874,23 @@ class Lowerer:
             body.outputs[f"out:{k}"] = o
         captured = list(build.captures.items())
         extra, extra_attrs = self.cell_mask_bptt(layer.options, g, seq_ids[0], loc, scope)
+        steps = [build.seq[n] for n in block.inputs]
+        if build.tree is not None:
+            steps += [build.tree.here, build.tree.parent]
+        if build.teacher is not None:
+            forced, forced_steps = teacher.finish(build.teacher, build.states, block.name, g,
+                                                  seq_ids[0], inst.name, self.dtype, loc)
+            seq_ids, steps = seq_ids + forced, steps + forced_steps
         attrs = {"body": body, "reverse": bool(reverse), "n_seq": len(seq_ids),
                  "n_init": len(init_ids), "states": state_specs,
                  "state_inputs": [build.states[s]["prev"] for s in build.states],
-                 "seq_inputs": [build.seq[n] for n in block.inputs]
-                 + ([build.tree.here, build.tree.parent] if build.tree else []),
+                 "seq_inputs": steps,
                  "captures": [b for _, b in captured],
                  "outputs": [f"out:{k}" for k in range(len(outs))], **extra_attrs}
         loop = g.add("loop", seq_ids + init_ids + [o for o, _ in captured] + extra, attrs,
                      name=inst.name, layer=inst.name, loc=loc, shape=(), dtype="loop")
+        if build.teacher is not None:
+            self.forced.append((loop, build.teacher.outer))
         seq_shape = g.shape(seq_ids[0])
         results = []
         for k, o in enumerate(outs):
@@ -982,7 +1003,8 @@ class Lowerer:
                     if build.tree is not None:
                         raise SpecError(f"in a tree cell a node reads its children, not the "
                                         f"node before it: children({name})", e.loc)
-                    return Tensor(st["prev"], scope.graph)
+                    return Tensor(teacher.read_prev(build.teacher, build.states, name,
+                                                    scope.graph, e.loc), scope.graph)
                 if idx.offset == 0:
                     if st["new"] is None:
                         raise SpecError(f"{name}[t] is read before it is assigned", e.loc)
@@ -1115,5 +1137,6 @@ def make_builtins() -> dict:
         "cosine": optimizer("cosine", ("min_lr", "warmup")),
         "step": optimizer("step", ("every", "gamma")),
         "constant": optimizer("constant", ()),
+        **{name: teacher.decay_builtin(name) for name in teacher.DECAYS},
     }
     return {k: Builtin(k, f) for k, f in fns.items()}

@@ -54,6 +54,7 @@ class Layer:
     loc: Any
     instance: Instance | None = None   # made on first application
     options: dict = field(default_factory=dict)   # cell call options (reverse, init, ...)
+    option_locs: dict = field(default_factory=dict)   # where each option is written
 
     @property
     def name(self) -> str:
@@ -61,7 +62,7 @@ class Layer:
 
     def fresh(self) -> "Layer":
         return Layer(self.kind, self.target, self.args, self.kwargs, self.loc, None,
-                     self.options)
+                     self.options, self.option_locs)
 
 
 @dataclass(eq=False)

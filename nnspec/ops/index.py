@@ -92,7 +92,8 @@ def positions(x, out, axis):
 
 @layer("one_hot")
 def one_hot_layer(ctx, ids, k):
-    """Int ids [B, ...] as one-hot rows [B, ..., k]; an id outside [0, k) gives zeros."""
+    """Int ids [B, ...] as one-hot rows [B, ..., k]; an id outside [0, k) gives zeros
+    (a class fed back to a cell: `teacher = one_hot(prev, classes)`)."""
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         ctx.fail(f"one_hot: k must be a positive integer, got {k!r}")
     return ctx.emit("one_hot", [ids], {"k": k, "dtype": ctx.dtype})

@@ -4,6 +4,7 @@ subclasses; `nnspec.cli.main` prints them without a traceback.
 
     nnspec train SPEC [--data D] [--epochs N] [--batch N] [--lr X] [--set k=v ...]
                       [--out DIR] [--resume] [--seed N] [--dtype float32|float64] [--quiet]
+                      [--teacher-forcing P]
     nnspec eval SPEC --checkpoint F [--data D]
     nnspec predict SPEC --checkpoint F --input X.npz [--output out.npz]
     nnspec predict SPEC --checkpoint F --generate N [--prompt S] [--temperature X] [--seed N]
@@ -39,6 +40,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
     t.add_argument("--seed", type=int, metavar="N", help="initial weights and shuffling "
                                                           "(default: the spec's, else 0)")
+    t.add_argument("--teacher-forcing", type=float, metavar="P",
+                   help="probability that a step of a cell with a teacher reads it, all "
+                        "through training (default: the spec's teacher_forcing, else 1)")
     t.add_argument("--quiet", action="store_true", help="print only the final result")
     t.set_defaults(func=cmd_train)
 
@@ -85,7 +89,8 @@ def cmd_train(args) -> int:
     from .loop import fit
     net, seed, info = _build_for_data(args)
     cfg = TrainConfig.from_meta(net.graph.meta.get("train"), data=args.data, epochs=args.epochs,
-                                batch=args.batch, lr=args.lr, seed=seed)
+                                batch=args.batch, lr=args.lr, seed=seed,
+                                teacher_forcing=args.teacher_forcing)
     out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
     train, test = load(cfg.data, net)
     if not args.quiet:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from ..errors import TrainingError
+
 
 @dataclass
 class TrainConfig:
@@ -17,6 +19,7 @@ class TrainConfig:
     clip: float = 0.0           # clip the global gradient norm to this; 0 turns clipping off
     seed: int = 0               # shuffling order (and, from the CLI, the initial weights)
     eval_train: bool = True     # also score the training set each epoch (train accuracy); costs one eval pass
+    teacher_forcing: float | dict = 1.0   # P(a step of a cell with a teacher reads it): a number or a decay (forcing.py)
 
     @classmethod
     def from_meta(cls, train: dict | None, **overrides) -> "TrainConfig":
@@ -33,7 +36,7 @@ class TrainConfig:
         sched = train.get("schedule")
         if sched:
             cfg.schedule = {"name": sched} if isinstance(sched, str) else dict(sched)
-        for k in ("data", "epochs", "batch", "clip", "seed", "lr"):
+        for k in ("data", "epochs", "batch", "clip", "seed", "lr", "teacher_forcing"):
             if train.get(k) is not None:
                 setattr(cfg, k, train[k])
         names = {f.name for f in fields(cls)}
@@ -46,6 +49,11 @@ class TrainConfig:
             cfg.schedule = {"name": cfg.schedule}
         cfg.epochs, cfg.batch, cfg.seed = int(cfg.epochs), int(cfg.batch), int(cfg.seed)
         cfg.lr, cfg.clip, cfg.data = float(cfg.lr), float(cfg.clip or 0.0), str(cfg.data)
+        if not isinstance(cfg.teacher_forcing, dict):
+            cfg.teacher_forcing = float(cfg.teacher_forcing)
+            if not 0 <= cfg.teacher_forcing <= 1:
+                raise TrainingError(f"teacher_forcing is a probability in [0, 1], got "
+                                    f"{cfg.teacher_forcing:g}")
         return cfg
 
     def to_dict(self) -> dict:

@@ -4,7 +4,8 @@
 
 Each epoch: shuffle the training set with the run's own generator, take
 minibatches in that order, one compiled `net.train_step` per batch at the
-schedule's learning rate; then score train and test sets, write the
+schedule's learning rate (and, for cells with a teacher, with teacher-forcing
+masks drawn at the setting's probability); then score train and test sets, write the
 checkpoint, metrics.json and curves.png.  Resuming loads the checkpoint
 (weights, optimizer state, generator state, history) and continues with the
 next epoch, so a resumed run gives the same weights as an uninterrupted one.
@@ -22,6 +23,7 @@ import numpy as np
 from .. import data as nndata
 from ..errors import TrainingError
 from .checkpoint import load_checkpoint, restore, save_checkpoint
+from . import forcing
 from .config import TrainConfig
 from .metrics import Task, evaluate, plot_curves, task_of, write_metrics
 from .progress import Bar, fmt_metrics
@@ -31,7 +33,7 @@ from .schedule import lr_at
 
 def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=None,
         seed=None, out_dir=None, resume=False, progress=True, *, config=None,
-        data_info=None) -> dict:
+        data_info=None, teacher_forcing=None) -> dict:
     """Train `net` in place and return the metrics (what metrics.json holds).
 
     `data` is a data set name or path (see `nnspec.data.load`) or a
@@ -41,10 +43,13 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
     there after every epoch; `resume` continues from that checkpoint.
     The metrics fit the task (see `metrics.task_of`); `data_info` describes a
     text's vocabulary for ``(train, test)`` pairs made from one (text.py).
+    `teacher_forcing` (a probability or a decay, see forcing.py) overrides the
+    spec's for cells with a teacher.
     """
     cfg = config or TrainConfig.from_meta(
         net.graph.meta.get("train"), epochs=epochs, batch=batch, lr=lr, schedule=schedule,
-        clip=clip, seed=seed, data=data if isinstance(data, (str, Path)) else None)
+        clip=clip, seed=seed, data=data if isinstance(data, (str, Path)) else None,
+        teacher_forcing=teacher_forcing)
     train, test = data if isinstance(data, tuple) else nndata.load(cfg.data, net)
     if data_info is None and not isinstance(data, tuple) and nndata.is_text(cfg.data):
         data_info = nndata.text_info(cfg.data)
@@ -117,11 +122,15 @@ def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar, t
     perm = rng.permutation(plan.n)
     loss_sum = 0.0
     bs, steps = plan.batch, plan.steps_per_epoch
+    net_forcing = bool(getattr(net, "forcing", None))
     for i in range(steps):
         idx = perm[i * bs:(i + 1) * bs]
         xb = {k: train[k][idx] for k in net.inputs}
         yb = {k: train[k][idx] for k in net.targets}
         rate = lr_at(cfg.schedule, cfg.lr, step, steps, plan.total_steps)
+        if net_forcing:
+            p = forcing.probability(cfg.teacher_forcing, step)
+            xb.update(forcing.masks(net, xb, p, rng))
         loss = float(net.train_step(xb, yb, rate))
         step += 1
         if not math.isfinite(loss):
@@ -132,6 +141,8 @@ def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar, t
                    (i * bs + len(idx)) / max(time.perf_counter() - t0, 1e-9))
     bar.close()
     record = {"epoch": epoch + 1, "step": step, "lr": rate, "train_loss": loss_sum / plan.n}
+    if net_forcing:
+        record["teacher_forcing"] = p       # at the epoch's last step
     if cfg.eval_train:
         # free-running decoding costs T forwards, so the training set is scored without it
         quick = Task("tokens", task.target, task.output) if task.kind == "seq2seq" else task

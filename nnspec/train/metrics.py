@@ -1,6 +1,7 @@
 """Scoring a network on a data set, and the run directory's metrics.json and curves.png."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -10,6 +11,7 @@ import numpy as np
 
 from ..data import class_output, n_examples, per_example
 from .bundle import atomic_write
+from .forcing import masks
 
 EVAL_BATCH = 512
 LN2 = math.log(2.0)
@@ -23,7 +25,11 @@ KINDS = {
     "regression": ("mse", "baseline_mse"),    # float target, mse loss
     "other": (),
 }
-METRICS = ("accuracy", "token_accuracy", "free_running_accuracy", "bpc", "mse", "baseline_mse")
+METRICS = ("accuracy", "token_accuracy", "free_running_accuracy", "bpc", "mse", "baseline_mse",
+           "free_running_mse")
+# a network with teacher-forced cells also scores its main metric free-running
+FREE_RUNNING = {"accuracy": "free_running_accuracy", "token_accuracy": "free_running_accuracy",
+                "mse": "free_running_mse"}
 
 
 @dataclass(frozen=True)
@@ -36,17 +42,33 @@ class Task:
     start: int = 0                      # seq2seq: the token the decoder starts from
     mean: np.ndarray | None = None      # regression: the training set's mean target
     unigram_bits: float | None = None   # lm: the text's unigram entropy, bits/char
+    forcing: tuple = ()                 # teacher-forcing masks: scored teacher-forced and free-running
 
     @property
     def metrics(self) -> tuple:
-        return KINDS[self.kind]
+        free = self.free_running_metric
+        return KINDS[self.kind] + ((free,) if free else ())
+
+    @property
+    def free_running_metric(self) -> str | None:
+        """With teacher-forced cells: the key of the main metric scored free-running."""
+        main = KINDS[self.kind][:1]
+        free = FREE_RUNNING.get(main[0]) if self.forcing and main else None
+        return free if free not in KINDS[self.kind] else None
 
 
 def task_of(net, train: dict | None = None, info: dict | None = None) -> Task:
     """The first target's task.  Class indices with a [.., C] output are
     classification ([B]) or tokens ([B, T]; seq2seq when the train section
     names a `decoder_input`, lm when the data is a text); a float target
-    under an mse loss is regression (scored against predicting `train`'s mean)."""
+    under an mse loss is regression (scored against predicting `train`'s mean).
+    A network with teacher-forced cells is scored both ways (`Task.forcing`)."""
+    task = _task_of(net, train, info)
+    forcing = tuple(getattr(net, "forcing", ()))
+    return dataclasses.replace(task, forcing=forcing) if forcing else task
+
+
+def _task_of(net, train, info) -> Task:
     cfg = net.graph.meta.get("train") or {}
     info = info or {}
     for t in net.targets:
@@ -85,8 +107,24 @@ def evaluate(net, data: dict, batch: int = EVAL_BATCH, task: Task | None = None)
     classification, ``token_accuracy`` (teacher-forced, for seq2seq),
     ``free_running_accuracy`` (greedy decoding from the model's own
     predictions), ``bpc`` (mean cross-entropy / ln 2 of the scored target),
-    ``mse`` and ``baseline_mse`` (always predicting the training mean)."""
+    ``mse`` and ``baseline_mse`` (always predicting the training mean).
+
+    With teacher-forced cells (`task.forcing`) the loss and metrics are the
+    teacher-forced ones (every step after the first reads the teacher), and
+    ``free_running_accuracy`` or ``free_running_mse`` is the same score with
+    every step reading the model's own output, as in use."""
     task = task or task_of(net)
+    if not task.forcing:
+        return _score(net, data, batch, task, None)
+    r = _score(net, data, batch, task, 1.0)
+    free = task.free_running_metric
+    if free is not None:
+        r[free] = _score(net, data, batch, task, 0.0)[KINDS[task.kind][0]]
+    return r
+
+
+def _score(net, data: dict, batch: int, task: Task, forced: float | None) -> dict:
+    """`evaluate` with every teacher-forcing mask drawn with probability `forced`."""
     n = n_examples(data)
     r = {"loss": None, "n": n, **{k: None for k in task.metrics}}
     if task.kind != "classification":
@@ -97,6 +135,8 @@ def evaluate(net, data: dict, batch: int = EVAL_BATCH, task: Task | None = None)
     for lo in range(0, n, batch):
         xb = {k: data[k][lo:lo + batch] for k in net.inputs}
         yb = {k: data[k][lo:lo + batch] for k in net.targets}
+        if forced is not None:
+            xb.update(masks(net, xb, forced))
         loss, outs = net.evaluate_batch(xb, yb)
         loss_sum += float(loss) * len(next(iter(yb.values())))
         if task.target is None:
@@ -141,9 +181,9 @@ def write_metrics(path, metrics: dict) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-PANELS = (("accuracy", ("accuracy",)), ("bits per character", ("bpc",)),
+PANELS = (("accuracy", ("accuracy", "free_running_accuracy")), ("bits per character", ("bpc",)),
           ("token accuracy", ("token_accuracy", "free_running_accuracy")),
-          ("mean squared error", ("mse", "baseline_mse")))
+          ("mean squared error", ("mse", "baseline_mse", "free_running_mse")))
 
 
 def plot_curves(path, history: list) -> str | None:

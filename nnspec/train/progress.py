@@ -52,6 +52,8 @@ def fmt_metrics(r: dict, epochs: int) -> str:
     if r.get("test_accuracy") is not None:
         parts.append(f"acc {100 * r['test_accuracy']:.2f}%")
     parts += task_metrics(r, "test_")
+    if r.get("teacher_forcing") is not None:
+        parts.append(f"teacher {r['teacher_forcing']:.2f}")
     parts += [f"lr {r['lr']:.3g}", f"{r['seconds']:.1f}s"]
     return "  ".join(parts)
 
@@ -70,4 +72,6 @@ def task_metrics(r: dict, prefix: str = "test_") -> list:
         base = r.get(prefix + "baseline_mse")
         parts.append(f"mse {r[prefix + 'mse']:.4g}"
                      + (f" (predicting the mean: {base:.4g})" if base is not None else ""))
+    if r.get(prefix + "free_running_mse") is not None:
+        parts.append(f"free-running mse {r[prefix + 'free_running_mse']:.4g}")
     return parts
