@@ -226,7 +226,7 @@ def test_gradient_matches_unrolled_graph(reverse, bptt):
     feeds.update(params(g))
     x = feeds["x"] = np.random.default_rng(1).standard_normal((B, T, F))
     got = grads_of(g, loss, feeds, g.params + ["x"])
-    carry = numpy_ref.run(g, feeds, ["y"])["y"]["carry"][0]         # [B, T, H]
+    carry = numpy_ref.run(g, feeds, ["y"])["y"]["carry"][0]         # [T, B, H]
 
     u, xs, outs, hT = unrolled_elman(T, reverse, bptt)
     r_seq, r_fin = feeds["r0"], feeds["r1"]
@@ -236,7 +236,7 @@ def test_gradient_matches_unrolled_graph(reverse, bptt):
     for i in range(1, T):
         t = T - 1 - i if reverse else i
         if f"cut{i}" in u:
-            ufeeds[f"cut{i}"] = carry[:, t]
+            ufeeds[f"cut{i}"] = carry[t]
     rs = [u.input(f"r{t}", (BATCH, H)) for t in range(T)]
     terms = [u.add("sum", (u.add("mul", (o, r)),)) for o, r in zip(outs, rs)]
     ufeeds.update({r: r_seq[:, t] for t, r in enumerate(rs)})

@@ -115,14 +115,20 @@ def _dt(dtype) -> str:
 
 
 def _prologue(w: _Writer, a: dict, graph, names: dict) -> dict:
-    """Before the loop: B and T_, the hoisted input projections (one GEMM over
-    all T*B rows each), and a buffer per step input.  `graph` is the body or
-    its backward graph (same ids for the forward part).  Returns hoisted
-    node id -> its [B, T_, out] buffer."""
+    """Before the loop: B and T_, each sequence input time-major (xt_k
+    [T_, B, ...], so step t is the contiguous block xt_k[t]), and the hoisted
+    input projections (one GEMM over all T*B rows each, into [T_, B, out]).
+    `graph` is the body or its backward graph (same ids for the forward
+    part).  Returns hoisted node id -> its buffer; a hoisted value and a step
+    input are named by their block at step t (no copy per step)."""
     w("B = x_0.shape[0]")
     w("T_ = x_0.shape[1]")
     for k, c in enumerate(a["captures"]):
         names[c] = f"p_{k}"
+    for k, sid in enumerate(a["seq_inputs"]):
+        axes = (1, 0) + tuple(range(2, len(graph.shape(sid)) + 1))
+        w(f"xt_{k} = np.ascontiguousarray(x_{k}.transpose({axes}))")
+        names[sid] = f"xt_{k}[t]"
     step_ids, caps = set(a["seq_inputs"]), set(a["captures"])
     hoisted = {}
     for n in graph.nodes():
@@ -131,14 +137,12 @@ def _prologue(w: _Writer, a: dict, graph, names: dict) -> dict:
             fn, extra = get_op("linear").kernel(n.attrs)
             feat, out = graph.shape(n.inputs[0])[-1], graph.shape(n.id)[-1]
             P = f"P{len(hoisted)}"
-            w(f"{P} = np.empty((B, T_, {out}), T)  # hoisted: {n.id}")
-            w(f"_xs = np.ascontiguousarray(x_{k}).reshape(B * T_, {feat})")
-            wargs = ["_xs"] + [names[i] for i in n.inputs[1:]] + [f"{P}.reshape(B * T_, {out})"]
+            w(f"{P} = np.empty((T_,) + {_shape(graph.shape(n.id))}, T)  # hoisted: {n.id}")
+            wargs = [f"xt_{k}.reshape(-1, {feat})"] + [names[i] for i in n.inputs[1:]]
+            wargs.append(f"{P}.reshape(-1, {out})")
             w(f"{w.alias(fn)}({', '.join(wargs + [w.literal(e) for e in extra])})")
             hoisted[n.id] = P
-    for k, sid in enumerate(a["seq_inputs"]):
-        w(f"s_{k} = np.empty({_shape(graph.shape(sid))}, {_dt(graph.dtype_of(sid))})")
-        names[sid] = f"s_{k}"
+            names[n.id] = f"{P}[t]"
     return hoisted
 
 
@@ -184,15 +188,13 @@ def _wcats(w: _Writer, graph, names: dict):
 def _buffers(w: _Writer, graph, names: dict, hoisted: dict, skip=()) -> list:
     """A buffer per node the loop computes (allocated once, before the loop);
     returns the ids to emit, in order."""
-    for nid in hoisted:
-        names[nid] = f"q{len(names)}"
-        w(f"{names[nid]} = np.empty({_shape(graph.shape(nid))}, T)")
     todo = []
     for n in graph.nodes():
-        if n.id in names or n.id in skip:
+        if n.op == "input" or n.id in hoisted or n.id in skip:
             continue
-        names[n.id] = f"v{len(names)}"
-        w(f"{names[n.id]} = np.empty({_shape(n.shape)}, {_dt(n.dtype)})")
+        if n.id not in names:       # else computed in place (a saved or stacked block)
+            names[n.id] = f"v{len(names)}"
+            w(f"{names[n.id]} = np.empty({_shape(n.shape)}, {_dt(n.dtype)})")
         todo.append(n.id)
     return todo
 
@@ -371,7 +373,8 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
     """(source of the @njit function `fname`, its writer) running a `loop`
     node's forward: fname(seq..., init..., captures..., [mask], out..., final...,
     carry..., saved...) -- `saved`: body ids whose value at every step goes
-    into a [B, T, ...] buffer for the backward (ops/loop.py)."""
+    into a [T, B, ...] buffer for the backward (ops/loop.py); a saved value
+    is computed in place, in its block at step t."""
     a, body = node.attrs, node.attrs["body"]
     if namer is not None:
         body = _optimise(body, list(body.outputs.values()) + list(saved), a["captures"])
@@ -388,18 +391,20 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
         else:
             w(f"h_{s} = np.zeros({_shape(body.shape(cid))}, T)")
         names[cid] = f"h_{s}"
+    copied = []
+    for j, nid in enumerate(saved):
+        if nid in names:          # hoisted
+            copied.append((j, nid))
+        else:
+            names[nid] = f"sv_{j}[t]"
     todo = _buffers(w, body, names, hoisted)
     w("for i in range(T_):")
     w("t = T_ - 1 - i" if a["reverse"] else "t = i", 2)
     for s in range(S):
-        w(f"car_{s}[:, t] = h_{s}", 2)
-    for k in range(a["n_seq"]):
-        w(f"s_{k}[:] = x_{k}[:, t]", 2)
-    for nid, P in hoisted.items():
-        w(f"{names[nid]}[:] = {P}[:, t]", 2)
+        w(f"car_{s}[t] = h_{s}", 2)
     _emit_body(w, body, names, todo, 2)
-    for j, nid in enumerate(saved):
-        w(f"sv_{j}[:, t] = {names[nid]}", 2)
+    for j, nid in copied:
+        w(f"sv_{j}[t] = {names[nid]}", 2)
     new = [names[body.outputs["state:" + st["name"]]] for st in a["states"]]
     outs = [names[body.outputs[k]] for k in a["outputs"]]
     if a.get("mask"):
@@ -523,12 +528,9 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
     hoisted = _prologue(w, a, bwd, names)
     _wcats(w, bwd, names)
     for j, nid in enumerate(saved):
-        if nid in bwd:
-            w(f"z_{j} = np.empty({_shape(bwd.shape(nid))}, T)")
-            names[nid] = f"z_{j}"
+        names[nid] = f"sv_{j}[t]"
     for s, cid in enumerate(a["state_inputs"]):
-        w(f"c_{s} = np.empty({_shape(bwd.shape(cid))}, T)")
-        names[cid] = f"c_{s}"
+        names[cid] = f"car_{s}[t]"
     seed_ids = bwd.meta["seeds"]
     state_keys = ["state:" + st["name"] for st in a["states"]]
     out_keys = [k for k in seeds if k.startswith("out:")]
@@ -542,24 +544,22 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
             w(f"gs_{s}[:] = d_{seeds.index(key)}")
     for i in wants:
         w(f"g_{i}[...] = T(0)")
-    skip = {m for _, nodes in post.values() for m in nodes}
-    todo = _buffers(w, bwd, names, hoisted, skip)
+    # the stacked per-step values: a saved value's buffer, or GS<j> [T_, B, ...]
+    # (computed in place unless the value is an input of the step)
     sv_of = {nid: f"sv_{j}" for j, nid in enumerate(saved)}
+    copied = []
     for g, j in stacks.items():
         if g not in sv_of:
-            w(f"GS{j} = np.empty((B, T_) + {_shape(bwd.shape(g)[1:])}, T)  # {g}, every step")
+            w(f"GS{j} = np.empty((T_,) + {_shape(bwd.shape(g))}, T)  # {g}, every step")
+            if g in names:
+                copied.append((g, j))
+            else:
+                names[g] = f"GS{j}[t]"
+    skip = {m for _, nodes in post.values() for m in nodes}
+    todo = _buffers(w, bwd, names, hoisted, skip)
     k = a.get("bptt") or 0
     w("for i in range(T_ - 1, -1, -1):")
     w("t = T_ - 1 - i" if a["reverse"] else "t = i", 2)
-    for kk in range(n_seq):
-        w(f"s_{kk}[:] = x_{kk}[:, t]", 2)
-    for s in range(S):
-        w(f"c_{s}[:] = car_{s}[:, t]", 2)
-    for nid, P in hoisted.items():
-        w(f"{names[nid]}[:] = {P}[:, t]", 2)
-    for j, nid in enumerate(saved):
-        if nid in bwd:
-            w(f"z_{j}[:] = sv_{j}[:, t]", 2)
     if a.get("mask"):
         w("m = mask[:, t]", 2)
     for j, key in enumerate(state_keys + out_keys):
@@ -572,9 +572,8 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
         else:
             w(f"e_{j}[:] = {src}", 2)
     _emit_body(w, bwd, names, todo, 2)
-    for g, j in stacks.items():
-        if g not in sv_of:
-            w(f"GS{j}[:, t] = {names[g]}", 2)
+    for g, j in copied:
+        w(f"GS{j}[t] = {names[g]}", 2)
     for i in wants:
         out = bwd.outputs.get(f"grad:{i}")
         if out is None or out in post:
@@ -602,18 +601,15 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
             w(f"g_{j}[:] = gs_{s}")
     # after the loop: the stacked GEMMs (see _after_loop)
     big = {g: sv_of.get(g, f"GS{j}") for g, j in stacks.items()}
-    big.update({sid: f"np.ascontiguousarray(x_{k})" for k, sid in enumerate(a["seq_inputs"])})
+    big.update({sid: f"xt_{k}" for k, sid in enumerate(a["seq_inputs"])})
     big.update({cid: f"car_{s}" for s, cid in enumerate(a["state_inputs"])})
     big.update({c: f"p_{k}" for k, c in enumerate(a["captures"])})
     for root, (i, nodes) in post.items():
         for m in nodes:
             n = raw.node(m)
             seq = i < n_seq
-            v = f"g_{i}" if m == root and seq else f"_r{len(big)}"
-            if m != root or not seq:
-                shape = "np.empty((B, T_) + %s, T)" % _shape(n.shape[1:]) if seq else \
-                    f"np.empty({_shape(n.shape)}, T)"
-                w(f"{v} = {shape}")
+            v = f"_r{len(big)}"
+            w(f"{v} = np.empty({'(T_,) + ' if seq else ''}{_shape(n.shape)}, T)")
             w(f"# {m} = {n.op}, over all steps")
             if n.op == "add":
                 w(f"{v}[...] = {big[n.inputs[0]]} + {big[n.inputs[1]]}")
@@ -624,6 +620,9 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
             big[m] = v
         if i >= n_seq:
             w(f"g_{i} += {big[root]}")
+        else:                       # time-major rows back to [B, T, ...]
+            axes = (1, 0) + tuple(range(2, len(raw.shape(root)) + 1))
+            w(f"g_{i}[...] = {big[root]}.transpose({axes})")
     return w.function(fname, args), w
 
 
@@ -647,15 +646,17 @@ def run_loop(node, dtype: str, *xs):
     a, body = node.attrs, node.attrs["body"]
     B, T_ = xs[0].shape[:2]
 
-    def arr(nid, time):
+    def arr(nid, time=None):
         s = tuple(B if d == "B" else d for d in body.shape(nid))
-        if time:
+        if time == "seq":
             s = (s[0], T_) + s[1:]
+        elif time == "carry":                  # time-major
+            s = (T_,) + s
         dt = body.dtype_of(nid)
         return np.zeros(s, dtype if dt.startswith("float") else dt)
-    outs = [arr(body.outputs[k], True) for k in a["outputs"]]
-    fins = [arr(body.outputs["state:" + st["name"]], False) for st in a["states"]]
-    cars = [arr(c, True) for c in a["state_inputs"]]
+    outs = [arr(body.outputs[k], "seq") for k in a["outputs"]]
+    fins = [arr(body.outputs["state:" + st["name"]]) for st in a["states"]]
+    cars = [arr(c, "carry") for c in a["state_inputs"]]
     ins = [np.ascontiguousarray(x) for x in xs[:n_inputs(a)]]
     mod.run(*ins, *outs, *fins, *cars)
     return {"seq": outs, "final": fins, "carry": cars}

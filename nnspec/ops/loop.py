@@ -15,8 +15,10 @@ A `loop` node (built by frontend/lower.py `run_cell`) has
                           mask 0 an example keeps its state and emits zeros
             bptt          optional k: truncated backpropagation (see `loop_grad`)
     value   {"seq": [out_k [B, T, ...]], "final": [state_s [B, ...]],
-             "carry": [state_s before each step, [B, T, ...]],
-             "saved": body node id -> its value at every step [B, T, ...]}
+             "carry": [state_s before each step, [T, B, ...]],
+             "saved": body node id -> its value at every step [T, B, ...]}
+            Carries and saved values are time-major: only the loop's backward
+            reads them, one step (a contiguous [B, ...] block) at a time.
 
 `loop_output(loop; kind, index)` picks `value[kind][index]`.  Carries are kept
 batch-first like every activation (axis 0 is B); the backward pass reads them.
@@ -32,7 +34,7 @@ loop the gradients of its `loop_output` readers as a dict keyed by
 Saved activations: the body values the backward step reads (gate
 activations, tanh(c), ...) are kept from the forward pass, one [B, T, ...]
 buffer each (`loop_output(kind="saved", node=<body id>)`, inputs of the
-loop_grad after its seeds), so the compiled backward does not run the forward
+loop_grad after its seeds, [T, B, ...]), so the compiled backward does not run the forward
 step again: memory is O(T * those values), the backward costs only its own
 GEMMs.  (The NumPy reference of loop_grad recomputes them.)
 """
@@ -91,7 +93,12 @@ def output_shape(graph, loop_id: str, kind: str, index: int) -> tuple[tuple, str
     else:
         o = n.attrs["state_inputs"][index]
     s = body.shape(o)
-    shape = s if kind == "final" else (s[0], seq[1], *s[1:])
+    if kind == "final":
+        shape = s
+    elif kind == "seq":
+        shape = (s[0], seq[1], *s[1:])
+    else:                         # carry: time-major, read one step at a time
+        shape = (seq[1], s[0], *s[1:])
     return tuple(shape), body.dtype_of(o)
 
 
@@ -103,7 +110,7 @@ class _Saved:
         self.per_step = per_step
 
     def __getitem__(self, nid):
-        return np.stack([v[nid] for v in self.per_step], axis=1)
+        return np.stack([v[nid] for v in self.per_step], axis=0)
 
 
 def saved_values(body, bwd) -> list:
@@ -166,7 +173,7 @@ class Loop(Op):
             for k, y in enumerate(ys):
                 outs[k][t] = y
         return {"seq": [np.stack(o, axis=1) for o in outs], "final": state,
-                "carry": [np.stack(c, axis=1) for c in carries],
+                "carry": [np.stack(c, axis=0) for c in carries],
                 "saved": _Saved(per_step)}
 
     def grad(self, gb, node, g):
@@ -219,7 +226,7 @@ register(LoopOutput())
 class LoopGrad(Op):
     """Backpropagation through time over a loop's steps, in reverse.
 
-    inputs  the forward loop's inputs, then its carries ([B, T, ...] per state),
+    inputs  the forward loop's inputs, then its carries ([T, B, ...] per state),
             then one cotangent per key of attrs.seeds
     attrs   the forward loop's attrs, plus
             bwd     Graph: the body, seed inputs ("d[<body output key>]") and the
@@ -274,7 +281,7 @@ class LoopGrad(Op):
         for i, t in reversed(list(steps(attrs, T))):
             feeds = dict(fixed)
             feeds.update({sid: x[:, t] for sid, x in zip(attrs["seq_inputs"], seqs)})
-            feeds.update({c: carries[s][:, t] for s, c in enumerate(attrs["state_inputs"])})
+            feeds.update({c: carries[s][t] for s, c in enumerate(attrs["state_inputs"])})
             m = mask[:, t] if mask is not None else None
             for s, key in enumerate(state_keys):
                 gs = gstate[s]
@@ -373,7 +380,7 @@ def build_loop_grad(gb, node, g):
     kept = []
     for j, nid in enumerate(saved):
         s = attrs["body"].shape(nid)
-        shape, dtype = (s[0], graph.shape(node.inputs[0])[1], *s[1:]), attrs["body"].dtype_of(nid)
+        shape, dtype = (graph.shape(node.inputs[0])[1], *s), attrs["body"].dtype_of(nid)
         kept.append(gb.add("loop_output", (node.id,), {"kind": "saved", "index": j, "node": nid,
                                                         "shape": shape, "dtype": dtype},
                            shape=shape, dtype=dtype))
