@@ -50,17 +50,30 @@ def _sigmoid32(x):
     return T(0.5) + T(0.5) * _tanh32(T(0.5) * x)
 """
 PAR_MIN_EW_EXAMPLE = 2048  # ... if they have at least this many elements per example
+PAR_MIN_LOOP_STEP = 1 << 20  # a loop's steps count towards that only when one step
+                             # (all its examples) is at least this: smaller GEMMs lose
+                             # more to waking the second thread at every step than they gain
 PAR_MIN_WORK = 1 << 20     # steps of fewer multiply-adds run on one thread: waking a
                            # second one costs more than it saves (and far more when the
                            # machine is busy)
 
 
-def work_estimate(graph) -> tuple[int, int]:
-    """(multiply-adds per example, fixed ones) of one run of the graph: each
-    op's `macs`, or one per output element."""
-    per_ex = fixed = 0
+def work_estimate(graph) -> tuple[int, int, int, int]:
+    """(multiply-adds per example, fixed ones, those of loops per example,
+    the largest loop step's per example) of one run of the graph: each op's
+    `macs`, or one per output element; a loop counts its body once per step
+    (T from its input, 32 when symbolic), its backward twice."""
+    per_ex = fixed = loops = step = 0
     for n in graph.nodes():
         if n.op in ("input", "param", "state", "const"):
+            continue
+        if n.op in ("loop", "loop_grad"):
+            T = graph.shape(n.inputs[0])[1]
+            b_ex, b_fixed, _, _ = work_estimate(n.attrs["body"])
+            k = 2 if n.op == "loop_grad" else 1
+            loops += k * (T if isinstance(T, int) else 32) * b_ex
+            step = max(step, k * b_ex)
+            fixed += b_fixed
             continue
         ins = [graph.shape(i) for i in n.inputs]
         m = 0
@@ -78,7 +91,7 @@ def work_estimate(graph) -> tuple[int, int]:
             per_ex += m
         else:
             fixed += m
-    return per_ex, fixed
+    return per_ex, fixed, loops, step
 
 
 def _prod_expr(dims) -> str:

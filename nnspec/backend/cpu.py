@@ -18,7 +18,7 @@ import threading
 
 from ..passes.pipeline import build
 from . import cache
-from .codegen import PAR_MIN_WORK, StepWriter, work_estimate
+from .codegen import PAR_MIN_LOOP_STEP, PAR_MIN_WORK, StepWriter, work_estimate
 
 _threads = threading.local()
 
@@ -146,8 +146,11 @@ class CompiledStep:
             self._steps = key[1]
         bound = self._bound.get(key)
         if bound is None:       # first call at this batch size: arenas and threads
-            per_ex, fixed = self._work
-            n = 1 if batch * per_ex + fixed < PAR_MIN_WORK else 0
+            per_ex, fixed, loops, step = self._work
+            work = batch * per_ex + fixed
+            if batch * step >= PAR_MIN_LOOP_STEP:
+                work += batch * loops
+            n = 1 if work < PAR_MIN_WORK else 0
             bound = self._bound[key] = (tuple(self.arenas(batch, self._steps)), n)
         arenas, n = bound
         if getattr(_threads, "n", None) != n:
