@@ -125,11 +125,12 @@ def _prologue(w: _Writer, a: dict, graph, names: dict) -> dict:
     w("T_ = x_0.shape[1]")
     for k, c in enumerate(a["captures"]):
         names[c] = f"p_{k}"
+    _wcats(w, graph, names)
     for k, sid in enumerate(a["seq_inputs"]):
         axes = (1, 0) + tuple(range(2, len(graph.shape(sid)) + 1))
         w(f"xt_{k} = np.ascontiguousarray(x_{k}.transpose({axes}))")
         names[sid] = f"xt_{k}[t]"
-    step_ids, caps = set(a["seq_inputs"]), set(a["captures"])
+    step_ids, caps = set(a["seq_inputs"]), _weight_like(graph, a["captures"])
     hoisted = {}
     for n in graph.nodes():
         if _hoistable(graph, n, step_ids, caps):
@@ -177,12 +178,23 @@ def _prune(graph, roots):
 
 
 def _wcats(w: _Writer, graph, names: dict):
-    """The stacked weights of merged GEMMs (`_merge_gemms`), once per call."""
-    for n in graph.nodes():
-        if n.op == "input" and n.attrs.get("kind") == "wcat":
-            names[n.id] = f"wc{len(names)}"
-            parts = ", ".join(names[p] for p in n.attrs["parts"])
-            w(f"{names[n.id]} = np.concatenate(({parts},))")
+    """The weights of merged and split GEMMs (`_merge_gemms`, `_split_concat`),
+    made once per call, each after the weights it is made from."""
+    todo = [n for n in graph.nodes()
+            if n.op == "input" and n.attrs.get("kind") in ("wcat", "wslice")]
+    while todo:
+        n = todo.pop(0)
+        a = n.attrs
+        srcs = a["parts"] if a["kind"] == "wcat" else [a["src"]]
+        if any(p not in names for p in srcs):
+            todo.append(n)
+            continue
+        names[n.id] = f"wc{len(names)}"
+        if a["kind"] == "wcat":
+            w(f"{names[n.id]} = np.concatenate(({', '.join(names[p] for p in srcs)},))")
+        else:
+            w(f"{names[n.id]} = np.ascontiguousarray("
+              f"{names[a['src']]}[:, {a['start']}:{a['stop']}])")
 
 
 def _buffers(w: _Writer, graph, names: dict, hoisted: dict, skip=()) -> list:
@@ -205,8 +217,69 @@ def _optimise(graph, roots, caps, skip=()):
     fused into one loop each (`roots`: the values read after the body runs;
     `caps`: the captured inputs; `skip`: nodes computed after the loop)."""
     from ..passes import canonical, fusion
-    g = _merge_gemms(canonical.split_bias(graph), set(caps), set(skip))
+    g = _split_concat(canonical.split_bias(graph), set(caps))
+    g = _merge_gemms(g, set(caps), set(skip))
+    g = _narrow_products(g, set(caps), set(skip))
     return fusion.fuse_elementwise(g, roots)
+
+
+def _weight_like(graph, caps) -> set:
+    """Captured weights and the ones derived from them before the loop."""
+    return set(caps) | {n.id for n in graph.nodes() if n.op == "input"
+                        and n.attrs.get("kind") in ("wcat", "wslice")}
+
+
+def _derived(g, kind: str, attrs: dict, shape, dtype, cache: dict) -> str:
+    """An input node of the rebuilt graph `g` for weights made before the
+    loop: "wcat" (attrs.parts stacked along axis 0) or "wslice" (columns
+    start:stop of attrs.src); one per distinct recipe."""
+    from ..passes.util import add_raw
+    key = (kind, repr(sorted(attrs.items())))
+    if key not in cache:
+        cache[key] = add_raw(g, g.unique(kind), "input", (), {"kind": kind, **attrs},
+                             shape, dtype)
+    return cache[key]
+
+
+def _split_concat(graph, caps: set):
+    """linear(concat(a, x[t]), W) -> linear(a, W[:, :na]) + linear(x[t], W[:, na:])
+    (a concatenation along the features, W captured): the step input's part
+    is then hoisted out of the loop, and the GEMM left in the loop is smaller
+    (an LSTM written with concat(h[t-1], x[t]))."""
+    from ..passes.util import add_raw, copy_node, empty_like
+    w_like = _weight_like(graph, caps)
+
+    def splittable(n):
+        if n.op != "linear" or len(n.inputs) != 2 or n.inputs[1] not in w_like:
+            return False
+        c = graph.node(n.inputs[0])
+        if c.op != "concat" or c.attrs.get("axis", 1) % len(c.shape) != len(c.shape) - 1:
+            return False
+        return any(graph.node(i).attrs.get("kind") == "step" for i in c.inputs)
+    todo = [n.id for n in graph.nodes() if splittable(n)]
+    if not todo:
+        return graph
+    g, cache = empty_like(graph), {}
+    for n in graph.nodes():
+        if n.id not in todo:
+            copy_node(g, graph, n.id)
+            continue
+        c = graph.node(n.inputs[0])
+        w = n.inputs[1]
+        rows, off, parts = graph.shape(w)[0], 0, []
+        for i in c.inputs:
+            k = graph.shape(i)[-1]
+            ws = _derived(g, "wslice", {"src": w, "start": off, "stop": off + k},
+                          (rows, k), graph.dtype_of(w), cache)
+            parts.append(add_raw(g, g.unique(f"{n.id}.part"), "linear", (i, ws),
+                                 {"bias": False}, n.shape, n.dtype, n.layer, n.loc))
+            off += k
+        acc = parts[0]
+        for j, q in enumerate(parts[1:]):
+            last = j == len(parts) - 2
+            acc = add_raw(g, n.id if last else g.unique(f"{n.id}.sum"), "add", (acc, q), {},
+                          n.shape, n.dtype, n.layer, n.loc)
+    return g
 
 
 def _merge_gemms(graph, caps: set, skip: set = frozenset()):
@@ -215,12 +288,13 @@ def _merge_gemms(graph, caps: set, skip: set = frozenset()):
 
     forward   y_k = linear(x, W_k), x not a step input (those are hoisted)
               -> y = linear(x, Wcat) [.., sum n_k]; y_k = slice of y
-    backward  add-tree of matmul(g_k, W_k)   (dx = sum_k g_k W_k)
-              -> cat = colcat(g_k...) [.., sum n_k]; dx = matmul(cat, Wcat)
+    backward  add-tree with leaves matmul(g_k, W_k)   (dx = sum_k g_k W_k + ...)
+              -> cat = colcat(g_k...) [.., sum n_k]; matmul(cat, Wcat) + ...
 
-    Wcat is an input node of kind "wcat" (attrs.parts: the captures stacked
+    Wcat is an input node of kind "wcat" (attrs.parts: the weights stacked
     along axis 0), filled once per call before the loop."""
     from ..passes.util import add_raw, copy_node, empty_like
+    caps = _weight_like(graph, caps)
     fwd: dict[str, list] = {}
     for n in graph.nodes():
         if (n.op == "linear" and len(n.inputs) == 2 and n.inputs[1] in caps
@@ -228,43 +302,44 @@ def _merge_gemms(graph, caps: set, skip: set = frozenset()):
             fwd.setdefault(n.inputs[0], []).append(n.id)
     fwd = {x: ms for x, ms in fwd.items() if len(ms) > 1}
 
-    def leaves(nid, out, top):
+    def plain_mm(nid):
         n = graph.node(nid)
-        if not top and len(graph.consumers(nid)) != 1:
-            return False
-        if n.op == "add" and len(n.inputs) == 2 and n.inputs[0] != n.inputs[1] \
-                and tuple(graph.shape(n.inputs[0])) == tuple(graph.shape(n.inputs[1])):
-            return all(leaves(i, out, False) for i in n.inputs)
-        if (n.op == "matmul" and not n.attrs.get("ta") and not n.attrs.get("tb")
-                and n.inputs[1] in caps and not top):
-            out.append(nid)
-            return True
-        return False
+        return (n.op == "matmul" and not n.attrs.get("ta") and not n.attrs.get("tb")
+                and n.inputs[1] in caps and len(graph.consumers(nid)) == 1)
 
-    bwd, inner = {}, set()
+    def tree(nid, top, leaves, inner):
+        n = graph.node(nid)
+        if (n.op == "add" and len(n.inputs) == 2 and n.inputs[0] != n.inputs[1]
+                and (top or len(graph.consumers(nid)) == 1)
+                and tuple(graph.shape(n.inputs[0])) == tuple(graph.shape(n.inputs[1]))
+                == tuple(n.shape)):
+            inner.add(nid)
+            for i in n.inputs:
+                tree(i, False, leaves, inner)
+        else:
+            leaves.append(nid)
+
+    bwd, gone_bwd = {}, set()
     for n in reversed(list(graph.nodes())):
-        if n.id in inner or n.id in skip or n.op != "add":
+        if n.id in gone_bwd or n.id in skip or n.op != "add":
             continue
-        ls = []
-        if leaves(n.id, ls, True) and len(ls) > 1:
-            bwd[n.id] = ls
-            inner |= nx_ancestors_within(graph, n.id, set(ls))
+        leaves, inner = [], set()
+        tree(n.id, True, leaves, inner)
+        mms = [m for m in leaves if plain_mm(m)]
+        if len(mms) > 1:
+            bwd[n.id] = (mms, [m for m in leaves if m not in mms])
+            gone_bwd |= inner | set(mms)
     if not fwd and not bwd:
         return graph
-    g = empty_like(graph)
-    wcats: dict[tuple, str] = {}
+    g, cache = empty_like(graph), {}
 
     def wcat(parts):
-        parts = tuple(parts)
-        if parts not in wcats:
-            rows = sum(graph.shape(p)[0] for p in parts)
-            wcats[parts] = add_raw(g, g.unique("wcat"), "input", (),
-                                   {"kind": "wcat", "parts": list(parts)},
-                                   (rows,) + tuple(graph.shape(parts[0])[1:]),
-                                   graph.dtype_of(parts[0]))
-        return wcats[parts]
+        rows = sum(graph.shape(p)[0] for p in parts)
+        return _derived(g, "wcat", {"parts": list(parts)},
+                        (rows,) + tuple(graph.shape(parts[0])[1:]), graph.dtype_of(parts[0]),
+                        cache)
     first = {ms[0]: x for x, ms in fwd.items()}
-    gone = {m for ms in fwd.values() for m in ms} | inner
+    gone = {m for ms in fwd.values() for m in ms} | gone_bwd
     for n in graph.nodes():
         if n.id in first:
             ms = fwd[first[n.id]]
@@ -281,29 +356,56 @@ def _merge_gemms(graph, caps: set, skip: set = frozenset()):
                         graph.shape(m), n.dtype, n.layer, n.loc)
                 off += k
         elif n.id in bwd:
-            ls = [graph.node(m) for m in bwd[n.id]]
+            mms, others = bwd[n.id]
+            ls = [graph.node(m) for m in mms]
             wc = wcat([m.inputs[1] for m in ls])
             gs = [m.inputs[0] for m in ls]
             shape = tuple(graph.shape(gs[0])[:-1]) + (g.shape(wc)[0],)
             cat = add_raw(g, g.unique(f"{n.id}.cat"), "colcat", gs, {}, shape, n.dtype,
                           n.layer, n.loc)
-            add_raw(g, n.id, "matmul", (cat, wc), {}, n.shape, n.dtype, n.layer, n.loc)
+            acc = add_raw(g, n.id if not others else g.unique(f"{n.id}.merged"), "matmul",
+                          (cat, wc), {}, n.shape, n.dtype, n.layer, n.loc)
+            for j, o in enumerate(others):
+                acc = add_raw(g, n.id if j == len(others) - 1 else g.unique(f"{n.id}.sum"),
+                              "add", (acc, o), {}, n.shape, n.dtype, n.layer, n.loc)
         elif n.id not in gone:
             copy_node(g, graph, n.id)
     return g
 
 
-def nx_ancestors_within(graph, root: str, stop: set) -> set:
-    """The nodes of the add-tree under `root`, its leaves `stop` included."""
-    out, todo = set(), [root]
-    while todo:
-        nid = todo.pop()
-        for i in graph.node(nid).inputs:
-            if i not in out:
-                out.add(i)
-                if i not in stop:
-                    todo.append(i)
-    return out
+def _narrow_products(graph, caps: set, skip: set = frozenset()):
+    """A product matmul(a, W) of which only column slices are read (the part
+    of a concatenation's gradient a state needs, the input's part unused) is
+    formed for those columns only: matmul(a, W[:, start:stop]) per slice."""
+    from ..passes.util import add_raw, copy_node, empty_like
+    caps = _weight_like(graph, caps)
+    cols = {}
+    for n in graph.nodes():
+        readers = [graph.node(c) for c in graph.consumers(n.id)]
+        if (n.op == "matmul" and not n.attrs.get("ta") and not n.attrs.get("tb")
+                and n.inputs[1] in caps and n.id not in skip and readers
+                and all(r.op == "slice" and r.id not in skip
+                        and r.attrs.get("axis", 1) % len(r.shape) == len(r.shape) - 1
+                        for r in readers)
+                and sum(r.shape[-1] for r in readers) < n.shape[-1]):
+            cols[n.id] = [r.id for r in readers]
+    if not cols:
+        return graph
+    sliced = {r: p for p, rs in cols.items() for r in rs}
+    g, cache = empty_like(graph), {}
+    for n in graph.nodes():
+        if n.id in cols:
+            continue
+        if n.id not in sliced:
+            copy_node(g, graph, n.id)
+            continue
+        a, w = graph.node(sliced[n.id]).inputs
+        start, stop = n.attrs.get("start") or 0, n.attrs.get("stop")
+        stop = graph.shape(w)[-1] if stop is None else stop
+        ws = _derived(g, "wslice", {"src": w, "start": start, "stop": stop},
+                      (graph.shape(w)[0], stop - start), graph.dtype_of(w), cache)
+        add_raw(g, n.id, "matmul", (a, ws), {}, n.shape, n.dtype, n.layer, n.loc)
+    return g
 
 
 def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
@@ -384,7 +486,6 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
     args += [f"car_{s}" for s in range(S)] + [f"sv_{j}" for j in range(len(saved))]
     names = {}
     hoisted = _prologue(w, a, body, names)
-    _wcats(w, body, names)
     for s, (spec, cid) in enumerate(zip(a["states"], a["state_inputs"])):
         if spec["init"] == "input":
             w(f"h_{s} = i_{spec['index']}.copy()")
@@ -526,7 +627,6 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
         skip = {m for _, nodes in post.values() for m in nodes}
         bwd = _optimise(bwd, roots + list(stacks), a["captures"], skip)
     hoisted = _prologue(w, a, bwd, names)
-    _wcats(w, bwd, names)
     for j, nid in enumerate(saved):
         names[nid] = f"sv_{j}[t]"
     for s, cid in enumerate(a["state_inputs"]):
