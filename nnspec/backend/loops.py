@@ -424,7 +424,10 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             w(f"{v}.reshape(-1, {n.shape[-1]})[:] = {src}.reshape(-1, {k})"
               f"[:, {n.attrs['start']}:{n.attrs['stop']}]", ind)
             continue
-        if n.op == "colcat":
+        # columns side by side: colcat, and a concat of features (plain copies,
+        # not the concat kernel's parallel loop at every step)
+        if n.op == "colcat" or (n.op == "concat" and n.attrs.get("axis", 1) % len(n.shape)
+                                == len(n.shape) - 1):
             off = 0
             for i in n.inputs:
                 k = graph.shape(i)[-1]
