@@ -454,7 +454,10 @@ class StepWriter:
         body = self.fused_body(n)
         for suffix, par in (("", False), ("p", True))[:2 if par else 1]:
             rng = "prange" if par else "range"
-            h(f"@njit(cache=True, error_model='numpy'{', parallel=True' if par else ''})")
+            # a loop body's fused loops are inlined into the loop (a call per
+            # step and op costs more than a small loop's work)
+            inline = ", inline='always'" if name.startswith("_lfused") else ""
+            h(f"@njit(cache=True, error_model='numpy'{', parallel=True' if par else ''}{inline})")
             if nested and rows:
                 h(f"def {name}{suffix}(n0, n1, o, {ins}):")
                 for ln in loads_scalar:
