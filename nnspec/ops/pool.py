@@ -254,12 +254,38 @@ def _win(o, s, p, k, n):
 
 
 @kernel
+def _maxpool_tiled(x4, o4, s4, want_sw, kh, kw, Ho, Wo):
+    B, C, H, W = x4.shape
+    for b in range(B):
+        for c in range(C):
+            for oy in range(Ho):
+                for ox in range(Wo):
+                    y0, x0 = oy * kh, ox * kw
+                    best = x4[b, c, y0, x0]
+                    at = y0 * W + x0
+                    for yy in range(y0, y0 + kh):
+                        xrow = x4[b, c, yy]
+                        for xx in range(x0, x0 + kw):
+                            v = xrow[xx]
+                            if v > best:
+                                best = v
+                                at = yy * W + xx
+                    if want_sw:
+                        s4[b, c, oy, ox] = at
+                    else:
+                        o4[b, c, oy, ox] = best
+
+
+@kernel
 def _maxpool(x, out, sw, want_sw, kern, stride, pad):
     x4, o4 = _as4(x), _as4(out)
     s4 = _as4(sw)
     B, C, H, W = x4.shape
     Ho = s4.shape[2] if want_sw else o4.shape[2]
     Wo = s4.shape[3] if want_sw else o4.shape[3]
+    if _tiled(kern, stride, pad, Ho, Wo, H, W):
+        _maxpool_tiled(x4, o4, s4, want_sw, kern[0], kern[1], Ho, Wo)
+        return
     for t in range(B * C):
         b = t // C
         c = t % C
@@ -327,11 +353,66 @@ def gather_switches(g, sw, out):
 
 
 @kernel
+def _tiled(kern, stride, pad, Ho, Wo, H, W):
+    """Windows that tile the input: stride = kernel, no padding, every window
+    inside (LeNet's 2x2 pools): a fast path of plain row loops."""
+    return (stride[0] == kern[0] and stride[1] == kern[1] and pad[0] == 0 and pad[1] == 0
+            and Ho * kern[0] <= H and Wo * kern[1] <= W)
+
+
+@kernel
+def _avgpool_tiled(x4, o4, kh, kw):
+    B, C, H, W = x4.shape
+    Ho, Wo = o4.shape[2], o4.shape[3]
+    T = o4.dtype.type
+    r = T(1) / T(kh * kw)
+    for b in range(B):
+        for c in range(C):
+            for oy in range(Ho):
+                orow = o4[b, c, oy]
+                for ox in range(Wo):
+                    orow[ox] = T(0)
+                for ky in range(kh):
+                    xrow = x4[b, c, oy * kh + ky]
+                    for ox in range(Wo):
+                        acc = T(0)
+                        for kx in range(kw):
+                            acc += xrow[ox * kw + kx]
+                        orow[ox] += acc
+                for ox in range(Wo):
+                    orow[ox] *= r
+
+
+@kernel
+def _avgpool_grad_tiled(g4, d4, kh, kw):
+    B, C, H, W = d4.shape
+    Ho, Wo = g4.shape[2], g4.shape[3]
+    T = d4.dtype.type
+    r = T(1) / T(kh * kw)
+    for b in range(B):
+        for c in range(C):
+            for y in range(H):
+                for x in range(W):
+                    d4[b, c, y, x] = T(0)
+            for oy in range(Ho):
+                grow = g4[b, c, oy]
+                for ky in range(kh):
+                    drow = d4[b, c, oy * kh + ky]
+                    for ox in range(Wo):
+                        v = grow[ox] * r
+                        for kx in range(kw):
+                            drow[ox * kw + kx] = v
+
+
+@kernel
 def avgpool(x, out, kern, stride, pad, include_pad):
     x4, o4 = _as4(x), _as4(out)
     B, C, H, W = x4.shape
     Ho, Wo = o4.shape[2], o4.shape[3]
     T = out.dtype.type
+    if _tiled(kern, stride, pad, Ho, Wo, H, W):
+        _avgpool_tiled(x4, o4, kern[0], kern[1])
+        return
     for t in range(B * C):
         b = t // C
         c = t % C
@@ -353,6 +434,9 @@ def avgpool_grad(g, x, out, kern, stride, pad, include_pad):
     B, C, H, W = d4.shape
     Ho, Wo = g4.shape[2], g4.shape[3]
     T = out.dtype.type
+    if _tiled(kern, stride, pad, Ho, Wo, H, W):
+        _avgpool_grad_tiled(g4, d4, kern[0], kern[1])
+        return
     for t in range(B * C):
         b = t // C
         c = t % C
