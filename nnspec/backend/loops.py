@@ -474,12 +474,14 @@ def loop_args(a: dict) -> list:
 
 
 def loop_function(node, dtype: str, fname: str = "run", namer=None,
-                  saved=()) -> tuple[str, _Writer]:
+                  saved=(), unused=()) -> tuple[str, _Writer]:
     """(source of the @njit function `fname`, its writer) running a `loop`
     node's forward: fname(seq..., init..., captures..., [mask], out..., final...,
     carry..., saved...) -- `saved`: body ids whose value at every step goes
     into a [T, B, ...] buffer for the backward (ops/loop.py); a saved value
-    is computed in place, in its block at step t."""
+    is computed in place, in its block at step t; `unused`: output indices
+    nothing reads (the sequence of a cell whose final state alone is used),
+    not written."""
     a, body = node.attrs, node.attrs["body"]
     if namer is not None:
         body = _optimise(body, list(body.outputs.values()) + list(saved), a["captures"])
@@ -514,6 +516,8 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
     if a.get("mask"):
         w("m = mask[:, t]", 2)
         for k, o in enumerate(outs):
+            if k in unused:
+                continue
             w(f"_y = np.empty_like({o})", 2)
             _scale_rows(w, "m", o, "_y", 2)
             w(f"out_{k}[:, t] = _y", 2)
@@ -523,7 +527,8 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
             w(f"h_{s}[:] = _h", 2)
     else:
         for k, o in enumerate(outs):
-            w(f"out_{k}[:, t] = {o}", 2)
+            if k not in unused:
+                w(f"out_{k}[:, t] = {o}", 2)
         # all new states are computed before any carry buffer is overwritten;
         # a copy is needed only when a new state is another state's carry
         carried = {f"h_{s}" for s in range(S)}
@@ -782,17 +787,21 @@ def emit_step(sw, body, n, ind: int) -> None:
     buffers of its inputs and of its `loop_output` readers (which every
     result has: passes/loop_results.py)."""
     g = sw.g
-    res = {}
+    res, read = {}, set()
+    kept = set(sw.b.roots) | set(g.outputs.values())
     for c in g.consumers(n.id):
         r = g.node(c)
         res[(r.attrs["kind"], r.attrs["index"])] = f"v{sw.k(c)}"
+        if g.consumers(c) or c in kept:
+            read.add((r.attrs["kind"], r.attrs["index"]))
     a = n.attrs
     fname = f"_loop{sw.k(n.id)}"
     if n.op == "loop":
         saved = sorted((g.node(c).attrs["index"], g.node(c).attrs["node"], res[("saved", j)])
                        for c in g.consumers(n.id)
                        for j in [g.node(c).attrs["index"]] if g.node(c).attrs["kind"] == "saved")
-        src, _ = loop_function(n, sw.dtype, fname, sw, [nid for _, nid, _ in saved])
+        unused = {k for k in range(len(a["outputs"])) if ("seq", k) not in read}
+        src, _ = loop_function(n, sw.dtype, fname, sw, [nid for _, nid, _ in saved], unused)
         outs = [res[("seq", k)] for k in range(len(a["outputs"]))]
         outs += [res[("final", s)] for s in range(len(a["states"]))]
         outs += [res[("carry", s)] for s in range(len(a["states"]))]
