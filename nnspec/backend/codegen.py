@@ -25,6 +25,13 @@ from ..ops import get_op
 from ..passes.fusion import block_pattern, member_expr
 
 PAR_MIN_EW = 1 << 15       # elementwise loops at least this long run in parallel
+PAR_MIN_EW_EXAMPLE = 2048  # ... if they have at least this many elements per example
+PAR_MIN_WORK = 1 << 20     # steps of fewer multiply-adds run on one thread: waking a
+                           # second one costs more than it saves (and far more when the
+                           # machine is busy)
+PAR_MIN_LOOP_STEP = 1 << 20  # a loop's steps count towards that only when one step
+                             # (all its examples) is at least this: smaller GEMMs lose
+                             # more to waking the second thread at every step than they gain
 
 # float32 tanh and sigmoid in fused loops: a rational minimax fit,
 # tanh(x) ~ x P(x^2) / Q(x^2) on |x| <= 9 (beyond, tanh rounds to +-1 in
@@ -49,13 +56,7 @@ def _tanh32(x):
 def _sigmoid32(x):
     return T(0.5) + T(0.5) * _tanh32(T(0.5) * x)
 """
-PAR_MIN_EW_EXAMPLE = 2048  # ... if they have at least this many elements per example
-PAR_MIN_LOOP_STEP = 1 << 20  # a loop's steps count towards that only when one step
-                             # (all its examples) is at least this: smaller GEMMs lose
-                             # more to waking the second thread at every step than they gain
-PAR_MIN_WORK = 1 << 20     # steps of fewer multiply-adds run on one thread: waking a
-                           # second one costs more than it saves (and far more when the
-                           # machine is busy)
+FAST32_OPS = {"tanh": "_tanh32(a)", "sigmoid": "_sigmoid32(a)"}   # op -> float32 expression
 
 
 def work_estimate(graph) -> tuple[int, int, int, int]:
@@ -145,6 +146,7 @@ class StepWriter:
         self.modules: dict[str, str] = {}     # module name -> alias
         self.consts: list[str] = []           # module-level constant definitions
         self.helpers = Source()
+        self.loop_fused = 0                   # helpers written for loop bodies (_lfused<k>)
         self.var: dict[str, int] = {}
         self.arenas = sorted(set(self.plan.fixed) | set(self.plan.per_example))
 
@@ -392,7 +394,8 @@ class StepWriter:
                     lo, hi = p[1:]
                     sizes += [_prod_expr(out_shape[hi + 1:]), _prod_expr(out_shape[lo:hi + 1])]
         par = self.parallel_worth(out_shape) and not in_loop
-        self.write_fused(name, n, pats, len(blocks) == 1, par, rows=len(sizes) == 2)
+        self.write_fused(name, n, pats, len(blocks) == 1, par, rows=len(sizes) == 2,
+                         inline=in_loop)
         args = ", ".join(sizes + [out] + ins)
         what = f"# {n.id} = fused {'+'.join(n.attrs['ops'])}"
         if par:
@@ -417,35 +420,29 @@ class StepWriter:
     def fused_body(self, n) -> list[str]:
         lines = []
         for j, m in enumerate(n.attrs["body"]):
-            expr = member_expr(m["op"], m["attrs"])
+            if self.dtype == "float32" and m["op"] in FAST32_OPS:
+                expr = FAST32_OPS[m["op"]]
+            else:
+                expr = member_expr(m["op"], m["attrs"])
             ren = {v: (f"x{a[2:]}" if a.startswith("in") else a)
                    for v, a in zip(("a", "b", "c"), m["args"])}
-
-            fast_tanh = self.dtype == "float32"
-            if fast_tanh and m["op"] == "sigmoid":
-                expr = "_sigmoid32(a)"
 
             class R(ast.NodeTransformer):
                 def visit_Name(self, node):
                     if node.id in ren:
                         return ast.copy_location(ast.Name(ren[node.id], ast.Load()), node)
                     return node
-
-                def visit_Call(self, node):
-                    self.generic_visit(node)
-                    f = node.func
-                    if (fast_tanh and isinstance(f, ast.Attribute) and f.attr == "tanh"
-                            and isinstance(f.value, ast.Name) and f.value.id == "np"):
-                        node.func = ast.Name("_tanh32", ast.Load())
-                    return node
             lines.append(f"t{j} = {ast.unparse(R().visit(ast.parse(expr, mode='eval')))}")
         lines.append(f"o[k] = t{len(n.attrs['body']) - 1}")
         return lines
 
-    def write_fused(self, name, n, pats, nested: bool, par: bool, rows: bool = False):
+    def write_fused(self, name, n, pats, nested: bool, par: bool, rows: bool = False,
+                    inline: bool = False):
         """nested: one broadcast block (a bias) read once per run of the inner
         loop; rows: that block is the trailing axes, so the inner loop runs
-        along it (vectorised) instead of over a run of length 1."""
+        along it (vectorised) instead of over a run of length 1; inline: the
+        helper is inlined into its caller (a loop body's, where a call per
+        step and op costs more than a small loop's work)."""
         nin = len(n.inputs)
         ins = ", ".join(f"i{j}" for j in range(nin))
         h = self.helpers
@@ -454,10 +451,8 @@ class StepWriter:
         body = self.fused_body(n)
         for suffix, par in (("", False), ("p", True))[:2 if par else 1]:
             rng = "prange" if par else "range"
-            # a loop body's fused loops are inlined into the loop (a call per
-            # step and op costs more than a small loop's work)
-            inline = ", inline='always'" if name.startswith("_lfused") else ""
-            h(f"@njit(cache=True, error_model='numpy'{', parallel=True' if par else ''}{inline})")
+            inl = ", inline='always'" if inline else ""
+            h(f"@njit(cache=True, error_model='numpy'{', parallel=True' if par else ''}{inl})")
             if nested and rows:
                 h(f"def {name}{suffix}(n0, n1, o, {ins}):")
                 for ln in loads_scalar:

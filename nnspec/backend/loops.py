@@ -39,6 +39,7 @@ import numpy as np
 
 from ..ops import get_op
 from ..ops.loop import n_inputs
+from ..passes import dce
 
 
 def _shape(shape) -> str:
@@ -163,38 +164,24 @@ def _with_saved(bwd, saved):
     return g
 
 
-def _prune(graph, roots):
-    """Only the nodes `roots` need (every input kept: the writer names them)."""
-    import networkx as nx
-    from ..passes.util import copy_node, empty_like
-    keep = set(roots)
-    for r in roots:
-        keep |= nx.ancestors(graph.nx, r)
-    g = empty_like(graph)
-    for n in graph.nodes():
-        if n.id in keep or n.op == "input":
-            copy_node(g, graph, n.id)
-    return g
-
-
 def _wcats(w: _Writer, graph, names: dict):
     """The weights of merged and split GEMMs (`_merge_gemms`, `_split_concat`),
     made once per call, each after the weights it is made from."""
-    todo = [n for n in graph.nodes()
-            if n.op == "input" and n.attrs.get("kind") in ("wcat", "wslice")]
-    while todo:
-        n = todo.pop(0)
-        a = n.attrs
+    def make(nid):
+        a = graph.node(nid).attrs
+        if nid in names:
+            return
         srcs = a["parts"] if a["kind"] == "wcat" else [a["src"]]
-        if any(p not in names for p in srcs):
-            todo.append(n)
-            continue
-        names[n.id] = f"wc{len(names)}"
+        for p in srcs:
+            make(p)
+        names[nid] = f"wc{len(names)}"
         if a["kind"] == "wcat":
-            w(f"{names[n.id]} = np.concatenate(({', '.join(names[p] for p in srcs)},))")
+            w(f"{names[nid]} = np.concatenate(({', '.join(names[p] for p in srcs)},))")
         else:
-            w(f"{names[n.id]} = np.ascontiguousarray("
-              f"{names[a['src']]}[:, {a['start']}:{a['stop']}])")
+            w(f"{names[nid]} = np.ascontiguousarray({names[a['src']]}[:, {a['start']}:{a['stop']}])")
+    for n in graph.nodes():
+        if n.op == "input" and n.attrs.get("kind") in ("wcat", "wslice"):
+            make(n.id)
 
 
 def _buffers(w: _Writer, graph, names: dict, hoisted: dict, skip=()) -> list:
@@ -221,6 +208,11 @@ def _optimise(graph, roots, caps, skip=()):
     g = _merge_gemms(g, set(caps), set(skip))
     g = _narrow_products(g, set(caps), set(skip))
     return fusion.fuse_elementwise(g, roots)
+
+
+def _on_features(n) -> bool:
+    """A slice or concat along the last axis (the features)."""
+    return n.attrs.get("axis", 1) % len(n.shape) == len(n.shape) - 1
 
 
 def _weight_like(graph, caps) -> set:
@@ -253,7 +245,7 @@ def _split_concat(graph, caps: set):
         if n.op != "linear" or len(n.inputs) != 2 or n.inputs[1] not in w_like:
             return False
         c = graph.node(n.inputs[0])
-        if c.op != "concat" or c.attrs.get("axis", 1) % len(c.shape) != len(c.shape) - 1:
+        if c.op != "concat" or not _on_features(c):
             return False
         return any(graph.node(i).attrs.get("kind") == "step" for i in c.inputs)
     todo = [n.id for n in graph.nodes() if splittable(n)]
@@ -384,8 +376,7 @@ def _narrow_products(graph, caps: set, skip: set = frozenset()):
         readers = [graph.node(c) for c in graph.consumers(n.id)]
         if (n.op == "matmul" and not n.attrs.get("ta") and not n.attrs.get("tb")
                 and n.inputs[1] in caps and n.id not in skip and readers
-                and all(r.op == "slice" and r.id not in skip
-                        and r.attrs.get("axis", 1) % len(r.shape) == len(r.shape) - 1
+                and all(r.op == "slice" and r.id not in skip and _on_features(r)
                         for r in readers)
                 and sum(r.shape[-1] for r in readers) < n.shape[-1]):
             cols[n.id] = [r.id for r in readers]
@@ -419,15 +410,14 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             continue
         if n.op == "input":
             raise ValueError(f"loops: body input '{nid}' is not bound")
-        if n.op == "slice" and n.attrs["axis"] == len(n.shape) - 1:
+        if n.op == "slice" and _on_features(n):
             src, k = names[n.inputs[0]], graph.shape(n.inputs[0])[-1]
             w(f"{v}.reshape(-1, {n.shape[-1]})[:] = {src}.reshape(-1, {k})"
               f"[:, {n.attrs['start']}:{n.attrs['stop']}]", ind)
             continue
         # columns side by side: colcat, and a concat of features (plain copies,
         # not the concat kernel's parallel loop at every step)
-        if n.op == "colcat" or (n.op == "concat" and n.attrs.get("axis", 1) % len(n.shape)
-                                == len(n.shape) - 1):
+        if n.op == "colcat" or (n.op == "concat" and _on_features(n)):
             off = 0
             for i in n.inputs:
                 k = graph.shape(i)[-1]
@@ -437,9 +427,9 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             continue
         if n.op == "fused":
             sw = w.namer
-            sw.n_loop_fused = getattr(sw, "n_loop_fused", 0) + 1
+            sw.loop_fused += 1
             sw.emit_fused(w, n, ind, graph, [f"{names[i]}.reshape(-1)" for i in n.inputs],
-                          f"{v}.reshape(-1)", f"_lfused{sw.n_loop_fused}")
+                          f"{v}.reshape(-1)", f"_lfused{sw.loop_fused}")
             continue
         fn, extra = get_op(n.op).kernel(n.attrs)
         args = [names[i] for i in n.inputs] + [v] + [w.literal(e) for e in extra]
@@ -630,7 +620,9 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
     post, stacks = _after_loop(a, raw)
     roots = [raw.outputs[f"grad:{i}"] for i in wants + [n_in + s for s in range(S)]
              if f"grad:{i}" in raw.outputs and raw.outputs[f"grad:{i}"] not in post]
-    bwd = _prune(raw, roots + list(stacks))
+    # only what the in-loop results need; every input stays (the writer names them)
+    bwd = dce.dead_code(raw, roots + list(stacks) + [n.id for n in raw.nodes()
+                                                     if n.op == "input"])
     if namer is not None:
         skip = {m for _, nodes in post.values() for m in nodes}
         bwd = _optimise(bwd, roots + list(stacks), a["captures"], skip)
@@ -787,25 +779,22 @@ def emit_step(sw, body, n, ind: int) -> None:
     buffers of its inputs and of its `loop_output` readers (which every
     result has: passes/loop_results.py)."""
     g = sw.g
-    res, read = {}, set()
+    readers = {(r.attrs["kind"], r.attrs["index"]): r for r in map(g.node, g.consumers(n.id))}
+    res = {key: f"v{sw.k(r.id)}" for key, r in readers.items()}
     kept = set(sw.b.roots) | set(g.outputs.values())
-    for c in g.consumers(n.id):
-        r = g.node(c)
-        res[(r.attrs["kind"], r.attrs["index"])] = f"v{sw.k(c)}"
-        if g.consumers(c) or c in kept:
-            read.add((r.attrs["kind"], r.attrs["index"]))
     a = n.attrs
     fname = f"_loop{sw.k(n.id)}"
     if n.op == "loop":
-        saved = sorted((g.node(c).attrs["index"], g.node(c).attrs["node"], res[("saved", j)])
-                       for c in g.consumers(n.id)
-                       for j in [g.node(c).attrs["index"]] if g.node(c).attrs["kind"] == "saved")
-        unused = {k for k in range(len(a["outputs"])) if ("seq", k) not in read}
-        src, _ = loop_function(n, sw.dtype, fname, sw, [nid for _, nid, _ in saved], unused)
+        saved = sorted(key for key in readers if key[0] == "saved")
+        unused = {k for k in range(len(a["outputs"]))
+                  if not g.consumers(readers[("seq", k)].id)
+                  and readers[("seq", k)].id not in kept}
+        src, _ = loop_function(n, sw.dtype, fname, sw,
+                               [readers[key].attrs["node"] for key in saved], unused)
         outs = [res[("seq", k)] for k in range(len(a["outputs"]))]
         outs += [res[("final", s)] for s in range(len(a["states"]))]
         outs += [res[("carry", s)] for s in range(len(a["states"]))]
-        outs += [v for _, _, v in saved]
+        outs += [res[key] for key in saved]
     else:
         src, _ = loop_grad_function(n, sw.dtype, fname, sw)
         outs = [res[("grad", i)] for i in a["wants"]]

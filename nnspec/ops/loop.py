@@ -20,8 +20,10 @@ A `loop` node (built by frontend/lower.py `run_cell`) has
             Carries and saved values are time-major: only the loop's backward
             reads them, one step (a contiguous [B, ...] block) at a time.
 
-`loop_output(loop; kind, index)` picks `value[kind][index]`.  Carries are kept
-batch-first like every activation (axis 0 is B); the backward pass reads them.
+`loop_output(loop; kind, index)` picks `value[kind][index]` (kind "saved"
+picks `value["saved"][node]`).  Sequences are batch-first like every
+activation (axis 0 is B); carries and saved values, which only the backward
+pass reads, are time-major.
 
 The gradient is IR like any other: `loop.grad` builds the body's backward graph
 once (passes/autodiff.py `backward` seeded by the cotangents of the step's
@@ -32,11 +34,11 @@ loop the gradients of its `loop_output` readers as a dict keyed by
 `(kind, index)` (the `selects` protocol).
 
 Saved activations: the body values the backward step reads (gate
-activations, tanh(c), ...) are kept from the forward pass, one [B, T, ...]
+activations, tanh(c), ...) are kept from the forward pass, one [T, B, ...]
 buffer each (`loop_output(kind="saved", node=<body id>)`, inputs of the
-loop_grad after its seeds, [T, B, ...]), so the compiled backward does not run the forward
-step again: memory is O(T * those values), the backward costs only its own
-GEMMs.  (The NumPy reference of loop_grad recomputes them.)
+loop_grad after its seeds), so the compiled backward does not run the
+forward step again: memory is O(T * those values), the backward costs only
+its own GEMMs.  (The NumPy reference of loop_grad recomputes them.)
 """
 from __future__ import annotations
 
@@ -103,7 +105,7 @@ def output_shape(graph, loop_id: str, kind: str, index: int) -> tuple[tuple, str
 
 
 class _Saved:
-    """Loop.reference's saved values: body node id -> [B, T, ...], stacked on
+    """Loop.reference's saved values: body node id -> [T, B, ...], stacked on
     demand from the per-step values."""
 
     def __init__(self, per_step):
