@@ -51,21 +51,11 @@ def blas_threads(k: int) -> None:
     if cap:
         k = min(k, max(int(cap), 1))
     if not _blas_set:
-        import ctypes
-        fn = None
-        try:
-            with open("/proc/self/maps") as f:
-                libs = {ln.split()[-1] for ln in f if "scipy_openblas" in ln and "scipy.libs" in ln}
-            for path in sorted(libs):
-                lib = ctypes.CDLL(path)
-                fn = getattr(lib, "scipy_openblas_set_num_threads", None)
-                if fn is not None:
-                    break
-        except OSError:
-            fn = None
-        if fn is None:
+        from .jit import openblas_threads
+        fns = openblas_threads()
+        if fns is None:
             return                 # not loaded yet: looked up again next time
-        _blas_set.append(fn)
+        _blas_set.append(fns[1])
     _blas_set[0](int(k))
 
 

@@ -6,6 +6,12 @@ marked function for a Numba dispatcher in place (like `numba.jit_module`), and
 points the module's `prange` at `numba.prange`.  Kernels that call each other
 by their global names then see dispatchers when Numba compiles them, and
 `cache=True` keeps the machine code on disk between runs.
+
+The module's `prange`, `num_threads`, `blas_get_threads` and
+`blas_set_threads` (plain-Python stand-ins from ops/base.py) become Numba's:
+the BLAS ones call SciPy's OpenBLAS (the BLAS behind np.dot in compiled code)
+through symbols registered with LLVM by name, so kernels that use them still
+cache (an address baked into the code would not survive a new process).
 """
 from __future__ import annotations
 
@@ -14,15 +20,79 @@ import sys
 _done: set[str] = set()
 
 
+_hooks: dict = {}
+
+
+def openblas_threads():
+    """(get, set) thread-count functions of SciPy's OpenBLAS as ctypes
+    functions, or None when it is not loaded or does not export them."""
+    import ctypes
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the library np.dot uses)
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {ln.split()[-1] for ln in f if "scipy_openblas" in ln and "scipy.libs" in ln}
+    except OSError:
+        return None
+    for path in sorted(libs):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        get = getattr(lib, "scipy_openblas_get_num_threads", None)
+        put = getattr(lib, "scipy_openblas_set_num_threads", None)
+        if get is not None and put is not None:
+            get.restype, get.argtypes = ctypes.c_int, []
+            put.restype, put.argtypes = None, [ctypes.c_int]
+            return get, put
+    return None
+
+
+def hooks() -> dict:
+    """Numba's versions of the kernel-side hooks in ops/base.py."""
+    if not _hooks:
+        import ctypes
+
+        import llvmlite.binding as llvm
+        import numba
+        from numba import types
+        fns = openblas_threads()
+        if fns is None:          # stand-ins: "unknown" (0), and setting does nothing
+            keep = (numba.cfunc(types.intc())(lambda: 0),
+                    numba.cfunc(types.void(types.intc))(lambda k: None))
+            addrs = [f.address for f in keep]
+        else:
+            keep = fns
+            addrs = [ctypes.cast(f, ctypes.c_void_p).value for f in fns]
+        llvm.add_symbol("nnspec_blas_get_threads", addrs[0])
+        llvm.add_symbol("nnspec_blas_set_threads", addrs[1])
+        # numba.get_num_threads would bake its address in too
+        from numba.np.ufunc import parallel
+        parallel._launch_threads()
+        llvm.add_symbol("nnspec_num_threads",
+                        ctypes.cast(parallel._get_num_threads, ctypes.c_void_p).value)
+        _hooks.update(
+            prange=numba.prange,
+            num_threads=types.ExternalFunction("nnspec_num_threads", types.intc()),
+            blas_get_threads=types.ExternalFunction("nnspec_blas_get_threads", types.intc()),
+            blas_set_threads=types.ExternalFunction("nnspec_blas_set_threads",
+                                                    types.void(types.intc)),
+            _keep=keep)
+    return _hooks
+
+
 def compile_module(module) -> None:
     if module.__name__ in _done:
         return
     import numba
-    module.prange = numba.prange
+    for name, fn in hooks().items():
+        if name in vars(module):
+            setattr(module, name, fn)
     for name, fn in list(vars(module).items()):
         opts = getattr(fn, "_nnspec_kernel", None)
         if opts is not None and callable(fn) and not hasattr(fn, "py_func"):
-            disp = numba.njit(cache=True, parallel=opts["parallel"], error_model="numpy")(fn)
+            fast = {"reassoc", "contract"} if opts.get("reassoc") else False
+            disp = numba.njit(cache=True, parallel=opts["parallel"], error_model="numpy",
+                              fastmath=fast)(fn)
             disp._nnspec_kernel = opts
             setattr(module, name, disp)
     _done.add(module.__name__)

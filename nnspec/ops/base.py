@@ -13,7 +13,11 @@ An op is defined in one place (one module under ``nnspec/ops``):
   same module marked ``@kernel`` with signature ``fn(*inputs, out, *extra_args)``
   that writes its result into ``out``.  Kernels are plain Python until the
   Numba backend compiles them (so ``nnspec check`` never imports Numba);
-  inside a kernel use ``prange`` from this module for parallel loops.
+  inside a kernel use ``prange`` from this module for parallel loops,
+  ``num_threads()`` for the size of the thread pool, and
+  ``blas_get_threads()`` / ``blas_set_threads(k)`` to run BLAS calls
+  single-threaded inside a ``prange`` (a threaded BLAS called from several
+  threads at once oversubscribes the cores).
 * ``macs(attrs, in_shapes, out_shape)``: multiply-adds per example, for
   ``nnspec inspect``.
 
@@ -30,8 +34,22 @@ import numpy as np
 
 from ..errors import ShapeError
 
-# Replaced by numba.prange when the CPU backend compiles the kernels.
+# Replaced by Numba's versions when the CPU backend compiles the kernels
+# (backend/jit.py); these are what plain Python sees.
 prange = range
+
+
+def num_threads() -> int:
+    return 1
+
+
+def blas_get_threads() -> int:
+    """The BLAS's thread count; 0 when it cannot be read and set."""
+    return 0
+
+
+def blas_set_threads(k: int) -> None:
+    pass
 
 OPS: dict[str, "Op"] = {}
 LAYERS: dict[str, "LayerDef"] = {}
@@ -53,11 +71,13 @@ def get_op(name: str) -> "Op":
         raise KeyError(f"no op named '{name}'") from None
 
 
-def kernel(fn=None, *, parallel: bool = False):
+def kernel(fn=None, *, parallel: bool = False, reassoc: bool = False):
     """Mark a module-level function as a CPU kernel (compiled by the backend,
-    with ``parallel=True`` when asked)."""
+    with ``parallel=True`` when asked; ``reassoc=True`` lets the compiler
+    reorder floating-point sums and fuse multiply-adds, which vectorises
+    reductions, while NaN and infinity keep their meaning)."""
     def mark(f):
-        f._nnspec_kernel = {"parallel": parallel}
+        f._nnspec_kernel = {"parallel": parallel, "reassoc": reassoc}
         return f
     return mark(fn) if fn is not None else mark
 

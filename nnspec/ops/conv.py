@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Op, conv_out, fmt, kernel, known, layer, pad_amounts, prange, prod, register
+from .base import (Op, blas_get_threads, blas_set_threads, conv_out, fmt, kernel, known, layer,
+                   num_threads, pad_amounts, prange, prod, register)
 
 PAD_CODES = {"explicit": 0, "same": 1, "valid": 2, "full": 3, "causal": 4}
 
@@ -333,11 +334,40 @@ def _as4(a):
 
 
 @kernel
-def _chunk(B, P, K):
-    """Images per im2col chunk: columns of about 4 MB (float32).  Fewer, larger GEMMs
-    than one per image: a threaded BLAS call costs a wake-up (milliseconds on a busy
-    machine)."""
-    return max(1, min(B, (1 << 20) // max(P * K, 1)))
+def _chunk(B, P, K, tasks):
+    """Images per GEMM.  Threads splitting the batch (each with a one-thread BLAS)
+    keep their columns near 1 MB (in the core's L2); a single task with a threaded
+    BLAS takes columns of about 4 MB, fewer larger calls (each wakes the BLAS's
+    threads)."""
+    cap = (1 << 18) if tasks > 1 else (1 << 20)
+    return max(1, min((B + tasks - 1) // tasks, cap // max(P * K, 1)))
+
+
+@kernel
+def _plan(B, P, K, groups):
+    """(images per GEMM, parallel tasks, the BLAS's thread count to restore or -1).
+    Work splits over images when the BLAS can be made single-threaded for it (a
+    threaded BLAS called from two threads at once oversubscribes the cores)."""
+    bt = blas_get_threads()
+    tasks = 1
+    if bt > 0:
+        tasks = num_threads()
+    nb = _chunk(B, P, K, tasks)
+    units = ((B + nb - 1) // nb) * groups
+    tasks = max(1, min(tasks, units))
+    if tasks == 1:
+        nb = _chunk(B, P, K, 1)
+        return nb, 1, -1
+    if bt > 1:
+        blas_set_threads(1)
+        return nb, tasks, bt
+    return nb, tasks, -1
+
+
+@kernel
+def _unplan(restore):
+    if restore > 0:
+        blas_set_threads(restore)
 
 
 @kernel
@@ -348,35 +378,65 @@ def _ox_range(Wo, W, sw, off):
     return ox0, ox1
 
 
+# The copy loops below index with unsigned integers: a signed index (i + offset)
+# makes Numba handle negative indices, and that stops LLVM vectorising the loop
+# (10x slower im2col).
+
+@kernel
+def _zero(f, lo, hi):
+    zero = f.dtype.type(0)
+    for q in range(lo, hi):
+        f[np.uint64(q)] = zero
+
+
 @kernel
 def _im2col(x4, b0, n, grp, Cg, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, cols):
     """cols[(c kh + i) kw + j, (t Ho + oy) Wo + ox] = x[b0 + t, grp Cg + c, oy sh - ph + i dh,
     ox sw - pw + j dw] (0 in the padding), for the n images from b0."""
     C, H, W = x4.shape[1], x4.shape[2], x4.shape[3]
     xf, cf = x4.reshape(x4.size), cols.reshape(cols.size)
-    N = n * Ho * Wo
-    zero = cols.dtype.type(0)
+    N, P = n * Ho * Wo, Ho * Wo
     for c in range(Cg):
         for i in range(kh):
             for j in range(kw):
                 r = (c * kh + i) * kw + j
                 off = j * dw - pw
                 ox0, ox1 = _ox_range(Wo, W, sw, off)
+                d = i * dh - ph
+                # the output rows whose input row is inside the image
+                oy0 = min(max(0, (-d + sh - 1) // sh), Ho)
+                oy1 = max(min(Ho, (H - 1 - d) // sh + 1), oy0)
                 for t in range(n):
-                    for oy in range(Ho):
-                        iy = oy * sh - ph + i * dh
-                        cb = r * N + (t * Ho + oy) * Wo
-                        if iy < 0 or iy >= H:
-                            for ox in range(Wo):
-                                cf[cb + ox] = zero
-                        else:
-                            xb = (((b0 + t) * C + grp * Cg + c) * H + iy) * W + off
-                            for ox in range(ox0):
-                                cf[cb + ox] = zero
-                            for ox in range(ox0, ox1):
-                                cf[cb + ox] = xf[xb + ox * sw]
-                            for ox in range(ox1, Wo):
-                                cf[cb + ox] = zero
+                    cb = r * N + t * P
+                    xc = ((b0 + t) * C + grp * Cg + c) * H * W
+                    _zero(cf, cb, cb + oy0 * Wo)
+                    _zero(cf, cb + oy1 * Wo, cb + P)
+                    if sh == 1 and sw == 1 and Wo == W:
+                        # rows oy0..oy1 are one run of x's plane shifted by d W + off;
+                        # the columns outside [ox0, ox1) wrap to the next row: zeroed
+                        s = xc + d * W + off - cb
+                        lo, hi = cb + oy0 * Wo, cb + oy1 * Wo
+                        a = min(max(lo, xc - s), hi)
+                        e = max(min(hi, xc + H * W - s), a)
+                        _zero(cf, lo, a)
+                        for q in range(a, e):
+                            cf[np.uint64(q)] = xf[np.uint64(q + s)]
+                        _zero(cf, e, hi)
+                        for oy in range(oy0, oy1):
+                            _zero(cf, cb + oy * Wo, cb + oy * Wo + ox0)
+                            _zero(cf, cb + oy * Wo + ox1, cb + (oy + 1) * Wo)
+                    else:
+                        for oy in range(oy0, oy1):
+                            rb = cb + oy * Wo
+                            xb = xc + (oy * sh + d) * W + off
+                            _zero(cf, rb, rb + ox0)
+                            if sw == 1:
+                                for ox in range(ox0, ox1):
+                                    cf[np.uint64(rb + ox)] = xf[np.uint64(xb + ox)]
+                            else:
+                                for ox in range(ox0, ox1):
+                                    cf[np.uint64(rb + ox)] = xf[np.uint64(xb + ox * sw)]
+                            _zero(cf, rb + ox1, rb + Wo)
 
 
 @kernel
@@ -384,22 +444,27 @@ def _col2im(dcols, b0, n, grp, Cg, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, dx4):
     """The adjoint of _im2col: add the columns into dx (images b0.., group grp)."""
     C, H, W = dx4.shape[1], dx4.shape[2], dx4.shape[3]
     df, cf = dx4.reshape(dx4.size), dcols.reshape(dcols.size)
-    N = n * Ho * Wo
+    N, P = n * Ho * Wo, Ho * Wo
     for t in range(n):
         for c in range(Cg):
+            xc = ((b0 + t) * C + grp * Cg + c) * H * W
             for i in range(kh):
+                d = i * dh - ph
+                oy0 = min(max(0, (-d + sh - 1) // sh), Ho)
+                oy1 = max(min(Ho, (H - 1 - d) // sh + 1), oy0)
                 for j in range(kw):
                     r = (c * kh + i) * kw + j
                     off = j * dw - pw
                     ox0, ox1 = _ox_range(Wo, W, sw, off)
-                    for oy in range(Ho):
-                        iy = oy * sh - ph + i * dh
-                        if iy < 0 or iy >= H:
-                            continue
-                        cb = r * N + (t * Ho + oy) * Wo
-                        xb = (((b0 + t) * C + grp * Cg + c) * H + iy) * W + off
-                        for ox in range(ox0, ox1):
-                            df[xb + ox * sw] += cf[cb + ox]
+                    for oy in range(oy0, oy1):
+                        cb = r * N + t * P + oy * Wo
+                        xb = xc + (oy * sh + d) * W + off
+                        if sw == 1:
+                            for ox in range(ox0, ox1):
+                                df[np.uint64(xb + ox)] += cf[np.uint64(cb + ox)]
+                        else:
+                            for ox in range(ox0, ox1):
+                                df[np.uint64(xb + ox * sw)] += cf[np.uint64(cb + ox)]
 
 
 @kernel
@@ -408,8 +473,10 @@ def _gather(g3, b0, n, grp, Og, gg):
     P = g3.shape[2]
     for o in range(Og):
         for t in range(n):
+            src = g3[b0 + t, grp * Og + o]
+            dst = gg[o]
             for p in range(P):
-                gg[o, t * P + p] = g3[b0 + t, grp * Og + o, p]
+                dst[np.uint64(t * P + p)] = src[np.uint64(p)]
 
 
 @kernel
@@ -418,7 +485,7 @@ def _flat3(a):
     return a.reshape((n0, n1, a.size // max(n0 * n1, 1)))
 
 
-@kernel
+@kernel(parallel=True)
 def _conv(x, w, out, bias, has_bias, stride, dil, code, lo, hi, groups):
     x4, w4, o4 = _as4(x), _as4(w), _as4(out)
     ph, pw = _geom(x4, w4, stride, dil, code, lo)
@@ -426,25 +493,31 @@ def _conv(x, w, out, bias, has_bias, stride, dil, code, lo, hi, groups):
     Og, K = O // groups, Cg * kh * kw
     B, Ho, Wo = x4.shape[0], o4.shape[2], o4.shape[3]
     P = Ho * Wo
-    nb = _chunk(B, P, K)
-    colbuf = np.empty(K * nb * P, dtype=out.dtype)
+    nb, tasks, restore = _plan(B, P, K, groups)
+    nc = (B + nb - 1) // nb
     wf = w4.reshape((O, K))
     o3 = _flat3(out)
     zero = out.dtype.type(0)
-    for grp in range(groups):
-        wg = np.ascontiguousarray(wf[grp * Og:(grp + 1) * Og])
-        for b0 in range(0, B, nb):
+    for task in prange(tasks):
+        colbuf = np.empty(K * nb * P, dtype=out.dtype)
+        resbuf = np.empty(Og * nb * P, dtype=out.dtype)
+        for u in range(task, nc * groups, tasks):
+            grp, b0 = u // nc, (u % nc) * nb
             n = min(nb, B - b0)
+            wg = np.ascontiguousarray(wf[grp * Og:(grp + 1) * Og])
             cols = colbuf[:K * n * P].reshape((K, n * P))
             _im2col(x4, b0, n, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1], dil[0], dil[1],
                     ph, pw, cols)
-            res = np.dot(wg, cols)
+            res = resbuf[:Og * n * P].reshape((Og, n * P))
+            np.dot(wg, cols, res)
             for t in range(n):
                 for o in range(Og):
                     add = bias[grp * Og + o] if has_bias else zero
                     orow = o3[b0 + t, grp * Og + o]
+                    rrow = res[o]
                     for p in range(P):
-                        orow[p] = res[o, t * P + p] + add
+                        orow[np.uint64(p)] = rrow[np.uint64(t * P + p)] + add
+    _unplan(restore)
 
 
 @kernel
@@ -457,7 +530,7 @@ def conv_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
     _conv(x, w, out, b, True, stride, dil, code, lo, hi, groups)
 
 
-@kernel
+@kernel(parallel=True)
 def _conv_back_data(g, w, dx, stride, dil, code, lo, groups):
     """dx = the adjoint of conv(., w) applied to g (dx's shape is the conv input's)."""
     g4, w4, dx4 = _as4(g), _as4(w), _as4(dx)
@@ -466,21 +539,29 @@ def _conv_back_data(g, w, dx, stride, dil, code, lo, groups):
     Og, K = O // groups, Cg * kh * kw
     B, Ho, Wo = g4.shape[0], g4.shape[2], g4.shape[3]
     P = Ho * Wo
-    nb = _chunk(B, P, K)
-    ggbuf = np.empty(Og * nb * P, dtype=dx.dtype)
+    # tasks own whole images (every group of them), so no two add into one dx
+    nb, tasks, restore = _plan(B, P, K, 1)
+    nc = (B + nb - 1) // nb
     wf = w4.reshape((O, K))
     g3 = _flat3(g)
     dflat = dx.reshape(dx.size)
-    dflat[:] = 0
-    for grp in range(groups):
-        wg = np.ascontiguousarray(wf[grp * Og:(grp + 1) * Og].T)
-        for b0 in range(0, B, nb):
+    per = dx.size // max(B, 1)
+    for task in prange(tasks):
+        ggbuf = np.empty(Og * nb * P, dtype=dx.dtype)
+        dcbuf = np.empty(K * nb * P, dtype=dx.dtype)
+        for u in range(task, nc, tasks):
+            b0 = u * nb
             n = min(nb, B - b0)
-            gg = ggbuf[:Og * n * P].reshape((Og, n * P))
-            _gather(g3, b0, n, grp, Og, gg)
-            dcols = np.dot(wg, gg)
-            _col2im(dcols, b0, n, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1], dil[0], dil[1],
-                    ph, pw, dx4)
+            _zero(dflat, b0 * per, (b0 + n) * per)
+            for grp in range(groups):
+                wg = np.ascontiguousarray(wf[grp * Og:(grp + 1) * Og].T)
+                gg = ggbuf[:Og * n * P].reshape((Og, n * P))
+                _gather(g3, b0, n, grp, Og, gg)
+                dcols = dcbuf[:K * n * P].reshape((K, n * P))
+                np.dot(wg, gg, dcols)
+                _col2im(dcols, b0, n, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1],
+                        dil[0], dil[1], ph, pw, dx4)
+    _unplan(restore)
 
 
 @kernel
@@ -488,7 +569,7 @@ def conv_grad_input(g, w, x, out, stride, dil, code, lo, hi, groups):
     _conv_back_data(g, w, out, stride, dil, code, lo, groups)
 
 
-@kernel
+@kernel(parallel=True)
 def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
     x4, w4 = _as4(x), _as4(out)
     ph, pw = _geom(x4, w4, stride, dil, code, lo)
@@ -497,20 +578,34 @@ def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
     g4, g3 = _as4(g), _flat3(g)
     B, Ho, Wo = x4.shape[0], g4.shape[2], g4.shape[3]
     P = Ho * Wo
-    nb = _chunk(B, P, K)
-    colbuf = np.empty(K * nb * P, dtype=out.dtype)
-    ggbuf = np.empty(Og * nb * P, dtype=out.dtype)
-    of = out.reshape((O, K))
-    of[:] = 0
-    for grp in range(groups):
-        for b0 in range(0, B, nb):
+    nb, tasks, restore = _plan(B, P, K, groups)
+    nc = (B + nb - 1) // nb
+    # each task sums its images' products into its own dw^T: cols gg^T (K x Og, the
+    # shape OpenBLAS runs fastest: many rows, few columns)
+    acc = np.zeros((tasks, K, O), dtype=out.dtype)
+    for task in prange(tasks):
+        colbuf = np.empty(K * nb * P, dtype=out.dtype)
+        ggbuf = np.empty(Og * nb * P, dtype=out.dtype)
+        part = np.empty((K, Og), dtype=out.dtype)
+        mine = acc[task]
+        for u in range(task, nc * groups, tasks):
+            grp, b0 = u // nc, (u % nc) * nb
             n = min(nb, B - b0)
             cols = colbuf[:K * n * P].reshape((K, n * P))
             gg = ggbuf[:Og * n * P].reshape((Og, n * P))
             _im2col(x4, b0, n, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1], dil[0], dil[1],
                     ph, pw, cols)
             _gather(g3, b0, n, grp, Og, gg)
-            of[grp * Og:(grp + 1) * Og] += np.dot(gg, cols.T)
+            np.dot(cols, gg.T, part)
+            mine[:, grp * Og:(grp + 1) * Og] += part
+    _unplan(restore)
+    of = out.reshape((O, K))
+    for o in range(O):
+        for k in range(K):
+            v = acc[0, k, o]
+            for task in range(1, tasks):
+                v += acc[task, k, o]
+            of[o, k] = v
 
 
 @kernel

@@ -174,50 +174,30 @@ def _as3(x):
     return x.reshape((b, c, x.size // max(b * c, 1)))
 
 
-@kernel
+@kernel(reassoc=True)
 def _sums(x3, g3, c, m, kind):
-    """Over b and p of channel c, with four accumulators (kind 0: (sum x, 0);
-    1: (sum (x - m)^2, 0); 2: (sum g, sum g (x - m)))."""
+    """Over b and p of channel c (kind 0: (sum x, 0); 1: (sum (x - m)^2, 0);
+    2: (sum g, sum g (x - m))), vectorised (reassoc), unsigned indices (a signed
+    one stops the vectoriser)."""
     B, P = x3.shape[0], x3.shape[2]
     T = x3.dtype.type
-    a0, a1, a2, a3 = T(0), T(0), T(0), T(0)
-    e0, e1, e2, e3 = T(0), T(0), T(0), T(0)
-    P4 = P - P % 4
+    a, e = T(0), T(0)
     for b in range(B):
         xr = x3[b, c]
         gr = g3[b, c]
         if kind == 0:
-            for p in range(0, P4, 4):
-                a0 += xr[p]
-                a1 += xr[p + 1]
-                a2 += xr[p + 2]
-                a3 += xr[p + 3]
-            for p in range(P4, P):
-                a0 += xr[p]
+            for p in range(P):
+                a += xr[np.uint64(p)]
         elif kind == 1:
-            for p in range(0, P4, 4):
-                d0, d1, d2, d3 = xr[p] - m, xr[p + 1] - m, xr[p + 2] - m, xr[p + 3] - m
-                a0 += d0 * d0
-                a1 += d1 * d1
-                a2 += d2 * d2
-                a3 += d3 * d3
-            for p in range(P4, P):
-                d0 = xr[p] - m
-                a0 += d0 * d0
+            for p in range(P):
+                d = xr[np.uint64(p)] - m
+                a += d * d
         else:
-            for p in range(0, P4, 4):
-                a0 += gr[p]
-                a1 += gr[p + 1]
-                a2 += gr[p + 2]
-                a3 += gr[p + 3]
-                e0 += gr[p] * (xr[p] - m)
-                e1 += gr[p + 1] * (xr[p + 1] - m)
-                e2 += gr[p + 2] * (xr[p + 2] - m)
-                e3 += gr[p + 3] * (xr[p + 3] - m)
-            for p in range(P4, P):
-                a0 += gr[p]
-                e0 += gr[p] * (xr[p] - m)
-    return (a0 + a1) + (a2 + a3), (e0 + e1) + (e2 + e3)
+            for p in range(P):
+                q = np.uint64(p)
+                a += gr[q]
+                e += gr[q] * (xr[q] - m)
+    return a, e
 
 
 @kernel
@@ -246,7 +226,7 @@ def batchnorm(x, w, b, rm, rv, out, eps, training):
             xr = x3[bb, c]
             orow = o3[bb, c]
             for p in range(x3.shape[2]):
-                orow[p] = xr[p] * scale + shift
+                orow[np.uint64(p)] = xr[np.uint64(p)] * scale + shift
 
 
 @kernel(parallel=True)
@@ -280,7 +260,8 @@ def _batchnorm_grad(g, x, w, rm, rv, out, eps, training, weight_part):
                 gr = g3[bb, c]
                 orow = o3[bb, c]
                 for p in range(P):
-                    orow[p] = k * gr[p] + a * xr[p] + d
+                    q = np.uint64(p)
+                    orow[q] = k * gr[q] + a * xr[q] + d
 
 
 @kernel

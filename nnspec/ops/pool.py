@@ -253,12 +253,34 @@ def _win(o, s, p, k, n):
     return max(lo, 0), min(hi, n), hi - lo
 
 
-@kernel
+@kernel(parallel=True)
 def _maxpool_tiled(x4, o4, s4, want_sw, kh, kw, Ho, Wo):
+    """The first maximum in row-major order wins.  2x2 windows get straight-line
+    selects over unsigned indices, which vectorise."""
     B, C, H, W = x4.shape
-    for b in range(B):
+    for b in prange(B):
         for c in range(C):
             for oy in range(Ho):
+                if kh == 2 and kw == 2:
+                    r0, r1 = x4[b, c, 2 * oy], x4[b, c, 2 * oy + 1]
+                    base = 2 * oy * W
+                    for ox in range(Wo):
+                        q0, q1 = np.uint64(2 * ox), np.uint64(2 * ox + 1)
+                        v, i = r0[q0], 0
+                        u = r0[q1]
+                        i = 1 if u > v else i
+                        v = u if u > v else v
+                        u = r1[q0]
+                        i = W if u > v else i
+                        v = u if u > v else v
+                        u = r1[q1]
+                        i = W + 1 if u > v else i
+                        v = u if u > v else v
+                        if want_sw:
+                            s4[b, c, oy, ox] = base + 2 * ox + i
+                        else:
+                            o4[b, c, oy, ox] = v
+                    continue
                 for ox in range(Wo):
                     y0, x0 = oy * kh, ox * kw
                     best = x4[b, c, y0, x0]
@@ -276,7 +298,7 @@ def _maxpool_tiled(x4, o4, s4, want_sw, kh, kw, Ho, Wo):
                         o4[b, c, oy, ox] = best
 
 
-@kernel
+@kernel(parallel=True)
 def _maxpool(x, out, sw, want_sw, kern, stride, pad):
     x4, o4 = _as4(x), _as4(out)
     s4 = _as4(sw)
@@ -286,7 +308,7 @@ def _maxpool(x, out, sw, want_sw, kern, stride, pad):
     if _tiled(kern, stride, pad, Ho, Wo, H, W):
         _maxpool_tiled(x4, o4, s4, want_sw, kern[0], kern[1], Ho, Wo)
         return
-    for t in range(B * C):
+    for t in prange(B * C):
         b = t // C
         c = t % C
         for oy in range(Ho):
@@ -317,14 +339,14 @@ def maxpool_switches(x, out, kern, stride, pad):
     _maxpool(x, np.zeros((1, 1, 1, 1), x.dtype), out, True, kern, stride, pad)
 
 
-@kernel
+@kernel(parallel=True)
 def _unpool(v, sw, out):
     # (explicit sizes: reshape with -1 miscompiles inside this parallel kernel)
     n = v.shape[0] * v.shape[1]
     vf = v.reshape((n, v.size // n))
     sf = sw.reshape((n, v.size // n))
     of = out.reshape((n, out.size // n))
-    for t in range(n):
+    for t in prange(n):
         for i in range(of.shape[1]):
             of[t, i] = 0
         for k in range(vf.shape[1]):
@@ -341,13 +363,13 @@ def unpool_like(v, sw, like, out):
     _unpool(v, sw, out)
 
 
-@kernel
+@kernel(parallel=True)
 def gather_switches(g, sw, out):
     n = g.shape[0] * g.shape[1]
     gf = g.reshape((n, g.size // n))
     sf = sw.reshape((n, sw.size // n))
     of = out.reshape((n, out.size // n))
-    for t in range(n):
+    for t in prange(n):
         for i in range(of.shape[1]):
             of[t, i] = gf[t, sf[t, i]]
 
@@ -360,13 +382,13 @@ def _tiled(kern, stride, pad, Ho, Wo, H, W):
             and Ho * kern[0] <= H and Wo * kern[1] <= W)
 
 
-@kernel
+@kernel(parallel=True)
 def _avgpool_tiled(x4, o4, kh, kw):
     B, C, H, W = x4.shape
     Ho, Wo = o4.shape[2], o4.shape[3]
     T = o4.dtype.type
     r = T(1) / T(kh * kw)
-    for b in range(B):
+    for b in prange(B):
         for c in range(C):
             for oy in range(Ho):
                 orow = o4[b, c, oy]
@@ -383,13 +405,13 @@ def _avgpool_tiled(x4, o4, kh, kw):
                     orow[ox] *= r
 
 
-@kernel
+@kernel(parallel=True)
 def _avgpool_grad_tiled(g4, d4, kh, kw):
     B, C, H, W = d4.shape
     Ho, Wo = g4.shape[2], g4.shape[3]
     T = d4.dtype.type
     r = T(1) / T(kh * kw)
-    for b in range(B):
+    for b in prange(B):
         for c in range(C):
             for y in range(H):
                 for x in range(W):
@@ -404,7 +426,7 @@ def _avgpool_grad_tiled(g4, d4, kh, kw):
                             drow[ox * kw + kx] = v
 
 
-@kernel
+@kernel(parallel=True)
 def avgpool(x, out, kern, stride, pad, include_pad):
     x4, o4 = _as4(x), _as4(out)
     B, C, H, W = x4.shape
@@ -413,7 +435,7 @@ def avgpool(x, out, kern, stride, pad, include_pad):
     if _tiled(kern, stride, pad, Ho, Wo, H, W):
         _avgpool_tiled(x4, o4, kern[0], kern[1])
         return
-    for t in range(B * C):
+    for t in prange(B * C):
         b = t // C
         c = t % C
         for oy in range(Ho):
@@ -428,7 +450,7 @@ def avgpool(x, out, kern, stride, pad, include_pad):
                 o4[b, c, oy, ox] = acc / T(cnt)
 
 
-@kernel
+@kernel(parallel=True)
 def avgpool_grad(g, x, out, kern, stride, pad, include_pad):
     g4, d4 = _as4(g), _as4(out)
     B, C, H, W = d4.shape
@@ -437,7 +459,7 @@ def avgpool_grad(g, x, out, kern, stride, pad, include_pad):
     if _tiled(kern, stride, pad, Ho, Wo, H, W):
         _avgpool_grad_tiled(g4, d4, kern[0], kern[1])
         return
-    for t in range(B * C):
+    for t in prange(B * C):
         b = t // C
         c = t % C
         for yy in range(H):
