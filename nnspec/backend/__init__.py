@@ -11,4 +11,8 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # The BLAS that compiled kernels call (SciPy's OpenBLAS) gets its thread count
 # per step from cpu.use_threads: one thread for small steps, every core for
-# large ones (a 784-512-256 MLP step: 2.0 ms on 2 threads, 2.6 ms on one).
+# large ones (a 784-512-256 MLP step: 2.0 ms on 2 threads, 2.6 ms on one),
+# and one thread where the BLAS's products are a small part of the step: its
+# threads spin after each call and take the cores from the parallel kernels.
+# Convolutions split the batch over Numba's threads and run the BLAS on one
+# thread inside (ops/conv.py, through the hooks in backend/jit.py).

@@ -29,6 +29,7 @@ PAR_MIN_EW_EXAMPLE = 2048  # ... if they have at least this many elements per ex
 PAR_MIN_WORK = 1 << 20     # steps of fewer multiply-adds run on one thread: waking a
                            # second one costs more than it saves (and far more when the
                            # machine is busy)
+BLAS_OPS = ("linear", "matmul")  # ops whose kernels are one threaded BLAS product
 PAR_MIN_LOOP_STEP = 1 << 20  # a loop's steps count towards that only when one step
                              # (all its examples) is at least this: smaller GEMMs lose
                              # more to waking the second thread at every step than they gain
@@ -59,21 +60,23 @@ def _sigmoid32(x):
 FAST32_OPS = {"tanh": "_tanh32(a)", "sigmoid": "_sigmoid32(a)"}   # op -> float32 expression
 
 
-def work_estimate(graph) -> tuple[int, int, int, int]:
+def work_estimate(graph) -> tuple[int, int, int, int, int]:
     """(multiply-adds per example, fixed ones, those of loops per example,
-    the largest loop step's per example) of one run of the graph: each op's
-    `macs`, or one per output element; a loop counts its body once per step
-    (T from its input, 32 when symbolic), its backward twice."""
-    per_ex = fixed = loops = step = 0
+    the largest loop step's per example, those of BLAS products per example)
+    of one run of the graph: each op's `macs`, or one per output element; a
+    loop counts its body once per step (T from its input, 32 when symbolic),
+    its backward twice."""
+    per_ex = fixed = loops = step = gemm = 0
     for n in graph.nodes():
         if n.op in ("input", "param", "state", "const"):
             continue
         if n.op in ("loop", "loop_grad"):
             T = graph.shape(n.inputs[0])[1]
-            b_ex, b_fixed, _, _ = work_estimate(n.attrs["body"])
-            k = 2 if n.op == "loop_grad" else 1
-            loops += k * (T if isinstance(T, int) else 32) * b_ex
-            step = max(step, k * b_ex)
+            b_ex, b_fixed, _, _, b_gemm = work_estimate(n.attrs["body"])
+            k = (2 if n.op == "loop_grad" else 1) * (T if isinstance(T, int) else 32)
+            loops += k * b_ex
+            gemm += k * b_gemm
+            step = max(step, k * b_ex // (T if isinstance(T, int) else 32))
             fixed += b_fixed
             continue
         ins = [graph.shape(i) for i in n.inputs]
@@ -90,9 +93,11 @@ def work_estimate(graph) -> tuple[int, int, int, int]:
         batched = any("B" in s for s in ins + [n.shape])
         if batched:
             per_ex += m
+            if n.op in BLAS_OPS:
+                gemm += m
         else:
             fixed += m
-    return per_ex, fixed, loops, step
+    return per_ex, fixed, loops, step, gemm
 
 
 def _prod_expr(dims) -> str:
