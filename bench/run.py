@@ -289,6 +289,27 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def blas_core() -> str:
+    """The kernel set NumPy's OpenBLAS runs (OPENBLAS_CORETYPE forces one)."""
+    import ctypes
+
+    import numpy  # noqa: F401  (loads its OpenBLAS)
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({ln.split()[-1] for ln in f if "openblas" in ln and ".so" in ln})
+        for path in libs:
+            lib = ctypes.CDLL(path)
+            for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                         "openblas_get_corename64_", "openblas_get_corename"):
+                fn = getattr(lib, name, None)
+                if fn is not None:
+                    fn.restype = ctypes.c_char_p
+                    return fn().decode()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def gemm_gflops(n=1024, reps=10) -> float:
     import numpy as np
     a = np.random.rand(n, n).astype(np.float32)
@@ -338,8 +359,10 @@ def main():
         print(f"note: torch is not importable by {args.torch_python}; nnspec only",
               file=sys.stderr)
     gflops = gemm_gflops()
-    print(f"machine: {os.cpu_count()} cores, {cpu_model()}; float32 GEMM (NumPy BLAS, 1024^3) "
-          f"{gflops:.0f} GFLOP/s")
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    core = blas_core() + (" (OPENBLAS_CORETYPE)" if forced else "")
+    print(f"machine: {os.cpu_count()} cores, {cpu_model()}; OpenBLAS kernels {core}; "
+          f"float32 GEMM (NumPy BLAS, 1024^3) {gflops:.0f} GFLOP/s")
     workers = {f: Worker(f, py) for f, py in frameworks.items()}
     results = {}
     try:
@@ -379,6 +402,7 @@ def main():
                     for n, r in results.items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"gemm_gflops": gflops, "cpu": cpu_model(),
+                                               "openblas": core,
                                                "cores": os.cpu_count(), "results": results},
                                               indent=1))
 
