@@ -197,6 +197,10 @@ CASES = [
     *conv_family("2d-asym-1x7", (1, 2, 4, 11), (3, 2, 1, 7), conv(2, pad=[0, 3])),
     *conv_family("2d-groups2", (2, 4, 6, 5), (6, 2, 3, 3), conv(2, groups=2, pad="same")),
     *conv_family("2d-depthwise", (2, 3, 6, 5), (6, 1, 3, 3), conv(2, groups=3, stride=2)),
+    # 16 or more channels per group: the forward runs channels-last (im2row)
+    *conv_family("2d-c16-pad1", (3, 16, 5, 6), (3, 16, 3, 3), conv(2, pad=1, bias=True)),
+    *conv_family("2d-c16-groups2-s2-dil", (2, 32, 7, 6), (4, 16, 3, 2),
+                 conv(2, groups=2, stride=2, dilation=[1, 2], pad=[[1, 0], [2, 1]])),
     CA("conv_transpose", [X(2, 3, 4, 5), P(3, 2, 3, 3)], "2d-s2-p1-op1",
        tconv(2, stride=2, pad=1, output_padding=1)),
     CA("conv_transpose", [X(2, 4, 3, 4), P(4, 1, 2, 3), P(2)], "2d-groups2-bias-dil",

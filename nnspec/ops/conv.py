@@ -485,6 +485,94 @@ def _flat3(a):
     return a.reshape((n0, n1, a.size // max(n0 * n1, 1)))
 
 
+ROWS_MIN_C = 16     # input channels per group from which the forward runs channels-last
+
+
+@kernel
+def _to_hwc(x4, b0, n, xt):
+    """xt[((t H + y) W + x) C + c] = x[b0 + t, c, y, x], in blocks of 16 pixels."""
+    C, H, W = x4.shape[1], x4.shape[2], x4.shape[3]
+    HW = H * W
+    for t in range(n):
+        xf = x4[b0 + t].reshape(C * HW)
+        base = t * HW * C
+        for q0 in range(0, HW, 16):
+            q1 = min(q0 + 16, HW)
+            for c in range(C):
+                for q in range(q0, q1):
+                    xt[np.uint64(base + q * C + c)] = xf[np.uint64(c * HW + q)]
+
+
+@kernel
+def _im2row(xt, n, H, W, C, grp, Cg, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, rows):
+    """rows[(t Ho + oy) Wo + ox, (i kw + j) Cg + c] = xt[t, oy sh - ph + i dh,
+    ox sw - pw + j dw, grp Cg + c] (0 in the padding): runs of Cg values."""
+    K = kh * kw * Cg
+    rf = rows.reshape(rows.size)
+    zero = rows.dtype.type(0)
+    for t in range(n):
+        for oy in range(Ho):
+            for ox in range(Wo):
+                rb = ((t * Ho + oy) * Wo + ox) * K
+                for i in range(kh):
+                    iy = oy * sh - ph + i * dh
+                    for j in range(kw):
+                        ix = ox * sw - pw + j * dw
+                        cb = rb + (i * kw + j) * Cg
+                        if iy >= 0 and iy < H and ix >= 0 and ix < W:
+                            src = ((t * H + iy) * W + ix) * C + grp * Cg
+                            for c in range(Cg):
+                                rf[np.uint64(cb + c)] = xt[np.uint64(src + c)]
+                        else:
+                            for c in range(Cg):
+                                rf[np.uint64(cb + c)] = zero
+
+
+@kernel(parallel=True)
+def _conv_rows(x4, w4, o3, bias, has_bias, sh, sw, dh, dw, ph, pw, groups, Ho, Wo):
+    """The forward channels-last: each task turns its images to [H, W, C], gathers
+    rows [pixel, (i, j, c)] (runs of C contiguous values) and multiplies them by the
+    weights as [(i, j, c), o].  That GEMM has many rows and few columns, the shape
+    OpenBLAS runs fastest (1.4x W @ cols for a 32-channel 3x3 convolution)."""
+    B, C, H, W = x4.shape
+    O, Cg, kh, kw = w4.shape
+    Og, K = O // groups, Cg * kh * kw
+    P = Ho * Wo
+    nb, tasks, restore = _plan(B, P, K, 1)
+    nc = (B + nb - 1) // nb
+    wr = np.empty((groups, K, Og), dtype=o3.dtype)
+    for grp in range(groups):
+        for o in range(Og):
+            for c in range(Cg):
+                for i in range(kh):
+                    for j in range(kw):
+                        wr[grp, (i * kw + j) * Cg + c, o] = w4[grp * Og + o, c, i, j]
+    zero = o3.dtype.type(0)
+    for task in prange(tasks):
+        xt = np.empty(nb * H * W * C, dtype=o3.dtype)
+        rowbuf = np.empty(nb * P * K, dtype=o3.dtype)
+        resbuf = np.empty(nb * P * Og, dtype=o3.dtype)
+        for u in range(task, nc, tasks):
+            b0 = u * nb
+            n = min(nb, B - b0)
+            _to_hwc(x4, b0, n, xt)
+            for grp in range(groups):
+                rows = rowbuf[:n * P * K].reshape((n * P, K))
+                _im2row(xt, n, H, W, C, grp, Cg, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, rows)
+                res = resbuf[:n * P * Og].reshape((n * P, Og))
+                np.dot(rows, wr[grp], res)
+                rf = resbuf
+                for t in range(n):
+                    for p0 in range(0, P, 16):
+                        p1 = min(p0 + 16, P)
+                        for o in range(Og):
+                            add = bias[grp * Og + o] if has_bias else zero
+                            orow = o3[b0 + t, grp * Og + o]
+                            for p in range(p0, p1):
+                                orow[np.uint64(p)] = rf[np.uint64((t * P + p) * Og + o)] + add
+    _unplan(restore)
+
+
 @kernel(parallel=True)
 def _conv(x, w, out, bias, has_bias, stride, dil, code, lo, hi, groups):
     x4, w4, o4 = _as4(x), _as4(w), _as4(out)
@@ -493,10 +581,14 @@ def _conv(x, w, out, bias, has_bias, stride, dil, code, lo, hi, groups):
     Og, K = O // groups, Cg * kh * kw
     B, Ho, Wo = x4.shape[0], o4.shape[2], o4.shape[3]
     P = Ho * Wo
+    o3 = _flat3(out)
+    if Cg >= ROWS_MIN_C:
+        _conv_rows(x4, w4, o3, bias, has_bias, stride[0], stride[1], dil[0], dil[1], ph, pw,
+                   groups, Ho, Wo)
+        return
     nb, tasks, restore = _plan(B, P, K, groups)
     nc = (B + nb - 1) // nb
     wf = w4.reshape((O, K))
-    o3 = _flat3(out)
     zero = out.dtype.type(0)
     for task in prange(tasks):
         colbuf = np.empty(K * nb * P, dtype=out.dtype)
