@@ -375,7 +375,9 @@ class StepWriter:
                    name=None):
         """A `fused` node: its loop as a helper, and the call.  By default the
         node is the step graph's (flat views f<k>); a loop body passes its
-        own graph, flat input/output expressions and a helper name (serial)."""
+        own graph, (flat array, offset) pairs for the inputs and the output, and
+        a helper name (serial, inlined, indexing each array from its offset: the
+        loop makes its flat views once, not a view per argument per step)."""
         graph = graph or self.g
         out_shape = tuple(n.shape)
         pats = [block_pattern(graph.shape(i), out_shape) for i in n.inputs]
@@ -383,6 +385,9 @@ class StepWriter:
         k = self.k(n.id)
         in_loop = name is not None
         name = name or f"_fused{k}"
+        if in_loop:
+            ins = [x for pair in ins for x in pair]
+            out = ", ".join(out)
         ins = ins or [f"f{self.k(i)}" for i in n.inputs]
         out = out or f"f{k}"
         total = _prod_expr(out_shape)
@@ -400,7 +405,7 @@ class StepWriter:
                     sizes += [_prod_expr(out_shape[hi + 1:]), _prod_expr(out_shape[lo:hi + 1])]
         par = self.parallel_worth(out_shape) and not in_loop
         self.write_fused(name, n, pats, len(blocks) == 1, par, rows=len(sizes) == 2,
-                         inline=in_loop)
+                         inline=in_loop, offsets=in_loop)
         args = ", ".join(sizes + [out] + ins)
         what = f"# {n.id} = fused {'+'.join(n.attrs['ops'])}"
         if par:
@@ -442,24 +447,35 @@ class StepWriter:
         return lines
 
     def write_fused(self, name, n, pats, nested: bool, par: bool, rows: bool = False,
-                    inline: bool = False):
+                    inline: bool = False, offsets: bool = False):
         """nested: one broadcast block (a bias) read once per run of the inner
         loop; rows: that block is the trailing axes, so the inner loop runs
         along it (vectorised) instead of over a run of length 1; inline: the
         helper is inlined into its caller (a loop body's, where a call per
-        step and op costs more than a small loop's work)."""
+        step and op costs more than a small loop's work); offsets: each array
+        comes with the offset it is read (written) from, and indices are
+        unsigned (a signed one stops LLVM vectorising)."""
         nin = len(n.inputs)
-        ins = ", ".join(f"i{j}" for j in range(nin))
+
+        def at(j, e):
+            if not offsets:
+                return f"i{j}[{e}]"
+            return f"i{j}[np.uint64(io{j} + {e})]"
+
+        ins = ", ".join(f"i{j}, io{j}" if offsets else f"i{j}" for j in range(nin))
         h = self.helpers
-        loads_full = [f"x{j} = i{j}[k]" for j, p in enumerate(pats) if p[0] == "full"]
-        loads_scalar = [f"x{j} = i{j}[0]" for j, p in enumerate(pats) if p[0] == "scalar"]
+        loads_full = [f"x{j} = {at(j, 'k')}" for j, p in enumerate(pats) if p[0] == "full"]
+        loads_scalar = [f"x{j} = {at(j, '0')}" for j, p in enumerate(pats) if p[0] == "scalar"]
         body = self.fused_body(n)
+        if offsets:
+            body = body[:-1] + [body[-1].replace("o[k] =", "o[np.uint64(oo + k)] =", 1)]
+        o = "o, oo" if offsets else "o"
         for suffix, par in (("", False), ("p", True))[:2 if par else 1]:
             rng = "prange" if par else "range"
             inl = ", inline='always'" if inline else ""
             h(f"@njit(cache=True, error_model='numpy'{', parallel=True' if par else ''}{inl})")
             if nested and rows:
-                h(f"def {name}{suffix}(n0, n1, o, {ins}):")
+                h(f"def {name}{suffix}(n0, n1, {o}, {ins}):")
                 for ln in loads_scalar:
                     h(ln, 1)
                 h(f"for a0 in {rng}(n0):", 1)
@@ -468,18 +484,18 @@ class StepWriter:
                 h("k = base + a1", 3)
                 for j, p in enumerate(pats):
                     if p[0] == "block":
-                        h(f"x{j} = i{j}[a1]", 3)
+                        h(f"x{j} = {at(j, 'a1')}", 3)
                 for ln in loads_full + body:
                     h(ln, 3)
             elif nested:
-                h(f"def {name}{suffix}(n0, n1, n2, o, {ins}):")
+                h(f"def {name}{suffix}(n0, n1, n2, {o}, {ins}):")
                 for ln in loads_scalar:
                     h(ln, 1)
                 h(f"for a01 in {rng}(n0 * n1):", 1)
                 h("a1 = a01 % n1", 2)
                 for j, p in enumerate(pats):
                     if p[0] == "block":
-                        h(f"x{j} = i{j}[a1]", 2)
+                        h(f"x{j} = {at(j, 'a1')}", 2)
                 h("base = a01 * n2", 2)
                 h("for a2 in range(n2):", 2)
                 h("k = base + a2", 3)
@@ -487,13 +503,13 @@ class StepWriter:
                     h(ln, 3)
             else:
                 extra = "".join(f", q{j}, r{j}" for j, p in enumerate(pats) if p[0] == "block")
-                h(f"def {name}{suffix}(n{extra}, o, {ins}):")
+                h(f"def {name}{suffix}(n{extra}, {o}, {ins}):")
                 for ln in loads_scalar:
                     h(ln, 1)
                 h(f"for k in {rng}(n):", 1)
                 for j, p in enumerate(pats):
                     if p[0] == "block":
-                        h(f"x{j} = i{j}[(k // q{j}) % r{j}]", 2)
+                        h(f"x{j} = {at(j, f'(k // q{j}) % r{j}')}", 2)
                 for ln in loads_full + body:
                     h(ln, 2)
             h()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 import sys
 
 import numpy as np
@@ -61,6 +62,33 @@ class _Writer:
 
     def __call__(self, line="", ind=1):
         self.lines.append("    " * ind + line)
+
+    def open_loop(self):
+        """Flat views asked for (`flat`) until `close_loop` are made here, once."""
+        self.flats: dict[str, tuple] = {}
+        self.hoist_at = len(self.lines)
+
+    def close_loop(self):
+        made = [ln for _, lines in self.flats.values() for ln in lines]
+        self.lines[self.hoist_at:self.hoist_at] = ["    " + ln for ln in made]
+        self.hoist_at = None
+
+    def flat(self, name: str) -> tuple:
+        """(flat array, offset) of a buffer inside the step loop: a time-major
+        stack's step `X[t]` is (X's flat view, t times its step size), a buffer
+        made before the loop its flat view; anything else a view per use."""
+        m = re.fullmatch(r"(\w+)\[t\]", name)
+        base = m.group(1) if m else name
+        if getattr(self, "hoist_at", None) is None or not re.fullmatch(r"\w+", base):
+            return f"{name}.reshape(-1)", "0"
+        if base not in self.flats:
+            fv = f"_f{len(self.flats)}"
+            lines = [f"{fv} = {base}.reshape(-1)"]
+            if m:
+                lines.append(f"{fv}n = {fv}.size // max({base}.shape[0], 1)")
+            self.flats[base] = (fv, lines)
+        fv = self.flats[base][0]
+        return fv, (f"t * {fv}n" if m else "0")
 
     def alias(self, fn) -> str:
         mod = sys.modules[fn.__module__]
@@ -428,8 +456,8 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
         if n.op == "fused":
             sw = w.namer
             sw.loop_fused += 1
-            sw.emit_fused(w, n, ind, graph, [f"{names[i]}.reshape(-1)" for i in n.inputs],
-                          f"{v}.reshape(-1)", f"_lfused{sw.loop_fused}")
+            sw.emit_fused(w, n, ind, graph, [w.flat(names[i]) for i in n.inputs],
+                          w.flat(v), f"_lfused{sw.loop_fused}")
             continue
         fn, extra = get_op(n.op).kernel(n.attrs)
         args = [names[i] for i in n.inputs] + [v] + [w.literal(e) for e in extra]
@@ -494,11 +522,13 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
         else:
             names[nid] = f"sv_{j}[t]"
     todo = _buffers(w, body, names, hoisted)
+    w.open_loop()
     w("for i in range(T_):")
     w("t = T_ - 1 - i" if a["reverse"] else "t = i", 2)
     for s in range(S):
         w(f"car_{s}[t] = h_{s}", 2)
     _emit_body(w, body, names, todo, 2)
+    w.close_loop()
     for j, nid in copied:
         w(f"sv_{j}[t] = {names[nid]}", 2)
     new = [names[body.outputs["state:" + st["name"]]] for st in a["states"]]
@@ -658,6 +688,7 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
     skip = {m for _, nodes in post.values() for m in nodes}
     todo = _buffers(w, bwd, names, hoisted, skip)
     k = a.get("bptt") or 0
+    w.open_loop()
     w("for i in range(T_ - 1, -1, -1):")
     w("t = T_ - 1 - i" if a["reverse"] else "t = i", 2)
     if a.get("mask"):
@@ -672,6 +703,7 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
         else:
             w(f"e_{j}[:] = {src}", 2)
     _emit_body(w, bwd, names, todo, 2)
+    w.close_loop()
     for g, j in copied:
         w(f"GS{j}[t] = {names[g]}", 2)
     for i in wants:
