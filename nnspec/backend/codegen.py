@@ -164,6 +164,11 @@ class StepWriter:
     def arg_name(self, nid: str) -> str:
         return f"x_{self.inputs.index(nid)}"
 
+    def add_helper(self, name: str, text: str) -> None:
+        """Helper functions (`text`, defining `name`) written into the module once."""
+        if f"def {name}(" not in self.helpers.text():
+            self.helpers.lines += text.splitlines()
+
     def module_alias(self, modname: str) -> str:
         if modname not in self.modules:
             self.modules[modname] = f"_m{len(self.modules)}"

@@ -48,6 +48,22 @@ def _shape(shape) -> str:
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
+COPY_HELPERS = """
+@njit(cache=True, inline='always')
+def _copyn(n, d, do, s, so):
+    for k in range(n):
+        d[np.uint64(do + k)] = s[np.uint64(so + k)]
+
+
+@njit(cache=True, inline='always')
+def _cols(n0, n1, d, do, dld, s, so, sld):
+    for a in range(n0):
+        db, sb = do + a * dld, so + a * sld
+        for b in range(n1):
+            d[np.uint64(db + b)] = s[np.uint64(sb + b)]
+"""
+
+
 class _Writer:
     """Collects a function's lines.  With a `namer` (codegen's StepWriter) the
     function goes into the step module, sharing its imports and constants;
@@ -72,6 +88,32 @@ class _Writer:
         made = [ln for _, lines in self.flats.values() for ln in lines]
         self.lines[self.hoist_at:self.hoist_at] = ["    " + ln for ln in made]
         self.hoist_at = None
+
+    def copy(self, dst: str, src: str, ind: int, n: str | None = None):
+        """dst[:] = src for buffers of one step, as a plain unsigned loop over
+        flat views (numba's slice assignment costs more than a small copy)."""
+        d, do = self.flat(dst)
+        s, so = self.flat(src)
+        if self.namer is None or ".reshape" in d or ".reshape" in s:
+            self(f"{dst}[:] = {src}" if not dst.endswith("[t]") else f"{dst} = {src}", ind)
+            return
+        self.namer.add_helper("_copyn", COPY_HELPERS)
+        size = n or (f"{d}n" if dst.endswith("[t]") else f"{d}.size")
+        self(f"_copyn({size}, {d}, {do}, {s}, {so})", ind)
+
+    def cols(self, dst: str, dld: int, doff: int, src: str, sld: int, soff: int, width: int,
+             ind: int) -> bool:
+        """dst[:, doff:doff+width] = src[:, soff:soff+width] over rows of
+        length dld and sld, as a plain loop; False where it cannot."""
+        d, do = self.flat(dst)
+        s, so = self.flat(src)
+        if self.namer is None or ".reshape" in d or ".reshape" in s:
+            return False
+        self.namer.add_helper("_copyn", COPY_HELPERS)
+        rows = f"{d}n // {dld}" if dst.endswith("[t]") else f"{d}.size // {dld}"
+        self(f"_cols({rows}, {width}, {d}, {do} + {doff}, {dld}, {s}, {so} + {soff}, {sld})",
+             ind)
+        return True
 
     def flat(self, name: str) -> tuple:
         """(flat array, offset) of a buffer inside the step loop: a time-major
@@ -440,8 +482,10 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             raise ValueError(f"loops: body input '{nid}' is not bound")
         if n.op == "slice" and _on_features(n):
             src, k = names[n.inputs[0]], graph.shape(n.inputs[0])[-1]
-            w(f"{v}.reshape(-1, {n.shape[-1]})[:] = {src}.reshape(-1, {k})"
-              f"[:, {n.attrs['start']}:{n.attrs['stop']}]", ind)
+            width = n.shape[-1]
+            if not w.cols(v, width, 0, src, k, n.attrs["start"], width, ind):
+                w(f"{v}.reshape(-1, {width})[:] = {src}.reshape(-1, {k})"
+                  f"[:, {n.attrs['start']}:{n.attrs['stop']}]", ind)
             continue
         # columns side by side: colcat, and a concat of features (plain copies,
         # not the concat kernel's parallel loop at every step)
@@ -449,8 +493,9 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             off = 0
             for i in n.inputs:
                 k = graph.shape(i)[-1]
-                w(f"{v}.reshape(-1, {n.shape[-1]})[:, {off}:{off + k}] = "
-                  f"{names[i]}.reshape(-1, {k})", ind)
+                if not w.cols(v, n.shape[-1], off, names[i], k, 0, k, ind):
+                    w(f"{v}.reshape(-1, {n.shape[-1]})[:, {off}:{off + k}] = "
+                      f"{names[i]}.reshape(-1, {k})", ind)
                 off += k
             continue
         if n.op == "fused":
@@ -526,11 +571,10 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
     w("for i in range(T_):")
     w("t = T_ - 1 - i" if a["reverse"] else "t = i", 2)
     for s in range(S):
-        w(f"car_{s}[t] = h_{s}", 2)
+        w.copy(f"car_{s}[t]", f"h_{s}", 2)
     _emit_body(w, body, names, todo, 2)
-    w.close_loop()
     for j, nid in copied:
-        w(f"sv_{j}[t] = {names[nid]}", 2)
+        w.copy(f"sv_{j}[t]", names[nid], 2)
     new = [names[body.outputs["state:" + st["name"]]] for st in a["states"]]
     outs = [names[body.outputs[k]] for k in a["outputs"]]
     if a.get("mask"):
@@ -558,7 +602,8 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
             new = [f"_h{s}" for s in range(S)]
         for s, v in enumerate(new):
             if v != f"h_{s}":
-                w(f"h_{s}[:] = {v}", 2)
+                w.copy(f"h_{s}", v, 2)
+    w.close_loop()
     for s in range(S):
         w(f"fin_{s}[:] = h_{s}")
     return w.function(fname, args), w
@@ -701,11 +746,10 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
                 src = "_src"
             _scale_rows(w, "m", src, f"e_{j}", 2)
         else:
-            w(f"e_{j}[:] = {src}", 2)
+            w.copy(f"e_{j}", src, 2)
     _emit_body(w, bwd, names, todo, 2)
-    w.close_loop()
     for g, j in copied:
-        w(f"GS{j}[t] = {names[g]}", 2)
+        w.copy(f"GS{j}[t]", names[g], 2)
     for i in wants:
         out = bwd.outputs.get(f"grad:{i}")
         if out is None or out in post:
@@ -720,13 +764,14 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
             _scale_rows(w, "m", names[gp] if gp else f"np.zeros_like(gs_{s})", f"gs_{s}", 2,
                         keep=True)
         elif gp:
-            w(f"gs_{s}[:] = {names[gp]}", 2)
+            w.copy(f"gs_{s}", names[gp], 2)
         else:
             w(f"gs_{s}[...] = T(0)", 2)
     if k:
         w(f"if i % {k} == 0 and i > 0:  # truncated BPTT: a window boundary", 2)
         for s in range(S):
             w(f"gs_{s}[...] = T(0)", 3)
+    w.close_loop()
     for s, spec in enumerate(a["states"]):
         j = n_seq + spec["index"] if spec["init"] == "input" else None
         if j is not None and j in wants:
