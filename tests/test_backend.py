@@ -345,3 +345,30 @@ def test_second_process_loads_the_step_from_disk(tmp_path):
     seconds = float(re.search(r"SECONDS ([\d.]+)", log).group(1))
     assert seconds < 3.0, f"second start took {seconds:.2f} s"
     assert len(list(tmp_path.glob("step_cached_train_*.py"))) == 1
+
+
+def test_convolution_threads_leave_the_blas_as_they_found_it():
+    """Convolutions split the batch over threads with a one-thread BLAS inside;
+    afterwards the BLAS has its thread count back, and the result equals the
+    NumPy reference whether the batch was split or not."""
+    from nnspec.backend.cpu import blas_threads
+    from nnspec.backend.jit import jitted, openblas_threads
+    from nnspec.ops import conv
+    fns = openblas_threads()
+    if fns is None:
+        pytest.skip("SciPy's OpenBLAS does not export its thread setters")
+    get = fns[0]
+    rng = np.random.default_rng(3)
+    attrs = {"stride": [1, 1], "dilation": [1, 1], "pad": [[1, 1], [1, 1]], "groups": 1}
+    extra = conv._extra(attrs, 2)
+    for channels in (3, 16):          # im2col + GEMM, and channels-last
+        x = rng.standard_normal((5, channels, 6, 7))
+        w = rng.standard_normal((4, channels, 3, 3))
+        want = all_ops()["conv"].reference(attrs, x, w)
+        for k in (2, 1):
+            blas_threads(k)
+            before = get()
+            out = np.zeros((5, 4, 6, 7))
+            jitted(conv.conv_nobias)(x, w, out, *extra)
+            assert get() == before
+            np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)

@@ -27,7 +27,10 @@ def openblas_threads():
     """(get, set) thread-count functions of SciPy's OpenBLAS as ctypes
     functions, or None when it is not loaded or does not export them."""
     import ctypes
-    import scipy.linalg.cython_blas  # noqa: F401  (loads the library np.dot uses)
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the library np.dot uses)
+    except ImportError:
+        return None
     try:
         with open("/proc/self/maps") as f:
             libs = {ln.split()[-1] for ln in f if "scipy_openblas" in ln and "scipy.libs" in ln}
