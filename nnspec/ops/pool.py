@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Op, fmt, kernel, known, layer, prange, prod, register
+from .base import Op, fmt, kernel, known, layer, prod, register
 from .conv import _as4, _per_axis
 
 
@@ -253,12 +253,12 @@ def _win(o, s, p, k, n):
     return max(lo, 0), min(hi, n), hi - lo
 
 
-@kernel(parallel=True)
+@kernel
 def _maxpool_tiled(x4, o4, s4, want_sw, kh, kw, Ho, Wo):
     """The first maximum in row-major order wins.  2x2 windows get straight-line
     selects over unsigned indices, which vectorise."""
     B, C, H, W = x4.shape
-    for b in prange(B):
+    for b in range(B):
         for c in range(C):
             for oy in range(Ho):
                 if kh == 2 and kw == 2:
@@ -298,7 +298,7 @@ def _maxpool_tiled(x4, o4, s4, want_sw, kh, kw, Ho, Wo):
                         o4[b, c, oy, ox] = best
 
 
-@kernel(parallel=True)
+@kernel
 def _maxpool(x, out, sw, want_sw, kern, stride, pad):
     x4, o4 = _as4(x), _as4(out)
     s4 = _as4(sw)
@@ -308,7 +308,7 @@ def _maxpool(x, out, sw, want_sw, kern, stride, pad):
     if _tiled(kern, stride, pad, Ho, Wo, H, W):
         _maxpool_tiled(x4, o4, s4, want_sw, kern[0], kern[1], Ho, Wo)
         return
-    for t in prange(B * C):
+    for t in range(B * C):
         b = t // C
         c = t % C
         for oy in range(Ho):
@@ -339,14 +339,14 @@ def maxpool_switches(x, out, kern, stride, pad):
     _maxpool(x, np.zeros((1, 1, 1, 1), x.dtype), out, True, kern, stride, pad)
 
 
-@kernel(parallel=True)
+@kernel
 def _unpool(v, sw, out):
     # (explicit sizes: reshape with -1 miscompiles inside this parallel kernel)
     n = v.shape[0] * v.shape[1]
     vf = v.reshape((n, v.size // n))
     sf = sw.reshape((n, v.size // n))
     of = out.reshape((n, out.size // n))
-    for t in prange(n):
+    for t in range(n):
         for i in range(of.shape[1]):
             of[t, i] = 0
         for k in range(vf.shape[1]):
@@ -363,13 +363,13 @@ def unpool_like(v, sw, like, out):
     _unpool(v, sw, out)
 
 
-@kernel(parallel=True)
+@kernel
 def gather_switches(g, sw, out):
     n = g.shape[0] * g.shape[1]
     gf = g.reshape((n, g.size // n))
     sf = sw.reshape((n, sw.size // n))
     of = out.reshape((n, out.size // n))
-    for t in prange(n):
+    for t in range(n):
         for i in range(of.shape[1]):
             of[t, i] = gf[t, sf[t, i]]
 
@@ -382,13 +382,13 @@ def _tiled(kern, stride, pad, Ho, Wo, H, W):
             and Ho * kern[0] <= H and Wo * kern[1] <= W)
 
 
-@kernel(parallel=True)
+@kernel
 def _avgpool_tiled(x4, o4, kh, kw):
     B, C, H, W = x4.shape
     Ho, Wo = o4.shape[2], o4.shape[3]
     T = o4.dtype.type
     r = T(1) / T(kh * kw)
-    for b in prange(B):
+    for b in range(B):
         for c in range(C):
             for oy in range(Ho):
                 orow = o4[b, c, oy]
@@ -405,13 +405,13 @@ def _avgpool_tiled(x4, o4, kh, kw):
                     orow[ox] *= r
 
 
-@kernel(parallel=True)
+@kernel
 def _avgpool_grad_tiled(g4, d4, kh, kw):
     B, C, H, W = d4.shape
     Ho, Wo = g4.shape[2], g4.shape[3]
     T = d4.dtype.type
     r = T(1) / T(kh * kw)
-    for b in prange(B):
+    for b in range(B):
         for c in range(C):
             for y in range(H):
                 for x in range(W):
@@ -426,7 +426,7 @@ def _avgpool_grad_tiled(g4, d4, kh, kw):
                             drow[ox * kw + kx] = v
 
 
-@kernel(parallel=True)
+@kernel
 def avgpool(x, out, kern, stride, pad, include_pad):
     x4, o4 = _as4(x), _as4(out)
     B, C, H, W = x4.shape
@@ -435,7 +435,7 @@ def avgpool(x, out, kern, stride, pad, include_pad):
     if _tiled(kern, stride, pad, Ho, Wo, H, W):
         _avgpool_tiled(x4, o4, kern[0], kern[1])
         return
-    for t in prange(B * C):
+    for t in range(B * C):
         b = t // C
         c = t % C
         for oy in range(Ho):
@@ -450,7 +450,7 @@ def avgpool(x, out, kern, stride, pad, include_pad):
                 o4[b, c, oy, ox] = acc / T(cnt)
 
 
-@kernel(parallel=True)
+@kernel
 def avgpool_grad(g, x, out, kern, stride, pad, include_pad):
     g4, d4 = _as4(g), _as4(out)
     B, C, H, W = d4.shape
@@ -459,7 +459,7 @@ def avgpool_grad(g, x, out, kern, stride, pad, include_pad):
     if _tiled(kern, stride, pad, Ho, Wo, H, W):
         _avgpool_grad_tiled(g4, d4, kern[0], kern[1])
         return
-    for t in prange(B * C):
+    for t in range(B * C):
         b = t // C
         c = t % C
         for yy in range(H):
