@@ -17,7 +17,10 @@ of conv in x, conv_grad_weight its adjoint in w), so every op here is
 differentiable, twice.  conv_transpose(x, w) is conv_grad_input with the
 conv's in/out roles swapped.
 
-Kernels: im2col + one BLAS product per group; 1-d runs as 2-d with H = 1.
+Kernels: im2col + one BLAS product per group and chunk of images, the
+chunks split over Numba's threads with a one-thread BLAS each (`_plan`); a
+forward with 16 or more channels per group runs channels-last (`_conv_rows`);
+1-d runs as 2-d with H = 1.
 """
 from __future__ import annotations
 
