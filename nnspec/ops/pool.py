@@ -263,23 +263,31 @@ def _maxpool_tiled(x4, o4, s4, want_sw, kh, kw, Ho, Wo):
             for oy in range(Ho):
                 if kh == 2 and kw == 2:
                     r0, r1 = x4[b, c, 2 * oy], x4[b, c, 2 * oy + 1]
-                    base = 2 * oy * W
-                    for ox in range(Wo):
-                        q0, q1 = np.uint64(2 * ox), np.uint64(2 * ox + 1)
-                        v, i = r0[q0], 0
-                        u = r0[q1]
-                        i = 1 if u > v else i
-                        v = u if u > v else v
-                        u = r1[q0]
-                        i = W if u > v else i
-                        v = u if u > v else v
-                        u = r1[q1]
-                        i = W + 1 if u > v else i
-                        v = u if u > v else v
-                        if want_sw:
-                            s4[b, c, oy, ox] = base + 2 * ox + i
-                        else:
-                            o4[b, c, oy, ox] = v
+                    if want_sw:
+                        base = 2 * oy * W
+                        srow = s4[b, c, oy]
+                        for ox in range(Wo):
+                            # pairs, then the pairs' winners (ties keep the earlier)
+                            q0, q1 = np.uint64(2 * ox), np.uint64(2 * ox + 1)
+                            a0, a1, a2, a3 = r0[q0], r0[q1], r1[q0], r1[q1]
+                            m01, m23 = a1 > a0, a3 > a2
+                            v01 = a1 if m01 else a0
+                            v23 = a3 if m23 else a2
+                            i01 = np.int64(1) if m01 else np.int64(0)
+                            i23 = W + 1 if m23 else W
+                            i = i23 if v23 > v01 else i01
+                            srow[np.uint64(ox)] = base + 2 * ox + i
+                    else:
+                        orow = o4[b, c, oy]
+                        for ox in range(Wo):
+                            q0, q1 = np.uint64(2 * ox), np.uint64(2 * ox + 1)
+                            v = r0[q0]
+                            u = r0[q1]
+                            v = u if u > v else v
+                            u = r1[q0]
+                            v = u if u > v else v
+                            u = r1[q1]
+                            orow[np.uint64(ox)] = u if u > v else v
                     continue
                 for ox in range(Wo):
                     y0, x0 = oy * kh, ox * kw
