@@ -72,11 +72,12 @@ def work_estimate(graph) -> tuple[int, int, int, int, int]:
             continue
         if n.op in ("loop", "loop_grad"):
             T = graph.shape(n.inputs[0])[1]
+            steps = T if isinstance(T, int) else 32
             b_ex, b_fixed, _, _, b_gemm = work_estimate(n.attrs["body"])
-            k = (2 if n.op == "loop_grad" else 1) * (T if isinstance(T, int) else 32)
-            loops += k * b_ex
-            gemm += k * b_gemm
-            step = max(step, k * b_ex // (T if isinstance(T, int) else 32))
+            k = 2 if n.op == "loop_grad" else 1
+            loops += k * steps * b_ex
+            gemm += k * steps * b_gemm
+            step = max(step, k * b_ex)
             fixed += b_fixed
             continue
         ins = [graph.shape(i) for i in n.inputs]

@@ -34,10 +34,9 @@ def use_threads(n: int, blas: int | None = None) -> None:
         import numba
         if not hasattr(_threads, "default"):
             _threads.default = numba.get_num_threads()
-        k = min(n, _threads.default) if n else _threads.default
+        k, b = (min(m, _threads.default) if m else _threads.default for m in want)
         numba.set_num_threads(k)
-        b = want[1]
-        blas_threads(min(b, _threads.default) if b else _threads.default)
+        blas_threads(b)
         _threads.n = want
 
 

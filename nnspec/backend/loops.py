@@ -48,13 +48,7 @@ def _shape(shape) -> str:
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
-COPY_HELPERS = """
-@njit(cache=True, inline='always')
-def _copyn(n, d, do, s, so):
-    for k in range(n):
-        d[np.uint64(do + k)] = s[np.uint64(so + k)]
-
-
+COPY_HELPER = """
 @njit(cache=True, inline='always')
 def _cols(n0, n1, d, do, dld, s, so, sld):
     for a in range(n0):
@@ -75,13 +69,15 @@ class _Writer:
         self.consts: list[str] = []
         self.dtype = dtype
         self.namer = namer
+        self.flats: dict[str, tuple] = {}   # buffer -> (flat view, its lines), per loop
+        self.hoist_at = None                # where the open loop's flat views go
 
     def __call__(self, line="", ind=1):
         self.lines.append("    " * ind + line)
 
     def open_loop(self):
         """Flat views asked for (`flat`) until `close_loop` are made here, once."""
-        self.flats: dict[str, tuple] = {}
+        self.flats = {}
         self.hoist_at = len(self.lines)
 
     def close_loop(self):
@@ -89,28 +85,26 @@ class _Writer:
         self.lines[self.hoist_at:self.hoist_at] = ["    " + ln for ln in made]
         self.hoist_at = None
 
-    def copy(self, dst: str, src: str, ind: int, n: str | None = None):
-        """dst[:] = src for buffers of one step, as a plain unsigned loop over
-        flat views (numba's slice assignment costs more than a small copy)."""
-        d, do = self.flat(dst)
-        s, so = self.flat(src)
-        if self.namer is None or ".reshape" in d or ".reshape" in s:
-            self(f"{dst}[:] = {src}" if not dst.endswith("[t]") else f"{dst} = {src}", ind)
-            return
-        self.namer.add_helper("_copyn", COPY_HELPERS)
-        size = n or (f"{d}n" if dst.endswith("[t]") else f"{d}.size")
-        self(f"_copyn({size}, {d}, {do}, {s}, {so})", ind)
+    def copy(self, dst: str, src: str, ind: int):
+        """dst[:] = src for buffers of one step (one row of the whole size)."""
+        d = self.flat(dst)[0]
+        size = f"{d}n" if dst.endswith("[t]") else f"{d}.size"
+        if not self.cols(dst, size, 0, src, size, 0, size, ind, rows="1"):
+            self(f"{dst} = {src}" if dst.endswith("[t]") else f"{dst}[:] = {src}", ind)
 
-    def cols(self, dst: str, dld: int, doff: int, src: str, sld: int, soff: int, width: int,
-             ind: int) -> bool:
+    def cols(self, dst: str, dld, doff, src: str, sld, soff, width, ind: int,
+             rows=None) -> bool:
         """dst[:, doff:doff+width] = src[:, soff:soff+width] over rows of
-        length dld and sld, as a plain loop; False where it cannot."""
+        length dld and sld, as a plain unsigned loop over the flat views
+        (numba's slice assignment costs more than a small copy); False where
+        a buffer has none."""
         d, do = self.flat(dst)
         s, so = self.flat(src)
         if self.namer is None or ".reshape" in d or ".reshape" in s:
             return False
-        self.namer.add_helper("_copyn", COPY_HELPERS)
-        rows = f"{d}n // {dld}" if dst.endswith("[t]") else f"{d}.size // {dld}"
+        self.namer.add_helper("_cols", COPY_HELPER)
+        if rows is None:
+            rows = f"{d}n // {dld}" if dst.endswith("[t]") else f"{d}.size // {dld}"
         self(f"_cols({rows}, {width}, {d}, {do} + {doff}, {dld}, {s}, {so} + {soff}, {sld})",
              ind)
         return True
@@ -121,7 +115,7 @@ class _Writer:
         made before the loop its flat view; anything else a view per use."""
         m = re.fullmatch(r"(\w+)\[t\]", name)
         base = m.group(1) if m else name
-        if getattr(self, "hoist_at", None) is None or not re.fullmatch(r"\w+", base):
+        if self.hoist_at is None or not re.fullmatch(r"\w+", base):
             return f"{name}.reshape(-1)", "0"
         if base not in self.flats:
             fv = f"_f{len(self.flats)}"

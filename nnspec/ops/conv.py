@@ -375,11 +375,12 @@ def _unplan(restore):
 
 
 @kernel
-def _ox_range(Wo, W, sw, off):
-    """The ox with 0 <= ox sw + off < W, as [ox0, ox1)."""
-    ox0 = 0 if off >= 0 else min((-off + sw - 1) // sw, Wo)
-    ox1 = max(min(Wo, (W - 1 - off) // sw + 1), ox0)
-    return ox0, ox1
+def _inside(No, N, s, off):
+    """The output positions o (of No) with 0 <= o s + off < N, as [o0, o1):
+    along a row (ox, W) or a column (oy, H) of the input."""
+    o0 = 0 if off >= 0 else min((-off + s - 1) // s, No)
+    o1 = max(min(No, (N - 1 - off) // s + 1), o0)
+    return o0, o1
 
 
 # The copy loops below index with unsigned integers: a signed index (i + offset)
@@ -405,11 +406,9 @@ def _im2col(x4, b0, n, grp, Cg, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, cols):
             for j in range(kw):
                 r = (c * kh + i) * kw + j
                 off = j * dw - pw
-                ox0, ox1 = _ox_range(Wo, W, sw, off)
+                ox0, ox1 = _inside(Wo, W, sw, off)
                 d = i * dh - ph
-                # the output rows whose input row is inside the image
-                oy0 = min(max(0, (-d + sh - 1) // sh), Ho)
-                oy1 = max(min(Ho, (H - 1 - d) // sh + 1), oy0)
+                oy0, oy1 = _inside(Ho, H, sh, d)     # rows whose input row is inside
                 for t in range(n):
                     cb = r * N + t * P
                     xc = ((b0 + t) * C + grp * Cg + c) * H * W
@@ -454,12 +453,11 @@ def _col2im(dcols, b0, n, grp, Cg, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, dx4):
             xc = ((b0 + t) * C + grp * Cg + c) * H * W
             for i in range(kh):
                 d = i * dh - ph
-                oy0 = min(max(0, (-d + sh - 1) // sh), Ho)
-                oy1 = max(min(Ho, (H - 1 - d) // sh + 1), oy0)
+                oy0, oy1 = _inside(Ho, H, sh, d)
                 for j in range(kw):
                     r = (c * kh + i) * kw + j
                     off = j * dw - pw
-                    ox0, ox1 = _ox_range(Wo, W, sw, off)
+                    ox0, ox1 = _inside(Wo, W, sw, off)
                     for oy in range(oy0, oy1):
                         cb = r * N + t * P + oy * Wo
                         xb = xc + (oy * sh + d) * W + off

@@ -254,56 +254,38 @@ def _win(o, s, p, k, n):
 
 
 @kernel
-def _maxpool_tiled(x4, o4, s4, want_sw, kh, kw, Ho, Wo):
-    """The first maximum in row-major order wins.  2x2 windows get straight-line
-    selects over unsigned indices, which vectorise."""
-    B, C, H, W = x4.shape
-    for b in range(B):
-        for c in range(C):
-            for oy in range(Ho):
-                if kh == 2 and kw == 2:
-                    r0, r1 = x4[b, c, 2 * oy], x4[b, c, 2 * oy + 1]
-                    if want_sw:
-                        base = 2 * oy * W
-                        srow = s4[b, c, oy]
-                        for ox in range(Wo):
-                            # pairs, then the pairs' winners (ties keep the earlier)
-                            q0, q1 = np.uint64(2 * ox), np.uint64(2 * ox + 1)
-                            a0, a1, a2, a3 = r0[q0], r0[q1], r1[q0], r1[q1]
-                            m01, m23 = a1 > a0, a3 > a2
-                            v01 = a1 if m01 else a0
-                            v23 = a3 if m23 else a2
-                            i01 = np.int64(1) if m01 else np.int64(0)
-                            i23 = W + 1 if m23 else W
-                            i = i23 if v23 > v01 else i01
-                            srow[np.uint64(ox)] = base + 2 * ox + i
-                    else:
-                        orow = o4[b, c, oy]
-                        for ox in range(Wo):
-                            q0, q1 = np.uint64(2 * ox), np.uint64(2 * ox + 1)
-                            v = r0[q0]
-                            u = r0[q1]
-                            v = u if u > v else v
-                            u = r1[q0]
-                            v = u if u > v else v
-                            u = r1[q1]
-                            orow[np.uint64(ox)] = u if u > v else v
-                    continue
-                for ox in range(Wo):
-                    y0, x0 = oy * kh, ox * kw
-                    best = x4[b, c, y0, x0]
-                    at = y0 * W + x0
-                    for yy in range(y0, y0 + kh):
-                        xrow = x4[b, c, yy]
-                        for xx in range(x0, x0 + kw):
-                            v = xrow[xx]
-                            if v > best:
-                                best = v
-                                at = yy * W + xx
-                    if want_sw:
-                        s4[b, c, oy, ox] = at
-                    else:
-                        o4[b, c, oy, ox] = best
+def _max2x2(x4, o4, s4, b, c, want_sw, Ho, Wo):
+    """One plane of a 2x2 max pool whose windows tile it: straight-line selects
+    over unsigned indices, which vectorise.  The first maximum in row-major
+    order wins (the switches compare pairs, then the pairs' winners; ties keep
+    the earlier)."""
+    W = x4.shape[3]
+    for oy in range(Ho):
+        r0, r1 = x4[b, c, 2 * oy], x4[b, c, 2 * oy + 1]
+        if want_sw:
+            base = 2 * oy * W
+            srow = s4[b, c, oy]
+            for ox in range(Wo):
+                q0, q1 = np.uint64(2 * ox), np.uint64(2 * ox + 1)
+                a0, a1, a2, a3 = r0[q0], r0[q1], r1[q0], r1[q1]
+                m01, m23 = a1 > a0, a3 > a2
+                v01 = a1 if m01 else a0
+                v23 = a3 if m23 else a2
+                i01 = np.int64(1) if m01 else np.int64(0)
+                i23 = W + 1 if m23 else W
+                i = i23 if v23 > v01 else i01
+                srow[np.uint64(ox)] = base + 2 * ox + i
+        else:
+            orow = o4[b, c, oy]
+            for ox in range(Wo):
+                q0, q1 = np.uint64(2 * ox), np.uint64(2 * ox + 1)
+                v = r0[q0]
+                u = r0[q1]
+                v = u if u > v else v
+                u = r1[q0]
+                v = u if u > v else v
+                u = r1[q1]
+                orow[np.uint64(ox)] = u if u > v else v
 
 
 @kernel
@@ -313,12 +295,13 @@ def _maxpool(x, out, sw, want_sw, kern, stride, pad):
     B, C, H, W = x4.shape
     Ho = s4.shape[2] if want_sw else o4.shape[2]
     Wo = s4.shape[3] if want_sw else o4.shape[3]
-    if _tiled(kern, stride, pad, Ho, Wo, H, W):
-        _maxpool_tiled(x4, o4, s4, want_sw, kern[0], kern[1], Ho, Wo)
-        return
+    pairs = kern[0] == 2 and kern[1] == 2 and _tiled(kern, stride, pad, Ho, Wo, H, W)
     for t in range(B * C):
         b = t // C
         c = t % C
+        if pairs:
+            _max2x2(x4, o4, s4, b, c, want_sw, Ho, Wo)
+            continue
         for oy in range(Ho):
             y0, y1, _ = _win(oy, stride[0], pad[0], kern[0], H)
             for ox in range(Wo):
@@ -391,47 +374,35 @@ def _tiled(kern, stride, pad, Ho, Wo, H, W):
 
 
 @kernel
-def _avgpool_tiled(x4, o4, kh, kw):
-    B, C, H, W = x4.shape
-    Ho, Wo = o4.shape[2], o4.shape[3]
-    T = o4.dtype.type
-    r = T(1) / T(kh * kw)
-    for b in range(B):
-        for c in range(C):
-            for oy in range(Ho):
-                orow = o4[b, c, oy]
-                for ox in range(Wo):
-                    orow[ox] = T(0)
-                for ky in range(kh):
-                    xrow = x4[b, c, oy * kh + ky]
-                    for ox in range(Wo):
-                        acc = T(0)
-                        for kx in range(kw):
-                            acc += xrow[ox * kw + kx]
-                        orow[ox] += acc
-                for ox in range(Wo):
-                    orow[ox] *= r
+def _avg_tiles(xp, op, kh, kw, r):
+    """One plane of an average pool whose windows tile it: row loops."""
+    T = op.dtype.type
+    for oy in range(op.shape[0]):
+        orow = op[oy]
+        for ox in range(op.shape[1]):
+            orow[ox] = T(0)
+        for ky in range(kh):
+            xrow = xp[oy * kh + ky]
+            for ox in range(op.shape[1]):
+                acc = T(0)
+                for kx in range(kw):
+                    acc += xrow[ox * kw + kx]
+                orow[ox] += acc
+        for ox in range(op.shape[1]):
+            orow[ox] *= r
 
 
 @kernel
-def _avgpool_grad_tiled(g4, d4, kh, kw):
-    B, C, H, W = d4.shape
-    Ho, Wo = g4.shape[2], g4.shape[3]
-    T = d4.dtype.type
-    r = T(1) / T(kh * kw)
-    for b in range(B):
-        for c in range(C):
-            for y in range(H):
-                for x in range(W):
-                    d4[b, c, y, x] = T(0)
-            for oy in range(Ho):
-                grow = g4[b, c, oy]
-                for ky in range(kh):
-                    drow = d4[b, c, oy * kh + ky]
-                    for ox in range(Wo):
-                        v = grow[ox] * r
-                        for kx in range(kw):
-                            drow[ox * kw + kx] = v
+def _avg_tiles_grad(gp, dp, kh, kw, r):
+    """Its gradient into a zeroed plane dp."""
+    for oy in range(gp.shape[0]):
+        grow = gp[oy]
+        for ky in range(kh):
+            drow = dp[oy * kh + ky]
+            for ox in range(gp.shape[1]):
+                v = grow[ox] * r
+                for kx in range(kw):
+                    drow[ox * kw + kx] = v
 
 
 @kernel
@@ -440,12 +411,14 @@ def avgpool(x, out, kern, stride, pad, include_pad):
     B, C, H, W = x4.shape
     Ho, Wo = o4.shape[2], o4.shape[3]
     T = out.dtype.type
-    if _tiled(kern, stride, pad, Ho, Wo, H, W):
-        _avgpool_tiled(x4, o4, kern[0], kern[1])
-        return
+    tiles = _tiled(kern, stride, pad, Ho, Wo, H, W)
+    r = T(1) / T(kern[0] * kern[1])
     for t in range(B * C):
         b = t // C
         c = t % C
+        if tiles:
+            _avg_tiles(x4[b, c], o4[b, c], kern[0], kern[1], r)
+            continue
         for oy in range(Ho):
             y0, y1, ny = _win(oy, stride[0], pad[0], kern[0], H)
             for ox in range(Wo):
@@ -464,15 +437,17 @@ def avgpool_grad(g, x, out, kern, stride, pad, include_pad):
     B, C, H, W = d4.shape
     Ho, Wo = g4.shape[2], g4.shape[3]
     T = out.dtype.type
-    if _tiled(kern, stride, pad, Ho, Wo, H, W):
-        _avgpool_grad_tiled(g4, d4, kern[0], kern[1])
-        return
+    tiles = _tiled(kern, stride, pad, Ho, Wo, H, W)
+    r = T(1) / T(kern[0] * kern[1])
     for t in range(B * C):
         b = t // C
         c = t % C
         for yy in range(H):
             for xx in range(W):
                 d4[b, c, yy, xx] = 0
+        if tiles:
+            _avg_tiles_grad(g4[b, c], d4[b, c], kern[0], kern[1], r)
+            continue
         for oy in range(Ho):
             y0, y1, ny = _win(oy, stride[0], pad[0], kern[0], H)
             for ox in range(Wo):
