@@ -201,6 +201,17 @@ CASES = [
     *conv_family("2d-c16-pad1", (3, 16, 5, 6), (3, 16, 3, 3), conv(2, pad=1, bias=True)),
     *conv_family("2d-c16-groups2-s2-dil", (2, 32, 7, 6), (4, 16, 3, 2),
                  conv(2, groups=2, stride=2, dilation=[1, 2], pad=[[1, 0], [2, 1]])),
+    # 16 or more channels per group on both sides, stride 1: the input gradient runs
+    # as the channels-last forward of g with the kernels flipped (not where the
+    # padding would add over half the work: the valid case)
+    *conv_family("2d-c16-o16-asym-dil", (2, 16, 6, 7), (16, 16, 3, 2),
+                 conv(2, dilation=[2, 1], pad=[[1, 3], [0, 1]])),
+    *conv_family("2d-c32-groups2-same", (2, 32, 5, 5), (32, 16, 3, 3),
+                 conv(2, groups=2, pad="same")),
+    *conv_family("1d-c16-causal-dil2", (2, 16, 9), (16, 16, 3), conv(1, dilation=2, pad="causal")),
+    *conv_family("2d-c16-full", (1, 16, 4, 3), (16, 16, 2, 3), conv(2, pad="full")),
+    *conv_family("2d-c16-valid", (2, 16, 6, 6), (16, 16, 3, 3), conv(2)),
+    CA("conv_transpose", [X(2, 16, 4, 5), P(16, 16, 3, 3)], "2d-c16-p1", tconv(2, pad=1)),
     CA("conv_transpose", [X(2, 3, 4, 5), P(3, 2, 3, 3)], "2d-s2-p1-op1",
        tconv(2, stride=2, pad=1, output_padding=1)),
     CA("conv_transpose", [X(2, 4, 3, 4), P(4, 1, 2, 3), P(2)], "2d-groups2-bias-dil",

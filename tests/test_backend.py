@@ -372,3 +372,34 @@ def test_convolution_threads_leave_the_blas_as_they_found_it():
             jitted(conv.conv_nobias)(x, w, out, *extra)
             assert get() == before
             np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("small", ["0", "1"])
+def test_channels_last_convolutions_either_blocking(small, tmp_path):
+    """The channels-last kernels (forward, and the input gradient of a stride-1
+    convolution) multiply whole images, or blocks of a few output rows that
+    cross image boundaries where the BLAS has a fast path for small products;
+    both match the reference (NNSPEC_BLAS_SMALL_GEMM forces either)."""
+    code = textwrap.dedent("""
+        import numpy as np
+        from nnspec.backend.jit import jitted
+        from nnspec.ops import all_ops, conv
+        rng = np.random.default_rng(5)
+        for xs, ws, groups in [((3, 16, 5, 40), (24, 16, 3, 3), 1),
+                               ((2, 32, 5, 40), (32, 16, 3, 3), 2)]:
+            attrs = {"stride": [1, 1], "dilation": [1, 1], "pad": [[1, 1], [1, 1]],
+                     "groups": groups}
+            extra = conv._extra(attrs, 2)
+            x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+            y = np.zeros((xs[0], ws[0]) + xs[2:])
+            jitted(conv.conv_nobias)(x, w, y, *extra)
+            np.testing.assert_allclose(y, all_ops()["conv"].reference(attrs, x, w),
+                                       rtol=1e-10, atol=1e-10)
+            g, dx = rng.standard_normal(y.shape), np.zeros(xs)
+            jitted(conv.conv_grad_input)(g, w, x, dx, *extra)
+            want = all_ops()["conv_grad_input"].reference(attrs, g, w, x)
+            np.testing.assert_allclose(dx, want, rtol=1e-10, atol=1e-10)
+        print("OK")
+    """)
+    r = _run_fresh(code, tmp_path, {"NNSPEC_BLAS_SMALL_GEMM": small})
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]

@@ -7,14 +7,15 @@ points the module's `prange` at `numba.prange`.  Kernels that call each other
 by their global names then see dispatchers when Numba compiles them, and
 `cache=True` keeps the machine code on disk between runs.
 
-The module's `prange`, `num_threads`, `blas_get_threads` and
-`blas_set_threads` (plain-Python stand-ins from ops/base.py) become Numba's:
+The module's `prange`, `num_threads`, `blas_get_threads`, `blas_set_threads`
+and `blas_small_gemm` (plain-Python stand-ins from ops/base.py) become Numba's:
 the BLAS ones call SciPy's OpenBLAS (the BLAS behind np.dot in compiled code)
 through symbols registered with LLVM by name, so kernels that use them still
 cache (an address baked into the code would not survive a new process).
 """
 from __future__ import annotations
 
+import os
 import sys
 
 _done: set[str] = set()
@@ -23,9 +24,9 @@ _done: set[str] = set()
 _hooks: dict = {}
 
 
-def openblas_threads():
-    """(get, set) thread-count functions of SciPy's OpenBLAS as ctypes
-    functions, or None when it is not loaded or does not export them."""
+def _openblas():
+    """SciPy's OpenBLAS (the BLAS behind np.dot in compiled code) as a ctypes
+    library, or None when it is not loaded."""
     import ctypes
     try:
         import scipy.linalg.cython_blas  # noqa: F401  (loads the library np.dot uses)
@@ -41,13 +42,41 @@ def openblas_threads():
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        get = getattr(lib, "scipy_openblas_get_num_threads", None)
-        put = getattr(lib, "scipy_openblas_set_num_threads", None)
-        if get is not None and put is not None:
-            get.restype, get.argtypes = ctypes.c_int, []
-            put.restype, put.argtypes = None, [ctypes.c_int]
-            return get, put
+        if getattr(lib, "scipy_openblas_get_num_threads", None) is not None:
+            return lib
     return None
+
+
+def openblas_threads():
+    """(get, set) thread-count functions of SciPy's OpenBLAS as ctypes
+    functions, or None when it is not loaded or does not export them."""
+    import ctypes
+    lib = _openblas()
+    if lib is None:
+        return None
+    get = getattr(lib, "scipy_openblas_get_num_threads", None)
+    put = getattr(lib, "scipy_openblas_set_num_threads", None)
+    if get is None or put is None:
+        return None
+    get.restype, get.argtypes = ctypes.c_int, []
+    put.restype, put.argtypes = None, [ctypes.c_int]
+    return get, put
+
+
+# OpenBLAS kernel sets with a small-matrix GEMM path (no packing for small products);
+# NNSPEC_BLAS_SMALL_GEMM=0 or 1 overrides the choice (the tests run both ways)
+SMALL_GEMM_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+
+
+def openblas_core() -> str:
+    """The kernel set SciPy's OpenBLAS runs (lower case), or "" if unknown."""
+    import ctypes
+    lib = _openblas()
+    fn = getattr(lib, "scipy_openblas_get_corename", None) if lib is not None else None
+    if fn is None:
+        return ""
+    fn.restype, fn.argtypes = ctypes.c_char_p, []
+    return (fn() or b"").decode().strip().lower()
 
 
 def hooks() -> dict:
@@ -68,6 +97,13 @@ def hooks() -> dict:
             addrs = [ctypes.cast(f, ctypes.c_void_p).value for f in fns]
         llvm.add_symbol("nnspec_blas_get_threads", addrs[0])
         llvm.add_symbol("nnspec_blas_set_threads", addrs[1])
+        # a constant of this process, read through a symbol like the others so
+        # that cached kernels do not keep the value of the process that compiled them
+        small = int(os.environ.get("NNSPEC_BLAS_SMALL_GEMM")
+                    or openblas_core() in SMALL_GEMM_CORES)
+        small_fn = numba.cfunc(types.intc())(lambda: 1 if small else 0)
+        keep = tuple(keep) + (small_fn,)
+        llvm.add_symbol("nnspec_blas_small_gemm", small_fn.address)
         # numba.get_num_threads would bake its address in too
         from numba.np.ufunc import parallel
         parallel._launch_threads()
@@ -79,6 +115,7 @@ def hooks() -> dict:
             blas_get_threads=types.ExternalFunction("nnspec_blas_get_threads", types.intc()),
             blas_set_threads=types.ExternalFunction("nnspec_blas_set_threads",
                                                     types.void(types.intc)),
+            blas_small_gemm=types.ExternalFunction("nnspec_blas_small_gemm", types.intc()),
             _keep=keep)
     return _hooks
 

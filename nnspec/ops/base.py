@@ -17,7 +17,8 @@ An op is defined in one place (one module under ``nnspec/ops``):
   ``num_threads()`` for the size of the thread pool, and
   ``blas_get_threads()`` / ``blas_set_threads(k)`` to run BLAS calls
   single-threaded inside a ``prange`` (a threaded BLAS called from several
-  threads at once oversubscribes the cores).
+  threads at once oversubscribes the cores); ``blas_small_gemm()`` says
+  whether small products are fast.
 * ``macs(attrs, in_shapes, out_shape)``: multiply-adds per example, for
   ``nnspec inspect``.
 
@@ -50,6 +51,14 @@ def blas_get_threads() -> int:
 
 def blas_set_threads(k: int) -> None:
     pass
+
+
+def blas_small_gemm() -> int:
+    """1 where the BLAS has a fast path for small products (OpenBLAS's AVX-512
+    kernels: a convolution then multiplies a few output rows at a time, in the
+    cache), 0 where it packs its operands on every call (whole images are
+    faster there)."""
+    return 0
 
 OPS: dict[str, "Op"] = {}
 LAYERS: dict[str, "LayerDef"] = {}
