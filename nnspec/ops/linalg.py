@@ -65,9 +65,16 @@ def dot(a, b, out):
     if FEW_ROWS[0] <= m <= FEW_ROWS[1] and m * n * a.shape[1] >= FEW_ROWS_MIN_MACS:
         tmp = np.empty((n, m), out.dtype)
         np.dot(b.T, a.T, tmp)
-        for i in range(m):
-            for j in range(n):
-                out[i, j] = tmp[j, i]
+        if n * m <= 1 << 14:
+            for i in range(m):
+                for j in range(n):
+                    out[i, j] = tmp[j, i]
+        else:       # in blocks of 64 rows of tmp (in the L1 cache): [1024, 32] 15 -> 9 us
+            o, t = out.reshape(out.size), tmp.reshape(tmp.size)
+            for j0 in range(0, n, 64):
+                for i in range(m):
+                    for j in range(j0, min(j0 + 64, n)):
+                        o[np.uint64(i * n + j)] = t[np.uint64(j * m + i)]
     else:
         np.dot(a, b, out)
 
