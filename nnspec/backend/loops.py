@@ -305,12 +305,28 @@ def _derived(g, kind: str, attrs: dict, shape, dtype, cache: dict) -> str:
     return cache[key]
 
 
+def _rewrite(graph, todo, fn):
+    """`graph` rebuilt with each node in `todo` replaced by what fn(g, node,
+    cache) adds to the new graph g (cache: for `_derived`); `graph` itself
+    when there is nothing to do."""
+    from ..passes.util import copy_node, empty_like
+    if not todo:
+        return graph
+    g, cache = empty_like(graph), {}
+    for n in graph.nodes():
+        if n.id in todo:
+            fn(g, n, cache)
+        else:
+            copy_node(g, graph, n.id)
+    return g
+
+
 def _split_concat(graph, caps: set):
     """linear(concat(a, x[t]), W) -> linear(a, W[:, :na]) + linear(x[t], W[:, na:])
     (a concatenation along the features, W captured): the step input's part
     is then hoisted out of the loop, and the GEMM left in the loop is smaller
     (an LSTM written with concat(h[t-1], x[t]))."""
-    from ..passes.util import add_raw, copy_node, empty_like
+    from ..passes.util import add_raw
     w_like = _weight_like(graph, caps)
 
     def splittable(n):
@@ -320,14 +336,8 @@ def _split_concat(graph, caps: set):
         if c.op != "concat" or not _on_features(c):
             return False
         return any(graph.node(i).attrs.get("kind") == "step" for i in c.inputs)
-    todo = [n.id for n in graph.nodes() if splittable(n)]
-    if not todo:
-        return graph
-    g, cache = empty_like(graph), {}
-    for n in graph.nodes():
-        if n.id not in todo:
-            copy_node(g, graph, n.id)
-            continue
+
+    def split(g, n, cache):
         c = graph.node(n.inputs[0])
         w = n.inputs[1]
         rows, off, parts = graph.shape(w)[0], 0, []
@@ -343,7 +353,7 @@ def _split_concat(graph, caps: set):
             last = j == len(parts) - 2
             acc = add_raw(g, n.id if last else g.unique(f"{n.id}.sum"), "add", (acc, q), {},
                           n.shape, n.dtype, n.layer, n.loc)
-    return g
+    return _rewrite(graph, {n.id for n in graph.nodes() if splittable(n)}, split)
 
 
 def _merge_gemms(graph, caps: set, skip: set = frozenset()):
@@ -477,23 +487,18 @@ def _transpose_weights(graph, caps: set, skip: set = frozenset()):
     faster when its left operand, W^T there, is contiguous (an LSTM's
     backward, [32, 1024] x [1024, 256]: 75 -> 58 us; 8 rows: 47 -> 31 us;
     within 10% either way from 64 rows on)."""
-    from ..passes.util import add_raw, copy_node, empty_like
+    from ..passes.util import add_raw
     caps = _weight_like(graph, caps)
-    todo = {n.id for n in graph.nodes()
-            if n.op == "matmul" and not n.attrs.get("ta") and not n.attrs.get("tb")
-            and n.inputs[1] in caps and n.id not in skip}
-    if not todo:
-        return graph
-    g, cache = empty_like(graph), {}
-    for n in graph.nodes():
-        if n.id not in todo:
-            copy_node(g, graph, n.id)
-            continue
+
+    def transposed(g, n, cache):
         a, w = n.inputs
         k, m = graph.shape(w)
         wt = _derived(g, "wT", {"src": w}, (m, k), graph.dtype_of(w), cache)
         add_raw(g, n.id, "linear", (a, wt), {"bias": False}, n.shape, n.dtype, n.layer, n.loc)
-    return g
+    return _rewrite(graph, {n.id for n in graph.nodes()
+                            if n.op == "matmul" and not n.attrs.get("ta")
+                            and not n.attrs.get("tb") and n.inputs[1] in caps
+                            and n.id not in skip}, transposed)
 
 
 def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
