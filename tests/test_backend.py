@@ -403,3 +403,46 @@ def test_channels_last_convolutions_either_blocking(small, tmp_path):
     """)
     r = _run_fresh(code, tmp_path, {"NNSPEC_BLAS_SMALL_GEMM": small})
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+def test_steps_reuse_freed_memory(tmp_path):
+    """A recurrent step's temporaries (stacked projections, gate gradients)
+    are malloc'd at every call; once compiled steps run, glibc keeps freed
+    memory, so later steps do not fault it in again (under a small trim
+    threshold, which nnspec leaves alone when the environment sets it, the
+    same steps fault about 4,600 pages each)."""
+    code = textwrap.dedent("""
+        import resource
+        import numpy as np
+        import nnspec
+        src = open(%r).read().split("network")[0] + '''
+        network seq {
+            input x: [64, 64]
+            output logits = (x -> lstm(256)).h -> dense(10)
+        }
+        train {
+            target label: int
+            loss = cross_entropy(logits, label)
+            optimizer = sgd(lr = 0.01)
+        }
+        '''
+        net = nnspec.compile(src)
+        net.set_optimizer("sgd")
+        rng = np.random.default_rng(0)
+        x = {"x": rng.standard_normal((32, 64, 64)).astype(np.float32)}
+        y = {"label": rng.integers(0, 10, 32)}
+        for _ in range(5):
+            net.train_step(x, y, 0.01)
+        r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(10):
+            net.train_step(x, y, 0.01)
+        print("FAULTS", (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 10)
+    """ % str(ROOT / "specs" / "lstm.nn"))
+    if not hasattr(__import__("ctypes").CDLL(None), "mallopt"):
+        pytest.skip("not glibc")
+    if os.environ.get("MALLOC_TRIM_THRESHOLD_") or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        pytest.skip("the environment sets glibc's thresholds")
+    r = _run_fresh(code, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    faults = float(re.search(r"FAULTS ([\d.]+)", r.stdout).group(1))
+    assert faults < 20, f"{faults} page faults per step"

@@ -60,6 +60,36 @@ def blas_threads(k: int) -> None:
     _blas_set[0](int(k))
 
 
+_malloc_kept = []
+
+
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory for the next step instead of returning it
+    to the system.  Compiled code allocates its temporaries (a loop's stacked
+    projections and gate gradients, a convolution's columns) with malloc at
+    every call; above glibc's thresholds they were unmapped or trimmed when
+    freed and faulted in again at the next step (an LSTM of hidden 256, batch
+    32, T = 64: 4,864 page faults, 7 of its 23 ms).  Raises the mmap threshold
+    to glibc's maximum (32 MB) and the trim threshold to 1 GB, once per
+    process; not where the MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_
+    variable sets them, and nothing where the C library is not glibc."""
+    import ctypes
+    import os
+    if _malloc_kept:
+        return
+    _malloc_kept.append(True)
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
+
+
 def _code_key(b, optimizer, whole) -> str:
     """The parts of a build that decide its code (not the spec's text/meta)."""
     d = b.graph.to_dict()
@@ -85,6 +115,7 @@ class CompiledStep:
         self.dtype = b.dtype
         g = b.graph
         self.inputs = [n for n in g.inputs] + [n for n in g.targets]
+        keep_freed_memory()
         writer = StepWriter(b, playout, slayout, self.inputs, optimizer, whole)
         self.arena_dtypes = writer.arenas
         k = cache.key(_code_key(b, optimizer, whole), b.dtype, b.kind, "step-v1")
