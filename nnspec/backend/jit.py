@@ -99,8 +99,9 @@ def hooks() -> dict:
         llvm.add_symbol("nnspec_blas_set_threads", addrs[1])
         # a constant of this process, read through a symbol like the others so
         # that cached kernels do not keep the value of the process that compiled them
-        small = int(os.environ.get("NNSPEC_BLAS_SMALL_GEMM")
-                    or openblas_core() in SMALL_GEMM_CORES)
+        forced = os.environ.get("NNSPEC_BLAS_SMALL_GEMM", "").strip()
+        small = (forced == "1" if forced in ("0", "1")
+                 else openblas_core() in SMALL_GEMM_CORES)
         small_fn = numba.cfunc(types.intc())(lambda: 1 if small else 0)
         keep = tuple(keep) + (small_fn,)
         llvm.add_symbol("nnspec_blas_small_gemm", small_fn.address)
