@@ -428,7 +428,8 @@ def test_steps_reuse_freed_memory(tmp_path):
             net.train_step(x, y, 0.01)
         print("FAULTS", (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 10)
     """ % str(ROOT / "bench"))
-    if not hasattr(__import__("ctypes").CDLL(None), "mallopt"):
+    import ctypes
+    if not hasattr(ctypes.CDLL(None), "mallopt"):
         pytest.skip("not glibc")
     if os.environ.get("MALLOC_TRIM_THRESHOLD_") or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         pytest.skip("the environment sets glibc's thresholds")

@@ -787,10 +787,11 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
     # (computed in place unless the value is an input of the step)
     sv_of = {nid: f"sv_{j}" for j, nid in enumerate(saved)}
     merged = _merged_stacks(bwd, raw, post, stacks, set(sv_of) | set(names))
-    in_merged = {g: (c, off, k) for c, cols in merged.items() for g, off, k in cols}
-    for c, cid in enumerate(merged):
+    in_merged = {}      # G_k -> (its concatenation's stack and width, G_k's columns)
+    for c, (cid, cols) in enumerate(merged.items()):
         w(f"GC{c} = np.empty((T_,) + {_shape(bwd.shape(cid))}, T)  # {cid}, every step")
         names[cid] = f"GC{c}[t]"
+        in_merged.update({g: (f"GC{c}", bwd.shape(cid)[-1], off, k) for g, off, k in cols})
     copied = []
     for g, j in stacks.items():
         if g not in sv_of and g not in in_merged:
@@ -850,32 +851,27 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
     big.update({sid: f"xt_{k}" for k, sid in enumerate(a["seq_inputs"])})
     big.update({cid: f"car_{s}" for s, cid in enumerate(a["state_inputs"])})
     big.update({c: f"p_{k}" for k, c in enumerate(a["captures"])})
-    # products and row sums of merged stacks: once over the whole stack, a row
-    # block per gradient
-    whole: dict[tuple, str] = {}
+    def call(n, args):
+        fn, extra = get_op(n.op).kernel(n.attrs)
+        w(f"{w.alias(fn)}({', '.join(args + [w.literal(e) for e in extra])})")
+
+    whole: dict[tuple, str] = {}    # (merged stack, op, other operand) -> its result
     for root, (i, nodes) in post.items():
         for m in nodes:
             n = raw.node(m)
-            if not n.inputs or n.inputs[0] not in in_merged:
+            if n.inputs and n.inputs[0] in in_merged:
+                # G_k^T y or G_k's row sums: once over the merged stack (every G_k
+                # side by side), a row block per gradient
+                gc, width, off, k = in_merged[n.inputs[0]]
+                key = (gc, n.op) + tuple(n.inputs[1:])
+                if key not in whole:
+                    v = whole[key] = f"_W{len(whole)}"
+                    other = tuple(raw.shape(x)[-1] for x in n.inputs[1:])
+                    w(f"{v} = np.empty({_shape((width,) + other)}, T)")
+                    w(f"# {m} = {n.op}, over all steps, every gate at once")
+                    call(n, [gc] + [big[x] for x in n.inputs[1:]] + [v])
+                big[m] = f"{whole[key]}[{off}:{off + k}]"
                 continue
-            cid, off, k = in_merged[n.inputs[0]]
-            c = list(merged).index(cid)
-            key = (c, n.op, n.inputs[1] if n.op == "matmul" else None)
-            if key not in whole:
-                v = whole[key] = f"_W{c}_{len(whole)}"
-                width = bwd.shape(cid)[-1]
-                other = () if n.op == "sum_rows" else (raw.shape(n.inputs[1])[-1],)
-                w(f"{v} = np.empty({_shape((width,) + other)}, T)")
-                w(f"# {cid} stacked: {n.op} over all steps and gates")
-                fn, extra = get_op(n.op).kernel(n.attrs)
-                kargs = [f"GC{c}"] + [big[x] for x in n.inputs[1:]] + [v]
-                w(f"{w.alias(fn)}({', '.join(kargs + [w.literal(e) for e in extra])})")
-            big[m] = f"{whole[key]}[{off}:{off + k}]"
-    for root, (i, nodes) in post.items():
-        for m in nodes:
-            if m in big:
-                continue
-            n = raw.node(m)
             seq = i < n_seq
             v = f"_r{len(big)}"
             w(f"{v} = np.empty({'(T_,) + ' if seq else ''}{_shape(n.shape)}, T)")
@@ -883,9 +879,7 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
             if n.op == "add":
                 w(f"{v}[...] = {big[n.inputs[0]]} + {big[n.inputs[1]]}")
             else:
-                fn, extra = get_op(n.op).kernel(n.attrs)
-                kargs = [big[x] for x in n.inputs] + [v] + [w.literal(e) for e in extra]
-                w(f"{w.alias(fn)}({', '.join(kargs)})")
+                call(n, [big[x] for x in n.inputs] + [v])
             big[m] = v
         if i >= n_seq:
             w(f"g_{i} += {big[root]}")

@@ -534,30 +534,46 @@ def _im2row(xt, H, W, C, grp, Cg, kh, kw, Ho, r0, r1, Wo, sh, sw, dh, dw, ph, pw
 ROWS_BLOCK = 1 << 14    # floats of gathered rows per small GEMM (64 KB: they stay in cache)
 
 
-@kernel(parallel=True)
-def _conv_rows(x4, w4, o3, bias, has_bias, sh, sw, dh, dw, ph, pw, groups, Ho, Wo):
-    """The forward channels-last: each task turns its images to [H, W, C], gathers
-    rows [pixel, (i, j, c)] (runs of C contiguous values) a few output rows at a
-    time and multiplies them by the weights as [(i, j, c), o].  That GEMM has
-    many rows and few columns, the shape OpenBLAS runs fastest (1.4x W @ cols for
-    a 32-channel 3x3 convolution).  Where the BLAS multiplies small products
-    without packing them (blas_small_gemm), rows go a few output rows at a time,
-    in the cache: the gather and the GEMM 1.15x faster than with a whole image's
-    rows (1.2 MB); elsewhere (OpenBLAS's AVX2 kernels) 1.4x slower."""
-    B, C, H, W = x4.shape
+@kernel
+def _rows_weights(w4, groups, flip, dtype):
+    """The weights as the channels-last GEMM's right operand, [groups, (i, j, c), o].
+    flip: for the input gradient, a convolution of g with the kernels flipped
+    and the in/out channels swapped (c runs over w's outputs, o over its inputs)."""
     O, Cg, kh, kw = w4.shape
-    Og, K = O // groups, Cg * kh * kw
-    P = Ho * Wo
-    nb, tasks, restore = _plan(B, P, K, 1)
-    nc = (B + nb - 1) // nb
-    my = max(1, ROWS_BLOCK // max(Wo * K, 1)) if blas_small_gemm() else nb * Ho
-    wr = np.empty((groups, K, Og), dtype=o3.dtype)
+    Og = O // groups
+    cin, cout = (Og, Cg) if flip else (Cg, Og)
+    wr = np.empty((groups, kh * kw * cin, cout), dtype=dtype)
     for grp in range(groups):
         for o in range(Og):
             for c in range(Cg):
                 for i in range(kh):
                     for j in range(kw):
-                        wr[grp, (i * kw + j) * Cg + c, o] = w4[grp * Og + o, c, i, j]
+                        v = w4[grp * Og + o, c, i, j]
+                        if flip:
+                            wr[grp, ((kh - 1 - i) * kw + kw - 1 - j) * Og + o, c] = v
+                        else:
+                            wr[grp, (i * kw + j) * Cg + c, o] = v
+    return wr
+
+
+@kernel(parallel=True)
+def _conv_rows(x4, wr, kh, kw, o3, bias, has_bias, sh, sw, dh, dw, ph, pw, Ho, Wo):
+    """The forward channels-last (weights from `_rows_weights`): each task turns its
+    images to [H, W, C], gathers rows [pixel, (i, j, c)] (runs of C contiguous
+    values) and multiplies them by the weights as [(i, j, c), o].  That GEMM has
+    many rows and few columns, the shape OpenBLAS runs fastest (1.4x W @ cols for
+    a 32-channel 3x3 convolution).  Where the BLAS multiplies small products
+    without packing them (blas_small_gemm) the rows go a few output rows at a
+    time, in the cache: the gather and the GEMM 1.15x faster than with a whole
+    image's rows (1.2 MB); with OpenBLAS's AVX2 kernels that is 1.4x slower, and
+    they go an image at a time."""
+    B, C, H, W = x4.shape
+    groups, K, Og = wr.shape
+    Cg = K // (kh * kw)
+    P = Ho * Wo
+    nb, tasks, restore = _plan(B, P, K, 1)
+    nc = (B + nb - 1) // nb
+    my = max(1, ROWS_BLOCK // max(Wo * K, 1)) if blas_small_gemm() else nb * Ho
     zero = o3.dtype.type(0)
     for task in prange(tasks):
         xt = np.empty(nb * H * W * C, dtype=o3.dtype)
@@ -597,8 +613,8 @@ def _conv(x, w, out, bias, has_bias, stride, dil, code, lo, hi, groups):
     P = Ho * Wo
     o3 = _flat3(out)
     if Cg >= ROWS_MIN_C:
-        _conv_rows(x4, w4, o3, bias, has_bias, stride[0], stride[1], dil[0], dil[1], ph, pw,
-                   groups, Ho, Wo)
+        _conv_rows(x4, _rows_weights(w4, groups, False, out.dtype), kh, kw, o3, bias, has_bias,
+                   stride[0], stride[1], dil[0], dil[1], ph, pw, Ho, Wo)
         return
     nb, tasks, restore = _plan(B, P, K, groups)
     nc = (B + nb - 1) // nb
@@ -652,16 +668,8 @@ def _conv_back_data(g, w, dx, stride, dil, code, lo, groups):
         # stride 1: dx is the convolution of g, padded by (qh, qw), with the
         # kernels flipped and their in/out channels swapped: channels-last (where
         # both have 16+ channels, and the padding adds at most half the work)
-        wf4 = np.empty((groups * Cg, Og, kh, kw), dtype=dx.dtype)
-        for grp in range(groups):
-            for o in range(Og):
-                for c in range(Cg):
-                    for i in range(kh):
-                        for j in range(kw):
-                            wf4[grp * Cg + c, o, i, j] = w4[grp * Og + o, c, kh - 1 - i,
-                                                            kw - 1 - j]
-        _conv_rows(g4, wf4, _flat3(dx), np.zeros(1, dx.dtype), False, 1, 1, dil[0], dil[1],
-                   qh, qw, groups, H, W)
+        _conv_rows(g4, _rows_weights(w4, groups, True, dx.dtype), kh, kw, _flat3(dx),
+                   np.zeros(1, dx.dtype), False, 1, 1, dil[0], dil[1], qh, qw, H, W)
         return
     # tasks own whole images (every group of them), so no two add into one dx
     nb, tasks, restore = _plan(B, P, K, 1)
