@@ -290,11 +290,27 @@ def cpu_model() -> str:
 
 
 def blas_core() -> str:
-    """The kernel set of the OpenBLAS behind nnspec's kernels (SciPy's; NumPy's
-    picks the same; OPENBLAS_CORETYPE forces one)."""
-    sys.path.insert(0, str(ROOT))
-    from nnspec.backend.jit import openblas_core
-    return openblas_core() or "unknown"
+    """The kernel set NumPy's OpenBLAS runs (OPENBLAS_CORETYPE forces one).  Not
+    nnspec.backend.jit.openblas_core: importing nnspec.backend sets
+    OMP_WAIT_POLICY=PASSIVE, which the torch worker would inherit (PyTorch's
+    LSTM 12 -> 33 ms)."""
+    import ctypes
+
+    import numpy  # noqa: F401  (loads its OpenBLAS)
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({ln.split()[-1] for ln in f if "openblas" in ln and ".so" in ln})
+        for path in libs:
+            lib = ctypes.CDLL(path)
+            for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                         "openblas_get_corename64_", "openblas_get_corename"):
+                fn = getattr(lib, name, None)
+                if fn is not None:
+                    fn.restype = ctypes.c_char_p
+                    return fn().decode()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def gemm_gflops(n=1024, reps=10) -> float:
