@@ -130,7 +130,7 @@ def test_source_does_not_depend_on_T(cell):
     assert a and a == b
     assert "for i in range(T_)" in a and "for i in range(T_ - 1, -1, -1)" in a
     # nothing is unrolled: one loop per direction, whatever T
-    assert a.count("def _loop") == 2
+    assert len(re.findall(r"^def _loop\d+\(", a, re.M)) == 2
     # with a dynamic time axis the whole step is one program for every T
     dyn = nnspec.compile(spec(cell), seed=0)
     p = dyn._program("train")

@@ -153,6 +153,7 @@ class StepWriter:
         self.consts: list[str] = []           # module-level constant definitions
         self.helpers = Source()
         self.loop_fused = 0                   # helpers written for loop bodies (_lfused<k>)
+        self.paired_loops = 0                 # loops run by two threads (backend/loops.py)
         self.var: dict[str, int] = {}
         self.arenas = sorted(set(self.plan.fixed) | set(self.plan.per_example))
 
@@ -378,12 +379,14 @@ class StepWriter:
 
     # ---- fused elementwise loops --------------------------------------------
     def emit_fused(self, body: Source, n, ind: int, graph=None, ins=None, out=None,
-                   name=None):
+                   name=None, split=False):
         """A `fused` node: its loop as a helper, and the call.  By default the
         node is the step graph's (flat views f<k>); a loop body passes its
         own graph, (flat array, offset) pairs for the inputs and the output, and
         a helper name (serial, inlined, indexing each array from its offset: the
-        loop makes its flat views once, not a view per argument per step)."""
+        loop makes its flat views once, not a view per argument per step; its
+        outer loop runs over a range s:e, the whole or, with `split`, the batch
+        rows r0:r0+nb of a paired loop's thread, backend/loops.py)."""
         graph = graph or self.g
         out_shape = tuple(n.shape)
         pats = [block_pattern(graph.shape(i), out_shape) for i in n.inputs]
@@ -412,6 +415,13 @@ class StepWriter:
         par = self.parallel_worth(out_shape) and not in_loop
         self.write_fused(name, n, pats, len(blocks) == 1, par, rows=len(sizes) == 2,
                          inline=in_loop, offsets=in_loop)
+        if in_loop:     # the outer loop's range s:e instead of its length
+            outer = f"({sizes[0]}) * ({sizes[1]})" if len(sizes) == 3 else sizes[0]
+            if split:
+                rng = [f"r0 * ({outer}) // B", f"(r0 + nb) * ({outer}) // B"]
+            else:
+                rng = ["0", outer]
+            sizes = rng + sizes[1:]
         args = ", ".join(sizes + [out] + ins)
         what = f"# {n.id} = fused {'+'.join(n.attrs['ops'])}"
         if par:
@@ -480,11 +490,12 @@ class StepWriter:
             rng = "prange" if par else "range"
             inl = ", inline='always'" if inline else ""
             h(f"@njit(cache=True, error_model='numpy'{', parallel=True' if par else ''}{inl})")
+            start = "s, " if offsets else ""      # the outer loop's range s:n0
             if nested and rows:
-                h(f"def {name}{suffix}(n0, n1, {o}, {ins}):")
+                h(f"def {name}{suffix}({start}n0, n1, {o}, {ins}):")
                 for ln in loads_scalar:
                     h(ln, 1)
-                h(f"for a0 in {rng}(n0):", 1)
+                h(f"for a0 in {rng}({start}n0):", 1)
                 h("base = a0 * n1", 2)
                 h("for a1 in range(n1):", 2)
                 h("k = base + a1", 3)
@@ -494,10 +505,13 @@ class StepWriter:
                 for ln in loads_full + body:
                     h(ln, 3)
             elif nested:
-                h(f"def {name}{suffix}(n0, n1, n2, {o}, {ins}):")
+                if offsets:     # the range of a0 * n1 + a1
+                    h(f"def {name}{suffix}(s, e, n1, n2, {o}, {ins}):")
+                else:
+                    h(f"def {name}{suffix}(n0, n1, n2, {o}, {ins}):")
                 for ln in loads_scalar:
                     h(ln, 1)
-                h(f"for a01 in {rng}(n0 * n1):", 1)
+                h(f"for a01 in {rng}({'s, e' if offsets else 'n0 * n1'}):", 1)
                 h("a1 = a01 % n1", 2)
                 for j, p in enumerate(pats):
                     if p[0] == "block":
@@ -509,10 +523,10 @@ class StepWriter:
                     h(ln, 3)
             else:
                 extra = "".join(f", q{j}, r{j}" for j, p in enumerate(pats) if p[0] == "block")
-                h(f"def {name}{suffix}(n{extra}, {o}, {ins}):")
+                h(f"def {name}{suffix}({start}n{extra}, {o}, {ins}):")
                 for ln in loads_scalar:
                     h(ln, 1)
-                h(f"for k in {rng}(n):", 1)
+                h(f"for k in {rng}({start}n):", 1)
                 for j, p in enumerate(pats):
                     if p[0] == "block":
                         h(f"x{j} = {at(j, f'(k // q{j}) % r{j}')}", 2)
@@ -573,6 +587,7 @@ class StepWriter:
             head(f"compile_module({alias})")
         head()
         head(f"T = {self.tname}")
+        head(f"PAIRED_LOOPS = {self.paired_loops}  # loops whose products run on two threads")
         head()
         head()
         head.lines += FAST32.splitlines()

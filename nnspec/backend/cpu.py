@@ -131,6 +131,7 @@ class CompiledStep:
                                 if tuple(g.shape(n))[:2] == ("B", "T")), None)
         self._steps = 1
         self._work = work_estimate(b.graph)
+        self._paired = getattr(self.module, "PAIRED_LOOPS", 0) > 0
         self._bound: dict = {}
         self._arenas: dict[int, list] = {}
         self._views: dict[tuple, np.ndarray] = {}
@@ -177,6 +178,12 @@ class CompiledStep:
             # threads spin after each call and take the cores from the parallel
             # kernels (LeNet-5: 4.3 ms with a threaded BLAS, 3.2 ms without).
             blas = n if 2 * batch * gemm >= work else 1
+            # Loops whose products run on two threads of ours (backend/loops.py)
+            # call the BLAS on one thread; where they are most of the step, the
+            # rest does too: OpenBLAS's threads spin for a while after each call,
+            # and a spinning thread halves the paired loop's speed.
+            if self._paired and batch >= 2 and 2 * batch * loops >= work:
+                blas = 1
             bound = self._bound[key] = (tuple(self.arenas(batch, self._steps)), (n, blas))
         arenas, n = bound
         if getattr(_threads, "n", None) != n:

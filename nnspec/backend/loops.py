@@ -39,7 +39,9 @@ import sys
 import numpy as np
 
 from ..ops import get_op
+from ..ops import linalg as _linalg
 from ..ops.loop import n_inputs
+from ..passes.fusion import block_pattern
 from ..passes import dce
 
 
@@ -47,6 +49,16 @@ def _shape(shape) -> str:
     dims = [str(d) for d in shape]
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
+
+# Loops whose products have fewer multiply-adds per batch row and step are
+# not paired: a paired loop takes Numba about twice as long to compile (its
+# parallel region: 28 -> 53 s for a first LSTM step), and small products gain
+# little (waking the second thread costs about 150 us per call).
+PAIR_MIN_ROW_MACS = 1 << 16
+
+# a paired loop's function: only its prange is a parallel loop
+PRANGE_ONLY = {"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
+               "setitem": False, "numpy": False, "stencil": False, "fusion": False}
 
 COPY_HELPER = """
 @njit(cache=True, inline='always')
@@ -71,9 +83,50 @@ class _Writer:
         self.namer = namer
         self.flats: dict[str, tuple] = {}   # buffer -> (flat view, its lines), per loop
         self.hoist_at = None                # where the open loop's flat views go
+        # a paired loop (see _paired): the code before the threads' region, the
+        # region's (self.lines while `pair`), the hoisted products it runs
+        # first, and the multiply-adds of its products per batch row and step
+        self.pair = False
+        self.before: list[str] = []
+        self.inner: list[str] = []
+        self.deferred: list[tuple] = []
+        self.macs = 0
 
     def __call__(self, line="", ind=1):
         self.lines.append("    " * ind + line)
+
+    def begin_region(self):
+        """What follows runs in each of a paired loop's threads: thread _q of
+        _nq, batch rows r0:r0+nb, meeting the other at barriers."""
+        self.before, self.lines, self.pair = self.lines, [], True
+        self("r0 = _q * B // _nq")
+        self("nb = (_q + 1) * B // _nq - r0")
+        self("_k = 1")
+        for fn, args in self.deferred:      # hoisted products, split by rows
+            self(f"{fn}({', '.join(args)}, _q, _nq)")
+        if self.deferred:
+            self.barrier(1)
+
+    def end_region(self):
+        if self.macs < PAIR_MIN_ROW_MACS:
+            raise _NoPair("small products")
+        self.inner, self.lines, self.pair = self.lines, [], False
+
+    def outer(self, line: str):
+        """A line before the region (a buffer the threads share)."""
+        self.before.append("    " + line)
+
+    def barrier(self, ind: int):
+        self(f"_k = {self.namer.module_alias('nnspec.backend.sync')}.barrier(_sy, _nq, _k)", ind)
+
+    def only_first(self, line: str, ind: int, wait: bool = True):
+        """A statement of the whole batch, on thread 0 between barriers (the
+        first left out with `wait` false: the code before ends with one)."""
+        if wait:
+            self.barrier(ind)
+        self("if _q == 0:", ind)
+        self(line, ind + 1)
+        self.barrier(ind)
 
     def open_loop(self):
         """Flat views asked for (`flat`) until `close_loop` are made here, once."""
@@ -90,7 +143,10 @@ class _Writer:
         d = self.flat(dst)[0]
         size = f"{d}n" if dst.endswith("[t]") else f"{d}.size"
         if not self.cols(dst, size, 0, src, size, 0, size, ind, rows="1"):
-            self(f"{dst} = {src}" if dst.endswith("[t]") else f"{dst}[:] = {src}", ind)
+            if self.pair:
+                self(f"{dst}[r0:r0 + nb] = {src}[r0:r0 + nb]", ind)
+            else:
+                self(f"{dst} = {src}" if dst.endswith("[t]") else f"{dst}[:] = {src}", ind)
 
     def cols(self, dst: str, dld, doff, src: str, sld, soff, width, ind: int,
              rows=None) -> bool:
@@ -103,8 +159,18 @@ class _Writer:
         if self.namer is None or ".reshape" in d or ".reshape" in s:
             return False
         self.namer.add_helper("_cols", COPY_HELPER)
+        if self.pair and rows == "1":       # one run of the whole batch: its rows' part
+            part = f"({width}) // B"
+            self(f"_cols(1, nb * {part}, {d}, {do} + {doff} + r0 * {part}, {dld}, "
+                 f"{s}, {so} + {soff} + r0 * {part}, {sld})", ind)
+            return True
         if rows is None:
             rows = f"{d}n // {dld}" if dst.endswith("[t]") else f"{d}.size // {dld}"
+        if self.pair:                       # this thread's batch rows
+            per = f"(({rows}) // B)"
+            self(f"_cols(nb * {per}, {width}, {d}, {do} + {doff} + r0 * {per} * {dld}, {dld}, "
+                 f"{s}, {so} + {soff} + r0 * {per} * {sld}, {sld})", ind)
+            return True
         self(f"_cols({rows}, {width}, {d}, {do} + {doff}, {dld}, {s}, {so} + {soff}, {sld})",
              ind)
         return True
@@ -155,8 +221,54 @@ class _Writer:
         raise TypeError(f"loops: cannot write kernel argument {v!r}")
 
     def function(self, fname: str, args: list) -> str:
+        if self.inner:
+            return self._paired_function(fname, args)
         return ("@njit(cache=True, error_model='numpy')\n"
                 + f"def {fname}({', '.join(args)}):\n" + "\n".join(self.lines) + "\n")
+
+    def _paired_function(self, fname: str, args: list) -> str:
+        """A paired loop as two functions: `fname` (the code before and after
+        the region, and the region: two threads that shake hands,
+        backend/sync.py, or one) and `fname_run` (what each thread runs),
+        which gets every name made before the region that it uses."""
+        # 0-d buffers (constants) become numbers when passed into the region:
+        # one-element arrays instead
+        for j, ln in enumerate(self.before):
+            m = re.match(r"(\s*)(\w+) = np\.empty\(\(\), (.*)\)$", ln)
+            if m:
+                self.before[j] = f"{m.group(1)}{m.group(2)} = np.empty((1,), {m.group(3)})"
+                self.inner = [x.replace(f"{m.group(2)}[()]", f"{m.group(2)}[0]")
+                              for x in self.inner]
+        made = list(args)
+        for ln in self.before:
+            m = re.match(r"\s*(\w+)\s*=", ln)
+            if m and m.group(1) not in made:
+                made.append(m.group(1))
+        used = set(re.findall(r"\b[A-Za-z_]\w*\b", "\n".join(self.inner)))
+        params = ", ".join(x for x in made if x in used)
+        S = self.namer.module_alias("nnspec.backend.sync")
+        run = f"{fname}_run"
+        head = "@njit(cache=True, error_model='numpy')"
+        # The function with the region also runs `run` alone: every function
+        # that calls `run` links and optimises its code again (8 s for an LSTM's).
+        # Its parallel options allow the prange alone: no array expression of the
+        # code before the region becomes a parallel loop (a thread launch).
+        src = [head, f"def {run}(_q, _nq, _sy, {params}):"] + self.inner + [""]
+        src += [f"@njit(cache=True, error_model='numpy', parallel={PRANGE_ONLY!r})",
+                f"def {fname}({', '.join(args)}):"] + self.before
+        src += [f"    _nq = {S}.threads_for(B, T_ * B * {self.macs})",
+                "    _sy = np.zeros(16, np.int64)",
+                f"    _bt = {S}.blas_single(_nq)",
+                "    if _nq > 1:",
+                "        for _p in prange(2):",
+                "            _q = np.int64(_p)",      # one signature of `run` (not uint64)
+                f"            _n = {S}.pair(_sy, _q)",
+                "            if _n > 0:",
+                f"                {run}(_q, _n, _sy, {params})",
+                "    else:",                          # (_q = 0, typed as in the region)
+                f"        {run}(_nq - 1, _nq, _sy, {params})",
+                f"    {S}.blas_restore(_bt)"]
+        return "\n".join(src + self.lines) + "\n"
 
     def module(self, fn_src: str, doc: str) -> str:
         head = [f'"""{doc}  Generated by nnspec.backend.loops; do not edit."""',
@@ -179,13 +291,15 @@ def _dt(dtype) -> str:
     return "T" if str(dtype).startswith("float") else f"np.{dtype}"
 
 
-def _prologue(w: _Writer, a: dict, graph, names: dict) -> dict:
+def _prologue(w: _Writer, a: dict, graph, names: dict, defer: bool = False) -> dict:
     """Before the loop: B and T_, each sequence input time-major (xt_k
     [T_, B, ...], so step t is the contiguous block xt_k[t]), and the hoisted
     input projections (one GEMM over all T*B rows each, into [T_, B, out]).
     `graph` is the body or its backward graph (same ids for the forward
     part).  Returns hoisted node id -> its buffer; a hoisted value and a step
-    input are named by their block at step t (no copy per step)."""
+    input are named by their block at step t (no copy per step).  With `defer`
+    (a paired loop) the projections run in the threads' region, half the rows
+    each (w.deferred)."""
     w("B = x_0.shape[0]")
     w("T_ = x_0.shape[1]")
     for k, c in enumerate(a["captures"]):
@@ -206,7 +320,12 @@ def _prologue(w: _Writer, a: dict, graph, names: dict) -> dict:
             w(f"{P} = np.empty((T_,) + {_shape(graph.shape(n.id))}, T)  # hoisted: {n.id}")
             wargs = [f"xt_{k}.reshape(-1, {feat})"] + [names[i] for i in n.inputs[1:]]
             wargs.append(f"{P}.reshape(-1, {out})")
-            w(f"{w.alias(fn)}({', '.join(wargs + [w.literal(e) for e in extra])})")
+            w.macs += feat * out
+            if defer:
+                rows = _linalg.linear_rows_bias if len(n.inputs) == 3 else _linalg.linear_rows
+                w.deferred.append((w.alias(rows), wargs))
+            else:
+                w(f"{w.alias(fn)}({', '.join(wargs + [w.literal(e) for e in extra])})")
             hoisted[n.id] = P
             names[n.id] = f"{P}[t]"
     return hoisted
@@ -516,6 +635,8 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             src, k = names[n.inputs[0]], graph.shape(n.inputs[0])[-1]
             width = n.shape[-1]
             if not w.cols(v, width, 0, src, k, n.attrs["start"], width, ind):
+                if w.pair:
+                    raise _NoPair(n.id)
                 w(f"{v}.reshape(-1, {width})[:] = {src}.reshape(-1, {k})"
                   f"[:, {n.attrs['start']}:{n.attrs['stop']}]", ind)
             continue
@@ -526,19 +647,68 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             for i in n.inputs:
                 k = graph.shape(i)[-1]
                 if not w.cols(v, n.shape[-1], off, names[i], k, 0, k, ind):
+                    if w.pair:
+                        raise _NoPair(n.id)
                     w(f"{v}.reshape(-1, {n.shape[-1]})[:, {off}:{off + k}] = "
                       f"{names[i]}.reshape(-1, {k})", ind)
                 off += k
             continue
         if n.op == "fused":
+            if w.pair and not _splittable(graph, n):
+                raise _NoPair(n.id)
             sw = w.namer
             sw.loop_fused += 1
             sw.emit_fused(w, n, ind, graph, [w.flat(names[i]) for i in n.inputs],
-                          w.flat(v), f"_lfused{sw.loop_fused}")
+                          w.flat(v), f"_lfused{sw.loop_fused}", split=w.pair)
+            continue
+        if w.pair:
+            _paired_linear(w, graph, n, names, ind)
             continue
         fn, extra = get_op(n.op).kernel(n.attrs)
         args = [names[i] for i in n.inputs] + [v] + [w.literal(e) for e in extra]
         w(f"{w.alias(fn)}({', '.join(args)})", ind)
+
+
+class _NoPair(Exception):
+    """A loop a paired loop cannot run (an op not split by batch rows)."""
+
+
+def _splittable(graph, n) -> bool:
+    """Whether a fused loop's outer range runs over the batch rows."""
+    shape = tuple(n.shape)
+    if not shape or shape[0] != "B":
+        return False
+    pats = [block_pattern(graph.shape(i), shape) for i in n.inputs]
+    blocks = {p[1:] for p in pats if p[0] == "block"}
+    return len(blocks) != 1 or next(iter(blocks))[0] >= 1
+
+
+def _paired_linear(w: _Writer, graph, n, names: dict, ind: int):
+    """x W^T (+ b) of a paired loop: each thread lays out its rows of x^T,
+    then computes its half of the output columns (ops/linalg.py)."""
+    x, wt = n.inputs[0], n.inputs[1]
+    xs, ys = tuple(graph.shape(x)), tuple(n.shape)
+    if (n.op != "linear" or len(xs) != 2 or xs[0] != "B" or not isinstance(xs[1], int)
+            or len(ys) != 2 or not isinstance(ys[1], int) or len(graph.shape(wt)) != 2):
+        raise _NoPair(n.id)
+    k = len(w.before)
+    xt, tmp = f"_xt{k}", f"_tm{k}"
+    w.outer(f"{xt} = np.empty(({xs[1]}, B), T)")
+    w.outer(f"{tmp} = np.empty(({ys[1]}, B), T)")
+    ins = ", ".join(names[i] for i in n.inputs)
+    w("if _nq == 1:", ind)         # one thread: the plain product (serial kernels)
+    if len(n.inputs) == 3:
+        w(f"{w.alias(_linalg.linear_rows_bias)}({ins}, {names[n.id]}, 0, 1)", ind + 1)
+    else:
+        w(f"{w.alias(_linalg.linear_nobias)}({ins}, {names[n.id]})", ind + 1)
+    w("else:", ind)
+    w(f"{w.alias(_linalg.rows_t)}({names[x]}, {xt}, r0, r0 + nb)", ind + 1)
+    w.barrier(ind + 1)
+    part = _linalg.cols_part_bias if len(n.inputs) == 3 else _linalg.cols_part
+    w(f"{w.alias(part)}({xt}, {ins[len(names[x]) + 2:]}, {names[n.id]}, {tmp}, _q, _nq)",
+      ind + 1)
+    w.barrier(ind + 1)
+    w.macs += xs[1] * ys[1]
 
 
 def _blend(w: _Writer, m: str, new: str, old: str, dst: str, ind: int):
@@ -577,6 +747,15 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
     is computed in place, in its block at step t; `unused`: output indices
     nothing reads (the sequence of a cell whose final state alone is used),
     not written."""
+    if namer is not None and not node.attrs.get("mask"):
+        try:
+            return _forward(node, dtype, fname, namer, saved, unused, pair=True)
+        except _NoPair:
+            pass
+    return _forward(node, dtype, fname, namer, saved, unused, pair=False)
+
+
+def _forward(node, dtype, fname, namer, saved, unused, pair: bool):
     a, body = node.attrs, node.attrs["body"]
     if namer is not None:
         body = _optimise(body, list(body.outputs.values()) + list(saved), a["captures"])
@@ -585,7 +764,7 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
     args = loop_args(a) + [f"out_{k}" for k in range(K)] + [f"fin_{s}" for s in range(S)]
     args += [f"car_{s}" for s in range(S)] + [f"sv_{j}" for j in range(len(saved))]
     names = {}
-    hoisted = _prologue(w, a, body, names)
+    hoisted = _prologue(w, a, body, names, defer=pair)
     for s, (spec, cid) in enumerate(zip(a["states"], a["state_inputs"])):
         if spec["init"] == "input":
             w(f"h_{s} = i_{spec['index']}.copy()")
@@ -599,6 +778,8 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
         else:
             names[nid] = f"sv_{j}[t]"
     todo = _buffers(w, body, names, hoisted)
+    if pair:
+        w.begin_region()
     w.open_loop()
     w("for i in range(T_):")
     w("t = T_ - 1 - i" if a["reverse"] else "t = i", 2)
@@ -624,11 +805,14 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
     else:
         for k, o in enumerate(outs):
             if k not in unused:
-                w(f"out_{k}[:, t] = {o}", 2)
+                w(f"out_{k}[r0:r0 + nb, t] = {o}[r0:r0 + nb]" if pair
+                  else f"out_{k}[:, t] = {o}", 2)
         # all new states are computed before any carry buffer is overwritten;
         # a copy is needed only when a new state is another state's carry
         carried = {f"h_{s}" for s in range(S)}
         if carried & set(new):
+            if pair:
+                raise _NoPair("a state's carry")
             for s, v in enumerate(new):
                 w(f"_h{s} = {v}.copy()", 2)
             new = [f"_h{s}" for s in range(S)]
@@ -636,6 +820,8 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
             if v != f"h_{s}":
                 w.copy(f"h_{s}", v, 2)
     w.close_loop()
+    if pair:
+        w.end_region()
     for s in range(S):
         w(f"fin_{s}[:] = h_{s}")
     return w.function(fname, args), w
@@ -743,6 +929,15 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
     product) runs, sequence gradients land in their [B, T, ...] slot,
     captures' gradients accumulate, and the state's cotangent moves one step
     back (masked steps pass it through; `bptt` windows cut it)."""
+    if namer is not None and not node.attrs.get("mask"):
+        try:
+            return _backward(node, dtype, fname, namer, pair=True)
+        except _NoPair:
+            pass
+    return _backward(node, dtype, fname, namer, pair=False)
+
+
+def _backward(node, dtype: str, fname: str, namer, pair: bool):
     a, body, bwd = node.attrs, node.attrs["body"], node.attrs["bwd"]
     w = _Writer(dtype, namer)
     n_seq, n_init = a["n_seq"], a["n_init"]
@@ -765,7 +960,7 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
     if namer is not None:
         skip = {m for _, nodes in post.values() for m in nodes}
         bwd = _optimise(bwd, roots + list(stacks), a["captures"], skip)
-    hoisted = _prologue(w, a, bwd, names)
+    hoisted = _prologue(w, a, bwd, names, defer=pair)
     for j, nid in enumerate(saved):
         names[nid] = f"sv_{j}[t]"
     for s, cid in enumerate(a["state_inputs"]):
@@ -803,6 +998,8 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
     skip = {m for _, nodes in post.values() for m in nodes}
     todo = _buffers(w, bwd, names, hoisted, skip)
     k = a.get("bptt") or 0
+    if pair:
+        w.begin_region()
     w.open_loop()
     w("for i in range(T_ - 1, -1, -1):")
     w("t = T_ - 1 - i" if a["reverse"] else "t = i", 2)
@@ -825,9 +1022,13 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
         if out is None or out in post:
             continue
         if i < n_seq:
-            w(f"g_{i}[:, t] = {names[out]}", 2)
+            w(f"g_{i}[r0:r0 + nb, t] = {names[out]}[r0:r0 + nb]" if pair
+              else f"g_{i}[:, t] = {names[out]}", 2)
         elif i >= cap0:
+            if pair:
+                raise _NoPair(out)
             w(f"g_{i} += {names[out]}", 2)
+    zero = "[r0:r0 + nb] = T(0)" if pair else "[...] = T(0)"
     for s in range(S):
         gp = bwd.outputs.get(f"grad:{n_in + s}")
         if a.get("mask"):
@@ -836,16 +1037,22 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
         elif gp:
             w.copy(f"gs_{s}", names[gp], 2)
         else:
-            w(f"gs_{s}[...] = T(0)", 2)
+            w(f"gs_{s}{zero}", 2)
     if k:
         w(f"if i % {k} == 0 and i > 0:  # truncated BPTT: a window boundary", 2)
         for s in range(S):
-            w(f"gs_{s}[...] = T(0)", 3)
+            w(f"gs_{s}{zero}", 3)
     w.close_loop()
+    initial = []
     for s, spec in enumerate(a["states"]):
         j = n_seq + spec["index"] if spec["init"] == "input" else None
         if j is not None and j in wants:
-            w(f"g_{j}[:] = gs_{s}")
+            initial.append(f"g_{j}[:] = gs_{s}")
+    if not pair:
+        for ln in initial:
+            w(ln)
+    else:           # the threads' rows of every step are written
+        w.barrier(1)
     # after the loop: the stacked GEMMs (see _after_loop)
     big = {g: sv_of.get(g, f"GS{j}") for g, j in stacks.items() if g not in in_merged}
     big.update({sid: f"xt_{k}" for k, sid in enumerate(a["seq_inputs"])})
@@ -853,7 +1060,26 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
     big.update({c: f"p_{k}" for k, c in enumerate(a["captures"])})
     def call(n, args):
         fn, extra = get_op(n.op).kernel(n.attrs)
-        w(f"{w.alias(fn)}({', '.join(args + [w.literal(e) for e in extra])})")
+        line = f"{w.alias(fn)}({', '.join(args + [w.literal(e) for e in extra])})"
+        if not pair:
+            w(line)
+            return
+        if fn.__name__ in ("matmul_tn", "sum_rows") and not extra:
+            # sums over every step's rows: a partial sum per thread, then added
+            parts = f"{args[-1]}p"
+            w.outer(f"{parts} = np.empty((2,) + {args[-1]}.shape, T)")
+            part = _linalg.matmul_tn_part if fn.__name__ == "matmul_tn" else _linalg.sum_rows_part
+            w(f"{w.alias(part)}({', '.join(args[:-1])}, {parts}, _q, _nq)")
+            w.barrier(1)
+            w(f"{w.alias(_linalg.sum_parts)}({parts}, {args[-1]}, _q, _nq)")
+            w.barrier(1)
+        elif getattr(fn, "_nnspec_kernel", {}).get("parallel"):
+            raise _NoPair(n.id)     # a parallel kernel inside the region
+        else:
+            w.only_first(line, 1, wait=False)
+
+    def alloc(line):
+        (w.outer if pair else w)(line)
 
     whole: dict[tuple, str] = {}    # (merged stack, op, other operand) -> its result
     for root, (i, nodes) in post.items():
@@ -867,25 +1093,37 @@ def loop_grad_function(node, dtype: str, fname: str = "run", namer=None) -> tupl
                 if key not in whole:
                     v = whole[key] = f"_W{len(whole)}"
                     other = tuple(raw.shape(x)[-1] for x in n.inputs[1:])
-                    w(f"{v} = np.empty({_shape((width,) + other)}, T)")
+                    alloc(f"{v} = np.empty({_shape((width,) + other)}, T)")
                     w(f"# {m} = {n.op}, over all steps, every gate at once")
                     call(n, [gc] + [big[x] for x in n.inputs[1:]] + [v])
                 big[m] = f"{whole[key]}[{off}:{off + k}]"
                 continue
             seq = i < n_seq
             v = f"_r{len(big)}"
-            w(f"{v} = np.empty({'(T_,) + ' if seq else ''}{_shape(n.shape)}, T)")
+            alloc(f"{v} = np.empty({'(T_,) + ' if seq else ''}{_shape(n.shape)}, T)")
             w(f"# {m} = {n.op}, over all steps")
             if n.op == "add":
-                w(f"{v}[...] = {big[n.inputs[0]]} + {big[n.inputs[1]]}")
+                line = f"{v}[...] = {big[n.inputs[0]]} + {big[n.inputs[1]]}"
+                if pair:
+                    w.only_first(line, 1, wait=False)
+                else:
+                    w(line)
             else:
                 call(n, [big[x] for x in n.inputs] + [v])
             big[m] = v
         if i >= n_seq:
-            w(f"g_{i} += {big[root]}")
+            line = f"g_{i} += {big[root]}"
         else:                       # time-major rows back to [B, T, ...]
             axes = (1, 0) + tuple(range(2, len(raw.shape(root)) + 1))
-            w(f"g_{i}[...] = {big[root]}.transpose({axes})")
+            line = f"g_{i}[...] = {big[root]}.transpose({axes})"
+        if pair:            # after the region
+            initial.append(line)
+        else:
+            w(line)
+    if pair:
+        w.end_region()
+        for ln in initial:
+            w(ln)
     return w.function(fname, args), w
 
 
@@ -962,5 +1200,6 @@ def emit_step(sw, body, n, ind: int) -> None:
         src, _ = loop_grad_function(n, sw.dtype, fname, sw)
         outs = [res[("grad", i)] for i in a["wants"]]
     sw.helpers.lines += src.splitlines() + [""]
+    sw.paired_loops += "prange(2)" in src
     args = [f"v{sw.k(i)}" for i in n.inputs] + outs
     body(f"{fname}({', '.join(args)})  # {n.id} = {n.op}", ind)

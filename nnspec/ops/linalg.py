@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Op, fmt, kernel, known, layer, prange, prod, register
+from .base import Op, blas_small_gemm, fmt, kernel, known, layer, prange, prod, register
 
 
 # ---- linear -----------------------------------------------------------------
@@ -200,3 +200,127 @@ def sum_rows(x, out):
     for i in range(x2.shape[0]):
         for j in range(x2.shape[1]):
             out[j] += x2[i, j]
+
+
+# ---- a loop's products on two threads (backend/loops.py, paired loops) --------
+# Each of the two threads calls these for its part q of nq: rows r0:r1 of the
+# batch, or a block of a product's output columns, with OpenBLAS on one thread.
+# A product x W^T of a few rows runs as W's column blocks times x^T (the tall
+# form OpenBLAS multiplies best), in blocks of at most SMALL_MACS
+# multiply-adds where OpenBLAS has its small-matrix path (no packing: the
+# LSTM's [32, 256] x [256, 1024] in 35 us on two threads, 47 us in
+# OpenBLAS's own two threads plus a 9 us transposing copy).
+
+SMALL_MACS = 1 << 19
+
+
+@kernel
+def rows_t(x, xt, r0, r1):
+    """xt[:, r0:r1] = x[r0:r1]^T for x [B, K], xt [K, B]."""
+    B, K = x.shape[0], x.shape[1]
+    xf, tf = x.reshape(x.size), xt.reshape(xt.size)
+    for i in range(r0, r1):
+        for c in range(K):
+            tf[np.uint64(c * B + i)] = xf[np.uint64(i * K + c)]
+
+
+@kernel
+def _cols_gemm(xt, w, tmp, q, nq):
+    """tmp[j0:j1] = w[j0:j1] @ xt for part q's columns; returns (j0, j1)."""
+    n, k = w.shape
+    m = xt.shape[1]
+    rows = n
+    if blas_small_gemm():
+        rows = max(8, SMALL_MACS // max(m * k, 1))
+        rows -= rows % 8
+    units = (n + 7) // 8
+    j0 = min(n, (q * units // nq) * 8)
+    j1 = min(n, ((q + 1) * units // nq) * 8)
+    for r in range(j0, j1, rows):
+        np.dot(w[r:min(r + rows, j1)], xt, tmp[r:min(r + rows, j1)])
+    return j0, j1
+
+
+@kernel
+def _cols_back(tmp, out, j0, j1, b, has_bias):
+    """out[:, j0:j1] = tmp[j0:j1]^T (+ b[j0:j1]), 64 columns at a time."""
+    m, n = out.shape
+    o, t = out.reshape(out.size), tmp.reshape(tmp.size)
+    for c0 in range(j0, j1, 64):
+        for i in range(m):
+            for j in range(c0, min(c0 + 64, j1)):
+                v = t[np.uint64(j * m + i)]
+                if has_bias:
+                    v += b[j]
+                o[np.uint64(i * n + j)] = v
+
+
+@kernel
+def cols_part(xt, w, out, tmp, q, nq):
+    """Columns of part q of out [B, N] = x w^T, from xt = x^T [K, B] (rows_t)
+    and w [N, K]; tmp [N, B] is the product's transpose, shared."""
+    j0, j1 = _cols_gemm(xt, w, tmp, q, nq)
+    _cols_back(tmp, out, j0, j1, tmp[0], False)
+
+
+@kernel
+def cols_part_bias(xt, w, b, out, tmp, q, nq):
+    """cols_part, plus the bias b [N]."""
+    j0, j1 = _cols_gemm(xt, w, tmp, q, nq)
+    _cols_back(tmp, out, j0, j1, b, True)
+
+
+@kernel
+def linear_rows(x, w, out, q, nq):
+    """Rows of part q of out = x w^T over x's rows (a hoisted projection)."""
+    x2, o2 = x.reshape(-1, x.shape[-1]), out.reshape(-1, w.shape[0])
+    r = x2.shape[0]
+    r0, r1 = q * r // nq, (q + 1) * r // nq
+    if r1 > r0:
+        np.dot(x2[r0:r1], w.T, o2[r0:r1])
+
+
+@kernel
+def linear_rows_bias(x, w, b, out, q, nq):
+    x2, o2 = x.reshape(-1, x.shape[-1]), out.reshape(-1, w.shape[0])
+    r = x2.shape[0]
+    r0, r1 = q * r // nq, (q + 1) * r // nq
+    if r1 > r0:
+        np.dot(x2[r0:r1], w.T, o2[r0:r1])
+        for i in range(r0, r1):
+            for j in range(o2.shape[1]):
+                o2[i, j] += b[j]
+
+
+@kernel
+def matmul_tn_part(a, b, parts, q, nq):
+    """parts[q] = a^T b over part q of the rows (a [..., N], b [..., M])."""
+    a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    r = a2.shape[0]
+    r0, r1 = q * r // nq, (q + 1) * r // nq
+    np.dot(a2[r0:r1].T, b2[r0:r1], parts[q])
+
+
+@kernel
+def sum_rows_part(x, parts, q, nq):
+    """parts[q] = the sums of part q of x's rows."""
+    x2 = x.reshape(-1, x.shape[-1])
+    r = x2.shape[0]
+    p = parts[q]
+    p[:] = 0
+    for i in range(q * r // nq, (q + 1) * r // nq):
+        for j in range(x2.shape[1]):
+            p[j] += x2[i, j]
+
+
+@kernel
+def sum_parts(parts, out, q, nq):
+    """Part q of out's elements = the sum of the nq partial results."""
+    o = out.reshape(out.size)
+    p = parts.reshape(parts.shape[0], o.size)
+    n = o.size
+    for j in range(q * n // nq, (q + 1) * n // nq):
+        acc = p[0, j]
+        for k in range(1, nq):
+            acc += p[k, j]
+        o[j] = acc

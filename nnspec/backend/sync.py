@@ -1,0 +1,199 @@
+"""Two threads stepping through a loop together: atomics for Numba code.
+
+A recurrent loop runs T small steps one after another.  Waking a sleeping
+thread pool for each step's products costs more than they take (about 150 us
+on the benchmark machine against 35 us for the LSTM's recurrent product), and
+OpenBLAS's own threads, split and packed afresh per call, reach about 60% of
+the rate.  Instead a large loop (backend/loops.py, "paired" loops) runs
+inside one parallel region of two threads: each takes half the batch rows of
+the elementwise work and half the columns of each product (OpenBLAS on one
+thread, its small-matrix path where it has one), and they meet at barriers,
+a spin on a shared counter, around each product.
+
+`pair(sync, q)` is the handshake that starts it: thread 0 and thread 1 agree
+to run together, or thread 0 goes on alone, never both waiting for each other
+(a thread pool may run both halves of a `prange(2)` one after the other on one
+thread).  `sync` is an int64 array of zeros, fresh for each region.
+"""
+from __future__ import annotations
+
+import platform
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .jit import hooks
+
+_H = hooks()
+num_threads = _H["num_threads"]
+blas_get_threads = _H["blas_get_threads"]
+blas_set_threads = _H["blas_set_threads"]
+
+
+def _yield_symbol():
+    """`nnspec_yield`: the C library's sched_yield, or a no-op where it has
+    none; registered by name so cached code links to this process's."""
+    import ctypes
+    import ctypes.util
+
+    import llvmlite.binding as llvm
+    import numba
+    addr = None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        addr = ctypes.cast(libc.sched_yield, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        pass
+    keep = None
+    if addr is None:
+        keep = numba.cfunc(types.intc())(lambda: 0)
+        addr = keep.address
+    llvm.add_symbol("nnspec_yield", addr)
+    return keep
+
+
+_keep = _yield_symbol()
+os_yield = types.ExternalFunction("nnspec_yield", types.intc())
+
+_MACHINE = platform.machine().lower()
+
+
+def _slot(context, builder, sig, args):
+    arr = context.make_array(sig.args[0])(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, sig.args[0], arr, [args[1]])
+
+
+@intrinsic
+def load(typingctx, a, i):
+    """a[i], read atomically (acquire)."""
+    def codegen(context, builder, sig, args):
+        ptr = _slot(context, builder, sig, args)
+        return builder.load_atomic(ptr, "acquire", 8)
+    return types.int64(a, i), codegen
+
+
+@intrinsic
+def add(typingctx, a, i, v):
+    """a[i] += v atomically; returns the old value."""
+    def codegen(context, builder, sig, args):
+        ptr = _slot(context, builder, sig, args)
+        return builder.atomic_rmw("add", ptr, args[2], "seq_cst")
+    return types.int64(a, i, types.int64), codegen
+
+
+@intrinsic
+def cas(typingctx, a, i, old, new):
+    """a[i] = new if a[i] == old, atomically; returns whether it did."""
+    def codegen(context, builder, sig, args):
+        ptr = _slot(context, builder, sig, args)
+        res = builder.cmpxchg(ptr, args[2], args[3], "seq_cst", "seq_cst")
+        return builder.extract_value(res, 1)
+    return types.boolean(a, i, types.int64, types.int64), codegen
+
+
+@intrinsic
+def pause(typingctx):
+    """The CPU's spin-wait hint."""
+    def codegen(context, builder, sig, args):
+        if _MACHINE in ("x86_64", "amd64"):
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        elif _MACHINE in ("aarch64", "arm64"):
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(32)]), "llvm.aarch64.hint")
+            builder.call(fn, [ir.Constant(ir.IntType(32), 1)])      # YIELD
+        return context.get_dummy_value()
+    return types.none(), codegen
+
+
+# handshake states in sync[0]
+_OPEN, _WAITING, _PAIRED, _ALONE = 0, 1, 2, 3
+SPINS = 1 << 16             # about 1.5 ms: longer than a sleeping thread takes to wake
+
+
+@njit(cache=True)
+def pair(sync, q):
+    """Called by threads 0 and 1 of a two-thread region: the number of threads
+    that run the loop together (2, or 1 when thread 1 did not come in time, or
+    0 for a thread 1 that came too late and has nothing to do)."""
+    if q == 0:
+        for _ in range(SPINS):
+            if load(sync, 0) != _OPEN:
+                break
+            pause()
+        while True:
+            s = load(sync, 0)
+            if s == _WAITING and cas(sync, 0, _WAITING, _PAIRED):
+                return 2
+            if s == _OPEN and cas(sync, 0, _OPEN, _ALONE):
+                return 1
+            if s == _ALONE:
+                return 1
+    if not cas(sync, 0, _OPEN, _WAITING):
+        return 0
+    for _ in range(SPINS):
+        if load(sync, 0) == _PAIRED:
+            return 2
+        pause()
+    if cas(sync, 0, _WAITING, _ALONE):
+        return 0
+    return 2
+
+
+@njit(cache=True)
+def wait(sync, i, v):
+    """Until sync[i] >= v: spinning, then giving the core away between looks
+    (the other thread may have lost its core to a third: a busy machine)."""
+    spins = 0
+    while load(sync, i) < v:
+        if spins < 4096:
+            pause()
+            spins += 1
+        else:
+            os_yield()
+
+
+@njit(cache=True, inline="always")
+def barrier(sync, n, k):
+    """The k-th barrier (k = 1, 2, ... counted by each thread) of n threads."""
+    if n > 1:
+        add(sync, 1, 1)
+        if load(sync, 1) < k * n:
+            wait(sync, 1, k * n)
+    return k + 1
+
+
+# a loop pairs its threads from this many multiply-adds per call (its products'
+# over all steps): below, waking the second thread costs more than it saves
+PAIR_MIN_MACS = 1 << 25
+
+
+@njit(cache=True)
+def threads_for(rows, macs):
+    """How many threads a loop of `rows` batch rows and `macs` multiply-adds
+    runs on: 2 when the second thread is worth waking, else 1."""
+    if rows >= 2 and macs >= PAIR_MIN_MACS and num_threads() >= 2:
+        return 2
+    return 1
+
+
+@njit(cache=True)
+def blas_single(nq):
+    """Before a paired region: the BLAS on one thread (each of ours calls it);
+    returns the count to restore, or 0."""
+    if nq < 2:
+        return 0
+    bt = blas_get_threads()
+    if bt > 1:
+        blas_set_threads(1)
+        return bt
+    return 0
+
+
+@njit(cache=True)
+def blas_restore(bt):
+    if bt > 1:
+        blas_set_threads(bt)
