@@ -1058,7 +1058,7 @@ def _backward(node, dtype: str, fname: str, namer, pair: bool):
     big.update({sid: f"xt_{k}" for k, sid in enumerate(a["seq_inputs"])})
     big.update({cid: f"car_{s}" for s, cid in enumerate(a["state_inputs"])})
     big.update({c: f"p_{k}" for k, c in enumerate(a["captures"])})
-    def call(n, args):
+    def call(n, args, add=True):
         fn, extra = get_op(n.op).kernel(n.attrs)
         line = f"{w.alias(fn)}({', '.join(args + [w.literal(e) for e in extra])})"
         if not pair:
@@ -1066,13 +1066,17 @@ def _backward(node, dtype: str, fname: str, namer, pair: bool):
             return
         if fn.__name__ in ("matmul_tn", "sum_rows") and not extra:
             # sums over every step's rows: a partial sum per thread, then added
+            # (or, without `add`, left for the gradients to add: add_parts)
             parts = f"{args[-1]}p"
             w.outer(f"{parts} = np.empty((2,) + {args[-1]}.shape, T)")
             part = _linalg.matmul_tn_part if fn.__name__ == "matmul_tn" else _linalg.sum_rows_part
             w(f"{w.alias(part)}({', '.join(args[:-1])}, {parts}, _q, _nq)")
             w.barrier(1)
-            w(f"{w.alias(_linalg.sum_parts)}({parts}, {args[-1]}, _q, _nq)")
-            w.barrier(1)
+            if add:
+                w(f"{w.alias(_linalg.sum_parts)}({parts}, {args[-1]}, _q, _nq)")
+                w.barrier(1)
+        elif not add:
+            raise _NoPair(n.id)
         elif getattr(fn, "_nnspec_kernel", {}).get("parallel"):
             raise _NoPair(n.id)     # a parallel kernel inside the region
         else:
@@ -1081,21 +1085,40 @@ def _backward(node, dtype: str, fname: str, namer, pair: bool):
     def alloc(line):
         (w.outer if pair else w)(line)
 
+    def merged_key(m):
+        n = raw.node(m)
+        if n.inputs and n.inputs[0] in in_merged:
+            return (in_merged[n.inputs[0]][0], n.op) + tuple(n.inputs[1:])
+        return None
+
+    # a paired loop adds the threads' partial sums over a merged stack straight
+    # into the captures' gradients where each row block is one (no sum first)
+    straight = {}
+    for root, (i, nodes) in post.items():
+        for m in nodes:
+            key = merged_key(m)
+            if key is not None:
+                ok = pair and nodes == [root] and i >= n_seq
+                straight[key] = straight.get(key, True) and ok
     whole: dict[tuple, str] = {}    # (merged stack, op, other operand) -> its result
+    done = set()
     for root, (i, nodes) in post.items():
         for m in nodes:
             n = raw.node(m)
-            if n.inputs and n.inputs[0] in in_merged:
+            key = merged_key(m)
+            if key is not None:
                 # G_k^T y or G_k's row sums: once over the merged stack (every G_k
                 # side by side), a row block per gradient
                 gc, width, off, k = in_merged[n.inputs[0]]
-                key = (gc, n.op) + tuple(n.inputs[1:])
                 if key not in whole:
                     v = whole[key] = f"_W{len(whole)}"
                     other = tuple(raw.shape(x)[-1] for x in n.inputs[1:])
                     alloc(f"{v} = np.empty({_shape((width,) + other)}, T)")
                     w(f"# {m} = {n.op}, over all steps, every gate at once")
-                    call(n, [gc] + [big[x] for x in n.inputs[1:]] + [v])
+                    call(n, [gc] + [big[x] for x in n.inputs[1:]] + [v], add=not straight[key])
+                if straight[key]:
+                    w(f"{w.alias(_linalg.add_parts)}({whole[key]}p, {off}, {k}, g_{i}, _q, _nq)")
+                    done.add(root)
                 big[m] = f"{whole[key]}[{off}:{off + k}]"
                 continue
             seq = i < n_seq
@@ -1111,6 +1134,8 @@ def _backward(node, dtype: str, fname: str, namer, pair: bool):
             else:
                 call(n, [big[x] for x in n.inputs] + [v])
             big[m] = v
+        if root in done:
+            continue
         if i >= n_seq:
             line = f"g_{i} += {big[root]}"
         else:                       # time-major rows back to [B, T, ...]

@@ -324,3 +324,17 @@ def sum_parts(parts, out, q, nq):
         for k in range(1, nq):
             acc += p[k, j]
         o[j] = acc
+
+
+@kernel
+def add_parts(parts, off, k, g, q, nq):
+    """g += rows off:off+k of the sum of the nq partial results, part q of
+    the rows (a capture's gradient straight from the partial sums)."""
+    pf = parts.reshape(parts.shape[0], parts.shape[1], -1)
+    gf = g.reshape(k, -1)
+    for r in range(q * k // nq, (q + 1) * k // nq):
+        for c in range(gf.shape[1]):
+            acc = pf[0, off + r, c]
+            for j in range(1, nq):
+                acc += pf[j, off + r, c]
+            gf[r, c] += acc
