@@ -83,7 +83,7 @@ class _Writer:
         self.namer = namer
         self.flats: dict[str, tuple] = {}   # buffer -> (flat view, its lines), per loop
         self.hoist_at = None                # where the open loop's flat views go
-        # a paired loop (see _paired): the code before the threads' region, the
+        # a paired loop (see _paired_function): the code before the threads' region, the
         # region's (self.lines while `pair`), the hoisted products it runs
         # first, and the multiply-adds of its products per batch row and step
         self.pair = False
@@ -631,6 +631,8 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             continue
         if n.op == "input":
             raise ValueError(f"loops: body input '{nid}' is not bound")
+        if w.pair and n.op in ("slice", "concat", "colcat") and tuple(n.shape)[:1] != ("B",):
+            raise _NoPair(n.id)     # copies split by batch rows
         if n.op == "slice" and _on_features(n):
             src, k = names[n.inputs[0]], graph.shape(n.inputs[0])[-1]
             width = n.shape[-1]
