@@ -321,9 +321,10 @@ def _prologue(w: _Writer, a: dict, graph, names: dict, defer: bool = False) -> d
             wargs = [f"xt_{k}.reshape(-1, {feat})"] + [names[i] for i in n.inputs[1:]]
             wargs.append(f"{P}.reshape(-1, {out})")
             w.macs += feat * out
-            if defer:
-                rows = _linalg.linear_rows_bias if len(n.inputs) == 3 else _linalg.linear_rows
-                w.deferred.append((w.alias(rows), wargs))
+            if defer:       # linear_rows(x, W, b (W[0] unused), has_bias, out)
+                bias = len(n.inputs) == 3
+                args = wargs[:2] + [wargs[2] if bias else f"{wargs[1]}[0]", repr(bias), wargs[-1]]
+                w.deferred.append((w.alias(_linalg.linear_rows), args))
             else:
                 w(f"{w.alias(fn)}({', '.join(wargs + [w.literal(e) for e in extra])})")
             hoisted[n.id] = P
@@ -700,7 +701,7 @@ def _paired_linear(w: _Writer, graph, n, names: dict, ind: int):
     ins = ", ".join(names[i] for i in n.inputs)
     w("if _nq == 1:", ind)         # one thread: the plain product (serial kernels)
     if len(n.inputs) == 3:
-        w(f"{w.alias(_linalg.linear_rows_bias)}({ins}, {names[n.id]}, 0, 1)", ind + 1)
+        w(f"{w.alias(_linalg.linear_rows)}({ins}, True, {names[n.id]}, 0, 1)", ind + 1)
     else:
         w(f"{w.alias(_linalg.linear_nobias)}({ins}, {names[n.id]})", ind + 1)
     w("else:", ind)

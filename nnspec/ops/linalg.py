@@ -70,11 +70,7 @@ def dot(a, b, out):
                 for j in range(n):
                     out[i, j] = tmp[j, i]
         else:       # in blocks of 64 rows of tmp (in the L1 cache): [1024, 32] 15 -> 9 us
-            o, t = out.reshape(out.size), tmp.reshape(tmp.size)
-            for j0 in range(0, n, 64):
-                for i in range(m):
-                    for j in range(j0, min(j0 + 64, n)):
-                        o[np.uint64(i * n + j)] = t[np.uint64(j * m + i)]
+            _cols_back(tmp, out, 0, n, tmp[0], False)
     else:
         np.dot(a, b, out)
 
@@ -271,25 +267,17 @@ def cols_part_bias(xt, w, b, out, tmp, q, nq):
 
 
 @kernel
-def linear_rows(x, w, out, q, nq):
-    """Rows of part q of out = x w^T over x's rows (a hoisted projection)."""
+def linear_rows(x, w, b, has_bias, out, q, nq):
+    """Rows of part q of out = x w^T (+ b) over x's rows (a hoisted projection)."""
     x2, o2 = x.reshape(-1, x.shape[-1]), out.reshape(-1, w.shape[0])
     r = x2.shape[0]
     r0, r1 = q * r // nq, (q + 1) * r // nq
     if r1 > r0:
         np.dot(x2[r0:r1], w.T, o2[r0:r1])
-
-
-@kernel
-def linear_rows_bias(x, w, b, out, q, nq):
-    x2, o2 = x.reshape(-1, x.shape[-1]), out.reshape(-1, w.shape[0])
-    r = x2.shape[0]
-    r0, r1 = q * r // nq, (q + 1) * r // nq
-    if r1 > r0:
-        np.dot(x2[r0:r1], w.T, o2[r0:r1])
-        for i in range(r0, r1):
-            for j in range(o2.shape[1]):
-                o2[i, j] += b[j]
+        if has_bias:
+            for i in range(r0, r1):
+                for j in range(o2.shape[1]):
+                    o2[i, j] += b[j]
 
 
 @kernel
