@@ -90,6 +90,7 @@ class _Writer:
         self.before: list[str] = []
         self.inner: list[str] = []
         self.deferred: list[tuple] = []
+        self.deferred_w: list[tuple] = []   # derived weights, made first
         self.macs = 0
 
     def __call__(self, line="", ind=1):
@@ -102,6 +103,10 @@ class _Writer:
         self("r0 = _q * B // _nq")
         self("nb = (_q + 1) * B // _nq - r0")
         self("_k = 1")
+        for fn, args in self.deferred_w:    # derived weights, split by rows
+            self(f"{fn}({', '.join(args)}, _q, _nq)")
+        if self.deferred_w:
+            self.barrier(1)
         for fn, args in self.deferred:      # hoisted products, split by rows
             self(f"{fn}({', '.join(args)}, _q, _nq)")
         if self.deferred:
@@ -221,7 +226,9 @@ class _Writer:
         raise TypeError(f"loops: cannot write kernel argument {v!r}")
 
     def function(self, fname: str, args: list) -> str:
+        self.lines = _drop_unread(self.lines)
         if self.inner:
+            self.before = _drop_unread(self.before, self.inner + self.lines)
             return self._paired_function(fname, args)
         return ("@njit(cache=True, error_model='numpy')\n"
                 + f"def {fname}({', '.join(args)}):\n" + "\n".join(self.lines) + "\n")
@@ -239,6 +246,10 @@ class _Writer:
                 self.before[j] = f"{m.group(1)}{m.group(2)} = np.empty((1,), {m.group(3)})"
                 self.inner = [x.replace(f"{m.group(2)}[()]", f"{m.group(2)}[0]")
                               for x in self.inner]
+        # buffers of the region start on a cache line (sync.empty64)
+        S = self.namer.module_alias("nnspec.backend.sync")
+        self.before = [re.sub(r"^(\s*\w+ = )np\.empty\(", rf"\1{S}.empty64(", ln)
+                       for ln in self.before]
         made = list(args)
         for ln in self.before:
             m = re.match(r"\s*(\w+)\s*=", ln)
@@ -246,7 +257,6 @@ class _Writer:
                 made.append(m.group(1))
         used = set(re.findall(r"\b[A-Za-z_]\w*\b", "\n".join(self.inner)))
         params = ", ".join(x for x in made if x in used)
-        S = self.namer.module_alias("nnspec.backend.sync")
         run = f"{fname}_run"
         head = "@njit(cache=True, error_model='numpy')"
         # The function with the region also runs `run` alone: every function
@@ -280,6 +290,19 @@ class _Writer:
         return "\n".join(head) + "\n" + fn_src + "\n"
 
 
+def _drop_unread(lines: list, rest: list = ()) -> list:
+    """Without the time-major copies of sequence inputs (xt_k = ...) that
+    nothing reads, in `lines` or `rest` (a backward that never reads x)."""
+    text = "\n".join(list(lines) + list(rest))
+    out = []
+    for ln in lines:
+        m = re.match(r"\s*(xt_\d+) = np\.ascontiguousarray\(", ln)
+        if m and len(re.findall(rf"\b{m.group(1)}\b", text)) == 1:
+            continue
+        out.append(ln)
+    return out
+
+
 def _hoistable(body, node, step_ids, capture_ids) -> bool:
     """linear(x[t], W[, b]) with W, b captured: its rows for all steps can be
     computed before the loop in one GEMM."""
@@ -304,7 +327,7 @@ def _prologue(w: _Writer, a: dict, graph, names: dict, defer: bool = False) -> d
     w("T_ = x_0.shape[1]")
     for k, c in enumerate(a["captures"]):
         names[c] = f"p_{k}"
-    _wcats(w, graph, names)
+    _wcats(w, graph, names, defer)
     for k, sid in enumerate(a["seq_inputs"]):
         axes = (1, 0) + tuple(range(2, len(graph.shape(sid)) + 1))
         w(f"xt_{k} = np.ascontiguousarray(x_{k}.transpose({axes}))")
@@ -348,10 +371,49 @@ def _with_saved(bwd, saved):
     return g
 
 
-def _wcats(w: _Writer, graph, names: dict):
+def _recipe(graph, nid):
+    """A derived weight as (parts, transposed): concat_k(c_k[:, start_k:stop_k]),
+    transposed or not, over [(capture c_k, start_k, stop_k)]; None when the
+    chain is not of that form."""
+    n = graph.node(nid)
+    kind, a = n.attrs.get("kind"), n.attrs
+    if kind not in DERIVED:
+        shape = graph.shape(nid)
+        return ([(nid, 0, shape[1])], False) if len(shape) == 2 else None
+    subs = [_recipe(graph, p) for p in (a["parts"] if kind == "wcat" else [a["src"]])]
+    if any(r is None or r[1] for r in subs):
+        return None
+    if kind == "wcat":
+        return [x for r in subs for x in r[0]], False
+    if kind == "wT":
+        return subs[0][0], True
+    return [(c, s + a["start"], s + a["stop"]) for c, s, _ in subs[0][0]], False
+
+
+def _wcats(w: _Writer, graph, names: dict, defer: bool = False):
     """The weights of merged, split and transposed GEMMs (`_merge_gemms`,
     `_split_concat`, `_narrow_products`, `_transpose_weights`), made once per
-    call, each after the weights it is made from."""
+    call: those the graph reads, each in one pass from the captured weights
+    (`linalg.gather_w`; with `defer`, in the paired region, half the rows
+    per thread), else each after the weights it is made from."""
+    used = {i for n in graph.nodes() for i in n.inputs}
+    recipes = {n.id: _recipe(graph, n.id) for n in graph.nodes()
+               if n.op == "input" and n.attrs.get("kind") in DERIVED and n.id in used}
+    recipes = {k: r for k, r in recipes.items()
+               if r is not None and all(c in names for c, _, _ in r[0])}
+    if defer and len(recipes) < sum(1 for n in graph.nodes() if n.id in used and
+                                    n.op == "input" and n.attrs.get("kind") in DERIVED):
+        defer = False       # one made the old way may read a gathered one: none in the region
+    for nid, r in recipes.items():
+        names[nid] = f"wc{len(names)}"
+        w(f"{names[nid]} = np.empty({_shape(graph.shape(nid))}, T)")
+        parts = "(" + "".join(f"{names[c]}, " for c, _, _ in r[0]) + ")"
+        args = [parts, w.literal(tuple(s for _, s, _ in r[0])), repr(r[1]), names[nid]]
+        if defer:
+            w.deferred_w.append((w.alias(_linalg.gather_w), args))
+        else:
+            w(f"{w.alias(_linalg.gather_w)}({', '.join(args)}, 0, 1)")
+
     def make(nid):
         a = graph.node(nid).attrs
         if nid in names:
@@ -367,7 +429,7 @@ def _wcats(w: _Writer, graph, names: dict):
         else:
             w(f"{names[nid]} = np.ascontiguousarray({names[a['src']]}[:, {a['start']}:{a['stop']}])")
     for n in graph.nodes():
-        if n.op == "input" and n.attrs.get("kind") in DERIVED:
+        if n.op == "input" and n.attrs.get("kind") in DERIVED and n.id in used:
             make(n.id)
 
 
@@ -687,8 +749,9 @@ def _splittable(graph, n) -> bool:
 
 
 def _paired_linear(w: _Writer, graph, n, names: dict, ind: int):
-    """x W^T (+ b) of a paired loop: each thread lays out its rows of x^T,
-    then computes its half of the output columns (ops/linalg.py)."""
+    """x W^T (+ b) of a paired loop: each thread lays out its rows of x^T
+    (the second half from a cache line on: linalg.pair_pad), then after a
+    barrier computes its half of the output columns (ops/linalg.py)."""
     x, wt = n.inputs[0], n.inputs[1]
     xs, ys = tuple(graph.shape(x)), tuple(n.shape)
     if (n.op != "linear" or len(xs) != 2 or xs[0] != "B" or not isinstance(xs[1], int)
@@ -696,8 +759,10 @@ def _paired_linear(w: _Writer, graph, n, names: dict, ind: int):
         raise _NoPair(n.id)
     k = len(w.before)
     xt, tmp = f"_xt{k}", f"_tm{k}"
-    w.outer(f"{xt} = np.empty(({xs[1]}, B), T)")
-    w.outer(f"{tmp} = np.empty(({ys[1]}, B), T)")
+    pad = f"{w.alias(_linalg.pair_pad)}(B, {np.dtype(w.dtype).itemsize})"
+    w.outer(f"{xt} = np.empty(({xs[1]}, B + {pad}), T)")
+    w.outer(f"{xt}[:] = T(0)")             # the pad columns: multiplied, never read
+    w.outer(f"{tmp} = np.empty(({ys[1]}, B + {pad}), T)")
     ins = ", ".join(names[i] for i in n.inputs)
     w("if _nq == 1:", ind)         # one thread: the plain product (serial kernels)
     if len(n.inputs) == 3:

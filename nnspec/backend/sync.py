@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import platform
 
+import numpy as np
+
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -164,6 +166,24 @@ def barrier(sync, n, k):
         if load(sync, 1) < k * n:
             wait(sync, 1, k * n)
     return k + 1
+
+
+LINE = 64                   # bytes in a cache line
+
+
+@njit(cache=True)
+def empty64(shape, dtype):
+    """np.empty(shape, dtype) starting on a cache line.  Numba aligns arrays
+    to 32 bytes only; where two threads write neighbouring parts of one array
+    (each its half of a product's columns), a line holding both halves moves
+    between the cores at every write: the LSTM's recurrent product took
+    twice as long, depending on where the allocator put it."""
+    n = 1
+    for s in shape:
+        n *= s
+    buf = np.empty(n + LINE, dtype)
+    off = ((LINE - buf.ctypes.data % LINE) % LINE) // buf.itemsize
+    return buf[off:off + n].reshape(shape)
 
 
 # a loop pairs its threads from this many multiply-adds per call (its products'

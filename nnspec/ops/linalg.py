@@ -202,7 +202,9 @@ def sum_rows(x, out):
 # Each of the two threads calls these for its part q of nq: rows r0:r1 of the
 # batch, or a block of a product's output columns, with OpenBLAS on one thread.
 # A product x W^T of a few rows runs as W's column blocks times x^T (the tall
-# form OpenBLAS multiplies best), in blocks of at most SMALL_MACS
+# form OpenBLAS multiplies best; each thread lays out all of x^T in a buffer
+# of its own: halves of one shared buffer share cache lines), in blocks of
+# at most SMALL_MACS
 # multiply-adds where OpenBLAS has its small-matrix path (no packing: the
 # LSTM's [32, 256] x [256, 1024] in 35 us on two threads, 47 us in
 # OpenBLAS's own two threads plus a 9 us transposing copy).
@@ -211,13 +213,49 @@ SMALL_MACS = 1 << 19
 
 
 @kernel
+def pair_pad(B, itemsize):
+    """Columns left empty between the two threads' halves of a [K, B] x^T
+    buffer, so that the second half (rows B // 2 on) starts on a cache line:
+    halves sharing a line would move it between the cores at every write."""
+    return (-(B // 2)) % max(1, 64 // itemsize)
+
+
+@kernel
 def rows_t(x, xt, r0, r1):
-    """xt[:, r0:r1] = x[r0:r1]^T for x [B, K], xt [K, B]."""
+    """x[r0:r1]^T into xt [K, B + pad] for x [B, K]: row i to column i, or
+    i + pad from B // 2 on (pair_pad); 64 columns of x at a time."""
     B, K = x.shape[0], x.shape[1]
+    W = xt.shape[1]
     xf, tf = x.reshape(x.size), xt.reshape(xt.size)
-    for i in range(r0, r1):
-        for c in range(K):
-            tf[np.uint64(c * B + i)] = xf[np.uint64(i * K + c)]
+    for c0 in range(0, K, 64):
+        c1 = min(c0 + 64, K)
+        for i in range(r0, r1):
+            j = i + W - B if i >= B // 2 else i
+            for c in range(c0, c1):
+                tf[np.uint64(c * W + j)] = xf[np.uint64(i * K + c)]
+
+
+@kernel
+def gather_w(parts, starts, transposed, out, q, nq):
+    """Rows of part q of a loop's derived weight (backend/loops.py _recipe):
+    out = concat_k(parts[k][:, starts[k]:starts[k] + width]), or its
+    transpose; in one pass from the captured weights."""
+    R = out.shape[0]
+    r0, r1 = q * R // nq, (q + 1) * R // nq
+    off = 0
+    for k in range(len(parts)):
+        p = parts[k]
+        n, s = p.shape[0], starts[k]
+        if transposed:          # out[i, off + j] = p[j, s + i], 64 rows of p at a time
+            for j0 in range(0, n, 64):
+                for i in range(r0, r1):
+                    for j in range(j0, min(j0 + 64, n)):
+                        out[i, off + j] = p[j, s + i]
+        else:
+            for i in range(max(r0, off), min(r1, off + n)):
+                for j in range(out.shape[1]):
+                    out[i, j] = p[i - off, s + j]
+        off += n
 
 
 @kernel
@@ -229,9 +267,10 @@ def _cols_gemm(xt, w, tmp, q, nq):
     if blas_small_gemm():
         rows = max(8, SMALL_MACS // max(m * k, 1))
         rows -= rows % 8
-    units = (n + 7) // 8
-    j0 = min(n, (q * units // nq) * 8)
-    j1 = min(n, ((q + 1) * units // nq) * 8)
+    u = max(8, 64 // tmp.itemsize)      # parts start on a cache line of out's rows
+    units = (n + u - 1) // u
+    j0 = min(n, (q * units // nq) * u)
+    j1 = min(n, ((q + 1) * units // nq) * u)
     for r in range(j0, j1, rows):
         np.dot(w[r:min(r + rows, j1)], xt, tmp[r:min(r + rows, j1)])
     return j0, j1
@@ -239,13 +278,16 @@ def _cols_gemm(xt, w, tmp, q, nq):
 
 @kernel
 def _cols_back(tmp, out, j0, j1, b, has_bias):
-    """out[:, j0:j1] = tmp[j0:j1]^T (+ b[j0:j1]), 64 columns at a time."""
+    """out[:, j0:j1] = tmp[j0:j1]^T (+ b[j0:j1]), 64 columns at a time; tmp
+    [N, B + pad] has rows_t's layout (pair_pad)."""
     m, n = out.shape
+    W = tmp.shape[1]
     o, t = out.reshape(out.size), tmp.reshape(tmp.size)
     for c0 in range(j0, j1, 64):
         for i in range(m):
+            ti = i + W - m if i >= m // 2 else i
             for j in range(c0, min(c0 + 64, j1)):
-                v = t[np.uint64(j * m + i)]
+                v = t[np.uint64(j * W + ti)]
                 if has_bias:
                     v += b[j]
                 o[np.uint64(i * n + j)] = v
