@@ -403,3 +403,54 @@ def test_channels_last_convolutions_either_blocking(small, tmp_path):
     """)
     r = _run_fresh(code, tmp_path, {"NNSPEC_BLAS_SMALL_GEMM": small})
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+KEEP_FREED = """
+import resource, sys
+import numpy as np
+from numba import njit
+if sys.argv[1] == "keep":
+    from nnspec.backend.cpu import keep_freed_memory
+    keep_freed_memory()
+
+@njit
+def step(n, k):             # a step's temporaries: k buffers of about 4 MB
+    bufs = []
+    for j in range(k):
+        b = np.empty(n + j * 1024, np.float32)
+        b[::1024] = 1.0     # one touch per page
+        bufs.append(b)
+    s = 0.0
+    for b in bufs:
+        s += b[0]
+    return s
+
+step(1 << 20, 6)
+per = []
+for _ in range(5):
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        step(1 << 20, 6)
+    per.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10)
+print("FAULTS", min(per))
+"""
+
+
+def test_keep_freed_memory_stops_faulting_temporaries_in_again():
+    """Compiled steps malloc their large temporaries at every call; with glibc's
+    own thresholds the freed block at the top of the heap is given back and
+    faulted in again at the next step (the control run), with
+    cpu.keep_freed_memory it is kept."""
+    import ctypes
+    if not hasattr(ctypes.CDLL(None), "mallopt"):
+        pytest.skip("not glibc")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["PYTHONPATH"] = str(ROOT)
+    faults = {}
+    for mode in ("none", "keep"):
+        r = subprocess.run([sys.executable, "-c", KEEP_FREED, mode], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        faults[mode] = float(r.stdout.split("FAULTS")[1].split()[0])
+    assert faults["none"] > 1000, faults       # the check sees the faults ...
+    assert faults["keep"] < 20, faults          # ... and they are gone

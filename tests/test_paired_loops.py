@@ -79,7 +79,8 @@ net = nnspec.compile(WORKLOADS["lstm"][0], dtype="float32", seed=3)
 # First (before the reference's large arrays raise glibc's thresholds): its
 # training steps reuse freed memory (cpu.keep_freed_memory): the loops'
 # stacks are malloc'd at every call, and glibc unmapped them when freed, so
-# the next step faulted them in again (4,600 page faults per step).  The
+# the next step faulted them in again (4,600 page faults per step; the
+# mechanism has its own test with a control run, test_backend.py).  The
 # least of 4 runs of 10 steps (a busy machine may send a step down a path it
 # had not taken yet).
 rng = np.random.default_rng(0)
