@@ -379,17 +379,24 @@ class StepWriter:
 
     # ---- fused elementwise loops --------------------------------------------
     def emit_fused(self, body: Source, n, ind: int, graph=None, ins=None, out=None,
-                   name=None, split=False):
+                   name=None, split=False, ldo=None, lds=None):
         """A `fused` node: its loop as a helper, and the call.  By default the
         node is the step graph's (flat views f<k>); a loop body passes its
         own graph, (flat array, offset) pairs for the inputs and the output, and
         a helper name (serial, inlined, indexing each array from its offset: the
         loop makes its flat views once, not a view per argument per step; its
         outer loop runs over a range s:e, the whole or, with `split`, the batch
-        rows r0:r0+nb of a paired loop's thread, backend/loops.py)."""
+        rows r0:r0+nb of a paired loop's thread, backend/loops.py).  With
+        `ldo` (a loop body's, where `strided_ok`) the output is a block of
+        columns of a wider buffer, rows `ldo` apart: a concatenation's part
+        written in place; with `lds` (input index -> row length), so are those
+        inputs: slices of features read in place."""
         graph = graph or self.g
         out_shape = tuple(n.shape)
         pats = [block_pattern(graph.shape(i), out_shape) for i in n.inputs]
+        if ldo is not None or lds:
+            return self._emit_strided(body, n, ind, pats, ins, out, name, split,
+                                      ldo or _dim(out_shape[-1]), lds or {})
         blocks = {p[1:] for p in pats if p[0] == "block"}
         k = self.k(n.id)
         in_loop = name is not None
@@ -431,6 +438,54 @@ class StepWriter:
             body(f"{name}({args})", ind + 1)
         else:
             body(f"{name}({args})  {what}", ind)
+
+    @staticmethod
+    def strided_ok(graph, n) -> bool:
+        """Whether a fused loop can write its output into columns of a wider
+        buffer (`emit_fused`'s ldo): every input read whole, as a scalar, or as
+        a block of the last axis alone (a bias)."""
+        shape = tuple(n.shape)
+        if not shape or not isinstance(shape[-1], int):
+            return False
+        last = len(shape) - 1
+        for i in n.inputs:
+            p = block_pattern(graph.shape(i), shape)
+            if p is None or (p[0] == "block" and p[1:] != (last, last)):
+                return False
+        return True
+
+    def _emit_strided(self, body, n, ind, pats, ins, out, name, split, ldo, lds):
+        rows, width = _prod_expr(tuple(n.shape)[:-1]), _dim(n.shape[-1])
+        nin = len(n.inputs)
+        h = self.helpers
+        h("@njit(cache=True, error_model='numpy', inline='always')")
+        args = ", ".join(f"i{j}, io{j}" + (f", ld{j}" if j in lds else "") for j in range(nin))
+        h(f"def {name}(s, e, n1, o, oo, ldo, {args}):")
+        for j, p in enumerate(pats):
+            if p[0] == "scalar":
+                h(f"x{j} = i{j}[np.uint64(io{j})]", 1)
+        h("for a0 in range(s, e):", 1)
+        h("base = a0 * n1", 2)
+        h("ob = oo + a0 * ldo", 2)
+        h("for a1 in range(n1):", 2)
+        h("k = base + a1", 3)
+        for j, p in enumerate(pats):
+            if p[0] == "block":
+                h(f"x{j} = i{j}[np.uint64(io{j} + a1)]", 3)
+            elif j in lds:
+                h(f"x{j} = i{j}[np.uint64(io{j} + a0 * ld{j} + a1)]", 3)
+            elif p[0] == "full":
+                h(f"x{j} = i{j}[np.uint64(io{j} + k)]", 3)
+        fb = self.fused_body(n)
+        for ln in fb[:-1] + [fb[-1].replace("o[k] =", "o[np.uint64(ob + a1)] =", 1)]:
+            h(ln, 3)
+        h()
+        rng = ([f"r0 * ({rows}) // B", f"(r0 + nb) * ({rows}) // B"] if split
+               else ["0", rows])
+        flat_ins = [x for j, pair in enumerate(ins)
+                    for x in (list(pair) + ([str(lds[j])] if j in lds else []))]
+        call = ", ".join(rng + [width] + list(out) + [str(ldo)] + flat_ins)
+        body(f"{name}({call})  # {n.id} = fused {'+'.join(n.attrs['ops'])}, in place", ind)
 
     @staticmethod
     def parallel_worth(shape) -> bool:

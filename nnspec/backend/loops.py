@@ -683,8 +683,48 @@ def _transpose_weights(graph, caps: set, skip: set = frozenset()):
                             and n.id not in skip}, transposed)
 
 
+def _in_place_parts(w: _Writer, graph, names: dict, todo: list) -> tuple[dict, dict]:
+    """Copies of columns a fused loop can do without (codegen.emit_fused's ldo
+    and lds): ({fused id: (buffer, column offset, row length)} for a fused
+    value only a concatenation of features reads, written straight into its
+    columns; {slice id: the same} for a slice of features only fused loops
+    read, read in place)."""
+    if w.namer is None:
+        return {}, {}
+    sw, planned, out, ins = w.namer, set(todo), {}, {}
+
+    def fits(m):
+        return (m.op == "fused" and m.id in planned and sw.strided_ok(graph, m)
+                and (not w.pair or _splittable(graph, m)))
+    for sid in todo:
+        sl = graph.node(sid)
+        if (sl.op == "slice" and _on_features(sl) and re.fullmatch(r"v\d+", names[sid])
+                and re.fullmatch(r"\w+(\[t\])?", names[sl.inputs[0]])
+                and isinstance(graph.shape(sl.inputs[0])[-1], int)
+                and tuple(graph.shape(sl.inputs[0]))[:-1] == tuple(sl.shape)[:-1]
+                and all(fits(graph.node(u)) for u in graph.consumers(sid))
+                and sid not in graph.outputs.values()):
+            ins[sid] = (names[sl.inputs[0]], sl.attrs["start"], graph.shape(sl.inputs[0])[-1])
+    for cid in todo:
+        c = graph.node(cid)
+        if not (c.op == "colcat" or (c.op == "concat" and _on_features(c))):
+            continue
+        if not isinstance(c.shape[-1], int) or not re.fullmatch(r"\w+(\[t\])?", names[cid]):
+            continue
+        off = 0
+        for i in c.inputs:
+            m = graph.node(i)
+            if (fits(m) and c.inputs.count(i) == 1 and graph.consumers(i) == [cid]
+                    and re.fullmatch(r"v\d+", names[i]) and i not in graph.outputs.values()
+                    and tuple(m.shape)[:-1] == tuple(c.shape)[:-1]):
+                out[i] = (names[cid], off, c.shape[-1])
+            off += graph.shape(i)[-1]
+    return out, ins
+
+
 def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
     """Kernel calls for the nodes in `todo`, in order (every value named)."""
+    in_place, read_in_place = _in_place_parts(w, graph, names, todo)
     for nid in todo:
         n = graph.node(nid)
         v = names[nid]
@@ -696,6 +736,8 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             raise ValueError(f"loops: body input '{nid}' is not bound")
         if w.pair and n.op in ("slice", "concat", "colcat") and tuple(n.shape)[:1] != ("B",):
             raise _NoPair(n.id)     # copies split by batch rows
+        if nid in read_in_place:        # its readers read the columns there
+            continue
         if n.op == "slice" and _on_features(n):
             src, k = names[n.inputs[0]], graph.shape(n.inputs[0])[-1]
             width = n.shape[-1]
@@ -711,6 +753,9 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             off = 0
             for i in n.inputs:
                 k = graph.shape(i)[-1]
+                if i in in_place:       # written there
+                    off += k
+                    continue
                 if not w.cols(v, n.shape[-1], off, names[i], k, 0, k, ind):
                     if w.pair:
                         raise _NoPair(n.id)
@@ -723,8 +768,21 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
                 raise _NoPair(n.id)
             sw = w.namer
             sw.loop_fused += 1
-            sw.emit_fused(w, n, ind, graph, [w.flat(names[i]) for i in n.inputs],
-                          w.flat(v), f"_lfused{sw.loop_fused}", split=w.pair)
+            ins, lds = [], {}
+            for j, i in enumerate(n.inputs):
+                if i in read_in_place:
+                    src, off, lds[j] = read_in_place[i]
+                    fv, fo = w.flat(src)
+                    ins.append((fv, f"{fo} + {off}"))
+                else:
+                    ins.append(w.flat(names[i]))
+            ldo, out = None, w.flat(v)
+            if nid in in_place:
+                dst, off, ldo = in_place[nid]
+                fv, fo = w.flat(dst)
+                out = (fv, f"{fo} + {off}")
+            sw.emit_fused(w, n, ind, graph, ins, out, f"_lfused{sw.loop_fused}",
+                          split=w.pair, ldo=ldo, lds=lds)
             continue
         if w.pair:
             _paired_linear(w, graph, n, names, ind)
