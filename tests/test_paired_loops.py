@@ -18,6 +18,10 @@ import numba  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 from nnspec.backend import sync  # noqa: E402
+from nnspec.backend.jit import compile_module  # noqa: E402
+from nnspec.ops import linalg  # noqa: E402
+
+compile_module(linalg)          # its kernels as njit functions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +64,59 @@ def test_barrier_holds_both_threads():
     nq = seen[0]
     assert nq in (1, 2) and seen[1] == (2 if nq == 2 else 0)
     assert bad[0] == 2000 * nq and bad[1] == 0
+
+
+@njit
+def _shared_layout(x, w, q, nq):
+    """Both threads' parts of a paired product, run one after the other."""
+    B = x.shape[0]
+    pad = linalg.pair_pad(B, x.itemsize)
+    xt = sync.empty64((x.shape[1], B + pad), x.dtype)
+    xt[:] = 0
+    tmp = sync.empty64((w.shape[0], B + pad), x.dtype)
+    out = np.zeros((B, w.shape[0]), x.dtype)
+    for p in range(nq):
+        r0, r1 = p * B // nq, (p + 1) * B // nq
+        linalg.rows_t(x, xt, r0, r1)
+    for p in range(nq):
+        linalg.cols_part(xt, w, out, tmp, p, nq)
+    return out, xt.ctypes.data % 64, tmp.ctypes.data % 64, pad
+
+
+@pytest.mark.parametrize("B", [1, 2, 7, 31, 32, 33])
+def test_paired_product_layout(B):
+    """A paired product's shared buffers start on a cache line, the second
+    thread's half of x^T on its own line (pair_pad), and the two threads'
+    parts give x w^T."""
+    rng = np.random.default_rng(B)
+    x = rng.standard_normal((B, 37)).astype(np.float32)
+    w = rng.standard_normal((45, 37)).astype(np.float32)
+    for nq in (1, 2):
+        out, ax, at, pad = _shared_layout(x, w, 0, nq)
+        np.testing.assert_allclose(out, x @ w.T, rtol=1e-5, atol=1e-5)
+        assert ax == 0 and at == 0
+        assert (B // 2 + pad) * 4 % 64 == 0 and pad < 16
+
+
+@njit
+def _gather(parts, starts, transposed, out, nq):
+    for q in range(nq):
+        linalg.gather_w(parts, starts, transposed, out, q, nq)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gather_w_matches_numpy(transposed):
+    """A loop's derived weight in one pass: parts' columns stacked, or their
+    transpose, each thread its rows."""
+    rng = np.random.default_rng(0)
+    parts = tuple(rng.standard_normal((r, 11)).astype(np.float32) for r in (5, 3, 70))
+    starts = (2, 0, 4)
+    ref = np.concatenate([p[:, s:s + 7] for p, s in zip(parts, starts)])
+    ref = ref.T if transposed else ref
+    for nq in (1, 2, 3):
+        out = np.full(ref.shape, np.nan, np.float32)
+        _gather(parts, starts, transposed, out, nq)
+        np.testing.assert_array_equal(out, ref)
 
 
 # The benchmark's LSTM (64 -> 256 over 64 steps, a classifier on the last
