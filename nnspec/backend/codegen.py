@@ -441,9 +441,9 @@ class StepWriter:
 
     @staticmethod
     def strided_ok(graph, n) -> bool:
-        """Whether a fused loop can write its output into columns of a wider
-        buffer (`emit_fused`'s ldo): every input read whole, as a scalar, or as
-        a block of the last axis alone (a bias)."""
+        """Whether a fused loop can run over rows and columns with strides
+        (`emit_fused`'s ldo and lds): every input read whole, as a scalar, or
+        as a block of the last axis alone (a bias)."""
         shape = tuple(n.shape)
         if not shape or not isinstance(shape[-1], int):
             return False
@@ -455,6 +455,9 @@ class StepWriter:
         return True
 
     def _emit_strided(self, body, n, ind, pats, ins, out, name, split, ldo, lds):
+        """A loop body's fused loop over rows a0 and columns a1: the output at
+        oo + a0 * ldo + a1, an input of `lds` at io + a0 * ld + a1, a bias at
+        io + a1, any other at io + a0 * n1 + a1."""
         rows, width = _prod_expr(tuple(n.shape)[:-1]), _dim(n.shape[-1])
         nin = len(n.inputs)
         h = self.helpers

@@ -202,9 +202,8 @@ def sum_rows(x, out):
 # Each of the two threads calls these for its part q of nq: rows r0:r1 of the
 # batch, or a block of a product's output columns, with OpenBLAS on one thread.
 # A product x W^T of a few rows runs as W's column blocks times x^T (the tall
-# form OpenBLAS multiplies best; each thread lays out all of x^T in a buffer
-# of its own: halves of one shared buffer share cache lines), in blocks of
-# at most SMALL_MACS
+# form OpenBLAS multiplies best; each thread lays out its rows of x^T, the
+# second half from a cache line on: pair_pad), in blocks of at most SMALL_MACS
 # multiply-adds where OpenBLAS has its small-matrix path (no packing: the
 # LSTM's [32, 256] x [256, 1024] in 35 us on two threads, 47 us in
 # OpenBLAS's own two threads plus a 9 us transposing copy).
