@@ -118,6 +118,32 @@ def _dim(d) -> str:
     return "T_" if d == "T" else str(d)
 
 
+def literal_source(v, consts: list) -> str:
+    """A kernel argument written as source: numbers (floats as T(...)), None,
+    strings, tuples of these; an array becomes a module constant appended to
+    `consts` (its name returned)."""
+    if isinstance(v, (bool, np.bool_)):
+        return repr(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return repr(int(v))
+    if isinstance(v, (float, np.floating)):
+        return f"T({float(v)!r})"
+    if v is None or isinstance(v, str):
+        return repr(v)
+    if isinstance(v, (tuple, list)):
+        items = [literal_source(x, consts) for x in v]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if isinstance(v, np.ndarray):
+        name = f"_K{len(consts)}"
+        dt = f"np.{v.dtype.name}"
+        if v.size == 0:
+            consts.append(f"{name} = np.zeros({_shape_expr(v.shape)}, {dt})")
+        else:
+            consts.append(f"{name} = np.array({v.tolist()!r}, dtype={dt})")
+        return name
+    raise TypeError(f"codegen: cannot write kernel argument {v!r} as source")
+
+
 def _shape_expr(shape) -> str:
     dims = [_dim(d) for d in shape]
     if not dims:
@@ -177,26 +203,7 @@ class StepWriter:
         return self.modules[modname]
 
     def literal(self, v) -> str:
-        if isinstance(v, (bool, np.bool_)):
-            return repr(bool(v))
-        if isinstance(v, (int, np.integer)):
-            return repr(int(v))
-        if isinstance(v, (float, np.floating)):
-            return f"T({float(v)!r})"
-        if v is None or isinstance(v, str):
-            return repr(v)
-        if isinstance(v, (tuple, list)):
-            items = [self.literal(x) for x in v]
-            return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-        if isinstance(v, np.ndarray):
-            name = f"_K{len(self.consts)}"
-            dt = f"np.{v.dtype.name}"
-            if v.size == 0:
-                self.consts.append(f"{name} = np.zeros({_shape_expr(v.shape)}, {dt})")
-            else:
-                self.consts.append(f"{name} = np.array({v.tolist()!r}, dtype={dt})")
-            return name
-        raise TypeError(f"codegen: cannot write kernel argument {v!r} into the step")
+        return literal_source(v, self.consts)
 
     # ---- where each value lives ------------------------------------------------
     def flat(self, nid: str) -> tuple[str, str]:

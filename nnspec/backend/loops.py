@@ -208,22 +208,8 @@ class _Writer:
     def literal(self, v) -> str:
         if self.namer is not None:
             return self.namer.literal(v)
-        if isinstance(v, (bool, np.bool_)):
-            return repr(bool(v))
-        if isinstance(v, (int, np.integer)):
-            return repr(int(v))
-        if isinstance(v, (float, np.floating)):
-            return f"T({float(v)!r})"
-        if v is None or isinstance(v, str):
-            return repr(v)
-        if isinstance(v, (tuple, list)):
-            items = [self.literal(x) for x in v]
-            return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-        if isinstance(v, np.ndarray):
-            name = f"_K{len(self.consts)}"
-            self.consts.append(f"{name} = np.array({v.tolist()!r}, dtype=np.{v.dtype.name})")
-            return name
-        raise TypeError(f"loops: cannot write kernel argument {v!r}")
+        from .codegen import literal_source
+        return literal_source(v, self.consts)
 
     def function(self, fname: str, args: list) -> str:
         self.lines = _drop_unread(self.lines)
