@@ -134,23 +134,22 @@ from run import WORKLOADS
 
 net = nnspec.compile(WORKLOADS["lstm"][0], dtype="float32", seed=3)
 # First (before the reference's large arrays raise glibc's thresholds): its
-# training steps reuse freed memory (cpu.keep_freed_memory): the loops'
-# stacks are malloc'd at every call, and glibc unmapped them when freed, so
-# the next step faulted them in again (4,600 page faults per step; the
-# mechanism has its own test with a control run, test_backend.py).  The
-# least of 4 runs of 10 steps (a busy machine may send a step down a path it
-# had not taken yet).
+# steps (forward and backward: the program checked below, one compile) reuse
+# freed memory (cpu.keep_freed_memory): the loops' stacks are malloc'd at
+# every call, and glibc unmapped them when freed, so the next step faulted
+# them in again (4,600 page faults per step; the mechanism has its own test
+# with a control run, test_backend.py).  The least of 4 runs of 10 steps (a
+# busy machine may send a step down a path it had not taken yet).
 rng = np.random.default_rng(0)
 x = rng.standard_normal((32, 64, 64)).astype(np.float32)
 y = rng.integers(0, 10, 32)
-net.set_optimizer("sgd")
 for _ in range(5):
-    net.train_step({"x": x}, {"label": y}, 0.01)
+    net.gradients({"x": x}, {"label": y})
 per_step = []
 for _ in range(4):
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
-        net.train_step({"x": x}, {"label": y}, 0.01)
+        net.gradients({"x": x}, {"label": y})
     per_step.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10)
 print("FAULTS", min(per_step))
 src = net._program("train").source
