@@ -119,6 +119,69 @@ def test_gather_w_matches_numpy(transposed):
         np.testing.assert_array_equal(out, ref)
 
 
+# Cells over T steps of a batch of 15 (threads take 7 and 8 rows), wide
+# and long enough that their loops pair their threads (loops.PAIR_MIN_ROW_MACS,
+# sync.PAIR_MIN_MACS, and the step runs on both: codegen.PAR_MIN_LOOP_STEP).
+F, B, T = 8, 15, 40
+
+CELL_CHECK = """
+import re, sys
+import numpy as np
+import numba
+import nnspec
+from nnspec.backend import numpy_ref, sync
+from nnspec.passes.autodiff import backward
+from nnspec.passes.mode import specialise
+sys.path.insert(0, %(tests)r)
+from test_loop_compiled import cell_source
+
+cell, options = %(cell)r, %(options)r
+net = nnspec.compile(f'''{cell_source(cell)}
+network t {{
+  input x: [T, %(F)d]
+  y = x -> {cell}(%(H)d{", " + options if options else ""})
+  output s = y
+}}
+train {{
+  target r: [T, {2 * %(H)d if "bidir" in options else %(H)d}]
+  loss = mse(s, r)
+}}''', dtype="float64", seed=3)
+src = net._program("train").source
+assert src.count("prange(2)") >= 2, "no paired loop"
+macs = [int(m) for m in re.findall(r"threads_for\\(B, T_ \\* B \\* (\\d+)\\)", src)]
+assert macs and all(sync.threads_for(%(B)d, %(T)d * %(B)d * m) == 2 for m in macs), macs
+rng = np.random.default_rng(0)
+x = rng.standard_normal((%(B)d, %(T)d, %(F)d))
+r = rng.standard_normal((%(B)d, %(T)d) + net.graph.shape("r")[2:])
+loss, grads = net.gradients({"x": x}, {"r": r})
+assert list(net._program("grad")._bound.values())[0][1] == (0, 1)   # both threads, one BLAS
+gt = specialise(net.graph, True)
+gg, gids = backward(gt, gt.meta["loss"], gt.params)
+vals = numpy_ref.run(gg, {"x": x, "r": r, **net.params}, [*gids.values(), gt.meta["loss"]])
+assert abs(loss - float(vals[gt.meta["loss"]])) <= 1e-12 * abs(loss), loss
+for p, gn in gids.items():
+    np.testing.assert_allclose(grads[p], vals[gn], rtol=1e-9, atol=1e-12, err_msg=p)
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("cell,H,options,small", [
+    ("lstm", 128, "", "1"),
+    ("gru", 160, "reverse=true, bptt=7", "0"),
+])
+def test_paired_loop_matches_reference(cell, H, options, small, tmp_path):
+    """Forward and gradients of a paired loop, with its products in small
+    blocks or whole (NNSPEC_BLAS_SMALL_GEMM), in a process of two threads."""
+    code = CELL_CHECK % dict(cell=cell, options=options, H=H, F=F, B=B, T=T,
+                        tests=str(ROOT / "tests"))
+    env = dict(os.environ, NNSPEC_CACHE=str(tmp_path), PYTHONPATH=str(ROOT),
+               NUMBA_NUM_THREADS="2", NNSPEC_BLAS_SMALL_GEMM=small)
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+
 # The benchmark's LSTM (64 -> 256 over 64 steps, a classifier on the last
 # state): its loops pair their threads (loops.PAIR_MIN_ROW_MACS,
 # sync.PAIR_MIN_MACS, and the step runs on both: codegen.PAR_MIN_LOOP_STEP).

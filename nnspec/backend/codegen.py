@@ -144,6 +144,14 @@ def literal_source(v, consts: list) -> str:
     raise TypeError(f"codegen: cannot write kernel argument {v!r} as source")
 
 
+def _outer_range(outer: str, split: bool) -> list:
+    """A loop body's fused loop range over `outer` (an expression): all of it,
+    or with `split` the part of a paired loop's thread (batch rows r0:r0+nb)."""
+    if split:
+        return [f"r0 * ({outer}) // B", f"(r0 + nb) * ({outer}) // B"]
+    return ["0", outer]
+
+
 def _shape_expr(shape) -> str:
     dims = [_dim(d) for d in shape]
     if not dims:
@@ -431,11 +439,7 @@ class StepWriter:
                          inline=in_loop, offsets=in_loop)
         if in_loop:     # the outer loop's range s:e instead of its length
             outer = f"({sizes[0]}) * ({sizes[1]})" if len(sizes) == 3 else sizes[0]
-            if split:
-                rng = [f"r0 * ({outer}) // B", f"(r0 + nb) * ({outer}) // B"]
-            else:
-                rng = ["0", outer]
-            sizes = rng + sizes[1:]
+            sizes = _outer_range(outer, split) + sizes[1:]
         args = ", ".join(sizes + [out] + ins)
         what = f"# {n.id} = fused {'+'.join(n.attrs['ops'])}"
         if par:
@@ -462,39 +466,14 @@ class StepWriter:
         return True
 
     def _emit_strided(self, body, n, ind, pats, ins, out, name, split, ldo, lds):
-        """A loop body's fused loop over rows a0 and columns a1: the output at
-        oo + a0 * ldo + a1, an input of `lds` at io + a0 * ld + a1, a bias at
-        io + a1, any other at io + a0 * n1 + a1."""
-        rows, width = _prod_expr(tuple(n.shape)[:-1]), _dim(n.shape[-1])
-        nin = len(n.inputs)
-        h = self.helpers
-        h("@njit(cache=True, error_model='numpy', inline='always')")
-        args = ", ".join(f"i{j}, io{j}" + (f", ld{j}" if j in lds else "") for j in range(nin))
-        h(f"def {name}(s, e, n1, o, oo, ldo, {args}):")
-        for j, p in enumerate(pats):
-            if p[0] == "scalar":
-                h(f"x{j} = i{j}[np.uint64(io{j})]", 1)
-        h("for a0 in range(s, e):", 1)
-        h("base = a0 * n1", 2)
-        h("ob = oo + a0 * ldo", 2)
-        h("for a1 in range(n1):", 2)
-        h("k = base + a1", 3)
-        for j, p in enumerate(pats):
-            if p[0] == "block":
-                h(f"x{j} = i{j}[np.uint64(io{j} + a1)]", 3)
-            elif j in lds:
-                h(f"x{j} = i{j}[np.uint64(io{j} + a0 * ld{j} + a1)]", 3)
-            elif p[0] == "full":
-                h(f"x{j} = i{j}[np.uint64(io{j} + k)]", 3)
-        fb = self.fused_body(n)
-        for ln in fb[:-1] + [fb[-1].replace("o[k] =", "o[np.uint64(ob + a1)] =", 1)]:
-            h(ln, 3)
-        h()
-        rng = ([f"r0 * ({rows}) // B", f"(r0 + nb) * ({rows}) // B"] if split
-               else ["0", rows])
+        """A loop body's fused loop over rows and columns, its output and the
+        inputs of `lds` in columns of wider buffers (write_fused's lds)."""
+        self.write_fused(name, n, pats, True, False, rows=True, inline=True, offsets=True,
+                         lds=lds)
+        rng = _outer_range(_prod_expr(tuple(n.shape)[:-1]), split)
         flat_ins = [x for j, pair in enumerate(ins)
                     for x in (list(pair) + ([str(lds[j])] if j in lds else []))]
-        call = ", ".join(rng + [width] + list(out) + [str(ldo)] + flat_ins)
+        call = ", ".join(rng + [_dim(n.shape[-1])] + list(out) + [str(ldo)] + flat_ins)
         body(f"{name}({call})  # {n.id} = fused {'+'.join(n.attrs['ops'])}, in place", ind)
 
     @staticmethod
@@ -528,40 +507,50 @@ class StepWriter:
         return lines
 
     def write_fused(self, name, n, pats, nested: bool, par: bool, rows: bool = False,
-                    inline: bool = False, offsets: bool = False):
+                    inline: bool = False, offsets: bool = False, lds=None):
         """nested: one broadcast block (a bias) read once per run of the inner
         loop; rows: that block is the trailing axes, so the inner loop runs
         along it (vectorised) instead of over a run of length 1; inline: the
         helper is inlined into its caller (a loop body's, where a call per
         step and op costs more than a small loop's work); offsets: each array
         comes with the offset it is read (written) from, and indices are
-        unsigned (a signed one stops LLVM vectorising)."""
+        unsigned (a signed one stops LLVM vectorising); lds (with offsets, a
+        loop over rows a0 and columns a1): the output's rows are `ldo` apart,
+        and so are those of the inputs in lds, `ld<j>` apart (columns of
+        wider buffers, emit_fused)."""
         nin = len(n.inputs)
+        strided = lds is not None
+        lds = lds or {}
 
         def at(j, e):
             if not offsets:
                 return f"i{j}[{e}]"
             return f"i{j}[np.uint64(io{j} + {e})]"
 
-        ins = ", ".join(f"i{j}, io{j}" if offsets else f"i{j}" for j in range(nin))
+        ins = ", ".join((f"i{j}, io{j}" + (f", ld{j}" if j in lds else "")) if offsets
+                        else f"i{j}" for j in range(nin))
         h = self.helpers
-        loads_full = [f"x{j} = {at(j, 'k')}" for j, p in enumerate(pats) if p[0] == "full"]
+        loads_full = [f"x{j} = {at(j, f'a0 * ld{j} + a1' if j in lds else 'k')}"
+                      for j, p in enumerate(pats) if p[0] == "full"]
         loads_scalar = [f"x{j} = {at(j, '0')}" for j, p in enumerate(pats) if p[0] == "scalar"]
         body = self.fused_body(n)
         if offsets:
-            body = body[:-1] + [body[-1].replace("o[k] =", "o[np.uint64(oo + k)] =", 1)]
-        o = "o, oo" if offsets else "o"
+            dst = "ob + a1" if strided else "oo + k"
+            body = body[:-1] + [body[-1].replace("o[k] =", f"o[np.uint64({dst})] =", 1)]
+        o = ("o, oo, ldo" if strided else "o, oo") if offsets else "o"
         for suffix, par in (("", False), ("p", True))[:2 if par else 1]:
             rng = "prange" if par else "range"
             inl = ", inline='always'" if inline else ""
             h(f"@njit(cache=True, error_model='numpy'{', parallel=True' if par else ''}{inl})")
             start = "s, " if offsets else ""      # the outer loop's range s:n0
-            if nested and rows:
+            if (nested and rows) or strided:
                 h(f"def {name}{suffix}({start}n0, n1, {o}, {ins}):")
                 for ln in loads_scalar:
                     h(ln, 1)
                 h(f"for a0 in {rng}({start}n0):", 1)
                 h("base = a0 * n1", 2)
+                if strided:
+                    h("ob = oo + a0 * ldo", 2)
                 h("for a1 in range(n1):", 2)
                 h("k = base + a1", 3)
                 for j, p in enumerate(pats):

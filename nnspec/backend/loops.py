@@ -277,12 +277,13 @@ class _Writer:
 
 
 def _drop_unread(lines: list, rest: list = ()) -> list:
-    """Without the time-major copies of sequence inputs (xt_k = ...) that
-    nothing reads, in `lines` or `rest` (a backward that never reads x)."""
+    """Without the time-major copies of sequence inputs (xt_k = ...) and the
+    step buffers (v<j> = np.empty(...)) that nothing reads, in `lines` or
+    `rest` (a backward that never reads x; a slice read in place)."""
     text = "\n".join(list(lines) + list(rest))
     out = []
     for ln in lines:
-        m = re.match(r"\s*(xt_\d+) = np\.ascontiguousarray\(", ln)
+        m = re.match(r"\s*(xt_\d+|v\d+) = np\.(?:ascontiguousarray|empty)\(", ln)
         if m and len(re.findall(rf"\b{m.group(1)}\b", text)) == 1:
             continue
         out.append(ln)
@@ -358,14 +359,13 @@ def _with_saved(bwd, saved):
 
 
 def _recipe(graph, nid):
-    """A derived weight as (parts, transposed): concat_k(c_k[:, start_k:stop_k]),
-    transposed or not, over [(capture c_k, start_k, stop_k)]; None when the
-    chain is not of that form."""
+    """A derived weight as (parts, transposed): concat_k(c_k[:, start_k:]),
+    as wide as the weight (transposed or not), over [(capture c_k, start_k)];
+    None when the chain is not of that form."""
     n = graph.node(nid)
     kind, a = n.attrs.get("kind"), n.attrs
     if kind not in DERIVED:
-        shape = graph.shape(nid)
-        return ([(nid, 0, shape[1])], False) if len(shape) == 2 else None
+        return ([(nid, 0)], False) if len(graph.shape(nid)) == 2 else None
     subs = [_recipe(graph, p) for p in (a["parts"] if kind == "wcat" else [a["src"]])]
     if any(r is None or r[1] for r in subs):
         return None
@@ -373,7 +373,7 @@ def _recipe(graph, nid):
         return [x for r in subs for x in r[0]], False
     if kind == "wT":
         return subs[0][0], True
-    return [(c, s + a["start"], s + a["stop"]) for c, s, _ in subs[0][0]], False
+    return [(c, s + a["start"]) for c, s in subs[0][0]], False
 
 
 def _wcats(w: _Writer, graph, names: dict, defer: bool = False):
@@ -383,18 +383,17 @@ def _wcats(w: _Writer, graph, names: dict, defer: bool = False):
     (`linalg.gather_w`; with `defer`, in the paired region, half the rows
     per thread), else each after the weights it is made from."""
     used = {i for n in graph.nodes() for i in n.inputs}
-    recipes = {n.id: _recipe(graph, n.id) for n in graph.nodes()
-               if n.op == "input" and n.attrs.get("kind") in DERIVED and n.id in used}
-    recipes = {k: r for k, r in recipes.items()
-               if r is not None and all(c in names for c, _, _ in r[0])}
-    if defer and len(recipes) < sum(1 for n in graph.nodes() if n.id in used and
-                                    n.op == "input" and n.attrs.get("kind") in DERIVED):
+    needed = [n.id for n in graph.nodes()
+              if n.op == "input" and n.attrs.get("kind") in DERIVED and n.id in used]
+    recipes = {nid: r for nid in needed if (r := _recipe(graph, nid)) is not None
+               and all(c in names for c, _ in r[0])}
+    if len(recipes) < len(needed):
         defer = False       # one made the old way may read a gathered one: none in the region
     for nid, r in recipes.items():
         names[nid] = f"wc{len(names)}"
         w(f"{names[nid]} = np.empty({_shape(graph.shape(nid))}, T)")
-        parts = "(" + "".join(f"{names[c]}, " for c, _, _ in r[0]) + ")"
-        args = [parts, w.literal(tuple(s for _, s, _ in r[0])), repr(r[1]), names[nid]]
+        parts = "(" + "".join(f"{names[c]}, " for c, _ in r[0]) + ")"
+        args = [parts, w.literal(tuple(s for _, s in r[0])), repr(r[1]), names[nid]]
         if defer:
             w.deferred_w.append((w.alias(_linalg.gather_w), args))
         else:
@@ -414,9 +413,8 @@ def _wcats(w: _Writer, graph, names: dict, defer: bool = False):
             w(f"{names[nid]} = np.ascontiguousarray({names[a['src']]}.T)")
         else:
             w(f"{names[nid]} = np.ascontiguousarray({names[a['src']]}[:, {a['start']}:{a['stop']}])")
-    for n in graph.nodes():
-        if n.op == "input" and n.attrs.get("kind") in DERIVED and n.id in used:
-            make(n.id)
+    for nid in needed:
+        make(nid)
 
 
 def _buffers(w: _Writer, graph, names: dict, hoisted: dict, skip=()) -> list:
@@ -762,11 +760,13 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
                     ins.append((fv, f"{fo} + {off}"))
                 else:
                     ins.append(w.flat(names[i]))
-            ldo, out = None, w.flat(v)
+            ldo = None
             if nid in in_place:
                 dst, off, ldo = in_place[nid]
                 fv, fo = w.flat(dst)
                 out = (fv, f"{fo} + {off}")
+            else:
+                out = w.flat(v)
             sw.emit_fused(w, n, ind, graph, ins, out, f"_lfused{sw.loop_fused}",
                           split=w.pair, ldo=ldo, lds=lds)
             continue

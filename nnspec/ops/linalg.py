@@ -220,6 +220,12 @@ def pair_pad(B, itemsize):
 
 
 @kernel
+def _xt_col(i, B, W):
+    """The column of batch row i in a [K, W] x^T buffer (W = B + pair_pad)."""
+    return i + W - B if i >= B // 2 else i
+
+
+@kernel
 def rows_t(x, xt, r0, r1):
     """x[r0:r1]^T into xt [K, B + pad] for x [B, K]: row i to column i, or
     i + pad from B // 2 on (pair_pad); 64 columns of x at a time."""
@@ -229,7 +235,7 @@ def rows_t(x, xt, r0, r1):
     for c0 in range(0, K, 64):
         c1 = min(c0 + 64, K)
         for i in range(r0, r1):
-            j = i + W - B if i >= B // 2 else i
+            j = _xt_col(i, B, W)
             for c in range(c0, c1):
                 tf[np.uint64(c * W + j)] = xf[np.uint64(i * K + c)]
 
@@ -284,7 +290,7 @@ def _cols_back(tmp, out, j0, j1, b, has_bias):
     o, t = out.reshape(out.size), tmp.reshape(tmp.size)
     for c0 in range(j0, j1, 64):
         for i in range(m):
-            ti = i + W - m if i >= m // 2 else i
+            ti = _xt_col(i, m, W)
             for j in range(c0, min(c0 + 64, j1)):
                 v = t[np.uint64(j * W + ti)]
                 if has_bias:
