@@ -14,7 +14,10 @@ COLORS = {"input": "#cfe8ff", "param": "#fff2c2", "state": "#f2e0ff", "const": "
 
 
 def _q(s: str) -> str:
-    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A DOT string: quotes and backslashes escaped, line breaks as DOT's own \\n
+    (escaping the backslash of a written \\n would make renderers show it)."""
+    s = str(s).replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + s.replace("\n", "\\n") + '"'
 
 
 def to_dot(graph: Graph, name: str | None = None, _prefix: str = "") -> str:
@@ -23,8 +26,8 @@ def to_dot(graph: Graph, name: str | None = None, _prefix: str = "") -> str:
                                 "fontname=Helvetica, fontsize=10];"]
     for n in graph.nodes():
         shape = "[" + ", ".join(map(str, n.shape)) + "]"
-        label = f"{n.id}\\n{n.op} {shape}" if n.op not in ("param", "state") else \
-            f"{n.id}\\n{shape}"
+        label = f"{n.id}\n{n.op} {shape}" if n.op not in ("param", "state") else \
+            f"{n.id}\n{shape}"
         color = COLORS.get(n.op, "#d9ecd0" if n.id.startswith("d/") else "#ffffff")
         if n.id.startswith("d/"):
             color = "#ffe0e0"

@@ -68,3 +68,24 @@ def test_graph_unknown_format(spec, tmp_path, capsys):
 def test_parse_set_values():
     assert parse_set(["a=3", "b=0.5", "c=true", "d=same", "e='x'"]) == \
         {"a": 3, "b": 0.5, "c": True, "d": "same", "e": "x"}
+
+
+def test_graph_labels_break_lines_the_dot_way(spec, tmp_path):
+    out = tmp_path / "g.dot"
+    assert main(["graph", str(spec), "-o", str(out)]) == 0
+    text = out.read_text()
+    # DOT's line break inside a label is backslash-n; an escaped backslash
+    # (\\n) is drawn as the two characters
+    assert '"x" [label="x\\ninput [B, 1, 9, 9]"' in text
+    assert "\\\\n" not in text
+
+
+def test_python_dash_m_nnspec(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "nnspec", "--help"], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 0 and "usage: nnspec" in r.stdout and "train" in r.stdout
+    bad = subprocess.run([sys.executable, "-m", "nnspec", "check", "nowhere.nn"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 1 and "nowhere.nn" in bad.stderr
