@@ -107,3 +107,14 @@ def test_directory_with_given_split(tmp_path):
 def test_unknown_name_suggests():
     with pytest.raises(DataError, match="did you mean 'digits'"):
         data.load("digit", FakeNet())
+
+
+def test_default_text_is_the_packaged_corpus():
+    # one corpus whatever the install: the file inside the package, never the docs
+    from importlib.resources import files
+    from nnspec.data.text import read_text, text_path
+    packaged = files("nnspec.data") / "nnspec.txt"
+    assert text_path("text") == packaged and text_path("text:") == packaged
+    assert data.text_info("text")["file"] == str(packaged)
+    assert read_text("text") == packaged.read_text(encoding="utf-8")
+    assert len(read_text("text")) > 20_000        # enough for a character model's windows

@@ -12,9 +12,9 @@ character was ever seen in training: the first 80 % of the text gives the
 training windows (starting every T/2 characters), the last 20 % the test
 windows (every T characters, not overlapping).
 
-The default text is this project's docs/language.md when it is there (a
-source checkout or an editable install), else the copy of a short text
-shipped beside this module (nnspec.txt).
+The default text (``data = text``) is nnspec.txt, shipped beside this module:
+a copy of docs/language.md as of this release, read the same way from a
+source checkout, an editable install or a wheel.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from .sequences import CharLM, unigram_bits
 PREFIX = "text:"
 DEFAULT_T = 64
 TEST_FRACTION = 0.2
-_HERE = Path(__file__).parent
+DEFAULT_TEXT = Path(__file__).parent / "nnspec.txt"
 
 
 def is_text(name) -> bool:
@@ -41,8 +41,7 @@ def text_path(name) -> Path:
     """The file a ``text`` / ``text:PATH`` data name reads."""
     name = str(name)
     if name == "text" or name == PREFIX:
-        repo_doc = _HERE.parents[1] / "docs" / "language.md"
-        return repo_doc if repo_doc.is_file() else _HERE / "nnspec.txt"
+        return DEFAULT_TEXT
     return Path(name[len(PREFIX):]).expanduser()
 
 
