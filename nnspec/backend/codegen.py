@@ -17,11 +17,13 @@ never `1.0`) so float32 code stays float32.
 from __future__ import annotations
 
 import ast
+import hashlib
 import sys
 
 import numpy as np
 
 from ..ops import get_op
+from . import kernels
 from ..passes.fusion import block_pattern, member_expr
 
 PAR_MIN_EW = 1 << 15       # elementwise loops at least this long run in parallel
@@ -58,6 +60,45 @@ def _sigmoid32(x):
     return T(0.5) + T(0.5) * _tanh32(T(0.5) * x)
 """
 FAST32_OPS = {"tanh": "_tanh32(a)", "sigmoid": "_sigmoid32(a)"}   # op -> float32 expression
+
+# Reductions the step calls instead of the general reduction kernel (emit_channel_sum,
+# emit_trailing); StepWriter.shared_kernel names them by their text.
+CHANSUM = """\
+@njit(cache=True, error_model='numpy', fastmath=True)
+def KERNEL_(x, out, mean):
+    nb, nc, ns = x.shape
+    for c in range(nc):
+        out[c] = T(0)
+    for b in range(nb):
+        for c in range(nc):
+            s = T(0)
+            for i in range(ns):
+                s += x[b, c, i]
+            out[c] += s
+    if mean:
+        r = T(1) / T(nb * ns)
+        for c in range(nc):
+            out[c] *= r
+"""
+ROWSUM = """\
+@njit(cache=True, error_model='numpy', fastmath=True)
+def KERNEL_(x, out, mean):
+    r = T(1) / T(x.shape[1]) if mean else T(1)
+    for i in range(x.shape[0]):
+        s = T(0)
+        for j in range(x.shape[1]):
+            s += x[i, j]
+        out[i] = s * r
+"""
+ROWSPREAD = """\
+@njit(cache=True, error_model='numpy')
+def KERNEL_(g, out, mean):
+    r = T(1) / T(out.shape[1]) if mean else T(1)
+    for i in range(out.shape[0]):
+        v = g[i] * r
+        for j in range(out.shape[1]):
+            out[i, j] = v
+"""
 
 
 def work_estimate(graph) -> tuple[int, int, int, int, int]:
@@ -186,6 +227,7 @@ class StepWriter:
         self.modules: dict[str, str] = {}     # module name -> alias
         self.consts: list[str] = []           # module-level constant definitions
         self.helpers = Source()
+        self.kernels: dict[str, str] = {}     # shared kernel name -> its text (shared_kernel)
         self.loop_fused = 0                   # helpers written for loop bodies (_lfused<k>)
         self.paired_loops = 0                 # loops run by two threads (backend/loops.py)
         self.var: dict[str, int] = {}
@@ -204,6 +246,19 @@ class StepWriter:
         """Helper functions (`text`, defining `name`) written into the module once."""
         if f"def {name}(" not in self.helpers.text():
             self.helpers.lines += text.splitlines()
+
+    def shared_kernel(self, text: str) -> str:
+        """The name under which the step calls the kernel `text` defines as
+        `KERNEL_` (and `KERNEL_p`, its parallel variant): `_k<hash of text>`,
+        so equal kernels are one.  A whole step writes it into its module
+        once; a step of calls (`whole=False`) imports it from a module of its
+        own in the cache, shared by every step of every network that uses it
+        (compiled once per signature, kernels.py)."""
+        h = hashlib.sha256(f"{self.dtype}\n{text}".encode()).hexdigest()[:16]
+        name = f"_k{h}"
+        if name not in self.kernels:
+            self.kernels[name] = text.replace("KERNEL_", name)
+        return name
 
     def module_alias(self, modname: str) -> str:
         if modname not in self.modules:
@@ -319,26 +374,9 @@ class StepWriter:
         if axes != [0] + list(range(2, len(x))) or tuple(n.shape) != (x[1],):
             return False
         C, S = x[1], _prod_expr(x[2:])
-        if "_chansum" not in self.helpers.text():
-            h = self.helpers
-            h("@njit(cache=True, error_model='numpy', fastmath=True)")
-            h("def _chansum(x, out, mean):")
-            h("nb, nc, ns = x.shape", 1)
-            h("for c in range(nc):", 1)
-            h("out[c] = T(0)", 2)
-            h("for b in range(nb):", 1)
-            h("for c in range(nc):", 2)
-            h("s = T(0)", 3)
-            h("for i in range(ns):", 3)
-            h("s += x[b, c, i]", 4)
-            h("out[c] += s", 3)
-            h("if mean:", 1)
-            h("r = T(1) / T(nb * ns)", 2)
-            h("for c in range(nc):", 2)
-            h("out[c] *= r", 3)
-            h()
         k = self.k(n.id)
-        body(f"_chansum(f{self.k(n.inputs[0])}.reshape((B, {C}, {S})), f{k}, "
+        name = self.shared_kernel(CHANSUM)
+        body(f"{name}(f{self.k(n.inputs[0])}.reshape((B, {C}, {S})), f{k}, "
              f"{n.op == 'mean'})  # {n.id} = {n.op} over all axes but 1", ind)
         return True
 
@@ -366,30 +404,13 @@ class StepWriter:
             return False
         R, S = _prod_expr(x[:axes[0]]), _prod_expr(x[axes[0]:])
         mean = n.op == "mean" or (spread and bool(n.attrs.get("mean")))
-        if "def _rowsum" not in self.helpers.text():
-            h = self.helpers
-            h("@njit(cache=True, error_model='numpy', fastmath=True)")
-            h("def _rowsum(x, out, mean):")
-            h("r = T(1) / T(x.shape[1]) if mean else T(1)", 1)
-            h("for i in range(x.shape[0]):", 1)
-            h("s = T(0)", 2)
-            h("for j in range(x.shape[1]):", 2)
-            h("s += x[i, j]", 3)
-            h("out[i] = s * r", 2)
-            h()
-            h("@njit(cache=True, error_model='numpy')")
-            h("def _rowspread(g, out, mean):")
-            h("r = T(1) / T(out.shape[1]) if mean else T(1)", 1)
-            h("for i in range(out.shape[0]):", 1)
-            h("v = g[i] * r", 2)
-            h("for j in range(out.shape[1]):", 2)
-            h("out[i, j] = v", 3)
-            h()
         k, a = self.k(n.id), self.k(n.inputs[0])
         if spread:
-            body(f"_rowspread(f{a}, f{k}.reshape(({R}, {S})), {mean})  # {n.id} = {n.op}", ind)
+            name = self.shared_kernel(ROWSPREAD)
+            body(f"{name}(f{a}, f{k}.reshape(({R}, {S})), {mean})  # {n.id} = {n.op}", ind)
         else:
-            body(f"_rowsum(f{a}.reshape(({R}, {S})), f{k}, {mean})  # {n.id} = {n.op}", ind)
+            name = self.shared_kernel(ROWSUM)
+            body(f"{name}(f{a}.reshape(({R}, {S})), f{k}, {mean})  # {n.id} = {n.op}", ind)
         return True
 
     # ---- fused elementwise loops --------------------------------------------
@@ -415,7 +436,6 @@ class StepWriter:
         blocks = {p[1:] for p in pats if p[0] == "block"}
         k = self.k(n.id)
         in_loop = name is not None
-        name = name or f"_fused{k}"
         if in_loop:
             ins = [x for pair in ins for x in pair]
             out = ", ".join(out)
@@ -435,8 +455,14 @@ class StepWriter:
                     lo, hi = p[1:]
                     sizes += [_prod_expr(out_shape[hi + 1:]), _prod_expr(out_shape[lo:hi + 1])]
         par = self.parallel_worth(out_shape) and not in_loop
-        self.write_fused(name, n, pats, len(blocks) == 1, par, rows=len(sizes) == 2,
-                         inline=in_loop, offsets=in_loop)
+        if in_loop:
+            self.write_fused(name, n, pats, len(blocks) == 1, par, rows=len(sizes) == 2,
+                             inline=True, offsets=True)
+        else:       # a step's loop: one kernel per distinct text (shared_kernel)
+            helpers, self.helpers = self.helpers, Source()
+            self.write_fused("KERNEL_", n, pats, len(blocks) == 1, par, rows=len(sizes) == 2)
+            text, self.helpers = self.helpers.text(), helpers
+            name = self.shared_kernel(text)
         if in_loop:     # the outer loop's range s:e instead of its length
             outer = f"({sizes[0]}) * ({sizes[1]})" if len(sizes) == 3 else sizes[0]
             sizes = _outer_range(outer, split) + sizes[1:]
@@ -649,6 +675,18 @@ class StepWriter:
             head(c)
         head()
         head()
+        if self.whole:
+            for text in self.kernels.values():
+                head.lines += text.splitlines() + [""]
+        else:
+            head("from nnspec.backend import kernels as _kernels")
+            for name, text in self.kernels.items():
+                src = kernels.module_source(self.dtype, text)
+                head(f"_kmod = _kernels.load({src!r})")
+                head(f"{name} = _kmod.{name}")
+                if f"def {name}p(" in text:
+                    head(f"{name}p = _kmod.{name}p")
+            head()
         head.lines += self.helpers.lines
         args = ["P", "S", "G", "M", "V", "hp"] + [f"W_{d}" for d in self.arenas]
         args += [f"x_{j}" for j in range(len(self.inputs))]

@@ -109,6 +109,7 @@ def _opt_structure(optimizer) -> dict:
 class CompiledStep:
     def __init__(self, b, playout, slayout, optimizer=None, whole=True):
         self.build = b
+        self.whole = whole          # one compiled function, or Python calling kernels
         self.kind = b.kind
         self.graph = b.graph
         self.plan = b.plan
@@ -203,17 +204,48 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)[:40]
 
 
+# Programs of more kernel calls than this run as a Python function calling the
+# compiled kernels (a step of calls) instead of one compiled function: Numba's
+# time to compile a whole step grows faster than its size (ResNet-18 at 32x32,
+# 61 calls: 48 s of CPU for its inference step against 5 s as calls, of which
+# most is compiling kernels every later network shares), while a call from
+# Python costs a few microseconds, nothing against the milliseconds of a large
+# network's convolutions.  Below it (the MLPs, LeNet-5, the benchmark's small
+# ResNet, the recurrent cells) the whole step wins: their steps take tens of
+# microseconds to a few milliseconds, and the overhead of calls would show.
+# NNSPEC_DRIVER=whole or calls overrides the choice.
+WHOLE_MAX_CALLS = 90
+
+
+def kernel_calls(graph) -> int:
+    """How many kernel calls a built program's step makes (its nodes that
+    compute something)."""
+    return sum(1 for n in graph.nodes()
+               if n.op not in ("input", "param", "state", "const", "loop_output"))
+
+
+def choose_whole(b) -> bool:
+    """Whether the built program `b` runs as one compiled function."""
+    import os
+    forced = os.environ.get("NNSPEC_DRIVER", "").strip()
+    if forced in ("whole", "calls"):
+        return forced == "whole"
+    return kernel_calls(b.graph) <= WHOLE_MAX_CALLS
+
+
 def compile_program(graph, kind: str, dtype: str, playout: dict, slayout: dict,
-                    optimizer: dict | None = None, whole: bool = True,
+                    optimizer: dict | None = None, whole: bool | None = None,
                     training: bool | None = None):
     """A CompiledStep, or a ReferenceStep (same interface, NumPy) for graphs
-    the code generator does not handle yet (recurrences)."""
+    the code generator does not handle yet (recurrences).  `whole`: one
+    compiled function, or a Python function of calls; None chooses by size
+    (choose_whole)."""
     from ..passes.pipeline import REFERENCE_PIPELINE, compilable
     if compilable(graph) is not None:
         b = build(graph, kind, dtype, training, passes=REFERENCE_PIPELINE)
         return ReferenceStep(b, playout, slayout, optimizer, compilable(graph))
     b = build(graph, kind, dtype, training)
-    return CompiledStep(b, playout, slayout, optimizer, whole)
+    return CompiledStep(b, playout, slayout, optimizer, choose_whole(b) if whole is None else whole)
 
 
 class ReferenceStep:
