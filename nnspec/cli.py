@@ -3,6 +3,7 @@
     nnspec check FILE...                 exit 0 when every spec is valid
     nnspec inspect FILE [--set k=v] [--json]
     nnspec graph FILE -o out.dot [--backward]
+    nnspec cache info | clear            (see nnspec/cache_cli.py)
     nnspec train | eval | predict | compile   (see nnspec/train/commands.py)
 """
 from __future__ import annotations
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--set", action="append", metavar="K=V")
     g.add_argument("--backward", action="store_true", help="include the backward graph")
     g.set_defaults(func=cmd_graph)
+
+    from .cache_cli import add_parser as add_cache_parser
+    add_cache_parser(sub)
 
     try:
         from .train.commands import add_parsers

@@ -26,6 +26,7 @@ from .checkpoint import load_checkpoint, restore, save_checkpoint
 from . import forcing
 from .config import TrainConfig
 from .metrics import Task, evaluate, plot_curves, task_of, write_metrics
+from ..backend.notice import show_compiles
 from .progress import Bar, fmt_metrics
 from .rundir import RunDir
 from .schedule import lr_at
@@ -80,6 +81,7 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
         run.claim()
 
     bar = Bar(enabled=progress)
+    shown = show_compiles(progress)     # "compiling the training step ..." on stderr
     try:
         for epoch in range(epoch, cfg.epochs):
             step, record = _epoch(net, train, test, cfg, plan, rng, epoch, step, bar, task)
@@ -92,6 +94,7 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
                                                    task))
     finally:
         bar.close()     # an interrupt must not leave half a bar on the terminal
+        show_compiles(*shown)
     result = summary(history, cfg, n, nndata.n_examples(test), task)
     if run is not None:
         write_metrics(run.metrics, result)
