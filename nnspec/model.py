@@ -52,6 +52,7 @@ def _fmt_shape(shape) -> str:
 class Network:
     def __init__(self, graph: Graph, dtype: str | None = None, seed: int = 0):
         from .init import initial_values
+        from .memory import check_fits
         self.graph = graph
         self.dtype = np.dtype(dtype or graph.dtype).name
         self.seed = seed
@@ -67,6 +68,7 @@ class Network:
         self.outputs = list(graph.outputs)
         self._expect_in = [self._expected(n) for n in [*self.inputs, *self.forcing]]
         self._expect_all = self._expect_in + [self._expected(n) for n in self.targets]
+        check_fits(graph, self.dtype)      # before allocating: a TrainingError if too big
         self._playout, np_ = _layout(graph, graph.params)
         self._slayout, ns = _layout(graph, graph.state)
         self._P = np.zeros(max(np_, 1), self.dtype)

@@ -216,17 +216,14 @@ def _trained(args):
     """The spec's network with the weights of --checkpoint (a run's checkpoint.npz,
     its directory, or a .nnc), built with the --set values and dtype stored
     there unless the command line gives them: ``(net, checkpoint tree)``."""
-    from .bundle import bundle_kind, read_bundle
-    from .checkpoint import load_checkpoint, load_weights
+    from .checkpoint import load_trained
     p = Path(args.checkpoint)
     if p.is_dir():
         p = p / "checkpoint.npz"
     if not p.exists():
         raise TrainingError(f"checkpoint '{p}' does not exist")
-    ck = read_bundle(p)[1] if bundle_kind(p) == "nnspec-model" else load_checkpoint(p)
-    net, _ = _build(args, ck.get("set"), ck.get("dtype"))
-    load_weights(net, ck["weights"] if "weights" in ck else ck["model"], p)
-    return net, ck
+    # built once the file's layout is checked, before its arrays are read
+    return load_trained(p, lambda sets, dtype: _build(args, sets, dtype)[0])
 
 
 def _forward(net, x: dict, batch: int = 512) -> dict:
