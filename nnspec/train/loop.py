@@ -24,7 +24,7 @@ from .. import data as nndata
 from ..errors import TrainingError
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from . import forcing
-from .config import TrainConfig
+from .config import TrainConfig, require_train_section
 from .metrics import Task, evaluate, plot_curves, task_of, write_metrics
 from ..backend.notice import show_compiles
 from .progress import Bar, fmt_metrics
@@ -47,10 +47,11 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
     `teacher_forcing` (a probability or a decay, see forcing.py) overrides the
     spec's for cells with a teacher.
     """
+    require_train_section(net.graph)
     cfg = config or TrainConfig.from_meta(
-        net.graph.meta.get("train"), epochs=epochs, batch=batch, lr=lr, schedule=schedule,
-        clip=clip, seed=seed, data=data if isinstance(data, (str, Path)) else None,
-        teacher_forcing=teacher_forcing)
+        net.graph.meta.get("train"), net.graph, epochs=epochs, batch=batch, lr=lr,
+        schedule=schedule, clip=clip, seed=seed,
+        data=data if isinstance(data, (str, Path)) else None, teacher_forcing=teacher_forcing)
     train, test = data if isinstance(data, tuple) else nndata.load(cfg.data, net)
     if data_info is None and not isinstance(data, tuple) and nndata.is_text(cfg.data):
         data_info = nndata.text_info(cfg.data)
