@@ -1,7 +1,9 @@
 """The disk cache (backend/cache.py): a private directory, modules named by
 the hash of their text and checked before import, entries that fail to load
 rebuilt, other versions pruned, `nnspec cache`, and the compile notice."""
+import io
 import os
+import shutil
 import stat
 import sys
 import time
@@ -188,6 +190,35 @@ def test_a_damaged_numba_cache_entry_is_rebuilt(where, capsys, damage):
     assert fresh.f.stats.cache_hits and "could not" not in capsys.readouterr().err
 
 
+def test_a_cache_removed_before_the_compile_is_made_again_private(where):
+    mod = cache.load("t_removed", KERNEL)
+    _forget(mod)
+    shutil.rmtree(where)
+    assert mod.f(1) == 2                 # compiled, and saved in the cache made again
+    pyc = Path(mod.__file__).parent / "__pycache__"
+    assert list(pyc.glob("*.nbi")) and list(pyc.glob("*.nbc"))
+    assert {_mode(p) for p in (where, pyc.parent, pyc)} == {0o700}
+
+
+def test_a_kernel_is_stamped_with_the_compiled_code_its_module_imports(monkeypatch):
+    """reduce.py's kernels call elementwise.py's index helpers, and Numba
+    stamps a cache entry with its own file only: a changed elementwise.py
+    must not reuse reduce.py's machine code.  errors.py holds no compiled
+    code: changing it must not recompile every kernel."""
+    from nnspec.ops import reduce
+    fn = next(f for f in vars(reduce).values() if getattr(f, "_nnspec_kernel", None))
+    fn = getattr(fn, "py_func", fn)
+    stamps = {}
+    real = cache._file_digest
+    for changed in (None, "errors.py", "elementwise.py"):
+        monkeypatch.setattr(cache, "_file_digest",
+                            lambda p, c=changed: "changed" if p.name == c else real(p))
+        cache._closure_hash.cache_clear()
+        stamps[changed] = cache.recovering_cache(fn)._cache_file._source_stamp
+    cache._closure_hash.cache_clear()
+    assert stamps[None] == stamps["errors.py"] != stamps["elementwise.py"]
+
+
 # ---- housekeeping -------------------------------------------------------------
 
 def test_other_versions_are_pruned_a_day_after_their_last_use(where):
@@ -235,3 +266,28 @@ def test_training_says_it_compiles_then_that_it_loaded_the_step(where, tmp_path,
     assert "compiling" not in err
     assert main(run + [str(tmp_path / "run3"), "--quiet"]) == 0
     assert "compiled" not in capsys.readouterr().err
+
+
+def test_on_a_terminal_the_elapsed_time_counts_up(where, monkeypatch):
+    from nnspec.backend import notice
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    out = Terminal()
+    monkeypatch.setattr(notice, "EVERY", 0.01)
+    monkeypatch.setattr(cache, "is_cached", lambda fn: False)
+    previous = notice.show_compiles(True, out)
+    try:
+        with notice.compiling("train", None):
+            for _ in range(1000):            # until the time was redrawn once
+                if "\r" in out.getvalue():
+                    break
+                time.sleep(0.01)
+    finally:
+        notice.show_compiles(*previous)
+    head = f"compiling the training step (first run only; cached in {cache.cache_dir()}) ..."
+    lines = out.getvalue().split("\r")
+    assert lines[0] == head and len(lines) >= 3
+    assert all(ln.startswith(head + " ") and ln.rstrip("\n").endswith(" s") for ln in lines[1:])
+    assert out.getvalue().endswith(" s\n")

@@ -38,6 +38,7 @@ import atexit
 import functools
 import hashlib
 import importlib.util
+import inspect
 import os
 import re
 import shutil
@@ -92,7 +93,7 @@ def version_tag() -> str:
 
 def check_dir(path: Path) -> None:
     """Refuse a directory that someone else could write into: one owned by
-    another user, or writable by group or others.  Its files are imported
+    another user (but root), or writable by group or others.  Its files are imported
     and its pickles loaded, so whoever can write there runs code as you."""
     try:
         st = path.stat()
@@ -102,7 +103,7 @@ def check_dir(path: Path) -> None:
         raise CacheError(f"the cache {path} is not a directory: point NNSPEC_CACHE at a "
                          f"directory (or unset it to use ~/.cache/nnspec)")
     mode = stat.S_IMODE(st.st_mode)
-    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+    if hasattr(os, "geteuid") and st.st_uid not in (os.geteuid(), 0):     # root: as ssh
         raise CacheError(f"refusing to use the cache {path}: it belongs to another user "
                          f"(uid {st.st_uid}), who could plant code in it; set NNSPEC_CACHE "
                          f"to a directory of your own")
@@ -126,8 +127,7 @@ def cache_dir() -> Path:
     check_dir(top)
     check_dir(d)
     try:
-        top.mkdir(mode=0o700, parents=True, exist_ok=True)
-        d.mkdir(mode=0o700, exist_ok=True)
+        _make_private(d)
         usable = os.access(d, os.W_OK | os.X_OK)
         why = "it is read-only"
     except OSError as e:
@@ -143,6 +143,16 @@ def cache_dir() -> Path:
         atexit.register(shutil.rmtree, d, True)
     _dirs[str(top)] = d
     return d
+
+
+def _make_private(d: Path) -> None:
+    """mkdir -p, each directory it creates with mode 0700."""
+    missing = []
+    while not d.is_dir():
+        missing.append(d)
+        d = d.parent
+    for p in reversed(missing):
+        p.mkdir(mode=0o700, exist_ok=True)
 
 
 def kept(d: Path) -> bool:
@@ -171,6 +181,7 @@ def _module_file(name: str) -> Path | None:
 
 
 _ABS = re.compile(r"^\s*(?:from|import)\s+(nnspec(?:\.\w+)*)", re.M)
+_COMPILED = re.compile(r"@kernel|njit|intrinsic|cfunc|ExternalFunction|overload")
 _REL = re.compile(r"^\s*from\s+(\.+)(\w+(?:\.\w+)*)?\s+import\s+(\([^)]*\)|[^\n]*)", re.M)
 
 
@@ -202,15 +213,18 @@ def callee_hash(text: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _closure_hash(modules: frozenset) -> str:
+    """Hashes only files that hold compiled code: errors.py, say, is imported
+    everywhere, and changing a message must not recompile every kernel."""
     todo, seen = sorted(modules), {}
     while todo:
         f = _module_file(todo.pop())
         if f is None or f in seen:
             continue
-        seen[f] = _file_digest(f)
-        todo += sorted(_imports(f, f.read_text()))
+        text = f.read_text()
+        seen[f] = _file_digest(f) if _COMPILED.search(text) else None
+        todo += sorted(_imports(f, text))
     h = hashlib.sha256()
-    for f in sorted(seen):
+    for f in sorted(f for f in seen if seen[f] is not None):
         h.update(f"{f.relative_to(_PACKAGE)} {seen[f]}\n".encode())
     return h.hexdigest()[:16]
 
@@ -311,12 +325,24 @@ _classes: dict = {}
 def recovering_cache(py_func, in_tree: bool = False):
     """A Numba FunctionCache for `py_func` whose entries, when they fail to
     load (truncated, empty, garbage), are deleted and compiled again with a
-    warning, and which says so when it cannot save.  `in_tree`: in the
+    warning, and which says so when it cannot save.  The entries of an nnspec
+    module's kernels are stamped with the sources it imports too (a reduction
+    kernel calls elementwise.py's index helpers).  `in_tree`: in the
     __pycache__ beside the source, whatever NUMBA_CACHE_DIR says."""
     if not _classes:
         from numba.core.caching import CompileResultCacheImpl, FunctionCache, InTreeCacheLocator
 
         class _RecoveringCache(FunctionCache):
+            def __init__(self, py_func):
+                super().__init__(py_func)
+                # Numba stamps an entry with its own file's content; a kernel
+                # of nnspec also calls kernels of the modules its file imports
+                f = Path(inspect.getfile(py_func)).resolve()
+                if f.is_relative_to(_PACKAGE):
+                    module = ".".join(("nnspec",) + f.relative_to(_PACKAGE).with_suffix("").parts)
+                    self._cache_file._source_stamp = (self._cache_file._source_stamp,
+                                                      _closure_hash(frozenset([module])))
+
             def load_overload(self, sig, target_context):
                 try:
                     return super().load_overload(sig, target_context)
@@ -351,8 +377,13 @@ def recovering_cache(py_func, in_tree: bool = False):
             def index_path(self) -> str:
                 return self._cache_file._index_path
 
+        class _InTreeLocator(InTreeCacheLocator):
+            def ensure_cache_path(self):     # private again after the cache was removed
+                _make_private(Path(self.get_cache_path()))
+                super().ensure_cache_path()
+
         class _InTreeImpl(CompileResultCacheImpl):
-            _locator_classes = [InTreeCacheLocator]
+            _locator_classes = [_InTreeLocator]
 
         class _InTreeCache(_RecoveringCache):
             _impl_class = _InTreeImpl
