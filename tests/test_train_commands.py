@@ -38,10 +38,10 @@ def spec(tmp_path, monkeypatch):
     (tmp_path / "lib" / "blocks.nn").write_text(BLOCKS)
     (tmp_path / "tiny.nn").write_text(SPEC)
 
-    def fake_compile(spec, *, dtype="float32", set=None, seed=0):
+    def fake_compile(spec, *, dtype="float32", set=None, seed=0, **lib):
         net = FakeNet(seed=seed)
         train = net.graph.meta["train"]
-        net.graph = nnspec.lower(spec, set=set, dtype=dtype)
+        net.graph = nnspec.lower(spec, set=set, dtype=dtype, **lib)
         net.graph.meta["train"] = train
         net.graph.add("dense", ("x",), name="fc", shape=("B", 10), dtype="float32")
         net.graph.outputs = {"y": "fc"}
@@ -193,8 +193,10 @@ def test_a_nnc_model_is_a_spec_for_eval_and_predict(spec, tmp_path, capsys):
     assert main(["eval", "tiny.nnc", "--set", "h=4"]) == 1
     assert "its --set values and dtype are fixed" in capsys.readouterr().err
     assert main(["eval", "x.npz"]) == 1
-    assert "cannot read x.npz: a SPEC is a .nn or YAML spec, or a .nnc model" \
-        in capsys.readouterr().err
+    assert "cannot read x.npz" in capsys.readouterr().err     # the frontend's message
+    (tmp_path / "x.nnc").write_text("network")
+    assert main(["predict", "x.nnc", "--input", "x.npz"]) == 1
+    assert "cannot read x.nnc: not a .nnc model" in capsys.readouterr().err
     assert main(["eval", "gone.nnc"]) == 1
     assert "cannot read gone.nnc: no such file" in capsys.readouterr().err
     assert main(["eval", str(spec)]) == 1

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -225,17 +224,17 @@ def _lower(args):
 
 
 def _model_file(args) -> Path | None:
-    """SPEC as a .nnc model (a zip holding a spec and weights), or None for a spec."""
+    """SPEC as a .nnc model (spec and weights in one file), or None: a spec, or a
+    file the frontend refuses ("cannot read FILE: ...")."""
     p = Path(args.spec)
-    if p.suffix != ".nnc" and not (p.is_file() and zipfile.is_zipfile(p)):
+    if p.suffix != ".nnc":
         return None
     from .bundle import bundle_kind
     from .nnc import KIND
-    kind = bundle_kind(p)
+    kind = bundle_kind(p) if p.is_file() else None
     if kind != KIND:
         raise SpecError(f"cannot read {p}: " + ("no such file" if not p.exists() else
-                        f"a SPEC is a .nn or YAML spec, or a .nnc model; this is "
-                        f"{'a ' + kind + ' file' if kind else 'not one'}"))
+                        f"not a .nnc model" + (f" (a {kind} file)" if kind else "")))
     return p
 
 
@@ -280,6 +279,7 @@ def _trained(args):
         raise SpecError(f"{model} is a compiled model: its --set values and dtype are fixed "
                         f"(give its spec instead, with --checkpoint {model})")
     if args.checkpoint is None and model is None:
+        _lower(args)                  # an unreadable SPEC is the first thing to say
         raise TrainingError(f"{args.command} needs --checkpoint F (a run directory, its "
                             f"checkpoint.npz or a .nnc model), or a .nnc model as SPEC")
     p = Path(args.checkpoint or model)
