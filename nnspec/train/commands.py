@@ -159,7 +159,7 @@ def cmd_predict(args) -> int:
         return _generate(args, net, ck)
     if not args.input:
         raise DataError("predict needs --input X.npz (or --generate N for a text model)")
-    raw = read_path(args.input)
+    raw = read_path(args.input, net=net, targets=False)
     if isinstance(raw, tuple):
         raise DataError(f"--input takes one .npz or .csv file, not a directory: {args.input}")
     x = bind(raw, net, Path(args.input).name, require_targets=False)
