@@ -53,28 +53,28 @@ def check_fits(graph, dtype: str) -> None:
             f"this machine has {fmt_bytes(have)} available")
 
 
+def step_bytes(net, batch: int) -> int | None:
+    """What `net` needs to train at `batch`: its weights and the training
+    step's work arenas; None before the step is built (no plan yet)."""
+    step = getattr(net, "_train", None)
+    plan, dtypes = getattr(step, "plan", None), getattr(step, "arena_dtypes", None)
+    if plan is None or dtypes is None:
+        return None
+    steps = getattr(step, "_steps", 1)      # a sequence's length, as last run
+    return weight_bytes(net.graph, net.dtype) + sum(
+        plan.arena_size(dt, batch, steps) * np.dtype(dt).itemsize for dt in dtypes)
+
+
 def out_of_memory(net, batch: int) -> TrainingError:
     """The error for a MemoryError while training `net` at `batch`: what the
     network needs at this batch and the largest batch that fits."""
-    have = available_bytes()
-    weights = weight_bytes(net.graph, net.dtype)
-    step = getattr(net, "_train", None)
-    plan, dtypes = getattr(step, "plan", None), getattr(step, "arena_dtypes", None)
-    if plan is None or dtypes is None:      # the step was never built: no arena sizes
-        return TrainingError(f"out of memory training at batch {batch} "
-                             f"(try a smaller --batch)")
-    steps = getattr(step, "_steps", 1)
-
-    def need(b: int) -> int:
-        return weights + sum(plan.arena_size(dt, b, steps) * np.dtype(dt).itemsize
-                             for dt in dtypes)
-
-    msg = f"out of memory: the network needs {fmt_bytes(need(batch))} for batch {batch}"
-    if have is None:
-        return TrainingError(msg + "; try a smaller --batch")
-    msg += f"; this machine has {fmt_bytes(have)} available"
-    per_example = need(2) - need(1)
-    fits = (have - need(0)) // per_example if per_example > 0 else 0
+    need, have = step_bytes(net, batch), available_bytes()
+    if need is None or have is None:
+        return TrainingError(f"out of memory training at batch {batch}; try a smaller --batch")
+    msg = (f"out of memory: the network needs {fmt_bytes(need)} for batch {batch}; "
+           f"this machine has {fmt_bytes(have)} available")
+    per_example = step_bytes(net, 2) - step_bytes(net, 1)
+    fits = (have - step_bytes(net, 0)) // per_example if per_example > 0 else 0
     fits = min(int(fits), batch - 1)
     if fits < 1:
         return TrainingError(msg + " (not enough for batch 1)")

@@ -260,3 +260,187 @@ def test_resume_refuses_bad_optimizer_state_and_rng(small, tmp_path):
     ck["rng"] = {"bit_generator": "MT19937", "state": "no"}
     with pytest.raises(TrainingError, match="shuffling state is not valid"):
         restore(net, ck, "ck")
+
+
+# ---- the run directory: one run at a time, no leftovers, the umask ---------------------
+
+def fake_fit(out, **kw):
+    from nnspec.train import fit
+    from test_train_fakenet import FakeNet
+    return fit(kw.pop("net", None) or FakeNet(), "digits", epochs=kw.pop("epochs", 1),
+               out_dir=out, progress=False, **kw)
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path):
+    from nnspec.train.rundir import RunDir
+    held = RunDir(tmp_path / "run")
+    held.claim()
+    with pytest.raises(TrainingError, match=f"is in use by pid {os.getpid()}"):
+        fake_fit(tmp_path / "run")
+    held.release()
+    fake_fit(tmp_path / "run")
+    fake_fit(tmp_path / "run", resume=True, epochs=2)     # each run let the directory go
+
+
+def test_a_dead_runs_lock_is_no_obstacle(tmp_path):
+    (tmp_path / ".nnspec-lock").write_text("999999999\n")
+    fake_fit(tmp_path)
+    assert (tmp_path / ".nnspec-lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_a_killed_writes_temporary_files_are_removed(tmp_path):
+    fake_fit(tmp_path)
+    left = [tmp_path / ".checkpoint.npz.k1ll3d.tmp", tmp_path / ".metrics.json.x.tmp"]
+    for f in left:
+        f.write_bytes(b"PK half")
+    (tmp_path / "mine.tmp").write_text("not ours")
+    fake_fit(tmp_path, resume=True, epochs=2)
+    assert not any(f.exists() for f in left) and (tmp_path / "mine.tmp").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_written_files_follow_the_umask(umask, tmp_path):
+    before = os.umask(umask)
+    try:
+        fake_fit(tmp_path / "run")
+        save(nnspec.compile(MLP, set={"hidden": 8}), tmp_path / "m.nnc", MLP)
+    finally:
+        os.umask(before)
+    for f in ("run/checkpoint.npz", "run/metrics.json", "run/curves.png", "m.nnc"):
+        assert (tmp_path / f).stat().st_mode & 0o777 == 0o666 & ~umask, f
+
+
+# ---- divergence ------------------------------------------------------------------------
+
+def test_a_blow_up_on_an_epochs_last_step_is_not_checkpointed(tmp_path):
+    from test_train_fakenet import FakeNet
+
+    class BlowsUp(FakeNet):     # the loss is finite, the update it makes is not
+        def train_step(self, inputs, targets, lr):
+            loss = super().train_step(inputs, targets, lr)
+            if self.steps == 2 * 45:            # the last step of epoch 2
+                self.params["fc.weight"][0, 0] = np.inf
+                self.velocity["fc.bias"][:] = np.nan
+            return loss
+
+    with pytest.raises(TrainingError) as e:
+        fake_fit(tmp_path, net=BlowsUp(), epochs=3)
+    msg = str(e.value)
+    assert "diverged in epoch 2" in msg and "fc.weight" in msg and "velocity fc.bias" in msg
+    assert "keeps epoch 1" in msg
+    from nnspec.train.checkpoint import load_checkpoint
+    ck = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert ck["epoch"] == 1 and np.isfinite(ck["model"]["fc.weight"]).all()
+
+
+def test_save_checkpoint_refuses_non_finite_state(tmp_path):
+    net = nnspec.compile(MLP, set={"hidden": 8})
+    net.params["dense.bias"][0] = np.nan
+    with pytest.raises(TrainingError, match="not writing .* 'model dense.bias'"):
+        save_checkpoint(tmp_path / "ck.npz", net, epoch=1, step=1, rng=np.random.default_rng(),
+                        history=[], config={})
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_loss_that_rises_by_orders_of_magnitude_is_warned_about(tmp_path, capsys):
+    from test_train_fakenet import FakeNet
+
+    class Explodes(FakeNet):    # finite, but from epoch 3 on 1e9 times larger
+        def train_step(self, inputs, targets, lr):
+            loss = super().train_step(inputs, targets, lr)
+            return loss * (1e9 if self.steps > 2 * 45 else 1)
+
+    r = fake_fit(tmp_path, net=Explodes(), epochs=4)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "in epoch 3" in err and "diverging" in err
+    assert "in epoch 3" in r["history"][2]["warning"]
+    fake_fit(tmp_path / "calm", epochs=3)
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")     # the stand-in's NaN
+def test_nan_in_the_data_names_the_examples_not_the_learning_rate(tmp_path):
+    from nnspec import data
+    from nnspec.train import fit
+    from test_train_fakenet import FakeNet
+    net = FakeNet()
+    train, test = data.load("digits", net)
+    train = {**train, "x": train["x"].copy()}
+    train["x"][[17, 1000], 3] = np.nan
+    with pytest.raises(TrainingError) as e:
+        fit(net, (train, test), epochs=1, batch=2000, progress=False)
+    msg = str(e.value)
+    assert "'x' of training examples 17, 1000" in msg and "learning rate" not in msg
+
+
+# ---- memory ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mlp8():
+    """The MLP with 8 hidden units, its training step compiled (shared)."""
+    net = nnspec.compile(MLP, set={"hidden": 8})
+    net._train = net._program("train")
+    return net
+
+
+def test_out_of_memory_says_what_fits(mlp8, monkeypatch):
+    from nnspec import memory
+    from nnspec.backend.cpu import CompiledStep
+    from nnspec.train import fit
+
+    def no_memory(self, batch, steps=1):
+        raise MemoryError
+    monkeypatch.setattr(CompiledStep, "arenas", no_memory)
+    monkeypatch.setattr(memory, "available_bytes", lambda: memory.step_bytes(mlp8, 10) + 1)
+    with pytest.raises(TrainingError) as e:
+        fit(mlp8, "digits", epochs=1, batch=32, progress=False)
+    need = memory.fmt_bytes(memory.step_bytes(mlp8, 32))
+    assert f"needs {need} for batch 32" in str(e.value) and "try --batch 8" in str(e.value)
+
+
+# ---- signals ---------------------------------------------------------------------------
+
+def nnspec_child(tmp_path, code: str, argv: list, timeout=600):
+    """Run `nnspec ARGV` in a child process after `code` (which sets up a signal)."""
+    import subprocess
+    import sys
+    script = ("import os, signal, sys\n" + code
+              + f"\nfrom nnspec.cli import main\nsys.exit(main({argv!r}))\n")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(Path(MLP).parents[1])})
+
+
+@pytest.mark.parametrize("sig, rc, said", [("SIGINT", 130, "interrupted"),
+                                           ("SIGTERM", 143, "terminated")])
+def test_a_signal_while_the_command_line_imports(sig, rc, said, tmp_path):
+    hook = f"""
+class Hook:     # the signal arrives while build_parser imports the training commands
+    def find_spec(self, name, path=None, target=None):
+        if name == "nnspec.train.commands":
+            os.kill(os.getpid(), signal.{sig})
+        return None
+sys.meta_path.insert(0, Hook())
+"""
+    r = nnspec_child(tmp_path, hook, ["train", MLP, "--set", "hidden=8"])
+    assert r.returncode == rc and r.stderr.strip() == said, r.stderr
+
+
+def test_sigterm_in_training_stops_with_a_valid_checkpoint(tmp_path, mlp8):
+    from nnspec.train.checkpoint import load_checkpoint
+    kill = """
+import nnspec.train.loop as loop
+lr_at = loop.lr_at
+def lr_at_then_term(schedule, lr, step, *rest):     # a few steps into epoch 2
+    if step == 50:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return lr_at(schedule, lr, step, *rest)
+loop.lr_at = lr_at_then_term
+"""
+    r = nnspec_child(tmp_path, kill, ["train", MLP, "--set", "hidden=8", "--epochs", "3",
+                                      "--out", "run"])
+    assert r.returncode == 143, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.strip().endswith("terminated")
+    assert "stopped in epoch 2; run/checkpoint.npz holds epoch 1" in r.stderr
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.npz", mlp8)["epoch"] == 1
+    assert not list((tmp_path / "run").glob(".*.tmp"))
