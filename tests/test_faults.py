@@ -203,6 +203,7 @@ def ck_case(case, d, good):
         "no-version": lambda t: t.pop("version"),
         "model-missing": lambda t: t.pop("model"),
         "history-not-list": lambda t: t.update(history={"epoch": 1}),
+        "history-text-loss": lambda t: t["history"][0].update(train_loss="low"),
         "optimizer-nameless": lambda t: t["optimizer"].pop("name"),
         "rng-list": lambda t: t.update(rng=[1, 2]),
         "tree-is-number": lambda t: t.clear(),
@@ -227,6 +228,7 @@ CK_CASES = {
     "negative-step": "'step' must be", "epoch-text": "'epoch' must be", "bool-step": "'step'",
     "version-2": "version 2 checkpoint", "no-version": "'version' is missing",
     "model-missing": "'model' is missing", "history-not-list": "'history' must be",
+    "history-text-loss": "'history' must be",
     "optimizer-nameless": "(optimizer): 'name' is missing", "rng-list": "'rng' must be a table",
     "tree-is-number": "not a table",
 }

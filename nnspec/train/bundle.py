@@ -261,6 +261,7 @@ def rule(what, test):
 
 COUNT = rule("a whole number >= 0", lambda v: type(v) is int and v >= 0)
 INT = rule("a whole number", lambda v: type(v) is int)
+NUMBER = rule("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
 TEXT = rule("text", lambda v: isinstance(v, str))
 TABLE = rule("a table", lambda v: isinstance(v, dict))
 DTYPE = rule("'float32' or 'float64'", lambda v: v in ("float32", "float64"))

@@ -15,13 +15,23 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import TrainingError
-from .bundle import (ARRAYS, COUNT, DTYPE, INT, TABLE, TEXT, check_schema, load_arrays, open_bundle,
-                     optional, read_bundle, rule, stored_arrays, write_bundle)
+from .bundle import (ARRAYS, COUNT, DTYPE, INT, NUMBER, TABLE, TEXT, check_schema, load_arrays,
+                     open_bundle, optional, read_bundle, rule, stored_arrays, write_bundle)
 
 KIND = "nnspec-checkpoint"
 VERSION = 1
-HISTORY = rule("a list of tables", lambda v: isinstance(v, list) and all(
-    isinstance(r, dict) and isinstance(r.get("seconds"), (int, float)) for r in v))
+
+
+def _record(r) -> bool:
+    """An epoch's metrics: numbers (or null), a warning's text; epoch, train loss and time."""
+    return isinstance(r, dict) \
+        and all(NUMBER(r.get(k)) for k in ("epoch", "train_loss", "seconds")) \
+        and all(NUMBER(v) or v is None or (k == "warning" and isinstance(v, str))
+                for k, v in r.items())
+
+
+HISTORY = rule("a list of epoch records (numbers)", lambda v: isinstance(v, list)
+               and all(_record(r) for r in v))
 SCHEMA = {"version": INT,
           "epoch": COUNT, "step": COUNT, "rng": TABLE, "history": HISTORY, "config": TABLE,
           "set": optional(TABLE), "dtype": optional(DTYPE), "data": optional(TABLE),

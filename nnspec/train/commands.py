@@ -284,7 +284,7 @@ def _trained(args):
     if not p.exists():
         raise TrainingError(f"checkpoint '{p}' does not exist")
 
-    def build(sets, dtype):     # called once the file's layout is checked, before its arrays are read
+    def build(sets, dtype):     # once the file's layout is checked, before its arrays are read
         return load(model) if model is not None else _build(args, sets, dtype)[0]
     return load_trained(p, build)
 
