@@ -9,9 +9,13 @@ the lock, temporary files a killed run left behind (`atomic_write`'s
 """
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:         # not a POSIX system: runs are not locked
+    fcntl = None
 
 from ..errors import TrainingError
 
@@ -47,7 +51,7 @@ class RunDir:
 
     def lock(self) -> None:
         """Hold the directory for this process, or say which process holds it."""
-        if self._lock is not None:
+        if self._lock is not None or fcntl is None:
             return
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -57,6 +61,9 @@ class RunDir:
             os.close(fd)
             raise TrainingError(f"'{self.path}' is in use by pid {holder} (another "
                                 f"`nnspec train`); wait for it or choose another --out") from None
+        except OSError:         # a file system without locks (some network ones): go on
+            os.close(fd)
+            return
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock = fd
