@@ -107,7 +107,7 @@ def check_dir(path: Path) -> None:
         raise CacheError(f"refusing to use the cache {path}: it belongs to another user "
                          f"(uid {st.st_uid}), who could plant code in it; set NNSPEC_CACHE "
                          f"to a directory of your own")
-    if mode & 0o022:
+    if os.name == "posix" and mode & 0o022:
         raise CacheError(f"refusing to use the cache {path}: it is writable by others "
                          f"(mode {mode:04o}), who could plant code in it; run "
                          f"'chmod go-w {path}' or set NNSPEC_CACHE to a directory of your own")
@@ -347,9 +347,10 @@ def recovering_cache(py_func, in_tree: bool = False):
                 try:
                     return super().load_overload(sig, target_context)
                 except Exception as e:       # noqa: BLE001 (any unreadable entry)
-                    warn(f"the compiled code of {self._py_func.__qualname__} in "
-                         f"{self._cache_path} could not be loaded ({type(e).__name__}: "
-                         f"{str(e)[:80]}): compiling it again")
+                    module = self._py_func.__module__.removeprefix("nnspec_gen_")
+                    warn(f"the compiled code of {module} in {self._cache_path} could not be "
+                         f"loaded ({type(e).__name__}: {str(e)[:80]}): compiling it again",
+                         once=f"load {self._cache_path} {module}")
                     self.remove()
                     return None
 
@@ -373,10 +374,6 @@ def recovering_cache(py_func, in_tree: bool = False):
                         except OSError:
                             pass
 
-            @property
-            def index_path(self) -> str:
-                return self._cache_file._index_path
-
         class _InTreeLocator(InTreeCacheLocator):
             def ensure_cache_path(self):     # private again after the cache was removed
                 _make_private(Path(self.get_cache_path()))
@@ -392,16 +389,11 @@ def recovering_cache(py_func, in_tree: bool = False):
     return _classes[in_tree](py_func)
 
 
-def is_cached(dispatcher) -> bool:
-    """Whether a cached Numba function has machine code on disk (its index)."""
-    c = getattr(dispatcher, "_cache", None)
-    return c is not None and hasattr(c, "index_path") and os.path.exists(c.index_path)
-
-
 # ---- housekeeping --------------------------------------------------------------
 
 _VERSION_DIR = re.compile(r"^v[\w.+]+-numba[\w.+]+-py\d+$")
-_LEGACY = re.compile(r"^(step_|loop).*\.py$|^__pycache__$")     # before the version directories
+# what earlier versions kept directly under the root (the parser's grammar too)
+_LEGACY = re.compile(r"^(step_|loop).*\.py$|^__pycache__$|^grammar-\w+\.lark\.cache$")
 
 
 def _entries(top: Path):

@@ -171,7 +171,7 @@ class CompiledStep:
             use_threads(*n)
         if self._fresh:            # Numba compiles it, or loads it from the cache
             self._fresh = False
-            with notice.compiling(self.kind, self.fn):
+            with notice.compiling(self.kind):
                 out = self.fn(P, S, G, M, V, hp, *arenas, *xs)
         else:
             out = self.fn(P, S, G, M, V, hp, *arenas, *xs)

@@ -31,49 +31,71 @@ def show_compiles(enabled: bool, stream=None):
 
 
 @contextlib.contextmanager
-def compiling(kind: str, fn):
-    """Around the first call of a step of `kind` whose compiled function is `fn`."""
+def compiling(kind: str):
+    """Around the first call of a step of `kind`: says "compiling" when Numba
+    starts to compile (its first "numba:compile" event; an entry that is
+    on disk but fails to load compiles too), else "loaded" at the end."""
     if not getattr(_on, "enabled", False):
         yield
         return
-    from . import cache
-    cached, where = cache.is_cached(fn), cache.cache_dir()
-    out = _on.stream or sys.stderr
-    what = NAMES.get(kind, f"{kind} step")
-    t0 = time.perf_counter()
-    if cached:
-        yield
-        print(f"loaded the compiled {what} from {where}", file=out, flush=True)
-        return
-    kept = f"cached in {where}" if cache.kept(where) else "not kept: the cache is not usable"
-    head = f"compiling the {what} (first run only; {kept}) ..."
-    try:
-        live = out.isatty()
-    except (AttributeError, ValueError):     # not a file, or closed
-        live = False
-    done = threading.Event()
-    ticker = None
-    if live:
-        def tick():
-            while not done.wait(EVERY):
-                out.write(f"\r{head} {time.perf_counter() - t0:.1f} s")
-                out.flush()
-        out.write(head)
-        out.flush()
-        ticker = threading.Thread(target=tick, daemon=True)
-        ticker.start()
-    else:
-        print(head, file=out, flush=True)
-    try:
-        yield
-    finally:
-        done.set()
-        if ticker is not None:
-            ticker.join()
-        seconds = time.perf_counter() - t0
-        if live:
-            out.write(f"\r{head} {seconds:.1f} s\n")
-        else:
-            out.write(f"compiled the {what} in {seconds:.1f} s\n")
-        out.flush()
+    from numba.core import event
 
+    from . import cache
+    event.Listener.register(_Line)
+    where = cache.cache_dir()
+    what = NAMES.get(kind, f"{kind} step")
+    kept = f"cached in {where}" if cache.kept(where) else "not kept: the cache is not usable"
+    line = _Line(_on.stream or sys.stderr, f"compiling the {what} (first run only; {kept}) ...")
+    with event.install_listener("numba:compile", line):
+        try:
+            yield
+        finally:
+            line.close(f"compiled the {what} in")
+    if not line.started:
+        print(f"loaded the compiled {what} from {where}", file=line.out, flush=True)
+
+
+class _Line:
+    """The "compiling" line: its elapsed time redrawn by a thread on a
+    terminal; elsewhere one line at the start and one at the end."""
+
+    def __init__(self, out, head: str):
+        self.out, self.head = out, head
+        self.started = False
+        self.done = threading.Event()
+        self.ticker = None
+        try:
+            self.live = out.isatty()
+        except (AttributeError, ValueError):     # not a file, or closed
+            self.live = False
+
+    # numba.core.event.Listener's interface (compiles nest: the first start counts)
+    def notify(self, ev):
+        if ev.is_start and not self.started:
+            self.start()
+
+    def start(self):
+        self.started, self.t0 = True, time.perf_counter()
+        if not self.live:
+            print(self.head, file=self.out, flush=True)
+            return
+        self.out.write(self.head)
+        self.out.flush()
+        self.ticker = threading.Thread(target=self.tick, daemon=True)
+        self.ticker.start()
+
+    def tick(self):
+        while not self.done.wait(EVERY):
+            self.out.write(f"\r{self.head} {time.perf_counter() - self.t0:.1f} s")
+            self.out.flush()
+
+    def close(self, done: str):
+        if not self.started:
+            return
+        self.done.set()
+        if self.ticker is not None:
+            self.ticker.join()
+        seconds = time.perf_counter() - self.t0
+        self.out.write(f"\r{self.head} {seconds:.1f} s\n" if self.live
+                       else f"{done} {seconds:.1f} s\n")
+        self.out.flush()
