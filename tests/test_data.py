@@ -117,8 +117,8 @@ def test_csv_header_names_the_target_column_wherever_it_is(tmp_path):
 
 def test_csv_missing_target_column_is_named(tmp_path):
     p = _csv(tmp_path / "d.csv", "a,b,c,d,cls", ROWS)
-    with pytest.raises(DataError, match=r"no column for the target 'label'; the header has "
-                                        r"a, b, c, d, cls\. Name the column 'label' \(or 'target'\)"):
+    with pytest.raises(DataError, match=r"no column for the target 'label'; the header has a, "
+                                        r"b, c, d, cls\. Name the column 'label' \(or 'target'\)"):
         data.load(p, FakeNet(in_shape=(4,), classes=3))
     p = _csv(tmp_path / "e.csv", "a,b,c,d", [r[:r.rindex(",")] for r in ROWS])
     with pytest.raises(DataError, match="no column for the target 'label'"):

@@ -89,3 +89,19 @@ train {
     with pytest.raises(DataError, match=r"one input and one target; this one takes "
                                         r"inputs \['a', 'b'\] and targets \['label'\]"):
         two.gradients(np.zeros((2, 4)), np.zeros(2, int))
+
+
+def test_predict_without_classes_returns_every_output():
+    reg = nnspec.compile("""
+network reg {
+    input x: [3]
+    output y = x -> dense(2)
+}
+train {
+    target t: [2]
+    loss = mse(y, t)
+}
+""")
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    outs = reg.predict(x)
+    assert list(outs) == ["y"] and np.allclose(outs["y"], reg(x))
