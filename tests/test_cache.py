@@ -121,6 +121,16 @@ def test_a_read_only_cache_works_and_says_so_once(where, monkeypatch, capsys):
     assert "read-only" in capsys.readouterr().err
 
 
+def test_checking_a_spec_neither_makes_nor_reads_the_cache(where, tmp_path, capsys):
+    spec = tmp_path / "tiny.nn"
+    spec.write_text(SPEC)
+    assert main(["check", str(spec)]) == 0
+    assert not where.exists()
+    where.mkdir()
+    where.chmod(0o777)                    # refused for compiling, not needed for checking
+    assert main(["check", str(spec)]) == 0
+
+
 # ---- module names -------------------------------------------------------------
 
 def test_a_module_is_named_by_its_text_and_a_changed_file_is_rewritten(where, capsys):
