@@ -65,6 +65,17 @@ def test_nnc_round_trip_with_imports(spec, tmp_path):
         assert all(f[k].dtype != object for k in f.files)
 
 
+@pytest.mark.filterwarnings("error")             # the same graph: no "lowers differently"
+def test_a_loaded_model_saves_again_without_its_spec_files(spec, tmp_path, monkeypatch):
+    save(nnspec.compile(spec, set={"h": 16}), tmp_path / "m.nnc", spec, overrides={"h": 16})
+    (tmp_path / "lib" / "blocks.nn").unlink()
+    back = load(tmp_path / "m.nnc")
+    monkeypatch.chdir(tmp_path / "lib")           # nothing to import from here
+    save(back, tmp_path / "again.nnc")
+    again = load(tmp_path / "again.nnc")
+    assert again.graph.hash() == back.graph.hash() and again.graph.meta["args"] == {"h": 16}
+
+
 def test_nnc_refuses_to_overwrite_other_files(spec, tmp_path):
     (tmp_path / "m.nnc").write_text("not ours")
     with pytest.raises(TrainingError, match="not overwriting"):

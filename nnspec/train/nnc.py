@@ -33,8 +33,11 @@ def save(net, path, spec=None, *, overrides: dict | None = None, seed: int = 0,
     to what `nnspec.lower` recorded in ``net.graph.meta``.  `data` is what a
     checkpoint keeps of its data (a text's vocabulary), kept here too."""
     meta = net.graph.meta
+    sources = None
     if spec is None:
         f = meta.get("file")
+        if not (f and Path(f).is_file()):
+            sources = meta.get("sources")     # a network loaded from a .nnc: its own files
         spec = Path(f) if f and Path(f).is_file() else meta.get("source")
         if spec is None:
             raise TrainingError("save: the network does not record its spec; pass spec=")
@@ -43,7 +46,7 @@ def save(net, path, spec=None, *, overrides: dict | None = None, seed: int = 0,
     check_writable(path, (KIND,), error=TrainingError)
     write_bundle(path, KIND, {
         "version": VERSION,
-        "sources": spec_sources(spec),
+        "sources": sources or spec_sources(spec),
         "set": dict(overrides or {}),
         "dtype": net.graph.dtype,
         "seed": int(seed),
@@ -69,6 +72,7 @@ def load(path):
             f.write_text(text)
         net = nnspec.compile(root / src["main"], dtype=m["dtype"], set=m["set"] or None,
                              seed=m["seed"], lib=[root])    # imports: only the file's own
+    net.graph.meta["sources"] = src       # so that saving it again needs no spec files
     if net.graph.hash() != m["graph"]:
         warnings.warn(f"{path}: the spec lowers to a different graph with this version "
                       f"of nnspec; loading the weights by name", stacklevel=2)
