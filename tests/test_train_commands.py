@@ -9,6 +9,7 @@ import nnspec
 from nnspec.cli import main
 from nnspec.errors import SpecError, TrainingError
 from nnspec.train import fit, load, save
+from nnspec.train.inference import score
 from test_train_fakenet import FakeNet
 
 BLOCKS = """\
@@ -183,6 +184,8 @@ def test_train_without_a_train_section_is_a_located_error(spec, tmp_path, capsys
     del net.graph.meta["train"]
     with pytest.raises(SpecError, match="no train section"):
         fit(net, "digits", progress=False)
+    with pytest.raises(SpecError, match="no train section"):     # eval / net.evaluate
+        score(net, "digits")
 
 
 def test_a_nnc_model_is_a_spec_for_eval_and_predict(spec, tmp_path, capsys):
