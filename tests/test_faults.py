@@ -19,7 +19,7 @@ from nnspec.cli import main
 from nnspec.errors import TrainingError
 from nnspec.train import save
 from nnspec.train.bundle import META
-from nnspec.train.checkpoint import save_checkpoint
+from nnspec.train.checkpoint import load_checkpoint, save_checkpoint
 
 MLP = str(Path(__file__).resolve().parent.parent / "specs" / "mlp.nn")
 
@@ -240,6 +240,16 @@ def test_malformed_checkpoint_is_one_clear_line(case, small, tmp_path, capsys):
     one_line_error(capsys, ["eval", MLP, "--checkpoint", str(bad)], CK_CASES[case])
 
 
+def test_numpy_scalars_in_a_history_are_numbers(tmp_path):
+    net = nnspec.compile(MLP, set={"hidden": 8})
+    record = {"epoch": 1, "train_loss": np.float64(0.5), "test_accuracy": np.float32(0.9),
+              "seconds": np.float64(1.0), "test_loss": None}
+    save_checkpoint(tmp_path / "ck.npz", net, epoch=1, step=1, rng=np.random.default_rng(),
+                    history=[record], config={})
+    assert load_checkpoint(tmp_path / "ck.npz", net)["history"][0]["test_accuracy"] == \
+        np.float32(0.9)
+
+
 def test_checkpoint_that_is_not_one_does_not_mention_pickles(tmp_path, capsys):
     (tmp_path / "checkpoint.npz").write_text("12345678")
     err = one_line_error(capsys, ["eval", MLP, "--checkpoint", str(tmp_path)],
@@ -249,7 +259,7 @@ def test_checkpoint_that_is_not_one_does_not_mention_pickles(tmp_path, capsys):
 
 def test_resume_refuses_bad_optimizer_state_and_rng(small, tmp_path):
     from nnspec.train import fit
-    from nnspec.train.checkpoint import load_checkpoint, restore
+    from nnspec.train.checkpoint import restore
     net = nnspec.compile(MLP, set={"hidden": 8})
     run = tmp_path / "run"
     run.mkdir()
@@ -297,6 +307,7 @@ def test_a_killed_writes_temporary_files_are_removed(tmp_path):
         f.write_bytes(b"PK half")
     (tmp_path / "mine.tmp").write_text("not ours")
     fake_fit(tmp_path, resume=True, epochs=2)
+    assert load_checkpoint(tmp_path / "checkpoint.npz")["epoch"] == 2
     assert not any(f.exists() for f in left) and (tmp_path / "mine.tmp").exists()
 
 
@@ -314,6 +325,7 @@ def test_written_files_follow_the_umask(umask, tmp_path):
 
 # ---- divergence ------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")     # the stand-in's inf
 def test_a_blow_up_on_an_epochs_last_step_is_not_checkpointed(tmp_path):
     from test_train_fakenet import FakeNet
 
@@ -330,7 +342,6 @@ def test_a_blow_up_on_an_epochs_last_step_is_not_checkpointed(tmp_path):
     msg = str(e.value)
     assert "diverged in epoch 2" in msg and "fc.weight" in msg and "velocity fc.bias" in msg
     assert "keeps epoch 1" in msg
-    from nnspec.train.checkpoint import load_checkpoint
     ck = load_checkpoint(tmp_path / "checkpoint.npz")
     assert ck["epoch"] == 1 and np.isfinite(ck["model"]["fc.weight"]).all()
 
@@ -429,7 +440,6 @@ sys.meta_path.insert(0, Hook())
 
 
 def test_sigterm_in_training_stops_with_a_valid_checkpoint(tmp_path, mlp8):
-    from nnspec.train.checkpoint import load_checkpoint
     kill = """
 import nnspec.train.loop as loop
 lr_at = loop.lr_at

@@ -16,17 +16,23 @@ import numpy as np
 
 from ..errors import TrainingError
 from .bundle import (ARRAYS, COUNT, DTYPE, INT, NUMBER, TABLE, TEXT, check_schema, load_arrays,
-                     open_bundle, optional, read_bundle, rule, stored_arrays, write_bundle)
+                     open_bundle, optional, read_bundle, rule, Stored, stored_arrays,
+                     write_bundle)
 
 KIND = "nnspec-checkpoint"
 VERSION = 1
 
 
+def _number(v) -> bool:      # a NumPy scalar comes back from a bundle as a 0-d array
+    return NUMBER(v) or (isinstance(v, (Stored, np.ndarray)) and v.shape == ()
+                         and v.dtype.kind in "iuf")
+
+
 def _record(r) -> bool:
     """An epoch's metrics: numbers (or null), a warning's text; epoch, train loss and time."""
     return isinstance(r, dict) \
-        and all(NUMBER(r.get(k)) for k in ("epoch", "train_loss", "seconds")) \
-        and all(NUMBER(v) or v is None or (k == "warning" and isinstance(v, str))
+        and all(_number(r.get(k)) for k in ("epoch", "train_loss", "seconds")) \
+        and all(_number(v) or v is None or (k == "warning" and isinstance(v, str))
                 for k, v in r.items())
 
 
