@@ -133,12 +133,15 @@ def test_checking_a_spec_neither_makes_nor_reads_the_cache(where, tmp_path, caps
 
 # ---- module names -------------------------------------------------------------
 
-def test_a_module_is_named_by_its_text_and_a_changed_file_is_rewritten(where, capsys):
+def test_a_module_is_named_by_its_text_and_a_changed_file_is_rewritten(where, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)     # as Python runs by default
     mod = cache.load("t_named", "X = 1\n")
     _forget(mod)
     path = Path(mod.__file__)
     assert path.name == f"t_named_{cache.digest_of(path.read_text())}.py"
     assert _mode(path) == 0o600
+    assert not list(path.parent.glob(f"__pycache__/{path.stem}*.pyc"))   # only the text runs
     path.write_text("X = 2  # planted\n")
     again = cache.load("t_named", "X = 1\n")
     _forget(again)

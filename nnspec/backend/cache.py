@@ -15,17 +15,19 @@ So the name changes whenever anything the machine code depends on changes:
 the generator's output (layouts, offsets, constants of model.py are literals
 in the text), a kernel, a version.  Numba checks only the module's own file,
 so this is what keeps stale machine code from being reused.  Before a module
-is imported its file is hashed again: a file that does not match its name
-(truncated, edited, planted) is deleted and written anew, with a warning.
+is imported its file is compared with its text: a file that does not match
+its name (truncated, edited, planted) is deleted and written anew, with a
+warning, and the text that runs is the one compared (no .pyc).
 
 Numba's .nbi/.nbc files are pickles that Numba loads as they are; nothing in
 them is checked.  What protects them, and the modules, is the directory:
 nnspec creates it with mode 0700 and refuses one owned by another user or
 writable by others (as ssh and pip do), since anyone who can write there runs
 code as you.  An entry that fails to load is deleted and rebuilt with a
-warning (`_RecoveringCache`).  The op modules' kernels are cached by Numba
-beside their sources (or in NUMBA_CACHE_DIR), keyed by the file's content:
-a kernel calls only kernels of its own module.
+warning (`recovering_cache`).  The op modules' kernels are cached by Numba
+beside their sources (or in NUMBA_CACHE_DIR), stamped with the file's content
+and a hash of the compiled sources it imports (a reduction kernel calls
+elementwise.py's helpers).
 
 A directory nnspec cannot write (read-only, or a parent it cannot create)
 still works: each process compiles into a temporary directory, and a warning
@@ -37,7 +39,6 @@ from __future__ import annotations
 import atexit
 import functools
 import hashlib
-import importlib.util
 import inspect
 import os
 import re
@@ -46,6 +47,7 @@ import stat
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 from ..errors import NNSpecError
@@ -251,16 +253,17 @@ def load(prefix: str, source) -> object:
     modname = "nnspec_gen_" + re.sub(r"\W", "_", name)
     if modname in sys.modules:
         return sys.modules[modname]
-    for attempt in (1, 2):
-        path = cache_dir() / f"{name}.py"
-        _ensure(path, text)
-        try:
-            mod = _import(modname, path)
-            break
-        except FileNotFoundError:       # the cache was removed meanwhile
-            if attempt == 2:
-                raise
-            _dirs.clear()
+    path = cache_dir() / f"{name}.py"
+    _ensure(path, text)
+    # run the text checked against the name, never a .pyc Python would prefer
+    mod = types.ModuleType(modname)
+    mod.__file__ = str(path)
+    sys.modules[modname] = mod
+    try:
+        exec(compile(text, str(path), "exec"), vars(mod))
+    except BaseException:
+        del sys.modules[modname]
+        raise
     _guard(mod)
     return mod
 
@@ -281,18 +284,6 @@ def _ensure(path: Path, text: str) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(want)
     os.replace(tmp, path)
-
-
-def _import(modname: str, path: Path):
-    spec = importlib.util.spec_from_file_location(modname, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[modname] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        del sys.modules[modname]
-        raise
-    return mod
 
 
 def remove_entry(path: Path) -> None:
