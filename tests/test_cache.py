@@ -87,10 +87,15 @@ def test_a_cache_owned_by_another_user_is_refused(where):
         cache.cache_dir()
 
 
-def test_a_cache_that_is_a_file_is_refused(where):
+def test_a_cache_that_is_a_file_is_refused(where, tmp_path, capsys):
     where.write_text("")
     with pytest.raises(cache.CacheError, match="not a directory"):
         cache.cache_dir()
+    spec = tmp_path / "tiny.nn"
+    spec.write_text(SPEC)
+    assert main(["train", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"the cache {where} is not a directory" in err and "internal error" not in err
 
 
 def test_a_cache_that_cannot_be_created_compiles_into_a_temporary_directory(
