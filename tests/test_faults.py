@@ -117,6 +117,10 @@ def nnc_case(case, d, good):
         write_zip(bad, {k: v for k, v in parts.items() if not k.startswith(META)})
     elif case == "meta-not-json":
         write_zip(bad, {**parts, META + ".npy": npy(np.array("{'kind': nnspec"))})
+    elif case == "meta-deep":
+        write_zip(bad, {**parts, META + ".npy": npy(np.array("[" * 100_000 + "]" * 100_000))})
+    elif case == "tree-deep":       # within json's nesting limit
+        write_zip(bad, with_doc(parts, lambda t: t.update(set=json.loads("[" * 950 + "]" * 950))))
     elif case == "meta-list":
         write_zip(bad, {**parts, META + ".npy": npy(np.array("[1, 2]"))})
     elif case == "meta-bytes":
@@ -160,7 +164,9 @@ def nnc_case(case, d, good):
 
 NNC_CASES = {   # case -> what the message says
     "text": "not an nnspec", "truncated": "not an nnspec", "no-meta": "no __nnspec__",
-    "meta-not-json": "not JSON", "meta-list": "no kind and tree",
+    "meta-not-json": "not JSON", "meta-deep": "not JSON nnspec reads",
+    "tree-deep": "nested too deeply|not JSON nnspec reads|'set' must be a table",
+    "meta-list": "no kind and tree",
     "meta-bytes": "is not a string", "set-not-table": "'set' must be a table",
     "sources-missing": "'sources' is missing", "weights-not-arrays": "'weights' must be",
     "seed-text": "'seed' must be a whole number", "array-missing": "is missing",

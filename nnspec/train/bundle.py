@@ -7,7 +7,11 @@ an `.npz` (a zip of `.npy` arrays) plus one JSON string.
 Any nesting of dicts, lists, numbers, strings and NumPy arrays goes in: the
 arrays are stored as npy members and the rest as JSON with
 ``{"__array__": key}`` where an array was.  Reading uses
-``allow_pickle=False`` and `json`, so opening a file never runs code from it.
+``allow_pickle=False`` and `json`, so opening a file never runs code from it,
+and reads no array before checking it: `open_bundle` gives the tree with
+each array as a `Stored` (its header's shape and dtype, checked against its
+zip entry's size), for the caller to check against what it expects
+(`check_schema`, the network's weights) before `load_arrays`.
 Writes are atomic: a temporary file in the same directory, fsync, then
 `os.replace`, so a crash leaves the old file or the new one, never half of one.
 """
@@ -136,8 +140,9 @@ def open_bundle(path, kind: str | tuple | None = None, error=NNSpecError):
         text = _read(zf, infos[META], path, error)[()]
         try:
             doc = json.loads(str(text))
-        except json.JSONDecodeError as e:
-            raise error(f"'{path}': its description is not JSON ({e})") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise error(f"'{path}': its description is not JSON nnspec reads "
+                        f"({e or 'nested too deeply'})") from None
         if not (isinstance(doc, dict) and isinstance(doc.get("kind"), str) and "tree" in doc):
             raise error(f"'{path}' is not {what} (no kind and tree)")
         if kinds and doc["kind"] not in kinds:
@@ -158,7 +163,10 @@ def open_bundle(path, kind: str | tuple | None = None, error=NNSpecError):
                 return [decode(x) for x in v]
             return v
 
-        tree = decode(doc["tree"])
+        try:
+            tree = decode(doc["tree"])
+        except RecursionError:
+            raise error(f"'{path}': its description is nested too deeply") from None
     need, have = sum(s.nbytes for s in stored.values()), available_bytes()
     if have is not None and need > have:
         raise error(f"'{path}': its arrays need {fmt_bytes(need)}; this machine has "
@@ -170,14 +178,15 @@ def load_arrays(path, tree, error=NNSpecError):
     """`tree` (from `open_bundle`) with each `Stored` replaced by its array."""
     path = Path(path)
     with _zip(path, NOUNS[None], error) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
         arrays: dict[str, np.ndarray] = {}
 
         def load(v):
             if isinstance(v, Stored):
                 if v.key not in arrays:
-                    info = zf.getinfo(v.key + ".npy")
-                    s = _header(zf, info, path, error)     # the file may have changed
-                    if (s.shape, s.dtype) != (v.shape, v.dtype):
+                    info = infos.get(v.key + ".npy")
+                    s = info and _header(zf, info, path, error)    # the file may have changed
+                    if not s or (s.shape, s.dtype) != (v.shape, v.dtype):
                         raise error(f"'{path}' changed while it was read")
                     arrays[v.key] = _read(zf, info, path, error)
                 return arrays[v.key]
