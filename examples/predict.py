@@ -1,8 +1,8 @@
 """Predict with a trained network
 =================================
 
-Trains the MLP spec briefly (or loads `mlp.nnc` if train_digits.py has
-written it), then classifies a few test digits and draws them as text.
+Loads `mlp.nnc` if train_digits.py has written it (else trains the MLP spec
+briefly), then classifies a few test digits and draws them as text.
 
     python examples/predict.py
 """
@@ -12,7 +12,6 @@ import numpy as np
 
 import nnspec
 from nnspec import data
-from nnspec.train import fit
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "mlp.nn"
 
@@ -20,17 +19,17 @@ if Path("mlp.nnc").exists():
     net = nnspec.load("mlp.nnc")
 else:
     net = nnspec.compile(SPEC)
-    fit(net, "digits", epochs=10, progress=False)
+    net.fit(epochs=5, progress=False)
 
-_, test = data.load("digits", net)
+_, test = data.load("digits", net)              # the test split `nnspec eval` scores
 x, label = test["x"][:6], test["label"][:6]
-logits = net.forward(x=x)["logits"]               # eval mode, batch of 6
+classes = net.predict(x)                         # class indices, eval mode
+logits = net(x)                                  # the scores behind them
 z = np.exp(logits - logits.max(axis=1, keepdims=True))
 probs = z / z.sum(axis=1, keepdims=True)
 
-for img, p, y in zip(x, probs, label):
+for img, guess, p, y in zip(x, classes, probs, label):
     rows = img.reshape(8, 8)
     art = ["".join(" .:-=+*#"[min(int(v * 8), 7)] for v in r) for r in rows]
-    guess = int(p.argmax())
     print("\n".join(art))
     print(f"predicted {guess} ({p[guess]:.1%}), true {y}\n")

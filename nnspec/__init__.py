@@ -2,8 +2,11 @@
 
     import nnspec
     net = nnspec.compile("specs/mlp.nn")          # or spec text
-    net.fit()                                      # train on the spec's data
-    probs = net(x)
+    net.fit(epochs=5)                              # train on the spec's data and settings
+    net.evaluate()                                 # loss and accuracy on the test split
+    classes = net.predict(x)                       # class indices (or every output)
+    scores = net(x)                                # the output, for a network with one input
+    net.save("mlp.nnc"); net = nnspec.load("mlp.nnc")
 
 Reading and checking specs imports neither Numba nor the backends.
 """

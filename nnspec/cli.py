@@ -3,6 +3,7 @@
     nnspec check FILE...                 exit 0 when every spec is valid
     nnspec inspect FILE [--set k=v] [--json]
     nnspec graph FILE -o out.dot [--backward]
+    nnspec cache info | clear            (see nnspec/cache_cli.py)
     nnspec train | eval | predict | compile   (see nnspec/train/commands.py)
 """
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 
 
 def parse_set(items) -> dict:
@@ -102,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backward", action="store_true", help="include the backward graph")
     g.set_defaults(func=cmd_graph)
 
+    from .cache_cli import add_parser as add_cache_parser
+    add_cache_parser(sub)
+
     try:
         from .train.commands import add_parsers
     except ImportError:
@@ -116,18 +122,43 @@ def _version() -> str:
     return f"nnspec {__version__}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so
+    that it stops a run the same way: a message, the last checkpoint intact."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv=None) -> int:
-    from .errors import NNSpecError
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    # Both signals are handled from here on, also while build_parser imports
+    # NumPy and the training code (seconds): an interrupt there is no traceback.
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
+        return _main(argv)
+    finally:
+        if main_thread:             # main() called from Python: leave SIGTERM as it was
+            signal.signal(signal.SIGTERM, before)
+
+
+def _main(argv) -> int:
+    try:
+        from .errors import NNSpecError
+        parser = build_parser()
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as e:          # first: NNSpecError may not be imported yet
+        terminated = isinstance(e, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130
     except NNSpecError as e:
         print(str(e) if not hasattr(e, "render") else e.render(), file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except MemoryError as e:
+        print(f"nnspec: out of memory ({e or 'MemoryError'})", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 0
     except Exception as e:  # a bug in nnspec, not in the user's input

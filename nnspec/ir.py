@@ -34,7 +34,7 @@ LEAF_OPS = ("input", "param", "state", "const")
 
 Shape = tuple
 # meta keys that describe where a graph came from, not what it computes
-NOT_HASHED = ("source", "file", "set")
+NOT_HASHED = ("source", "file", "set", "sources")   # sources: a loaded .nnc's files
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
     loss, grads = net.gradients({"x": xb}, {"label": yb})       # train-mode fwd + bwd
     net.forcing                  # teacher-forcing mask inputs (zeros unless given)
     net.find_nonfinite({"x": xb}, {"label": yb})                # first non-finite node
+    net.fit("digits", epochs=5); net.evaluate(); net.predict(x); net.save("m.nnc")
 
 Parameters live in one flat arena (`P`), state in another (`S`); `net.params`
 and `net.state` are views into them, so a compiled step updates them in place
@@ -52,6 +53,7 @@ def _fmt_shape(shape) -> str:
 class Network:
     def __init__(self, graph: Graph, dtype: str | None = None, seed: int = 0):
         from .init import initial_values
+        from .memory import check_fits
         self.graph = graph
         self.dtype = np.dtype(dtype or graph.dtype).name
         self.seed = seed
@@ -67,6 +69,7 @@ class Network:
         self.outputs = list(graph.outputs)
         self._expect_in = [self._expected(n) for n in [*self.inputs, *self.forcing]]
         self._expect_all = self._expect_in + [self._expected(n) for n in self.targets]
+        check_fits(graph, self.dtype)      # before allocating: a TrainingError if too big
         self._playout, np_ = _layout(graph, graph.params)
         self._slayout, ns = _layout(graph, graph.state)
         self._P = np.zeros(max(np_, 1), self.dtype)
@@ -106,6 +109,8 @@ class Network:
     def _feeds(self, inputs: dict, targets: dict | None) -> dict:
         """The arrays a program reads, checked against the shapes and dtypes
         the network expects (arrays already right pass through uncopied)."""
+        if not isinstance(inputs, dict) or not isinstance(targets, (dict, type(None))):
+            inputs, targets = self._by_name(inputs, targets)
         expected = self._expect_in if targets is None else self._expect_all
         given = inputs if targets is None else {**inputs, **targets}
         feeds, batch = {}, None
@@ -131,6 +136,19 @@ class Network:
                 raise DataError(f"unknown arrays {sorted(extra)}; the network takes "
                                 f"{sorted(e[0] for e in expected)}")
         return feeds
+
+    def _by_name(self, inputs, targets) -> tuple[dict, dict | None]:
+        """Arrays given positionally (``net.gradients(x, y)``), named: only for a
+        network with one input and (when targets are given) one target."""
+        if len(self.inputs) != 1 or (targets is not None and len(self.targets) != 1):
+            raise DataError(f"arrays given without names need a network with one input and "
+                            f"one target; this one takes inputs {sorted(self.inputs)} and "
+                            f"targets {sorted(self.targets)}: pass dicts {{name: array}}")
+        if not isinstance(inputs, dict):
+            inputs = {next(iter(self.inputs)): inputs}
+        if targets is not None and not isinstance(targets, dict):
+            targets = {next(iter(self.targets)): targets}
+        return inputs, targets
 
     def blank(self, name: str, given: dict):
         """Zeros for the mask or teacher-only input `name`, B and T read from the
@@ -198,6 +216,42 @@ class Network:
         out = self.forward(**inputs)
         return out[self.outputs[0]] if len(out) == 1 or args else out
 
+    def predict(self, x, *, allow_nonfinite: bool = False):
+        """Class indices ``[n]`` (``[n, T]`` for a sequence) for a classifier (a
+        target holding class indices), else every output ``{name: array}``.
+        `x` is an array (one input) or ``{input name: array}``, reshaped like
+        data files (64 values -> [1, 8, 8]); it runs in batches.  Rows with NaN
+        or infinite inputs are a DataError, or with `allow_nonfinite` get class -1."""
+        from .data import bind
+        from .train.inference import predict
+        if not isinstance(x, dict):
+            x = self._by_name(x, None)[0]
+        outs = predict(self, bind(x, self, "predict", require_targets=False),
+                       allow_nonfinite=allow_nonfinite, source="predict")
+        return outs["classes"] if "classes" in outs else outs
+
+    def fit(self, data=None, **settings) -> dict:
+        """Train in place with `nnspec.train.fit` (the same as `nnspec train`):
+        `data` is a data set name or path, or a ``(train, test)`` pair of dicts
+        (default: the spec's); `settings` are fit's (epochs, batch, lr, schedule,
+        clip, seed, out_dir, resume, progress, teacher_forcing), each defaulting
+        to the train section's.  Returns the metrics (what metrics.json holds)."""
+        from .train.loop import fit
+        return fit(self, data, **settings)
+
+    def evaluate(self, data=None) -> dict:
+        """Eval-mode loss and the task's metrics (accuracy, ...), as `nnspec eval`:
+        on the test split of `data` (a name or path, default the spec's data), of
+        a ``(train, test)`` pair, or on all of one dict of arrays."""
+        from .train.inference import score
+        return score(self, data)[0]
+
+    def save(self, path) -> None:
+        """Write this network (its spec, --set values, dtype and current weights)
+        to a `.nnc` file; `nnspec.load(path)` reads it back."""
+        from .train.nnc import save
+        save(self, path, seed=self.seed)
+
     def _collect(self, p, feeds, names: dict) -> dict:
         batch = next(iter(feeds.values())).shape[0]
         out = {}
@@ -244,7 +298,9 @@ class Network:
 
     # ---- training --------------------------------------------------------------
     def gradients(self, inputs: dict, targets: dict):
-        """Train-mode forward and backward, no update: (loss, {param: gradient})."""
+        """Train-mode forward and backward, no update: (loss, {param: gradient}).
+        `inputs` and `targets` are dicts of arrays by name, or two arrays for a
+        network with one input and one target (as in ``net(x)``)."""
         feeds = self._feeds(inputs, targets)
         (loss, _), _ = self._run("grad", feeds)
         return float(loss), {n: self._view(self._G, self._playout, n).copy()

@@ -88,13 +88,51 @@ def test_non_integer_labels(tmp_path):
         data.load(p, FakeNet())
 
 
-def test_csv_last_column_is_target_with_header(tmp_path):
-    p = tmp_path / "d.csv"
-    rows = ["a,b,c,d,cls"] + [f"{i},{i + 1},{i + 2},{i + 3},{i % 3}" for i in range(10)]
-    p.write_text("\n".join(rows) + "\n")
+def _csv(path, header, rows):
+    path.write_text("\n".join(([header] if header else []) + rows) + "\n")
+    return path
+
+
+ROWS = [f"{i},{i + 1},{i + 2},{i + 3},{i % 3}" for i in range(10)]
+
+
+def test_csv_without_header_last_column_is_target(tmp_path):
+    p = _csv(tmp_path / "d.csv", None, ROWS)
     train, test = data.load(p, FakeNet(in_shape=(4,), classes=3))
     assert train["x"].shape[1:] == (4,) and len(train["x"]) + len(test["x"]) == 10
     assert set(np.concatenate([train["label"], test["label"]])) == {0, 1, 2}
+
+
+def test_csv_header_names_the_target_column_wherever_it_is(tmp_path):
+    rows = [f"{i % 3},{i},{i + 1},{i + 2},{i + 3}" for i in range(10)]
+    p = _csv(tmp_path / "d.csv", "label,a,b,c,d", rows)
+    x = data.read(p, FakeNet(in_shape=(4,), classes=3))[0]
+    assert x["label"].tolist() == [i % 3 for i in range(10)]     # the first column, by name
+    assert x["x"][:, 0].tolist() == list(range(10))               # the rest: the input
+    # columns named after the input: those, in index order; other columns left out
+    p = _csv(tmp_path / "e.csv", "id,x_1,x_0,target", [f"9,{i + 1},{i},{i % 2}" for i in range(4)])
+    x = data.read(p, FakeNet(in_shape=(2,), classes=2))[0]
+    assert x["x"].tolist() == [[i, i + 1] for i in range(4)] and x["label"].tolist() == [0, 1, 0, 1]
+
+
+def test_csv_missing_target_column_is_named(tmp_path):
+    p = _csv(tmp_path / "d.csv", "a,b,c,d,cls", ROWS)
+    with pytest.raises(DataError, match=r"no column for the target 'label'; the header has a, "
+                                        r"b, c, d, cls\. Name the column 'label' \(or 'target'\)"):
+        data.load(p, FakeNet(in_shape=(4,), classes=3))
+    p = _csv(tmp_path / "e.csv", "a,b,c,d", [r[:r.rindex(",")] for r in ROWS])
+    with pytest.raises(DataError, match="no column for the target 'label'"):
+        data.load(p, FakeNet(in_shape=(4,), classes=3))
+
+
+def test_csv_for_predicting_needs_no_target(tmp_path):
+    from nnspec.data.files import read_path
+    net = FakeNet(in_shape=(4,), classes=3)
+    inputs = [r[:r.rindex(",")] for r in ROWS]
+    for header, rows in (("a,b,c,d", inputs), (None, inputs), ("a,b,c,d,label", ROWS)):
+        raw = read_path(_csv(tmp_path / "p.csv", header, rows), net=net, targets=False)
+        x = data.bind(raw, net, "p.csv", require_targets=False)
+        assert list(x) == ["x"] and x["x"][:, 0].tolist() == list(range(10))
 
 
 def test_directory_with_given_split(tmp_path):

@@ -185,6 +185,35 @@ def literal_source(v, consts: list) -> str:
     raise TypeError(f"codegen: cannot write kernel argument {v!r} as source")
 
 
+# CPython (3.11+) compiles a call with more than 30 positional arguments as
+# f(*args) (CALL_FUNCTION_EX), which Numba cannot inline ("Calling a closure
+# with *args is unsupported"): a fused loop's helper with more parameters
+# takes them packed in tuples of at most PACK_ARGS (nested when there are
+# more than MAX_CALL_ARGS tuples) and unpacks them first.
+MAX_CALL_ARGS = 30
+PACK_ARGS = 16
+
+
+def pack_args(params: list, args: list) -> tuple[list, list, list]:
+    """(parameters, call arguments, unpacking lines) of a helper whose call
+    would take more than MAX_CALL_ARGS arguments; unchanged below that."""
+    assert len(params) == len(args), (params, args)
+    lines, level = [], 0
+    while len(params) > MAX_CALL_ARGS:
+        ps, xs, ls = [], [], []
+        for c in range(0, len(params), PACK_ARGS):
+            name = f"_pk{level}_{c // PACK_ARGS}"
+            ps.append(name)
+            xs.append(f"({', '.join(args[c:c + PACK_ARGS])},)")
+            ls.append(f"{', '.join(params[c:c + PACK_ARGS])}, = {name}")
+        lines, params, args, level = ls + lines, ps, xs, level + 1
+    return params, args, lines
+
+
+def _call(name: str, args: list) -> str:
+    return f"{name}({', '.join(pack_args(args, args)[1])})"
+
+
 def _outer_range(outer: str, split: bool) -> list:
     """A loop body's fused loop range over `outer` (an expression): all of it,
     or with `split` the part of a paired loop's thread (batch rows r0:r0+nb)."""
@@ -438,9 +467,8 @@ class StepWriter:
         in_loop = name is not None
         if in_loop:
             ins = [x for pair in ins for x in pair]
-            out = ", ".join(out)
         ins = ins or [f"f{self.k(i)}" for i in n.inputs]
-        out = out or f"f{k}"
+        out = list(out) if in_loop else [f"f{k}"]
         total = _prod_expr(out_shape)
         if len(blocks) == 1:
             lo, hi = next(iter(blocks))
@@ -466,15 +494,15 @@ class StepWriter:
         if in_loop:     # the outer loop's range s:e instead of its length
             outer = f"({sizes[0]}) * ({sizes[1]})" if len(sizes) == 3 else sizes[0]
             sizes = _outer_range(outer, split) + sizes[1:]
-        args = ", ".join(sizes + [out] + ins)
+        args = sizes + out + ins
         what = f"# {n.id} = fused {'+'.join(n.attrs['ops'])}"
         if par:
             body(f"if {total} >= {PAR_MIN_EW}:  {what}", ind)
-            body(f"{name}p({args})", ind + 1)
+            body(_call(f"{name}p", args), ind + 1)
             body("else:", ind)
-            body(f"{name}({args})", ind + 1)
+            body(_call(name, args), ind + 1)
         else:
-            body(f"{name}({args})  {what}", ind)
+            body(f"{_call(name, args)}  {what}", ind)
 
     @staticmethod
     def strided_ok(graph, n) -> bool:
@@ -499,8 +527,8 @@ class StepWriter:
         rng = _outer_range(_prod_expr(tuple(n.shape)[:-1]), split)
         flat_ins = [x for j, pair in enumerate(ins)
                     for x in (list(pair) + ([str(lds[j])] if j in lds else []))]
-        call = ", ".join(rng + [_dim(n.shape[-1])] + list(out) + [str(ldo)] + flat_ins)
-        body(f"{name}({call})  # {n.id} = fused {'+'.join(n.attrs['ops'])}, in place", ind)
+        call = _call(name, rng + [_dim(n.shape[-1])] + list(out) + [str(ldo)] + flat_ins)
+        body(f"{call}  # {n.id} = fused {'+'.join(n.attrs['ops'])}, in place", ind)
 
     @staticmethod
     def parallel_worth(shape) -> bool:
@@ -564,13 +592,20 @@ class StepWriter:
             dst = "ob + a1" if strided else "oo + k"
             body = body[:-1] + [body[-1].replace("o[k] =", f"o[np.uint64({dst})] =", 1)]
         o = ("o, oo, ldo" if strided else "o, oo") if offsets else "o"
+
+        def define(params: str):        # the def line (parameters packed: pack_args)
+            ps, _, unpack = pack_args(params.split(", "), params.split(", "))
+            h(f"def {name}{suffix}({', '.join(ps)}):")
+            for ln in unpack:
+                h(ln, 1)
+
         for suffix, par in (("", False), ("p", True))[:2 if par else 1]:
             rng = "prange" if par else "range"
             inl = ", inline='always'" if inline else ""
             h(f"@njit(cache=True, error_model='numpy'{', parallel=True' if par else ''}{inl})")
             start = "s, " if offsets else ""      # the outer loop's range s:n0
             if (nested and rows) or strided:
-                h(f"def {name}{suffix}({start}n0, n1, {o}, {ins}):")
+                define(f"{start}n0, n1, {o}, {ins}")
                 for ln in loads_scalar:
                     h(ln, 1)
                 h(f"for a0 in {rng}({start}n0):", 1)
@@ -586,9 +621,9 @@ class StepWriter:
                     h(ln, 3)
             elif nested:
                 if offsets:     # the range of a0 * n1 + a1
-                    h(f"def {name}{suffix}(s, e, n1, n2, {o}, {ins}):")
+                    define(f"s, e, n1, n2, {o}, {ins}")
                 else:
-                    h(f"def {name}{suffix}(n0, n1, n2, {o}, {ins}):")
+                    define(f"n0, n1, n2, {o}, {ins}")
                 for ln in loads_scalar:
                     h(ln, 1)
                 h(f"for a01 in {rng}({'s, e' if offsets else 'n0 * n1'}):", 1)
@@ -603,7 +638,7 @@ class StepWriter:
                     h(ln, 3)
             else:
                 extra = "".join(f", q{j}, r{j}" for j, p in enumerate(pats) if p[0] == "block")
-                h(f"def {name}{suffix}({start}n{extra}, {o}, {ins}):")
+                define(f"{start}n{extra}, {o}, {ins}")
                 for ln in loads_scalar:
                     h(ln, 1)
                 h(f"for k in {rng}({start}n):", 1)

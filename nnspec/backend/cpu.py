@@ -10,14 +10,13 @@ Work arenas are allocated once per batch size and reused.
 """
 from __future__ import annotations
 
-import json
+import os
+import threading
 
 import numpy as np
 
-import threading
-
 from ..passes.pipeline import build
-from . import cache
+from . import cache, notice
 from .codegen import PAR_MIN_LOOP_STEP, PAR_MIN_WORK, StepWriter, work_estimate
 
 _threads = threading.local()
@@ -47,7 +46,6 @@ def blas_threads(k: int) -> None:
     """Set the thread count of SciPy's OpenBLAS (the BLAS behind np.dot in
     compiled code), when it is loaded and exposes the setter; the environment
     variable NNSPEC_BLAS_THREADS caps it."""
-    import os
     cap = os.environ.get("NNSPEC_BLAS_THREADS")
     if cap:
         k = min(k, max(int(cap), 1))
@@ -74,7 +72,6 @@ def keep_freed_memory() -> None:
     process; not where the MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_
     variable sets them, and nothing where the C library is not glibc."""
     import ctypes
-    import os
     if _malloc_kept:
         return
     _malloc_kept.append(True)
@@ -90,22 +87,6 @@ def keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
-def _code_key(b, optimizer, whole) -> str:
-    """The parts of a build that decide its code (not the spec's text/meta)."""
-    d = b.graph.to_dict()
-    ident = {"nodes": d["nodes"], "outputs": d["outputs"], "loss": b.graph.meta.get("loss"),
-             "roots": b.roots, "grads": b.grads, "updates": b.updates,
-             "optimizer": _opt_structure(optimizer) if b.kind == "train" else None,
-             "whole": whole,
-             "plan": sorted((k, tuple(v.__dict__.values())) for k, v in b.plan.slots.items())}
-    return json.dumps(ident, sort_keys=True, default=repr)
-
-
-def _opt_structure(optimizer) -> dict:
-    opt = dict(optimizer or {})
-    return {"name": opt.get("name", "sgd"), "nesterov": bool(opt.get("nesterov", False))}
-
-
 class CompiledStep:
     def __init__(self, b, playout, slayout, optimizer=None, whole=True):
         self.build = b
@@ -119,11 +100,10 @@ class CompiledStep:
         keep_freed_memory()
         writer = StepWriter(b, playout, slayout, self.inputs, optimizer, whole)
         self.arena_dtypes = writer.arenas
-        k = cache.key(_code_key(b, optimizer, whole), b.dtype, b.kind, "step-v1")
-        self.name = f"step_{_safe(g.name)}_{b.kind}_{k}"
-        self._writer = writer
-        self.module = cache.load(self.name, writer.write)
+        # named by the hash of its text (cache.py): a step's code is all in it
+        self.module = cache.load(f"step_{_safe(g.name)}_{b.kind}", writer.write())
         self.path = self.module.__file__
+        self.name = os.path.splitext(os.path.basename(self.path))[0]
         self.fn = self.module.step
         self._batch_arg = next((j for j, n in enumerate(self.inputs)
                                 if g.shape(n) and g.shape(n)[0] == "B"), None)
@@ -136,6 +116,7 @@ class CompiledStep:
         self._bound: dict = {}
         self._arenas: dict[int, list] = {}
         self._views: dict[tuple, np.ndarray] = {}
+        self._fresh = True
 
     def arenas(self, batch: int, steps: int = 1) -> list:
         a = self._arenas.get((batch, steps))
@@ -189,7 +170,12 @@ class CompiledStep:
         arenas, n = bound
         if getattr(_threads, "n", None) != n:
             use_threads(*n)
-        out = self.fn(P, S, G, M, V, hp, *arenas, *xs)
+        if self._fresh:            # Numba compiles it, or loads it from the cache
+            self._fresh = False
+            with notice.compiling(self.kind):
+                out = self.fn(P, S, G, M, V, hp, *arenas, *xs)
+        else:
+            out = self.fn(P, S, G, M, V, hp, *arenas, *xs)
         if not _blas_set:          # the first call loaded the BLAS: set it next time
             _threads.n = None
         return out

@@ -5,7 +5,9 @@ first time a backend needs a module's kernels, `compile_module` swaps each
 marked function for a Numba dispatcher in place (like `numba.jit_module`), and
 points the module's `prange` at `numba.prange`.  Kernels that call each other
 by their global names then see dispatchers when Numba compiles them, and
-`cache=True` keeps the machine code on disk between runs.
+`cache=True` keeps the machine code on disk between runs (beside the module,
+or in NUMBA_CACHE_DIR), stamped with the module's sources and those it
+imports, and rebuilt when it fails to load (cache.recovering_cache).
 
 The module's `prange`, `num_threads`, `blas_get_threads`, `blas_set_threads`
 and `blas_small_gemm` (plain-Python stand-ins from ops/base.py) become Numba's:
@@ -125,6 +127,8 @@ def compile_module(module) -> None:
     if module.__name__ in _done:
         return
     import numba
+
+    from . import cache
     for name, fn in hooks().items():
         if name in vars(module):
             setattr(module, name, fn)
@@ -134,6 +138,7 @@ def compile_module(module) -> None:
             fast = {"reassoc", "contract"} if opts.get("reassoc") else False
             disp = numba.njit(cache=True, parallel=opts["parallel"], error_model="numpy",
                               fastmath=fast)(fn)
+            disp._cache = cache.recovering_cache(fn)
             disp._nnspec_kernel = opts
             setattr(module, name, disp)
     _done.add(module.__name__)

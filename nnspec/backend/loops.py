@@ -796,9 +796,11 @@ def _paired_linear(w: _Writer, graph, n, names: dict, ind: int):
     """x W^T (+ b) of a paired loop: each thread lays out its rows of x^T
     (the second half from a cache line on: linalg.pair_pad), then after a
     barrier computes its half of the output columns (ops/linalg.py)."""
+    if n.op != "linear":          # one-input ops (reshape, softmax) included
+        raise _NoPair(n.id)
     x, wt = n.inputs[0], n.inputs[1]
     xs, ys = tuple(graph.shape(x)), tuple(n.shape)
-    if (n.op != "linear" or len(xs) != 2 or xs[0] != "B" or not isinstance(xs[1], int)
+    if (len(xs) != 2 or xs[0] != "B" or not isinstance(xs[1], int)
             or len(ys) != 2 or not isinstance(ys[1], int) or len(graph.shape(wt)) != 2):
         raise _NoPair(n.id)
     k = len(w.before)

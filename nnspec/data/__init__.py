@@ -3,7 +3,7 @@ a network's inputs and targets.
 
     train, test = nnspec.data.load("digits", net)   # dicts: name -> array
     train, test = nnspec.data.load("mine.npz", net)
-    train, test = nnspec.data.load("mine.csv", net)  # last column is the target
+    train, test = nnspec.data.load("mine.csv", net)  # columns named x_0.., label (files.py)
     train, test = nnspec.data.load("dir/", net)      # dir/train.npz + dir/test.npz
     train, test = nnspec.data.load("text:notes.txt", net)   # char LM windows (text.py)
 
@@ -60,4 +60,4 @@ def read(name_or_path, net=None, target_column: int = -1):
         hint = did_you_mean(name, DATASETS)
         raise DataError(f"unknown data set '{name}' (named sets: {', '.join(sorted(DATASETS))}; "
                         f"or give a .npz / .csv path)" + (f"; {hint}" if hint else ""))
-    return read_path(p, target_column), p.name
+    return read_path(p, target_column, net), p.name

@@ -6,21 +6,26 @@ subclasses; `nnspec.cli.main` prints them without a traceback.
                       [--out DIR] [--resume] [--seed N] [--dtype float32|float64] [--quiet]
                       [--teacher-forcing P]
     nnspec eval SPEC --checkpoint F [--data D]
-    nnspec predict SPEC --checkpoint F --input X.npz [--output out.npz]
+    nnspec predict SPEC --checkpoint F --input X.npz [--output out.npz] [--allow-nonfinite]
     nnspec predict SPEC --checkpoint F --generate N [--prompt S] [--temperature X] [--seed N]
     nnspec compile SPEC -o model.nnc [--checkpoint F]
 
 A checkpoint F is a run's checkpoint.npz, the run directory itself, or a .nnc file.
+`eval` and `predict` also take a .nnc model as SPEC: it holds the spec and the
+weights, so --checkpoint is then optional (given, its weights replace the model's).
+Every numeric option is checked by argparse against `config.KINDS`.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..data import n_examples
-from ..errors import DataError, TrainingError
+from ..errors import DataError, SpecError, TrainingError
+from .config import number
 
 DTYPES = ("float32", "float64")
 
@@ -33,64 +38,91 @@ def add_parsers(sub) -> None:
     t.add_argument("--data", metavar="D", help="'digits', a .npz / .csv file, a directory "
                                               "with train/test files, or text:PATH (a text "
                                               "file, for a character model) (default: the spec's)")
-    t.add_argument("--epochs", type=int, metavar="N")
-    t.add_argument("--batch", type=int, metavar="N", help="examples per step")
-    t.add_argument("--lr", type=float, metavar="X", help="peak learning rate")
+    t.add_argument("--epochs", type=_num("count"), metavar="N")
+    t.add_argument("--batch", type=_num("count"), metavar="N", help="examples per step")
+    t.add_argument("--lr", type=_num("positive"), metavar="X", help="peak learning rate")
     t.add_argument("--out", metavar="DIR", help="run directory (default: runs/<spec stem>)")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
-    t.add_argument("--seed", type=int, metavar="N", help="initial weights and shuffling "
+    t.add_argument("--seed", type=_num("natural"), metavar="N",
+                   help="initial weights and shuffling "
                                                           "(default: the spec's, else 0)")
-    t.add_argument("--teacher-forcing", type=float, metavar="P",
+    t.add_argument("--teacher-forcing", type=_num("probability"), metavar="P",
                    help="probability that a step of a cell with a teacher reads it, all "
                         "through training (default: the spec's teacher_forcing, else 1)")
     t.add_argument("--quiet", action="store_true", help="print only the final result")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="score a checkpoint on the test split")
-    _common(e)
-    e.add_argument("--checkpoint", required=True, metavar="F")
+    _common(e, model=True)
+    e.add_argument("--checkpoint", metavar="F", help=CHECKPOINT_HELP)
     e.add_argument("--data", metavar="D", help="default: the spec's data")
     e.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="run a checkpoint on inputs; print predicted classes "
                                        "(or generate text from a character model)")
-    _common(p)
-    p.add_argument("--checkpoint", required=True, metavar="F")
+    _common(p, model=True)
+    p.add_argument("--checkpoint", metavar="F", help=CHECKPOINT_HELP)
     p.add_argument("--input", metavar="X.npz",
                    help="arrays named like the spec's inputs (or 'input')")
-    p.add_argument("--generate", type=int, metavar="N",
+    p.add_argument("--generate", type=_num("count"), metavar="N",
                    help="sample N characters from a model trained on text:PATH data")
     p.add_argument("--prompt", default="", metavar="S", help="text to continue (--generate)")
-    p.add_argument("--temperature", type=float, default=0.8, metavar="X",
+    p.add_argument("--temperature", type=_num("nonnegative"), default=0.8, metavar="X",
                    help="sampling temperature; 0 picks the likeliest character (default 0.8)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed (default 0)")
+    p.add_argument("--seed", type=_num("natural"), default=0, metavar="N",
+                   help="sampling seed (default 0)")
     p.add_argument("--output", metavar="OUT.npz", help="write every output (and classes) here")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="predict rows whose inputs hold NaN or inf (reported on stderr; "
+                        "their class is -1) instead of refusing the input")
     p.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("compile", help="compile a spec into a single .nnc model file")
     _common(c)
     c.add_argument("-o", "--output", required=True, metavar="MODEL.nnc")
     c.add_argument("--checkpoint", metavar="F", help="weights to store (default: initial ones)")
-    c.add_argument("--seed", type=int, metavar="N", help="initial weights (default: the spec's)")
+    c.add_argument("--seed", type=_num("natural"), metavar="N",
+                   help="initial weights (default: the spec's)")
     c.set_defaults(func=cmd_compile)
 
 
-def _common(p) -> None:
-    p.add_argument("spec", metavar="SPEC", help="a .nn or .yaml spec")
+CHECKPOINT_HELP = ("a run directory, its checkpoint.npz, or a .nnc model "
+                   "(optional when SPEC is a .nnc model)")
+
+
+def _common(p, model: bool = False) -> None:
+    p.add_argument("spec", metavar="SPEC", help="a .nn or .yaml spec" +
+                   (", or a .nnc model (spec and weights)" if model else ""))
     p.add_argument("--set", action="append", metavar="K=V", help="override a network argument")
     p.add_argument("--dtype", choices=DTYPES, help="default: the checkpoint's, else float32")
+
+
+def _num(kind: str):
+    """An argparse type: an option's text as the kind of number `config.KINDS` names."""
+    def parse(text):
+        try:
+            return number(text, kind)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = kind
+    return parse
 
 
 # ---- commands --------------------------------------------------------------------
 
 def cmd_train(args) -> int:
     from ..data import load
-    from .config import TrainConfig
+    from .config import TrainConfig, require_train_section
     from .loop import fit
-    net, seed, info = _build_for_data(args)
-    cfg = TrainConfig.from_meta(net.graph.meta.get("train"), data=args.data, epochs=args.epochs,
-                                batch=args.batch, lr=args.lr, seed=seed,
+    if _model_file(args) is not None:
+        raise SpecError(f"cannot train {args.spec}: it is a compiled .nnc model; train "
+                        f"takes its spec (.nn or YAML)")
+    graph = _lower(args)
+    require_train_section(graph)          # before compiling: the fault is the spec's
+    cfg = TrainConfig.from_meta(graph.meta["train"], graph, data=args.data, epochs=args.epochs,
+                                batch=args.batch, lr=args.lr, seed=args.seed,
                                 teacher_forcing=args.teacher_forcing)
+    net, seed, info = _build_for_data(args, graph)
     out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
     train, test = load(cfg.data, net)
     if not args.quiet:
@@ -101,46 +133,44 @@ def cmd_train(args) -> int:
             config=cfg, data_info=info)
     print(_result_line(r, r["examples"]["test"])
           + f"  ({r['epochs']} epochs, {r['seconds']:.1f} s training)")
-    print(f"wrote {out}/checkpoint.npz, metrics.json" + (", curves.png" if (out / "curves.png").exists() else ""))
+    written = [f for f in ("checkpoint.npz", "metrics.json", "curves.png") if (out / f).exists()]
+    if written:
+        print(f"wrote {out}/{', '.join(written)}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from ..data import is_text, load, text_info
-    from .metrics import evaluate, task_of
+    from .inference import score
     net, ck = _trained(args)
-    name = args.data or (net.graph.meta.get("train") or {}).get("data") or "digits"
-    chars = (ck.get("data") or {}).get("chars")
-    train, test = load(name, net, chars=chars)
-    info = text_info(name, chars) if is_text(name) else None
-    r = evaluate(net, test, task=task_of(net, train, info))
+    r, info = score(net, args.data, chars=(ck.get("data") or {}).get("chars"))
     print(_result_line({f"test_{k}": v for k, v in r.items()}, r["n"], info))
     return 0
 
 
 def cmd_predict(args) -> int:
-    from ..data import bind, class_output
+    from ..data import bind
     from ..data.files import read_path
     from .bundle import atomic_write, check_writable
+    from .inference import check_finite, predict
     net, ck = _trained(args)
     if args.generate is not None:
         return _generate(args, net, ck)
     if not args.input:
         raise DataError("predict needs --input X.npz (or --generate N for a text model)")
-    raw = read_path(args.input)
+    raw = read_path(args.input, net=net, targets=False)
     if isinstance(raw, tuple):
         raise DataError(f"--input takes one .npz or .csv file, not a directory: {args.input}")
     x = bind(raw, net, Path(args.input).name, require_targets=False)
-    outs = _forward(net, x)
-    classed = [co[0] for t in net.targets if (co := class_output(net, t))]
-    if classed:
-        outs["classes"] = np.argmax(outs[classed[0]], axis=-1)
+    warning = check_finite(x, args.input, args.allow_nonfinite)
+    if warning:
+        print(f"warning: {warning}; their class is -1", file=sys.stderr)
+    outs = predict(net, x, allow_nonfinite=True)
     if args.output:
         check_writable(args.output, ("nnspec-predictions",), error=DataError)
         from .bundle import META
         doc = np.array('{"kind": "nnspec-predictions", "tree": null}')
         atomic_write(args.output, lambda f: np.savez(f, **outs, **{META: doc}))
-    if classed:
+    if "classes" in outs:
         np.savetxt(sys.stdout, outs["classes"].reshape(len(outs["classes"]), -1), fmt="%d")
     else:
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outs.items())
@@ -152,11 +182,14 @@ def cmd_predict(args) -> int:
 
 def cmd_compile(args) -> int:
     from .nnc import save
+    if _model_file(args) is not None:
+        raise SpecError(f"{args.spec} is already a compiled .nnc model; compile takes a "
+                        f"spec (.nn or YAML), with --checkpoint for trained weights")
     if args.checkpoint:
         (net, ck), seed = _trained(args), 0
     else:
         (net, seed), ck = _build(args), {}
-    save(net, args.output, args.spec, seed=seed, data=ck.get("data"))
+    save(net, args.output, Path(args.spec), seed=seed, data=ck.get("data"))
     print(f"wrote {args.output} ({_count(net)} parameters, graph {net.graph.hash()})")
     return 0
 
@@ -174,22 +207,40 @@ def _generate(args, net, ck) -> int:
     if not chars:
         raise DataError(f"--generate: checkpoint '{args.checkpoint}' holds no text vocabulary "
                         f"(train the model on text:PATH data)")
-    if args.generate < 0:
-        raise DataError(f"--generate takes a number of characters, got {args.generate}")
     text = generate(net, chars, args.prompt, args.generate, temperature=args.temperature,
                     seed=args.seed)
     print(args.prompt + text)
     return 0
 
 
-def _build_for_data(args):
+def _lower(args):
+    """The SPEC's graph: a command-line SPEC is always a path (the frontend says
+    "cannot read FILE" for anything else)."""
+    import nnspec
+    return nnspec.lower(Path(args.spec), set=_sets(args), dtype=args.dtype or "float32")
+
+
+def _model_file(args) -> Path | None:
+    """SPEC as a .nnc model (spec and weights in one file), or None: a spec, or a
+    file the frontend refuses ("cannot read FILE: ...")."""
+    p = Path(args.spec)
+    if p.suffix != ".nnc":
+        return None
+    from .bundle import bundle_kind
+    from .nnc import KIND
+    kind = bundle_kind(p) if p.is_file() else None
+    if kind != KIND:
+        raise SpecError(f"cannot read {p}: " + ("no such file" if not p.exists() else
+                        f"not a .nnc model" + (f" (a {kind} file)" if kind else "")))
+    return p
+
+
+def _build_for_data(args, graph):
     """`_build`, with ``vocab`` set to a text's vocabulary size when the data is
     ``text:...``, the network has a `vocab` argument and --set does not give it:
-    ``(net, seed, data info or None)``."""
-    import nnspec
+    ``(net, seed, data info or None)``.  `graph` is the SPEC's, lowered."""
     from ..data import is_text, text_info
     sets = _sets(args)
-    graph = nnspec.lower(args.spec, set=sets, dtype=args.dtype or "float32")
     name = args.data or (graph.meta.get("train") or {}).get("data")
     if name is None or not is_text(name):
         return (*_build(args), None)
@@ -207,35 +258,35 @@ def _build(args, sets=None, dtype=None, force=False):
     dtype = args.dtype or dtype or "float32"
     seed = getattr(args, "seed", None)
     if seed is None:
-        graph = nnspec.lower(args.spec, set=sets, dtype=dtype)
+        graph = nnspec.lower(Path(args.spec), set=sets, dtype=dtype)
         seed = int((graph.meta.get("train") or {}).get("seed") or 0)
-    return nnspec.compile(args.spec, dtype=dtype, set=sets, seed=seed), seed
+    return nnspec.compile(Path(args.spec), dtype=dtype, set=sets, seed=seed), seed
 
 
 def _trained(args):
     """The spec's network with the weights of --checkpoint (a run's checkpoint.npz,
     its directory, or a .nnc), built with the --set values and dtype stored
-    there unless the command line gives them: ``(net, checkpoint tree)``."""
-    from .bundle import bundle_kind, read_bundle
-    from .checkpoint import load_checkpoint, load_weights
-    p = Path(args.checkpoint)
+    there unless the command line gives them: ``(net, checkpoint tree)``.  A
+    .nnc model as SPEC gives the network (and, without --checkpoint, the weights)."""
+    from .checkpoint import load_trained
+    from .nnc import load
+    model = _model_file(args)
+    if model is not None and (args.set or args.dtype):
+        raise SpecError(f"{model} is a compiled model: its --set values and dtype are fixed "
+                        f"(give its spec instead, with --checkpoint {model})")
+    if args.checkpoint is None and model is None:
+        _lower(args)                  # an unreadable SPEC is the first thing to say
+        raise TrainingError(f"{args.command} needs --checkpoint F (a run directory, its "
+                            f"checkpoint.npz or a .nnc model), or a .nnc model as SPEC")
+    p = Path(args.checkpoint or model)
     if p.is_dir():
         p = p / "checkpoint.npz"
     if not p.exists():
         raise TrainingError(f"checkpoint '{p}' does not exist")
-    ck = read_bundle(p)[1] if bundle_kind(p) == "nnspec-model" else load_checkpoint(p)
-    net, _ = _build(args, ck.get("set"), ck.get("dtype"))
-    load_weights(net, ck["weights"] if "weights" in ck else ck["model"], p)
-    return net, ck
 
-
-def _forward(net, x: dict, batch: int = 512) -> dict:
-    n = n_examples(x)
-    parts: dict = {}
-    for lo in range(0, n, batch):
-        for k, v in net.forward(**{k: a[lo:lo + batch] for k, a in x.items()}).items():
-            parts.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    def build(sets, dtype):     # once the file's layout is checked, before its arrays are read
+        return load(model) if model is not None else _build(args, sets, dtype)[0]
+    return load_trained(p, build)
 
 
 def _count(net) -> str:

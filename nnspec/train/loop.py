@@ -22,10 +22,12 @@ import numpy as np
 
 from .. import data as nndata
 from ..errors import TrainingError
-from .checkpoint import load_checkpoint, restore, save_checkpoint
+from ..memory import out_of_memory
+from .checkpoint import load_checkpoint, nonfinite, restore, save_checkpoint
 from . import forcing
-from .config import TrainConfig
+from .config import TrainConfig, require_train_section
 from .metrics import Task, evaluate, plot_curves, task_of, write_metrics
+from ..backend.notice import show_compiles
 from .progress import Bar, fmt_metrics
 from .rundir import RunDir
 from .schedule import lr_at
@@ -46,10 +48,11 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
     `teacher_forcing` (a probability or a decay, see forcing.py) overrides the
     spec's for cells with a teacher.
     """
+    require_train_section(net.graph)
     cfg = config or TrainConfig.from_meta(
-        net.graph.meta.get("train"), epochs=epochs, batch=batch, lr=lr, schedule=schedule,
-        clip=clip, seed=seed, data=data if isinstance(data, (str, Path)) else None,
-        teacher_forcing=teacher_forcing)
+        net.graph.meta.get("train"), net.graph, epochs=epochs, batch=batch, lr=lr,
+        schedule=schedule, clip=clip, seed=seed,
+        data=data if isinstance(data, (str, Path)) else None, teacher_forcing=teacher_forcing)
     train, test = data if isinstance(data, tuple) else nndata.load(cfg.data, net)
     if data_info is None and not isinstance(data, tuple) and nndata.is_text(cfg.data):
         data_info = nndata.text_info(cfg.data)
@@ -59,15 +62,25 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
         raise TrainingError("the training set is empty")
     plan = Plan(n, max(1, min(cfg.batch, n)), cfg.epochs)
     run = RunDir(out_dir) if out_dir is not None else None
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    if run is not None:
+        run.claim()         # one run at a time in a directory: held until fit returns
+    try:
+        return _fit(net, train, test, cfg, plan, task, run, resume, progress, data_info)
+    finally:
+        if run is not None:
+            run.release()
 
+
+def _fit(net, train, test, cfg, plan, task, run, resume, progress, data_info) -> dict:
+    n = plan.n
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     net.set_optimizer(cfg.optimizer, **({"clip": cfg.clip} if cfg.clip else {}), **cfg.hyper)
     rng = np.random.default_rng(cfg.seed)
     epoch, step, history = 0, 0, []
     if resume:
         if run is None:
             raise TrainingError("resume needs the run directory that holds the checkpoint")
-        ck = load_checkpoint(run.checkpoint)
+        ck = load_checkpoint(run.checkpoint, net)
         rng = restore(net, ck, run.checkpoint)
         epoch, step, history = ck["epoch"], ck["step"], ck["history"]
         log(f"resuming {run.checkpoint} after epoch {epoch} (step {step})")
@@ -76,22 +89,39 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
         if changed:
             log(f"note: resuming with other settings ({'; '.join(changed)}): the result "
                 f"will differ from an uninterrupted run")
-    if run is not None:
-        run.claim()
 
     bar = Bar(enabled=progress)
+    saved, first = epoch, None      # the checkpoint's epoch; the run's first loss
+    shown = show_compiles(progress)     # "compiling the training step ..." on stderr
     try:
         for epoch in range(epoch, cfg.epochs):
-            step, record = _epoch(net, train, test, cfg, plan, rng, epoch, step, bar, task)
+            step, record, loss = _epoch(net, train, test, cfg, plan, rng, epoch, step, bar, task)
+            first = loss if first is None else first
+            _check_finite(net, epoch, run, saved)
+            rise = _rising(history, record, first)
             history.append(record)
             log(fmt_metrics(record, cfg.epochs))
+            if rise:
+                record["warning"] = rise
+                print(f"warning: {rise}", file=sys.stderr, flush=True)
             if run is not None:
                 save_checkpoint(run.checkpoint, net, epoch=epoch + 1, step=step, rng=rng,
                                 history=history, config=cfg.to_dict(), data=data_info)
+                saved = epoch + 1
                 write_metrics(run.metrics, summary(history, cfg, n, nndata.n_examples(test),
                                                    task))
+    except MemoryError:
+        raise out_of_memory(net, plan.batch) from None
+    except KeyboardInterrupt:       # Ctrl-C, or SIGTERM through cli.main
+        if run is not None:
+            bar.close()
+            log(f"stopped in epoch {epoch + 1}; " + (
+                f"{run.checkpoint} holds epoch {saved} (continue with --resume)" if saved
+                else "no checkpoint written yet"))
+        raise
     finally:
         bar.close()     # an interrupt must not leave half a bar on the terminal
+        show_compiles(*shown)
     result = summary(history, cfg, n, nndata.n_examples(test), task)
     if run is not None:
         write_metrics(run.metrics, result)
@@ -117,7 +147,8 @@ class Plan:
 
 
 def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar, task: Task):
-    """One pass over the shuffled training set, then scoring: ``(step, record)``."""
+    """One pass over the shuffled training set, then scoring: ``(step, record,
+    the loss of the epoch's first step)``."""
     t0 = time.perf_counter()
     perm = rng.permutation(plan.n)
     loss_sum = 0.0
@@ -132,10 +163,11 @@ def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar, t
             p = forcing.probability(cfg.teacher_forcing, step)
             xb.update(forcing.masks(net, xb, p, rng))
         loss = float(net.train_step(xb, yb, rate))
+        first = loss if i == 0 else first
         step += 1
         if not math.isfinite(loss):
             bar.close()
-            raise _diverged(net, xb, yb, loss, step, epoch)
+            raise _diverged(net, xb, yb, loss, step, epoch, idx)
         loss_sum += loss * len(idx)
         bar.update(epoch + 1, cfg.epochs, i + 1, steps, loss,
                    (i * bs + len(idx)) / max(time.perf_counter() - t0, 1e-9))
@@ -155,7 +187,7 @@ def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar, t
     if task.unigram_bits is not None:
         record["unigram_bits"] = task.unigram_bits
     record["seconds"] = time.perf_counter() - t0
-    return step, record
+    return step, record, first
 
 
 def summary(history: list, cfg: TrainConfig, n_train: int, n_test: int,
@@ -181,7 +213,15 @@ def summary(history: list, cfg: TrainConfig, n_train: int, n_test: int,
     }
 
 
-def _diverged(net, xb, yb, loss, step, epoch) -> TrainingError:
+def _diverged(net, xb, yb, loss, step, epoch, rows) -> TrainingError:
+    bad = [f"'{k}' of training example{'s' * (len(r) > 1)} "
+           f"{', '.join(map(str, r[:5]))}{' ...' * (len(r) > 5)}"
+           for k, r in ((k, np.sort(rows[_nonfinite_rows(a)])) for k, a in {**xb, **yb}.items())
+           if len(r)]
+    if bad:
+        return TrainingError(
+            f"the loss is {loss} at step {step} (epoch {epoch + 1}) because the data holds "
+            f"NaN or infinity: {'; '.join(bad)}. Fix or remove those examples.")
     try:
         where = net.find_nonfinite(xb, yb)
     except Exception as e:        # the diagnosis must not hide the divergence itself
@@ -190,3 +230,40 @@ def _diverged(net, xb, yb, loss, step, epoch) -> TrainingError:
         f"training diverged at step {step} (epoch {epoch + 1}): the loss is {loss}; "
         f"first non-finite values: {where or 'none found on a re-run of this batch'}. "
         f"Try a lower learning rate or gradient clipping (clip).")
+
+
+def _nonfinite_rows(a) -> np.ndarray:
+    """Which rows (examples) of a batch array hold NaN or infinity."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "fc" or a.ndim == 0:
+        return np.zeros(len(np.atleast_1d(a)), bool)
+    return ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+
+
+def _check_finite(net, epoch, run, saved) -> None:
+    """A step near the end of the epoch may have left the weights (or the
+    optimizer's slots) non-finite with a finite loss: stop before saving them."""
+    bad = nonfinite({**net.params, **net.state}) + nonfinite(net.optimizer_state())
+    if bad:
+        keep = f"; {run.checkpoint} keeps epoch {saved}" if run is not None else ""
+        raise TrainingError(
+            f"training diverged in epoch {epoch + 1}: its last steps left NaN or infinity in "
+            f"{', '.join(bad[:3])}{' ...' * (len(bad) > 3)}{keep}. "
+            f"Try a lower learning rate or gradient clipping (clip).")
+
+
+RISE = 1000     # "orders of magnitude": an epoch's loss this many times the lowest before
+
+
+def _rising(history: list, record: dict, first: float) -> str | None:
+    """A warning when this epoch's mean training loss is more than RISE times
+    the lowest seen before (the run's first step or an earlier epoch) and above
+    the first step's: training that diverges without reaching NaN."""
+    if any("warning" in h for h in history):
+        return None             # once per run
+    best = min([first] + [h["train_loss"] for h in history])
+    loss = record["train_loss"]
+    if not (loss > RISE * best and loss > first):
+        return None
+    return (f"the training loss rose from {best:.4g} to {loss:.4g} in epoch {record['epoch']}: "
+            f"training is diverging (try a lower learning rate or gradient clipping)")

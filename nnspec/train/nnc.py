@@ -18,8 +18,9 @@ import warnings
 from pathlib import Path
 
 from ..errors import TrainingError
-from .bundle import check_writable, read_bundle, write_bundle
-from .checkpoint import load_weights
+from .bundle import (ARRAYS, DTYPE, INT, TABLE, TEXT, check_schema, check_writable, load_arrays,
+                     open_bundle, optional, rule, write_bundle)
+from .checkpoint import check_size, check_weights, load_weights
 
 KIND = "nnspec-model"
 VERSION = 1
@@ -32,8 +33,11 @@ def save(net, path, spec=None, *, overrides: dict | None = None, seed: int = 0,
     to what `nnspec.lower` recorded in ``net.graph.meta``.  `data` is what a
     checkpoint keeps of its data (a text's vocabulary), kept here too."""
     meta = net.graph.meta
+    sources = None
     if spec is None:
         f = meta.get("file")
+        if not (f and Path(f).is_file()):
+            sources = meta.get("sources")     # a network loaded from a .nnc: its own files
         spec = Path(f) if f and Path(f).is_file() else meta.get("source")
         if spec is None:
             raise TrainingError("save: the network does not record its spec; pass spec=")
@@ -42,7 +46,7 @@ def save(net, path, spec=None, *, overrides: dict | None = None, seed: int = 0,
     check_writable(path, (KIND,), error=TrainingError)
     write_bundle(path, KIND, {
         "version": VERSION,
-        "sources": spec_sources(spec),
+        "sources": sources or spec_sources(spec),
         "set": dict(overrides or {}),
         "dtype": net.graph.dtype,
         "seed": int(seed),
@@ -55,10 +59,8 @@ def save(net, path, spec=None, *, overrides: dict | None = None, seed: int = 0,
 def load(path):
     """The network saved in `path`, with its weights."""
     import nnspec
-    _, m = read_bundle(path, KIND, error=TrainingError)
-    if m.get("version") != VERSION:
-        raise TrainingError(f"'{path}' is a version {m.get('version')} .nnc file; "
-                            f"this nnspec reads version {VERSION}")
+    _, m = open_bundle(path, KIND, error=TrainingError)      # no array read yet
+    check_model(m, path)
     src = m["sources"]
     with tempfile.TemporaryDirectory(prefix="nnc-") as tmp:
         root = Path(tmp).resolve()
@@ -69,12 +71,32 @@ def load(path):
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(text)
         net = nnspec.compile(root / src["main"], dtype=m["dtype"], set=m["set"] or None,
-                             seed=m["seed"])
+                             seed=m["seed"], lib=[root])    # imports: only the file's own
+    net.graph.meta["sources"] = src       # so that saving it again needs no spec files
     if net.graph.hash() != m["graph"]:
         warnings.warn(f"{path}: the spec lowers to a different graph with this version "
                       f"of nnspec; loading the weights by name", stacklevel=2)
+    check_weights(net, m["weights"], path)
+    check_size(net, m, path)
+    m = load_arrays(path, m, TrainingError)
     load_weights(net, m["weights"], path)
     return net
+
+
+SOURCES = rule("a table of a main file and its sources", lambda v: isinstance(v, dict)
+               and isinstance(v.get("main"), str) and isinstance(v.get("files"), dict)
+               and v["main"] in v["files"]
+               and all(isinstance(k, str) and isinstance(t, str) for k, t in v["files"].items()))
+SCHEMA = {"version": INT, "sources": SOURCES, "set": optional(TABLE), "dtype": DTYPE,
+          "seed": INT, "graph": TEXT, "weights": ARRAYS, "data": optional(TABLE)}
+
+
+def check_model(m, path) -> None:
+    """Check a `.nnc` file's contents (arrays as `bundle.Stored`) before using them."""
+    if isinstance(m, dict) and type(m.get("version")) is int and m["version"] != VERSION:
+        raise TrainingError(f"'{path}' is a version {m.get('version')} .nnc file; "
+                            f"this nnspec reads version {VERSION}")
+    check_schema(m, SCHEMA, f"'{path}'", TrainingError)
 
 
 def spec_sources(spec) -> dict:

@@ -1,0 +1,81 @@
+"""How much memory a network needs and how much the machine has, so that a
+network too large for it is refused before anything is allocated, and running
+out of memory in training says what would fit.
+
+    check_fits(graph, "float32")          # TrainingError if the weights cannot fit
+    out_of_memory(net, batch=512)         # the TrainingError to raise on MemoryError
+
+A network holds its parameters four times (values, gradients and two
+optimizer slots: Adam's moments, or SGD's momentum and a spare) plus its
+state; a step adds its work arenas, which grow with the batch
+(`passes/memory.Plan.arena_size`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import TrainingError
+
+PARAM_COPIES = 4        # P, G, M, V in model.Network
+
+
+def available_bytes() -> int | None:
+    """MemAvailable plus free swap from /proc/meminfo; None where there is none."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {k: v for k, _, v in (line.partition(":") for line in f)}
+        return sum(int(info.get(k, "0 kB").split()[0]) * 1024 for k in ("MemAvailable", "SwapFree"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def weight_bytes(graph, dtype: str) -> int:
+    item = np.dtype(dtype).itemsize
+    return (PARAM_COPIES * graph.count("param") + graph.count("state")) * item
+
+
+def check_fits(graph, dtype: str) -> None:
+    """Refuse a network whose weights alone need more memory than is available."""
+    need, have = weight_bytes(graph, dtype), available_bytes()
+    if have is not None and need > have:
+        sets = ", ".join(f"{k}={v}" for k, v in (graph.meta.get("set") or {}).items())
+        raise TrainingError(
+            f"the network needs {fmt_bytes(need)} for its {graph.count('param'):,} parameters "
+            f"(values, gradients, optimizer state){f' with {sets}' if sets else ''}; "
+            f"this machine has {fmt_bytes(have)} available")
+
+
+def step_bytes(net, batch: int) -> int | None:
+    """What `net` needs to train at `batch`: its weights and the training
+    step's work arenas; None before the step is built (no plan yet)."""
+    step = getattr(net, "_train", None)
+    plan, dtypes = getattr(step, "plan", None), getattr(step, "arena_dtypes", None)
+    if plan is None or dtypes is None:
+        return None
+    steps = getattr(step, "_steps", 1)      # a sequence's length, as last run
+    return weight_bytes(net.graph, net.dtype) + sum(
+        plan.arena_size(dt, batch, steps) * np.dtype(dt).itemsize for dt in dtypes)
+
+
+def out_of_memory(net, batch: int) -> TrainingError:
+    """The error for a MemoryError while training `net` at `batch`: what the
+    network needs at this batch and the largest batch that fits."""
+    need, have = step_bytes(net, batch), available_bytes()
+    if need is None or have is None:
+        return TrainingError(f"out of memory training at batch {batch}; try a smaller --batch")
+    msg = (f"out of memory: the network needs {fmt_bytes(need)} for batch {batch}; "
+           f"this machine has {fmt_bytes(have)} available")
+    per_example = step_bytes(net, 2) - step_bytes(net, 1)
+    fits = (have - step_bytes(net, 0)) // per_example if per_example > 0 else 0
+    fits = min(int(fits), batch - 1)
+    if fits < 1:
+        return TrainingError(msg + " (not enough for batch 1)")
+    return TrainingError(msg + f"; try --batch {1 << (fits.bit_length() - 1)}")
