@@ -8,7 +8,7 @@ already shared: they live in the op modules and Numba caches each signature
 of them.  The kernels a step generates (StepWriter.shared_kernel) go into
 modules of their own in the cache,
 
-    $NNSPEC_CACHE/kern_<sha256 of the module's source>.py
+    <cache dir>/kern_<sha256 of the module's text>.py     (cache.load)
 
 one kernel each, named by the hash of their text: the same fused loop in
 sixteen blocks of one network, or in two networks, is one module and is
@@ -16,8 +16,6 @@ compiled (for each signature it is called with) once.  The step module holds
 each kernel's source and writes the file when it is missing.
 """
 from __future__ import annotations
-
-import hashlib
 
 import numpy as np
 
@@ -41,5 +39,4 @@ def module_source(dtype: str, text: str) -> str:
 
 def load(source: str):
     """The kernel module of `source` (module_source), from the cache."""
-    name = "kern_" + hashlib.sha256(source.encode()).hexdigest()[:24]
-    return cache.load(name, lambda: source)
+    return cache.load("kern", source)
