@@ -24,17 +24,20 @@ def available_bytes() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             info = {k: v for k, _, v in (line.partition(":") for line in f)}
-        return sum(int(info.get(k, "0 kB").split()[0]) * 1024 for k in ("MemAvailable", "SwapFree"))
+        return sum(int(info.get(k, "0 kB").split()[0]) * 1024
+                   for k in ("MemAvailable", "SwapFree"))
     except (OSError, ValueError, IndexError):
         return None
 
 
 def fmt_bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+    if n < 1000:
+        return f"{n:,.0f} bytes"
+    for unit in ("KB", "MB", "GB"):
         n /= 1000
-    raise AssertionError
+        if n < 1000:
+            return f"{n:,.1f} {unit}"
+    return f"{n / 1000:,.1f} TB"
 
 
 def weight_bytes(graph, dtype: str) -> int:
