@@ -456,7 +456,7 @@ def lr_at_then_term(schedule, lr, step, *rest):     # a few steps into epoch 2
 loop.lr_at = lr_at_then_term
 """
     r = nnspec_child(tmp_path, kill, ["train", MLP, "--set", "hidden=8", "--epochs", "3",
-                                      "--out", "run"])
+                                      "--out", "run", "--quiet"])
     assert r.returncode == 143, r.stderr
     assert "Traceback" not in r.stderr and r.stderr.strip().endswith("terminated")
     assert "stopped in epoch 2; run/checkpoint.npz holds epoch 1" in r.stderr

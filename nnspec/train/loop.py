@@ -113,11 +113,11 @@ def _fit(net, train, test, cfg, plan, task, run, resume, progress, data_info) ->
     except MemoryError:
         raise out_of_memory(net, plan.batch) from None
     except KeyboardInterrupt:       # Ctrl-C, or SIGTERM through cli.main
-        if run is not None:
+        if run is not None:         # said even when quiet: it is where the run ended
             bar.close()
-            log(f"stopped in epoch {epoch + 1}; " + (
+            print(f"stopped in epoch {epoch + 1}; " + (
                 f"{run.checkpoint} holds epoch {saved} (continue with --resume)" if saved
-                else "no checkpoint written yet"))
+                else "no checkpoint written yet"), file=sys.stderr, flush=True)
         raise
     finally:
         bar.close()     # an interrupt must not leave half a bar on the terminal
