@@ -176,7 +176,7 @@ NNC_CASES = {   # case -> what the message says
     "text-weights": "dtype <U1", "complex-weights": "dtype complex64",
     "hidden-1e7": "hidden=10000000", "version-9": "version 9",
     "dtype-float16": "'dtype' must be 'float32' or 'float64'",
-    "deflate-bomb": "hold 6.4 GB",
+    "deflate-bomb": "6.4 GB",   # more than the network holds, or than is available
 }
 
 
