@@ -2,7 +2,7 @@
 network too large for it is refused before anything is allocated, and running
 out of memory in training says what would fit.
 
-    check_fits(graph, "float32")          # TrainingError if the weights cannot fit
+    check_fits(graph, "float32")          # TrainingError if the weights cannot fit at all
     out_of_memory(net, batch=512)         # the TrainingError to raise on MemoryError
 
 A network holds its parameters four times (values, gradients and two
@@ -24,17 +24,20 @@ def available_bytes() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             info = {k: v for k, _, v in (line.partition(":") for line in f)}
-        return sum(int(info.get(k, "0 kB").split()[0]) * 1024 for k in ("MemAvailable", "SwapFree"))
+        return sum(int(info.get(k, "0 kB").split()[0]) * 1024
+                   for k in ("MemAvailable", "SwapFree"))
     except (OSError, ValueError, IndexError):
         return None
 
 
 def fmt_bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+    if n < 1000:
+        return f"{n:,.0f} bytes"
+    for unit in ("KB", "MB", "GB"):
         n /= 1000
-    raise AssertionError
+        if n < 1000:
+            return f"{n:,.1f} {unit}"
+    return f"{n / 1000:,.1f} TB"
 
 
 def weight_bytes(graph, dtype: str) -> int:
@@ -43,14 +46,16 @@ def weight_bytes(graph, dtype: str) -> int:
 
 
 def check_fits(graph, dtype: str) -> None:
-    """Refuse a network whose weights alone need more memory than is available."""
-    need, have = weight_bytes(graph, dtype), available_bytes()
+    """Refuse a network whose parameters and state, once, need more memory than
+    is available: what `Network` fills at once (its gradient and optimizer
+    arrays are zeros the system maps only when training writes them)."""
+    need = (graph.count("param") + graph.count("state")) * np.dtype(dtype).itemsize
+    have = available_bytes()
     if have is not None and need > have:
         sets = ", ".join(f"{k}={v}" for k, v in (graph.meta.get("set") or {}).items())
         raise TrainingError(
-            f"the network needs {fmt_bytes(need)} for its {graph.count('param'):,} parameters "
-            f"(values, gradients, optimizer state){f' with {sets}' if sets else ''}; "
-            f"this machine has {fmt_bytes(have)} available")
+            f"the network's {graph.count('param'):,} parameters need {fmt_bytes(need)}"
+            f"{f' with {sets}' if sets else ''}; this machine has {fmt_bytes(have)} available")
 
 
 def step_bytes(net, batch: int) -> int | None:

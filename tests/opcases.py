@@ -106,7 +106,9 @@ def pool_family(note, x, attrs):
             CA("avgpool", [X(*x)], note, attrs),
             CA("avgpool_grad", [X(*out), X(*x, grad=False)], note, attrs),
             CA("unpool", [X(*out), Arg(out, True, "int64", high=plane, grad=False),
-                          X(*x, grad=False)], note + "-like", {})]
+                          X(*x, grad=False)], note + "-like", {}),
+            CA("unpool", [X(*out), Arg(out, True, "int64", high=plane, grad=False),
+                          X(*x, grad=False)], note + "-like-add", {"add": True})]
 
 
 def bn_family(note, x, training):
@@ -229,6 +231,8 @@ CASES = [
     CA("unpool", [X(2, 3, 3, 3), Arg((2, 3, 3, 3), True, "int64", high=36, grad=False)],
        "size", {"size": [6, 6]}),
     CA("gather_switches", [X(2, 3, 6, 6), Arg((2, 3, 3, 3), True, "int64", high=36)], "", {}),
+    CA("gather_switches", [X(2, 3, 6, 6), Arg((2, 3, 3, 3), True, "int64", high=36)], "add",
+       {"add": True}),
     # ---- shape -------------------------------------------------------------------
     C("reshape", [X(2, 3, 4)], "flatten", shape=[12]),
     C("reshape", [X(2, 3, 4)], "minus1", shape=[4, -1]),

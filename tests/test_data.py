@@ -123,6 +123,10 @@ def test_csv_missing_target_column_is_named(tmp_path):
     p = _csv(tmp_path / "e.csv", "a,b,c,d", [r[:r.rindex(",")] for r in ROWS])
     with pytest.raises(DataError, match="no column for the target 'label'"):
         data.load(p, FakeNet(in_shape=(4,), classes=3))
+    p = _csv(tmp_path / "f.csv", None, [r[:r.rindex(",")] for r in ROWS])     # no header either
+    with pytest.raises(DataError, match=r"4 columns, as many as the input 'x' takes: none is "
+                                        r"left for the target 'label'"):
+        data.load(p, FakeNet(in_shape=(4,), classes=3))
 
 
 def test_csv_for_predicting_needs_no_target(tmp_path):

@@ -78,6 +78,7 @@ CASES = [("", True), ("reverse=true", True), ("direction=bidir, merge=concat", F
 COMBOS = [(c, o, f) for c in CELLS for o, f in CASES
           if os.environ.get("NNSPEC_SLOW") or c == "elman"
           or (c == "lstm" and o in ("", "mask=mask, bptt=2")) or (c == "gru" and "bidir" in o)]
+COMBOS.append(("gru", "reset_after=true", True))    # PyTorch's form: stacked gates, split
 
 
 @pytest.mark.parametrize("cell,options,final", COMBOS)

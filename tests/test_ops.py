@@ -209,6 +209,34 @@ def test_maxpool_and_switches_against_loops():
                                       expect)
 
 
+def test_unpool_places_once_after_overlapping_windows():
+    """3x3 windows at stride 2 overlap: two windows choose each maximum.  unpool
+    places it once (PyTorch's max_unpool2d, ONNX's MaxUnpool), the first
+    window's value where their values differ; maxpool's gradient (add=true)
+    sums them; gather_switches (the adjoint) reads g for the first window only."""
+    x = np.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 14, 25],
+                  [1, 2, 3, 4, 5], [0, 0, 0, 0, 0]], np.float64)[None, None]
+    attrs = {"kernel": [3, 3], "stride": [2, 2], "pad": [0, 0], "ceil_mode": False}
+    sw = get_op("maxpool_switches").reference(attrs, x)
+    np.testing.assert_array_equal(sw[0, 0], [[12, 14], [12, 14]])
+    v = np.array([[10.0, 20.0], [30.0, 40.0]])[None, None]
+    pooled = get_op("maxpool").reference(attrs, x)
+    placed, summed = np.zeros((1, 1, 5, 5)), np.zeros((1, 1, 5, 5))
+    placed[0, 0, 2, 2], placed[0, 0, 2, 4] = 10, 20
+    summed[0, 0, 2, 2], summed[0, 0, 2, 4] = 40, 60
+    restored = np.where(x == 13, 13.0, 0) + np.where(x == 25, 25.0, 0)
+    unpool, gather = get_op("unpool"), get_op("gather_switches")
+    g = np.arange(25.0).reshape(1, 1, 5, 5)
+    for add, values, want in ((False, pooled, restored), (False, v, placed), (True, v, summed)):
+        for op, args, expect in ((unpool, [values, sw, x], want),
+                                 (gather, [g, sw], np.array([[12.0, 14], [0, 0]])[None, None]
+                                  if not add else np.array([[12.0, 14], [12, 14]])[None, None])):
+            at = {"add": add}
+            np.testing.assert_array_equal(op.reference(at, *args), expect)
+            np.testing.assert_array_equal(run_kernel(op, at, args, expect.shape, "float64"),
+                                          expect)
+
+
 def test_avgpool_counts_padding_like_pytorch():
     x = np.ones((1, 1, 3, 3))
     attrs = {"kernel": [2, 2], "stride": [2, 2], "pad": [1, 1], "ceil_mode": False}

@@ -89,10 +89,16 @@ def read_csv(p: Path, target_column: int = -1, net=None, targets: bool = True) -
 def _by_position(a, p: Path, target_column: int, net, targets: bool) -> dict:
     """No header: the target is the last column (or `target_column`)."""
     inputs = getattr(net, "inputs", {})
-    if not targets and len(inputs) == 1:
-        shape = per_example(next(iter(inputs.values())))
+    if len(inputs) == 1:
+        name, shape = next(iter(inputs.items()))
+        shape = per_example(shape)
         if all(isinstance(d, int) for d in shape) and math.prod(shape) == a.shape[1]:
-            return {"input": a}           # inputs only, as wide as the network's input
+            if not targets:
+                return {"input": a}       # inputs only, as wide as the network's input
+            target = next(iter(getattr(net, "targets", {})), "target")
+            raise DataError(f"'{p}' has {a.shape[1]} columns, as many as the input '{name}' "
+                            f"takes: none is left for the target '{target}' (without a header, "
+                            f"the last column); add it, or a header naming the columns")
     if a.shape[1] < 2:
         raise DataError(f"'{p}' has {a.shape[1]} column; a .csv needs input columns "
                         f"and a target column")

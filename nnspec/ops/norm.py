@@ -14,6 +14,10 @@ batchnorm(x, weight, bias, running_mean, running_var; momentum, eps, training)
 batchnorm_stat(x, state; stat, momentum)      [the state update, PyTorch's rule]
     stat "mean": (1 - momentum) * running_mean + momentum * batch mean
     stat "var":  (1 - momentum) * running_var + momentum * *unbiased* batch var
+    The running variance takes the unbiased batch variance (n / (n - 1) times
+    the one the batch is normalised with; n = B * H * W), as PyTorch does;
+    ONNX's BatchNormalization takes the biased one, and its momentum is the
+    weight of the old value (1 - momentum here).
     The `batchnorm` layer emits one per running statistic, with `updates` naming
     the state leaf.
 batchnorm_grad(g, x, weight, running_mean, running_var; part, eps, training)
@@ -371,7 +375,10 @@ def dropout_mask(x, step, out, p, seed, training):
 def batchnorm_layer(ctx, x, *, momentum=0.1, eps=1e-5):
     """Batch normalisation per channel (axis 1) of [B, C], [B, C, L] or
     [B, C, H, W], as PyTorch's BatchNorm: parameters weight (ones) and bias
-    (zeros), state running_mean (zeros) and running_var (ones)."""
+    (zeros), state running_mean (zeros) and running_var (ones).  Training
+    normalises with the biased batch variance and updates running_var with
+    the unbiased one, as PyTorch (ONNX's BatchNormalization uses the biased
+    one there, and its momentum is 1 - momentum)."""
     xs = ctx.shape(x)
     if len(xs) not in (2, 3, 4):
         ctx.fail(f"batchnorm: needs [B, C], [B, C, L] or [B, C, H, W], got {fmt(xs)}")

@@ -4,9 +4,18 @@
     maxpool_switches(x)           int64 index of each window's first maximum,
                                   flat within its channel's plane (H*W or L), as
                                   PyTorch's max_unpool indices; not differentiable
-    unpool(v, switches[, like])   v added at the switch positions of a zero
-                                  plane; output like's shape or [B, C, *size]
-    gather_switches(g, switches)  g read at the switch positions (unpool's adjoint)
+    unpool(v, switches[, like])   v placed at the switch positions of a zero
+                                  plane; output like's shape or [B, C, *size].
+                                  Where several windows chose one position
+                                  (overlapping windows), the value is placed
+                                  once, not summed, as PyTorch's max_unpool2d
+                                  and ONNX's MaxUnpool: the first such window's
+                                  (row-major order; PyTorch and ONNX leave which
+                                  one unspecified).  With attr add=true the
+                                  values are summed: maxpool's gradient.
+    gather_switches(g, switches)  g read at the switch positions (unpool's
+                                  adjoint: with add=false, zero at the windows
+                                  whose value unpool does not place)
     avgpool(x)                    mean over each window; count_include_pad as PyTorch
     avgpool_grad(g, x)            avgpool's adjoint (x gives the shape)
 
@@ -14,7 +23,7 @@ Attrs, per spatial axis: `kernel`, `stride`, `pad` (ints); and `ceil_mode`,
 `count_include_pad` (avgpool, default True).  Output size per axis:
 floor((n + 2p - k) / s) + 1 (ceil with ceil_mode, the last window starting
 inside the input or its left padding).  maxpool's gradient is
-unpool(g, maxpool_switches(x), x).
+unpool(g, maxpool_switches(x), x; add=true).
 """
 from __future__ import annotations
 
@@ -93,7 +102,7 @@ class MaxPool(Op):
     def grad(self, gb, node, g):
         x = node.inputs[0]
         sw = gb.add("maxpool_switches", (x,), node.attrs)
-        return [gb.add("unpool", (g, sw, x), {})]
+        return [gb.add("unpool", (g, sw, x), {"add": True})]
 
     def kernel(self, attrs):
         return maxpool, _extra(attrs)
@@ -148,16 +157,22 @@ class Unpool(Op):
         shape = like.shape if like is not None else v.shape[:2] + tuple(attrs["size"])
         out = np.zeros((v.shape[0] * v.shape[1], prod(shape[2:])), v.dtype)
         rows = np.repeat(np.arange(out.shape[0]), prod(v.shape[2:]))
-        np.add.at(out, (rows, sw.reshape(-1)), v.reshape(-1))
+        if attrs.get("add", False):
+            np.add.at(out, (rows, sw.reshape(-1)), v.reshape(-1))
+        else:
+            first = _first_windows(sw, out.shape[1]).reshape(-1)
+            out[rows[first], sw.reshape(-1)[first]] = v.reshape(-1)[first]
         return out.reshape(shape)
 
     def grad(self, gb, node, g):
         sw = node.inputs[1]
-        return [gb.add("gather_switches", (g, sw), {}) if gb.wants(0) else None, None] + \
+        at = {"add": bool(node.attrs.get("add", False))}
+        return [gb.add("gather_switches", (g, sw), at) if gb.wants(0) else None, None] + \
             [None] * (len(node.inputs) - 2)
 
     def kernel(self, attrs):
-        return (unpool_like, ()) if attrs.get("size") is None else (unpool, ())
+        add = (bool(attrs.get("add", False)),)
+        return (unpool_like, add) if attrs.get("size") is None else (unpool, add)
 
 
 class GatherSwitches(Op):
@@ -174,14 +189,28 @@ class GatherSwitches(Op):
     def reference(self, attrs, g, sw):
         gf = g.reshape(g.shape[0] * g.shape[1], -1)
         rows = np.arange(gf.shape[0])[:, None]
-        return gf[rows, sw.reshape(gf.shape[0], -1)].reshape(sw.shape)
+        out = gf[rows, sw.reshape(gf.shape[0], -1)].reshape(sw.shape)
+        if not attrs.get("add", False):
+            out = np.where(_first_windows(sw, gf.shape[1]), out, 0).astype(out.dtype)
+        return out
 
     def grad(self, gb, node, g2):
         g, sw = node.inputs
-        return [gb.add("unpool", (g2, sw, g), {}), None]
+        return [gb.add("unpool", (g2, sw, g), {"add": bool(node.attrs.get("add", False))}),
+                None]
 
     def kernel(self, attrs):
-        return gather_switches, ()
+        return gather_switches, (bool(attrs.get("add", False)),)
+
+
+def _first_windows(sw, plane: int) -> np.ndarray:
+    """Whether each window is the first (row-major) of its plane to choose
+    its switch position: the one whose value unpool places."""
+    n = sw.shape[0] * sw.shape[1]
+    keys = (np.arange(n)[:, None] * plane + sw.reshape(n, -1)).reshape(-1)
+    first = np.zeros(keys.size, bool)
+    first[np.unique(keys, return_index=True)[1]] = True
+    return first.reshape(sw.shape)
 
 
 class AvgPool(Op):
@@ -331,7 +360,7 @@ def maxpool_switches(x, out, kern, stride, pad):
 
 
 @kernel
-def _unpool(v, sw, out):
+def _unpool(v, sw, out, add):
     # (explicit sizes: reshape with -1 miscompiles inside this parallel kernel)
     n = v.shape[0] * v.shape[1]
     vf = v.reshape((n, v.size // n))
@@ -340,29 +369,43 @@ def _unpool(v, sw, out):
     for t in range(n):
         for i in range(of.shape[1]):
             of[t, i] = 0
-        for k in range(vf.shape[1]):
-            of[t, sf[t, k]] += vf[t, k]
+        if add:
+            for k in range(vf.shape[1]):
+                of[t, sf[t, k]] += vf[t, k]
+        else:       # backwards: the first window to choose a position writes last
+            for k in range(vf.shape[1] - 1, -1, -1):
+                of[t, sf[t, k]] = vf[t, k]
 
 
 @kernel
-def unpool(v, sw, out):
-    _unpool(v, sw, out)
+def unpool(v, sw, out, add):
+    _unpool(v, sw, out, add)
 
 
 @kernel
-def unpool_like(v, sw, like, out):
-    _unpool(v, sw, out)
+def unpool_like(v, sw, like, out, add):
+    _unpool(v, sw, out, add)
 
 
 @kernel
-def gather_switches(g, sw, out):
+def gather_switches(g, sw, out, add):
     n = g.shape[0] * g.shape[1]
     gf = g.reshape((n, g.size // n))
     sf = sw.reshape((n, sw.size // n))
     of = out.reshape((n, out.size // n))
+    seen = np.zeros(0 if add else gf.shape[1], np.bool_)
     for t in range(n):
         for i in range(of.shape[1]):
-            of[t, i] = gf[t, sf[t, i]]
+            s = sf[t, i]
+            if add or not seen[s]:
+                of[t, i] = gf[t, s]
+            else:           # a later window: unpool did not place its value
+                of[t, i] = 0
+            if not add:
+                seen[s] = True
+        if not add:
+            for i in range(of.shape[1]):
+                seen[sf[t, i]] = False
 
 
 @kernel
@@ -505,7 +548,9 @@ def global_avgpool(ctx, x):
 @layer("unpool", inputs=2)
 def unpool_layer(ctx, v, switches, k, stride=None, *, pad=0, size=None):
     """Places values at the positions `maxpool(..., switches=true)` recorded, zeros
-    elsewhere; output size (n-1)*stride - 2*pad + k per axis unless `size` is given."""
+    elsewhere; output size (n-1)*stride - 2*pad + k per axis unless `size` is given.
+    A position several overlapping windows chose gets one value, not their sum
+    (as PyTorch's max_unpool2d and ONNX's MaxUnpool): the first window's."""
     vs = ctx.shape(v)
     nd = len(vs) - 2
     ks = _per_axis(ctx, "unpool: kernel", k, nd)

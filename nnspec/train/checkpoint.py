@@ -56,7 +56,7 @@ def save_checkpoint(path, net, *, epoch: int, step: int, rng: np.random.Generato
             "model": dict(net.state_dict()), "optimizer": net.optimizer_state()}
     bad = nonfinite({"model": tree["model"], "optimizer": tree["optimizer"]})
     if bad:
-        raise TrainingError(f"not writing {path}: {_some(bad)} hold NaN or infinity")
+        raise TrainingError(f"not writing {path}: {some_names(bad)} hold NaN or infinity")
     write_bundle(path, KIND, tree)
 
 
@@ -71,7 +71,8 @@ def nonfinite(tree, prefix="") -> list[str]:
     return []
 
 
-def _some(names: list) -> str:
+def some_names(names: list) -> str:
+    """The first three names, quoted, and how many more."""
     more = f" (and {len(names) - 3} more)" if len(names) > 3 else ""
     return ", ".join(f"'{n}'" for n in names[:3]) + more
 
@@ -152,7 +153,7 @@ def load_weights(net, weights: dict, source) -> None:
     check_weights(net, weights, source)
     bad = nonfinite(weights)
     if bad:
-        raise TrainingError(f"{source}: the weights {_some(bad)} hold NaN or infinity")
+        raise TrainingError(f"{source}: the weights {some_names(bad)} hold NaN or infinity")
     net.load_state_dict(weights)
 
 
@@ -161,7 +162,8 @@ def restore(net, ck: dict, source) -> np.random.Generator:
     load_weights(net, ck["model"], source)
     bad = nonfinite(ck["optimizer"])
     if bad:
-        raise TrainingError(f"{source}: the optimizer state {_some(bad)} holds NaN or infinity")
+        raise TrainingError(f"{source}: the optimizer state {some_names(bad)} holds NaN "
+                            f"or infinity")
     rng = np.random.default_rng()
     try:
         net.load_optimizer_state(ck["optimizer"])

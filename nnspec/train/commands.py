@@ -63,7 +63,8 @@ def add_parsers(sub) -> None:
     _common(p, model=True)
     p.add_argument("--checkpoint", metavar="F", help=CHECKPOINT_HELP)
     p.add_argument("--input", metavar="X.npz",
-                   help="arrays named like the spec's inputs (or 'input')")
+                   help="a .npz of arrays named like the spec's inputs (or 'input'), or a "
+                        ".csv (columns as for --data; the target columns may be left out)")
     p.add_argument("--generate", type=_num("count"), metavar="N",
                    help="sample N characters from a model trained on text:PATH data")
     p.add_argument("--prompt", default="", metavar="S", help="text to continue (--generate)")

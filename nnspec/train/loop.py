@@ -23,7 +23,7 @@ import numpy as np
 from .. import data as nndata
 from ..errors import TrainingError
 from ..memory import out_of_memory
-from .checkpoint import load_checkpoint, nonfinite, restore, save_checkpoint
+from .checkpoint import load_checkpoint, nonfinite, restore, save_checkpoint, some_names
 from . import forcing
 from .config import TrainConfig, require_train_section
 from .metrics import Task, evaluate, plot_curves, task_of, write_metrics
@@ -113,11 +113,11 @@ def _fit(net, train, test, cfg, plan, task, run, resume, progress, data_info) ->
     except MemoryError:
         raise out_of_memory(net, plan.batch) from None
     except KeyboardInterrupt:       # Ctrl-C, or SIGTERM through cli.main
-        if run is not None:
+        if run is not None:         # said even when quiet: it is where the run ended
             bar.close()
-            log(f"stopped in epoch {epoch + 1}; " + (
+            print(f"stopped in epoch {epoch + 1}; " + (
                 f"{run.checkpoint} holds epoch {saved} (continue with --resume)" if saved
-                else "no checkpoint written yet"))
+                else "no checkpoint written yet"), file=sys.stderr, flush=True)
         raise
     finally:
         bar.close()     # an interrupt must not leave half a bar on the terminal
@@ -214,10 +214,14 @@ def summary(history: list, cfg: TrainConfig, n_train: int, n_test: int,
 
 
 def _diverged(net, xb, yb, loss, step, epoch, rows) -> TrainingError:
-    bad = [f"'{k}' of training example{'s' * (len(r) > 1)} "
-           f"{', '.join(map(str, r[:5]))}{' ...' * (len(r) > 5)}"
-           for k, r in ((k, np.sort(rows[_nonfinite_rows(a)])) for k, a in {**xb, **yb}.items())
-           if len(r)]
+    """The error for a non-finite loss: the data's fault when the batch (its
+    training examples `rows`) holds NaN or infinity, else where it first appears."""
+    bad = []
+    for k, a in {**xb, **yb}.items():
+        r = np.sort(rows[_nonfinite_rows(a)])
+        if len(r):
+            bad.append(f"'{k}' of training example{'s' if len(r) > 1 else ''} "
+                       f"{', '.join(map(str, r[:5]))}{' ...' if len(r) > 5 else ''}")
     if bad:
         return TrainingError(
             f"the loss is {loss} at step {step} (epoch {epoch + 1}) because the data holds "
@@ -248,7 +252,7 @@ def _check_finite(net, epoch, run, saved) -> None:
         keep = f"; {run.checkpoint} keeps epoch {saved}" if run is not None else ""
         raise TrainingError(
             f"training diverged in epoch {epoch + 1}: its last steps left NaN or infinity in "
-            f"{', '.join(bad[:3])}{' ...' * (len(bad) > 3)}{keep}. "
+            f"{some_names(bad)}{keep}. "
             f"Try a lower learning rate or gradient clipping (clip).")
 
 
