@@ -17,38 +17,33 @@ from .errors import DataError, NNSpecError, ShapeError, SpecError, TrainingError
 __version__ = "0.1.0"
 
 
-def lower(spec, *, set: dict | None = None, dtype: str = "float32"):
-    """Spec (a path or text) -> IR graph, without compiling it."""
-    from .frontend import load_graph
-    graph = load_graph(spec, set=set, dtype=dtype)
-    src = _source_of(spec)
-    graph.meta["source"] = src["text"]
-    graph.meta["file"] = src["file"]
+def lower(spec, *, set: dict | None = None, dtype: str = "float32", lib=None):
+    """Spec -> IR graph, without compiling it.
+
+    `spec` is a path (a `Path`, or a str with neither a newline nor a `{`)
+    to a .nn, .yaml or .yml file, or spec text (a str holding a newline or a
+    `{`).  `lib`: the folders imports may come from besides the spec's own
+    (default: those in ``$NNSPEC_PATH``)."""
+    from .frontend.load import load_text, lower_module, spec_source
+    text, file = spec_source(spec)
+    graph = lower_module(*load_text(text, file, lib=lib), set=set, dtype=dtype)
+    graph.meta["source"] = text
+    graph.meta["file"] = file
     graph.meta["set"] = dict(set or {})
     return graph
 
 
-def compile(spec, *, dtype: str = "float32", set: dict | None = None, seed: int = 0):
-    """Spec (a path to a .nn/.yaml file, or spec text) -> a compiled `Network`."""
+def compile(spec, *, dtype: str = "float32", set: dict | None = None, seed: int = 0,
+            lib=None):
+    """Spec (a path or text, as for `lower`) -> a compiled `Network`."""
     from .model import Network
-    return Network(lower(spec, set=set, dtype=dtype), dtype=dtype, seed=seed)
+    return Network(lower(spec, set=set, dtype=dtype, lib=lib), dtype=dtype, seed=seed)
 
 
 def load(path):
     """Load a network saved with `net.save(path)` / `nnspec compile -o`."""
     from .train.nnc import load as _load
     return _load(path)
-
-
-def _source_of(spec):
-    from pathlib import Path
-    try:
-        if isinstance(spec, Path) or (isinstance(spec, str) and "\n" not in spec
-                                      and spec.endswith((".nn", ".yaml", ".yml"))):
-            return {"file": str(spec), "text": Path(spec).read_text()}
-    except OSError:
-        pass
-    return {"file": "<spec>", "text": str(spec)}
 
 
 __all__ = ["compile", "load", "lower", "DataError", "NNSpecError", "ShapeError", "SpecError",

@@ -41,11 +41,22 @@ def _value(v: str):
     return v
 
 
+def add_lib(p) -> None:
+    p.add_argument("--lib", action="append", default=[], metavar="DIR",
+                   help="a folder imports may come from (besides the spec's own and "
+                        "$NNSPEC_PATH); repeatable")
+
+
+def lib_path(args) -> list:
+    from .frontend.load import search_path
+    return search_path(getattr(args, "lib", None) or ())
+
+
 def cmd_check(args) -> int:
     from .frontend import check_file
     bad = 0
     for f in args.files:
-        errors = check_file(f)
+        errors = check_file(f, lib=lib_path(args))
         for e in errors:
             print(e.render(), file=sys.stderr)
         bad += bool(errors)
@@ -57,7 +68,7 @@ def cmd_check(args) -> int:
 def cmd_inspect(args) -> int:
     from . import lower
     from .inspect import render, summary
-    graph = lower(args.file, set=parse_set(args.set), dtype=args.dtype)
+    graph = lower(args.file, set=parse_set(args.set), dtype=args.dtype, lib=lib_path(args))
     info = summary(graph)
     info.pop("macs_nodes")
     print(json.dumps(info, indent=2) if args.json else render(info))
@@ -67,7 +78,7 @@ def cmd_inspect(args) -> int:
 def cmd_graph(args) -> int:
     from . import lower
     from .viz import to_dot, write_graph
-    graph = lower(args.file, set=parse_set(args.set))
+    graph = lower(args.file, set=parse_set(args.set), lib=lib_path(args))
     if args.backward:
         from .errors import SpecError
         from .passes.autodiff import backward
@@ -89,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="check specs for errors")
     c.add_argument("files", nargs="+", metavar="FILE")
     c.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    add_lib(c)
     c.set_defaults(func=cmd_check)
 
     i = sub.add_parser("inspect", help="layers, shapes, parameters, multiply-adds")
@@ -96,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--set", action="append", metavar="K=V", help="override a network argument")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    add_lib(i)
     i.set_defaults(func=cmd_inspect)
 
     g = sub.add_parser("graph", help="write the IR graph as DOT (SVG/PNG with Graphviz)")
@@ -103,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", metavar="OUT", help="out.dot, out.svg or out.png")
     g.add_argument("--set", action="append", metavar="K=V")
     g.add_argument("--backward", action="store_true", help="include the backward graph")
+    add_lib(g)
     g.set_defaults(func=cmd_graph)
 
     from .cache_cli import add_parser as add_cache_parser

@@ -13,7 +13,10 @@ and, when raised inside a block, the chain of call sites that led there.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,23 @@ class Loc:
         return f"{self.file}:{self.line}:{self.col}"
 
     def source_line(self) -> str:
-        lines = self.source.splitlines()
-        return lines[self.line - 1] if 0 < self.line <= len(lines) else ""
+        """Line `line` of the source, counted as the parser counts lines: by
+        "\\n" only (str.splitlines would also split at a form feed or U+2028)."""
+        lines = self.source.split("\n")
+        line = lines[self.line - 1] if 0 < self.line <= len(lines) else ""
+        return line[:-1] if line.endswith("\r") else line
+
+    def excerpt(self, width: int = 100) -> tuple[str, int]:
+        """(text, col): the source line as errors quote it, at most `width`
+        characters around the column, control characters shown as "?" (a
+        quoted line must not drive the terminal), and the column within it."""
+        line, col = self.source_line(), self.col
+        if len(line) > width:
+            start = max(0, min(col - 1 - width // 2, len(line) - width))
+            line = ("..." if start else "") + line[start:start + width] + \
+                ("..." if start + width < len(line) else "")
+            col = col - start + (3 if start else 0)
+        return _CONTROL.sub("?", line), col
 
 
 class NNSpecError(Exception):
@@ -80,12 +98,18 @@ class TrainingError(NNSpecError):
 
 
 def caret(loc: Loc) -> list[str]:
-    line = loc.source_line()
-    if not line:
+    line, col = loc.excerpt()
+    if not line.strip():
         return []
     # keep tabs so the caret lines up under the same column
-    pad = "".join(c if c == "\t" else " " for c in line[: max(loc.col - 1, 0)])
+    pad = "".join(c if c == "\t" else " " for c in line[: max(col - 1, 0)])
+    pad += " " * (col - 1 - len(pad))          # a column past the end of the line
     return ["    " + line, "    " + pad + "^"]
+
+
+def trimmed(text: str, width: int = 60) -> str:
+    """`text` cut to `width` characters, for quoting a token or value in a message."""
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def did_you_mean(name: str, choices) -> str | None:

@@ -7,6 +7,7 @@ its own (built once, whatever the sequence length).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -14,15 +15,14 @@ from ..errors import Loc, ShapeError, SpecError, did_you_mean
 from ..ir import BATCH, TIME, Graph
 from ..ops import all_layers
 from ..ops.base import fmt
-from . import ast, teacher, tree
+from . import ast, limits, teacher, tree
 from .values import (Builtin, CellResult, Instance, Layer, Repeat, Symbol, Tensor,
                      TimeIndex, ZeroInit, type_name)
 
 TRAIN_KEYS = ("loss", "optimizer", "schedule", "batch", "epochs", "clip", "data", "seed",
-              "lr", "bptt", "metrics", "decoder_input", "start", "teacher_forcing")
+              "lr", "bptt", "metrics", "decoder_input", "start", "teacher_forcing", "args")
 CELL_OPTIONS = ("reverse", "direction", "merge", "init", "mask", "bptt", "parent", "teacher",
                 "teacher_state")
-MAX_ITERATIONS = 100_000
 BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 
 
@@ -141,9 +141,11 @@ class Lowerer:
         self.builtins = make_builtins()
         self.counters: dict = {}
         self.instances: list[Instance] = []
+        self.names: set = set()         # the instances' names
         self.stack: list[str] = []      # blocks being expanded (recursion guard)
         self.tapes: list[dict] = []     # instances made inside a block/cell application
         self.forced: list = []          # (loop id, teacher id) of each teacher-forced cell
+        self.iterations = 0             # `for` iterations so far (limits.MAX_ITERATIONS)
 
     # ---- module-level names ----------------------------------------------------
     def collect(self, module: ast.Module, seen=None):
@@ -200,26 +202,36 @@ class Lowerer:
         self.counters[name] = n + 1
         if n:
             name = f"{name}_{n}"
-        while name in self.low_graph_names():
+        while name in self.names:
             n += 1
             self.counters[f"{scope.prefix}{hint or base}"] = n + 1
             name = f"{scope.prefix}{hint or base}_{n}"
         inst = Instance(name, kind=kind)
         self.instances.append(inst)
+        self.names.add(name)
         return inst
 
-    def low_graph_names(self):
-        return {i.name for i in self.instances}
-
     # ---- the network -------------------------------------------------------------
+    def library(self):
+        """Check a file without a network: valid when it is a library that
+        defines or imports blocks or cells."""
+        self.collect(self.main)
+        if not any(isinstance(d, ast.Block) for d in self.defs.values()):
+            self.no_network()
+
+    def no_network(self):
+        blocks = any(isinstance(d, ast.Block) for d in self.defs.values())
+        raise SpecError("this file defines no network" + ("" if blocks else " and no blocks"),
+                        Loc(self.main.file, 1, 1, self.main.source),
+                        "add `network NAME { ... }`" + (", or import this file from one"
+                                                       if blocks else ""))
+
     def lower(self, overrides: dict | None = None) -> Graph:
         self.collect(self.main)
         nets = [i for i in self.main.items if isinstance(i, ast.Network)]
         trains = [i for i in self.main.items if isinstance(i, ast.Train)]
         if not nets:
-            raise SpecError("this file defines no network", Loc(self.main.file, 1, 1,
-                                                                  self.main.source),
-                            "add `network NAME { ... }`, or import this file from one")
+            self.no_network()
         if len(nets) > 1:
             raise SpecError("a file holds at most one network", nets[1].loc)
         if len(trains) > 1:
@@ -273,6 +285,12 @@ class Lowerer:
                     raise SpecError(f"unknown train setting '{st.name}'", st.loc,
                                     did_you_mean(st.name, TRAIN_KEYS) or
                                     f"settings: {', '.join(TRAIN_KEYS)}")
+                if st.name in ("data", "args") and isinstance(st.value, ast.Call):
+                    cfg[st.name] = self.train_call(st, scope)
+                    continue
+                if st.name == "args":
+                    raise SpecError("args names the network's arguments for training, as "
+                                    "a call", st.value.loc, f"args = {self.main_name()}(size = 32)")
                 v = self.eval(st.value, scope, symbols=True)
                 if st.name == "loss":
                     if not isinstance(v, Tensor) or self.graph.shape(v.nid) != ():
@@ -290,6 +308,35 @@ class Lowerer:
                             "for example: loss = cross_entropy(logits, label)")
         return cfg
 
+    def train_call(self, st: ast.Assign, scope: Scope):
+        """`data = digits(size = 32)`: the data set's text with its options,
+        "digits(size=32)" (nnspec.data reads it); `args = net(size = 32)`: the
+        network's arguments for training, {"size": 32}."""
+        call = st.value
+        if not isinstance(call.func, ast.Name) or call.args:
+            raise SpecError(f"{st.name} takes a name with keyword options, e.g. "
+                            f"{'digits(size = 32)' if st.name == 'data' else 'net(size = 32)'}",
+                            call.loc)
+        opts = {}
+        for kw in call.kwargs:
+            v = plain(self.eval(kw.value, scope, symbols=True))
+            if kw.name in opts or not isinstance(v, (bool, int, float, str)):
+                raise SpecError(f"{st.name}: option '{kw.name}' " + (
+                    "given twice" if kw.name in opts else "takes a number, a bool or a name"),
+                    kw.loc)
+            opts[kw.name] = v
+        if st.name == "args":
+            if call.func.id != self.main_name():
+                raise SpecError(f"args names this file's network, '{self.main_name()}'",
+                                call.func.loc)
+            return opts
+        text = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                         for k, v in opts.items())
+        return f"{call.func.id}({text})"
+
+    def main_name(self) -> str:
+        return next(i.name for i in self.main.items if isinstance(i, ast.Network))
+
     # ---- statements ----------------------------------------------------------------
     def exec(self, stmts, scope: Scope):
         for st in stmts:
@@ -304,8 +351,11 @@ class Lowerer:
                 raise SpecError(f"'{st.name}' is a state of this cell; assign it as "
                                 f"{st.name}[t] = ...", st.loc)
             v = st.value
-            simple = isinstance(v, ast.Call) or (isinstance(v, ast.Chain) and len(v.stages) == 2)
-            hint = st.name if simple and st.name not in scope.vars else None
+            # the value's name names the layer that makes it: the call, or a
+            # chain's last stage (`h = x -> dense(8) -> relu` and
+            # `h = relu(dense(x, 8))` both name the relu `h`)
+            makes = isinstance(v, (ast.Call, ast.Chain))
+            hint = st.name if makes and st.name not in scope.vars else None
             scope.vars[st.name] = self.eval(v, scope, hint=hint)
         elif isinstance(st, ast.Unpack):
             v = self.eval(st.value, scope)
@@ -346,9 +396,11 @@ class Lowerer:
             if not isinstance(it, (list, tuple, range)):
                 raise SpecError(f"`for` needs a list or range, got {type_name(it)}",
                                 st.iter.loc)
-            if len(it) > MAX_ITERATIONS:
-                raise SpecError(f"`for` over {len(it):,} values; a network is built from at "
-                                f"most {MAX_ITERATIONS:,} iterations of one loop", st.iter.loc)
+            self.iterations += len(it)
+            if self.iterations > limits.MAX_ITERATIONS:
+                raise SpecError(f"too many `for` iterations: a network is built with at most "
+                                f"{limits.MAX_ITERATIONS:,}, all loops together", st.iter.loc,
+                                limits.hint("MAX_ITERATIONS"))
             for v in it:
                 scope.vars[st.var] = v
                 ret = self.exec(st.body, scope)
@@ -450,7 +502,7 @@ class Lowerer:
             if not isinstance(v, (int, float)):
                 raise SpecError(f"expected a number, got {type_name(v)}", loc)
         try:
-            return fn(*vals)
+            return bounded(fn(*vals), loc)
         except (ZeroDivisionError, OverflowError, ValueError, TypeError) as ex:
             raise SpecError(f"arithmetic error: {ex}", loc) from None
 
@@ -492,15 +544,21 @@ class Lowerer:
         if op == "+" and isinstance(a, list) and isinstance(b, list):
             return a + b
         if op == "*" and isinstance(a, list) and isinstance(b, int):
+            if len(a) * b > limits.MAX_ITEMS:
+                raise SpecError(f"a list of {len(a) * b:,} items; at most {limits.MAX_ITEMS:,}",
+                                e.loc, limits.hint("MAX_ITEMS"))
             return a * b
         fns = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y,
                "/": lambda x, y: x / y, "//": lambda x, y: x // y, "%": lambda x, y: x % y,
-               "**": lambda x, y: x ** y}
+               "**": power}
         return self.number_op(fns[op], a, b, e.loc)
 
     def repeat(self, layer: Layer, n: int, loc):
         if n < 1:
             raise SpecError(f"a layer is repeated a positive number of times, not {n}", loc)
+        if n > limits.MAX_REPEAT:
+            raise SpecError(f"a layer is repeated at most {limits.MAX_REPEAT:,} times, not "
+                            f"{n:,}", loc, limits.hint("MAX_REPEAT"))
         return Repeat(layer, n)
 
     def tensor_op(self, op, vals, loc, scope):
@@ -517,7 +575,13 @@ class Lowerer:
         except ShapeError as ex:
             ex.loc = ex.loc or loc
             raise
+        self.check_size(scope.graph, loc)
         return Tensor(nid, scope.graph)
+
+    def check_size(self, graph: Graph, loc):
+        if len(graph) > limits.MAX_NODES:
+            raise SpecError(f"the graph has more than {limits.MAX_NODES:,} nodes", loc,
+                            limits.hint("MAX_NODES"))
 
     def want_tensor(self, v, loc, what) -> Tensor:
         if isinstance(v, (tuple, list)) and len(v) == 1:
@@ -554,7 +618,7 @@ class Lowerer:
         from ..ops.base import LayerDef
         if isinstance(f, Builtin):
             try:
-                return f.fn(*args, **{k: v for k, (v, _) in kwargs.items()})
+                return bounded(f.fn(*args, **{k: v for k, (v, _) in kwargs.items()}), loc)
             except SpecError:
                 raise
             except Exception as ex:
@@ -707,13 +771,13 @@ class Lowerer:
             raise
         except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError) as ex:
             raise SpecError(f"{ld.name}: {ex}", ctx.loc) from None
+        self.check_size(scope.graph, ctx.loc)
         if isinstance(out, (tuple, list)):
             return tuple(Tensor(o, scope.graph) for o in out)
         return Tensor(out, scope.graph)
 
     def check_signature(self, ld, n_inputs, args, kwargs, kwlocs, loc):
-        sig = inspect.signature(ld.fn)
-        params = list(sig.parameters.values())[1:]
+        params = _parameters(ld.fn)
         var_pos = any(p.kind == p.VAR_POSITIONAL for p in params)
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         names = [p.name for p in params if p.kind != p.VAR_POSITIONAL]
@@ -1073,6 +1137,37 @@ def symbol_name(v):
     return v.name if isinstance(v, (Symbol, Builtin, LayerDef)) else v
 
 
+@functools.lru_cache(maxsize=None)
+def _parameters(fn) -> list:
+    """A layer function's parameters after `ctx` (inspect.signature is slow)."""
+    return list(inspect.signature(fn).parameters.values())[1:]
+
+
+def bounded(v, loc):
+    """`v`, a number a spec computed, when it is within the limits: an integer
+    of at most `limits.MAX_INT` in magnitude, a finite float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, complex)):
+        return v
+    if isinstance(v, complex):
+        raise SpecError(f"arithmetic error: the result is a complex number ({v})", loc)
+    if isinstance(v, float) and not math.isfinite(v):
+        raise SpecError(f"arithmetic error: the result is not a finite number ({v})", loc)
+    if isinstance(v, int) and abs(v) > limits.MAX_INT:
+        raise SpecError(f"integer too large: {abs(v).bit_length()} bits, more than the "
+                        f"limit of {limits.MAX_INT:,}", loc, limits.hint("MAX_INT"))
+    return v
+
+
+def power(x, y):
+    """x ** y, refused before it is computed when an integer result would be
+    far beyond `limits.MAX_INT` (9 ** 9 ** 9 would take minutes)."""
+    if isinstance(x, int) and isinstance(y, int) and y > 0 and abs(x) > 1 \
+            and (abs(x).bit_length() - 1) * y > limits.MAX_INT.bit_length():
+        raise OverflowError(f"{x} ** {y} is larger than the limit of {limits.MAX_INT:,} "
+                            f"(NNSPEC_MAX_INT)")
+    return x ** y
+
+
 def plain(v):
     if isinstance(v, (Symbol, Builtin)):
         return v.name
@@ -1116,8 +1211,9 @@ def make_builtins() -> dict:
             if not isinstance(x, int):
                 raise ValueError("range takes integers")
         r = range(*a)
-        if len(r) > MAX_ITERATIONS:
-            raise ValueError(f"range of {len(r):,} values; at most {MAX_ITERATIONS:,}")
+        if len(r) > limits.MAX_ITEMS:
+            raise ValueError(f"range of {len(r):,} values; at most {limits.MAX_ITEMS:,} "
+                             f"(NNSPEC_MAX_ITEMS)")
         return list(r)
 
     fns = {

@@ -2,10 +2,13 @@
 handles and builds the AST class of the same name."""
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 from lark import Token, Transformer, v_args
 
-from ..errors import Loc
-from . import ast
+from ..errors import Loc, SpecError, trimmed
+from . import ast, limits
 
 
 def _unquote(s: str) -> str:
@@ -31,9 +34,9 @@ class ToAST(Transformer):
         if self.line_offset or self.col_offset:
             if self._full is None:
                 try:
-                    with open(self.file) as f:
-                        self._full = f.read()
-                except OSError:
+                    from .load import read_text
+                    self._full = read_text(Path(self.file))
+                except Exception:          # not a readable file: place the text at its line
                     self._full = "\n" * self.line_offset + self.source
             return Loc(self.file, line, col, self._full)
         return Loc(self.file, line, col, self.source)
@@ -181,9 +184,18 @@ class ToAST(Transformer):
         return ast.Name(str(ch[0]), loc=self._loc(ch[0]))
 
     def number(self, meta, ch):
-        s = str(ch[0])
+        s, loc = str(ch[0]), self._loc(ch[0])
+        if len(s) > limits.MAX_DIGITS:
+            raise SpecError(f"a number of {len(s):,} characters; a number literal has at "
+                            f"most {limits.MAX_DIGITS}", loc, limits.hint("MAX_DIGITS"))
         value = float(s) if any(c in s for c in ".eE") else int(s)
-        return ast.Number(value, loc=self._loc(ch[0]))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"{trimmed(s)} is too large for a float (it would be {value})",
+                            loc, "a float is at most about 1.8e308")
+        if isinstance(value, int) and value > limits.MAX_INT:
+            raise SpecError(f"integer {trimmed(s)} is larger than the limit of "
+                            f"{limits.MAX_INT:,}", loc, limits.hint("MAX_INT"))
+        return ast.Number(value, loc=loc)
 
     def string(self, meta, ch):
         return ast.String(_unquote(str(ch[0])), loc=self._loc(ch[0]))

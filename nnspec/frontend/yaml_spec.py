@@ -41,7 +41,7 @@ import re
 import yaml
 
 from ..errors import Loc, SpecError, did_you_mean
-from . import ast
+from . import ast, limits
 from .parser import KEYWORDS, parse_expr
 
 TOP_KEYS = ("import", "consts", "blocks", "cells", "network", "train")
@@ -63,6 +63,48 @@ AT = re.compile(r"\s*([A-Za-z_][A-Za-z_0-9]*)\s*\[(.*)\]\s*\Z")
 def parse_yaml(text: str, file: str = "<spec>") -> ast.Module:
     """YAML text -> ast.Module (the same nodes `.nn` text gives)."""
     return _Reader(text, file).module()
+
+
+class _TooBig(Exception):
+    def __init__(self, message, mark, limit=None):
+        super().__init__(message)
+        self.message, self.mark, self.limit = message, mark, limit
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader's composer, refusing a document nested deeper than
+    `limits.MAX_DEPTH` (composing recurses) before it recurses, and one of
+    more than `limits.MAX_YAML_NODES` nodes counted with aliases expanded
+    (aliases of aliases make billions of nodes from a few lines)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            target = self.anchors.get(event.anchor)
+            if target is not None and not hasattr(target, "size"):
+                raise _TooBig("an alias refers to a node that holds it", event.start_mark)
+            return super().compose_node(parent, index)
+        self.depth += 1
+        try:
+            if self.depth > limits.MAX_DEPTH:
+                raise _TooBig(f"nested too deeply: more than {limits.MAX_DEPTH} levels",
+                              self.peek_event().start_mark, "MAX_DEPTH")
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        if not hasattr(node, "size"):
+            children = node.value if isinstance(node, yaml.SequenceNode) else \
+                [c for kv in node.value for c in kv] if isinstance(node, yaml.MappingNode) \
+                else []
+            node.size = 1 + sum(c.size for c in children)
+            if node.size > limits.MAX_YAML_NODES:
+                raise _TooBig(f"more than {limits.MAX_YAML_NODES:,} values, aliases expanded",
+                              node.start_mark, "MAX_YAML_NODES")
+        return node
 
 
 class _Reader:
@@ -193,8 +235,20 @@ class _Reader:
 
     # ---- the module ------------------------------------------------------------------
     def module(self) -> ast.Module:
+        loader = None
         try:
-            root = yaml.compose(self.text, Loader=yaml.SafeLoader)
+            loader = _Loader(self.text)
+            root = loader.get_single_node()
+        except yaml.reader.ReaderError as e:       # a control character: YAML refuses it
+            pos = e.position
+            col = pos - self.text.rfind("\n", 0, pos)
+            raise SpecError(f"YAML: the character {chr(e.character)!r} is not allowed",
+                            Loc(self.file, self.text.count("\n", 0, pos) + 1, col, self.text),
+                            "YAML allows no control characters but tab and newline") from None
+        except _TooBig as e:
+            raise SpecError(f"YAML: {e.message}", Loc(self.file, e.mark.line + 1,
+                                                      e.mark.column + 1, self.text),
+                            limits.hint(e.limit) if e.limit else None) from None
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             loc = Loc(self.file, mark.line + 1, mark.column + 1, self.text) if mark else \
@@ -205,8 +259,9 @@ class _Reader:
             raise SpecError(f"YAML: {e.problem or 'cannot read this'}", loc, hint) from None
         except yaml.YAMLError as e:
             raise SpecError(f"YAML: {e}", Loc(self.file, 1, 1, self.text)) from None
-        except RecursionError:
-            raise SpecError("YAML: nested too deeply", Loc(self.file, 1, 1, self.text)) from None
+        finally:
+            if loader is not None:
+                loader.dispose()
         if root is None:
             raise SpecError("the YAML file is empty", Loc(self.file, 1, 1, self.text),
                             "a spec has the keys " + ", ".join(TOP_KEYS))

@@ -94,14 +94,17 @@ class Concat(Op):
         if len(a) != len(b):
             raise ShapeError(f"concat: inputs {fmt(a)} and {fmt(b)} differ in rank")
         ax = _axis("concat", attrs.get("axis", 1), len(a))
+        if not (known(a[ax]) and known(b[ax])):
+            # B + B or T + T would be a size the shape cannot say (and the batch
+            # axis holds examples, not features)
+            what = "the batch axis" if ax == 0 else f"a dynamic axis ({a[ax]}, {b[ax]})"
+            raise ShapeError(f"concat: axis {ax} of {fmt(a)} and {fmt(b)} is {what}; inputs "
+                             f"are joined along a feature axis (1 to {len(a) - 1}, or -1)")
         for i, (x, y) in enumerate(zip(a, b)):
             if i != ax and x != y:
                 raise ShapeError(f"concat: along axis {ax}, inputs {fmt(a)} and {fmt(b)} "
                                  f"differ at axis {i} ({x} and {y})")
-        n = a[ax] + b[ax] if known(a[ax]) and known(b[ax]) else a[ax]
-        if not (known(a[ax]) and known(b[ax])) and a[ax] != b[ax]:
-            raise ShapeError(f"concat: cannot join {a[ax]} and {b[ax]} along axis {ax}")
-        return a[:ax] + (n,) + a[ax + 1:], dtypes[0]
+        return a[:ax] + (a[ax] + b[ax],) + a[ax + 1:], dtypes[0]
 
     def reference(self, attrs, a, b):
         return np.concatenate([a, b], axis=attrs.get("axis", 1))

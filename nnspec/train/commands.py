@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import add_lib, lib_path
 from ..data import n_examples
 from ..errors import DataError, SpecError, TrainingError
 from .config import number
@@ -96,6 +97,7 @@ def _common(p, model: bool = False) -> None:
                    (", or a .nnc model (spec and weights)" if model else ""))
     p.add_argument("--set", action="append", metavar="K=V", help="override a network argument")
     p.add_argument("--dtype", choices=DTYPES, help="default: the checkpoint's, else float32")
+    add_lib(p)
 
 
 def _num(kind: str):
@@ -218,7 +220,8 @@ def _lower(args):
     """The SPEC's graph: a command-line SPEC is always a path (the frontend says
     "cannot read FILE" for anything else)."""
     import nnspec
-    return nnspec.lower(Path(args.spec), set=_sets(args), dtype=args.dtype or "float32")
+    return nnspec.lower(Path(args.spec), set=_sets(args), dtype=args.dtype or "float32",
+                        lib=lib_path(args))
 
 
 def _model_file(args) -> Path | None:
@@ -259,9 +262,10 @@ def _build(args, sets=None, dtype=None, force=False):
     dtype = args.dtype or dtype or "float32"
     seed = getattr(args, "seed", None)
     if seed is None:
-        graph = nnspec.lower(Path(args.spec), set=sets, dtype=dtype)
+        graph = nnspec.lower(Path(args.spec), set=sets, dtype=dtype, lib=lib_path(args))
         seed = int((graph.meta.get("train") or {}).get("seed") or 0)
-    return nnspec.compile(Path(args.spec), dtype=dtype, set=sets, seed=seed), seed
+    return nnspec.compile(Path(args.spec), dtype=dtype, set=sets, seed=seed,
+                          lib=lib_path(args)), seed
 
 
 def _trained(args):
