@@ -375,3 +375,20 @@ def test_loc_counts_lines_by_newline_only():
     assert loc.source_line() == "second\u2028line"
     assert loc.excerpt()[0] == "second?line"
     assert Loc("f", 1, 1, "a\r\nb").source_line() == "a"
+
+
+def test_a_nnc_spec_imports_only_the_files_stored_with_it(tmp_path, monkeypatch):
+    """Loading a .nnc writes its sources to a temporary folder: its spec may
+    import those files, nothing from $NNSPEC_PATH or elsewhere."""
+    from nnspec.train import nnc
+    secret = tmp_path / "lib" / "secret.nn"
+    secret.parent.mkdir()
+    secret.write_text("block b(n)(x) { return x }\n")
+    spec = "network n { input x: [4]; output y = x -> dense(2) }"
+    net = nnspec.compile(spec)
+    hostile = {"main": "net.nn", "files": {"net.nn": f'import "{secret}"\n{spec}'}}
+    monkeypatch.setattr(nnc, "spec_sources", lambda s: hostile)
+    nnc.save(net, tmp_path / "m.nnc")
+    monkeypatch.setenv("NNSPEC_PATH", str(secret.parent))
+    with pytest.raises(SpecError, match="outside the spec's folder"):
+        nnspec.load(tmp_path / "m.nnc")
