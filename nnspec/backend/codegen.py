@@ -185,11 +185,12 @@ def literal_source(v, consts: list) -> str:
     raise TypeError(f"codegen: cannot write kernel argument {v!r} as source")
 
 
-# CPython (3.11+) compiles a call with more than 30 positional arguments as
-# f(*args) (CALL_FUNCTION_EX), which Numba cannot inline ("Calling a closure
-# with *args is unsupported"): a fused loop's helper with more parameters
-# takes them packed in tuples of at most PACK_ARGS (nested when there are
-# more than MAX_CALL_ARGS tuples) and unpacks them first.
+# CPython compiles a call with more than 30 positional arguments (its
+# STACK_USE_GUIDELINE) as f(*args) (CALL_FUNCTION_EX), which Numba cannot
+# inline ("Calling a closure with *args is unsupported"): a fused loop's
+# helper with more parameters takes them packed in tuples of at most
+# PACK_ARGS (nested when there are more than MAX_CALL_ARGS tuples) and
+# unpacks them first.
 MAX_CALL_ARGS = 30
 PACK_ARGS = 16
 
