@@ -93,3 +93,61 @@ def test_driver_chosen_by_size(monkeypatch):
     from nnspec.passes.pipeline import build
     assert cpu.choose_whole(build(small, "train", "float32"))
     assert not cpu.choose_whole(build(large, "train", "float32"))
+
+
+PRECOMPILE = r"""
+import json, sys
+import numpy as np
+import nnspec
+from nnspec.backend import cpu, precompile
+counted = []
+real = precompile.precompile
+def counting(step, args, progress=None):
+    counted.append(real(step, args, progress))
+    return counted[-1]
+cpu.precompile = counting
+spec = '''
+network mlp { input x: [5]
+    output y = x -> dense(7) -> tanh -> dense(3) }
+train { target label: int
+    loss = cross_entropy(y, label)
+    optimizer = sgd(lr = 0.1, momentum = 0.9) }
+'''
+net = nnspec.compile(spec, dtype="float64", seed=0)
+rng = np.random.default_rng(0)
+x, y = rng.standard_normal((4, 5)), rng.integers(0, 3, 4)
+losses = [net.train_step({"x": x}, {"label": y}, 0.1) for _ in range(3)]
+loaded = 0
+for (kind, where, name) in precompile.calls_of(
+        net._train, (net._P, net._S, net._G, net._M, net._V, net._hp(0.1),
+                     *net._train.arenas(4), x, y)):
+    d = precompile._dispatcher(kind, where, name)
+    loaded += sum(d._cache_hits.values())
+print(json.dumps({"losses": [float(v) for v in losses], "tasks": counted[0],
+                  "loaded": loaded}))
+"""
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_precompile_on_two_cores_loads_what_the_worker_compiled(jobs, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NNSPEC_CACHE=str(tmp_path / "c"), NUMBA_CACHE_DIR=str(tmp_path / "n"),
+               NNSPEC_DRIVER="calls", NNSPEC_COMPILE_JOBS=jobs)
+    out = subprocess.run([sys.executable, "-c", PRECOMPILE], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert np.isfinite(r["losses"]).all() and r["losses"][2] < r["losses"][0]
+    if jobs == "1":       # compiled as it runs, nothing from the disk cache
+        assert r["tasks"] == 0 and r["loaded"] == 0
+    else:                 # the worker's share loaded from the cache it wrote
+        assert r["tasks"] >= 2 and r["loaded"] >= 1
+    # the same training either way (float64, same kernels)
+    np.testing.assert_allclose(r["losses"], REFERENCE_LOSSES.setdefault("mlp", r["losses"]),
+                               rtol=1e-12)
+
+
+REFERENCE_LOSSES: dict = {}

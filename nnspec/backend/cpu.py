@@ -17,6 +17,7 @@ import numpy as np
 
 from ..passes.pipeline import build
 from . import cache, notice
+from .precompile import precompile
 from .codegen import PAR_MIN_LOOP_STEP, PAR_MIN_WORK, StepWriter, work_estimate
 
 _threads = threading.local()
@@ -173,6 +174,9 @@ class CompiledStep:
         if self._fresh:            # Numba compiles it, or loads it from the cache
             self._fresh = False
             with notice.compiling(self.kind):
+                if not self.whole:     # its kernels compiled on every core first
+                    precompile(self, (P, S, G, M, V, hp, *arenas, *xs),
+                               notice.kernel_progress())
                 out = self.fn(P, S, G, M, V, hp, *arenas, *xs)
         else:
             out = self.fn(P, S, G, M, V, hp, *arenas, *xs)

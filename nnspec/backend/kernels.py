@@ -39,4 +39,6 @@ def module_source(dtype: str, text: str) -> str:
 
 def load(source: str):
     """The kernel module of `source` (module_source), from the cache."""
-    return cache.load("kern", source)
+    mod = cache.load("kern", source)
+    mod.SOURCE = source         # what a compiling process loads it from (precompile.py)
+    return mod

@@ -99,3 +99,25 @@ class _Line:
         self.out.write(f"\r{self.head} {seconds:.1f} s\n" if self.live
                        else f"{done} {seconds:.1f} s\n")
         self.out.flush()
+
+
+def kernel_progress():
+    """A `progress(done, total, cores)` for backend/precompile.py that draws
+    "compiling 23 kernels on 2 cores: 7/23" (redrawn on a terminal, else
+    said at the start and the end), or None when the notices are off."""
+    if not getattr(_on, "enabled", False):
+        return None
+    out = _on.stream or sys.stderr
+    try:
+        live = out.isatty()
+    except (AttributeError, ValueError):
+        live = False
+
+    def progress(done, total, cores):
+        head = f"compiling {total} kernels on {cores} cores:"
+        if live:
+            out.write(f"\r{head} {done}/{total}" + ("\n" if done == total else ""))
+        elif done in (1, total):
+            out.write(f"{head} {done}/{total}\n")
+        out.flush()
+    return progress

@@ -1,0 +1,196 @@
+"""Compiling a step of calls' kernels on every core, before its first run.
+
+A step of calls (codegen's `whole=False`) is a Python function that calls
+compiled kernels one after the other: the op modules' kernels and the
+shared kernels of backend/kernels.py.  Each kernel compiles when it is first
+called, one after the other, and a large network's first step spends
+minutes there (GoogLeNet: the convolution's forward, input-gradient and
+weight-gradient kernels alone take 75 s of CPU).  The kernels are
+independent, so before the first run:
+
+1. a dry run of the step with recorders in place of its kernels lists every
+   (kernel, argument types) it calls: the step does nothing else than cut
+   views of its arenas, so the dry run costs milliseconds and writes nothing
+   but the gradient buffer G (which every step overwrites) and a copy of
+   the state S;
+2. the kernels not compiled in this process yet are shared out between this
+   process and `jobs - 1` worker processes (`python -m
+   nnspec.backend.precompile`, reading their share from stdin), longest
+   first; each compiles its share with Numba's `cache=True`, so what a
+   worker compiled this process then loads from the disk cache;
+3. the first run finds every kernel compiled or on disk.
+
+With the notices on (backend/notice.py) it says "compiling 23 kernels on 2
+cores: 7/23".  Ctrl-C stops the workers with the step.  NNSPEC_COMPILE_JOBS
+caps the processes (1: compile in this process alone, on first call, as a
+whole step does); the default is the cores this process may run on.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import subprocess
+import sys
+import types
+
+import numpy as np
+
+
+def jobs() -> int:
+    """How many processes compile: the cores this process may run on (its
+    affinity mask), at most NNSPEC_COMPILE_JOBS."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    cap = os.environ.get("NNSPEC_COMPILE_JOBS", "").strip()
+    if cap.isdigit() and int(cap) >= 1:
+        n = min(n, int(cap))
+    return max(n, 1)
+
+
+class _Recorder:
+    """Stands for a kernel in the dry run: notes the argument types."""
+
+    def __init__(self, calls: dict, key):
+        self.calls, self.key = calls, key
+
+    def __call__(self, *args):
+        if self.key is not None:
+            import numba
+            self.calls.setdefault(self.key, set()).add(tuple(numba.typeof(a) for a in args))
+        return np.float64(0)      # a reduction's value (sumsq): finite, read as a number
+
+
+class _Module:
+    """An op module (or the optimizer's) in the dry run: its kernels are recorders."""
+
+    def __init__(self, module, calls: dict):
+        self._module, self._calls = module, calls
+
+    def __getattr__(self, name):
+        v = getattr(self._module, name)
+        if hasattr(v, "py_func"):
+            return _Recorder(self._calls, ("op", self._module.__name__, name))
+        return v
+
+
+def calls_of(step, args) -> dict:
+    """(kind, where, name) -> set of argument-type tuples: every kernel the
+    step of calls `step` (a CompiledStep) calls with `args`, by a dry run."""
+    mod = step.module
+    calls: dict = {}
+    fake = dict(vars(mod))
+    for name, v in vars(mod).items():
+        if isinstance(v, types.ModuleType) and v.__name__.startswith(
+                ("nnspec.ops.", "nnspec.backend.optim")):
+            fake[name] = _Module(v, calls)
+        elif hasattr(v, "py_func"):          # a shared kernel, or a loop of the step's own
+            source = getattr(sys.modules.get(v.py_func.__module__), "SOURCE", None)
+            key = ("kernel", source, name) if source is not None else None
+            fake[name] = _Recorder(calls, key)
+    dry = types.FunctionType(step.fn.__code__, fake, "dry_step")
+    P, S, G, M, V, hp, *rest = args
+    dry(P, S.copy(), G, M, V, hp, *rest)
+    return calls
+
+
+def _dispatcher(kind, where, name):
+    if kind == "op":
+        from .jit import compile_module
+        module = importlib.import_module(where)
+        compile_module(module)
+    else:
+        from . import kernels
+        module = kernels.load(where)
+    return getattr(module, name)
+
+
+def _cost(task) -> int:
+    """A guess of a task's compile time, to hand out the longest first
+    (a convolution's kernels take tens of seconds, a fused loop one)."""
+    kind, where, name, sigs = task
+    heavy = kind == "op" and ("conv" in where or "pool" in where)
+    return (20 if heavy else 1) * len(sigs)
+
+
+def compile_tasks(tasks, done=None) -> None:
+    """Compile each (kind, where, name, signatures); `done()` after each."""
+    for kind, where, name, sigs in tasks:
+        d = _dispatcher(kind, where, name)
+        for sig in sigs:
+            d.compile(sig)
+        if done is not None:
+            done()
+
+
+def precompile(step, args, progress=None) -> int:
+    """Compile, on every core, the kernels the step of calls `step` needs for
+    `args` and this process has not compiled; returns how many there were.
+    `progress(done, total, cores)` is told along the way."""
+    n_jobs = jobs()
+    if n_jobs < 2:
+        return 0
+    try:
+        calls = calls_of(step, args)
+    except Exception:           # a step the dry run cannot follow compiles as it runs
+        return 0
+    tasks = []
+    for (kind, where, name), sigs in calls.items():
+        d = _dispatcher(kind, where, name)
+        new = sorted((s for s in sigs if s not in d.overloads), key=str)
+        if new:
+            tasks.append((kind, where, name, new))
+    if len(tasks) < 2:
+        return 0
+    tasks.sort(key=_cost, reverse=True)
+    shares = [[] for _ in range(min(n_jobs, len(tasks)))]
+    loads = [0] * len(shares)
+    for t in tasks:                      # longest first, each to the least loaded
+        j = loads.index(min(loads))
+        shares[j].append(t)
+        loads[j] += _cost(t)
+    total, count = len(tasks), [0]
+
+    def done():
+        count[0] += 1
+        if progress is not None:
+            progress(count[0], total, len(shares))
+
+    workers = [subprocess.Popen([sys.executable, "-m", "nnspec.backend.precompile"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+               for _ in shares[1:]]
+    try:
+        for w, share in zip(workers, shares[1:]):
+            w.stdin.write(pickle.dumps(share))
+            w.stdin.close()
+        compile_tasks(shares[0], done)
+        for w in workers:
+            for line in w.stdout:
+                if line.strip() == b"done":
+                    done()
+            w.wait()
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    return total
+
+
+def _worker() -> None:
+    """A worker process: compile the share of tasks read from stdin, saying
+    "done" after each (a failed task is compiled again by the step itself)."""
+    tasks = pickle.loads(sys.stdin.buffer.read())
+    for task in tasks:
+        try:
+            compile_tasks([task])
+        except Exception:
+            pass
+        sys.stdout.write("done\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    _worker()
