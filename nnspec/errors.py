@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_NL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,13 @@ class SpecError(NNSpecError):
         return self
 
     def render(self) -> str:
+        # a message may quote the spec (an import's path): no control characters
         head = f"{self.loc}: " if self.loc else ""
-        out = [f"{head}error: {self.message}"]
+        out = [f"{head}error: {_CONTROL_BUT_NL.sub('?', self.message)}"]
         if self.loc is not None:
             out += caret(self.loc)
         if self.hint:
-            out.append(f"hint: {self.hint}")
+            out.append(f"hint: {_CONTROL_BUT_NL.sub('?', self.hint)}")
         for what, loc in self.trace:
             out.append(f"{loc}: note: in {what}, called from here")
             out += caret(loc)

@@ -175,12 +175,16 @@ def mutants(n: int, seed: int = 0, names=NAMES):
         yield name, text
 
 
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def assert_located(errors, path):
     for e in errors:
         assert isinstance(e, SpecError)
         assert e.loc is not None and e.loc.line >= 1 and e.loc.col >= 1, e.render()
         text = e.render()
         assert "Traceback" not in text
+        assert not CONTROL.search(text), repr(text)    # nothing that drives a terminal
         shown, col = e.loc.excerpt()
         if shown.strip():
             lines = text.splitlines()

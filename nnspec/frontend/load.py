@@ -10,11 +10,12 @@ quotes the import line, never the file.
 """
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from pathlib import Path
 
-from ..errors import Loc, SpecError
+from ..errors import Loc, SpecError, trimmed
 from . import ast, limits
 from .parser import parse
 
@@ -22,7 +23,11 @@ YAML_SUFFIXES = (".yaml", ".yml")
 SPEC_SUFFIXES = (".nn",) + YAML_SUFFIXES
 
 
+@functools.lru_cache(maxsize=64)
 def read_module(text: str, file: str) -> ast.Module:
+    """The AST of `text`, the source of `file`.  Cached: the AST is never
+    changed once built, and a spec is often read again (an imported library
+    by each spec, a command's spec by `lower` then `compile`)."""
     if file.endswith(YAML_SUFFIXES):
         from .yaml_spec import parse_yaml
         return parse_yaml(text, file)
@@ -149,10 +154,10 @@ class _Imports:
                 try:
                     text = read_text(target)
                 except _Unreadable as e:
-                    raise SpecError(f"cannot import '{item.path}': {e.reason}", item.loc,
+                    raise SpecError(f"cannot import '{trimmed(item.path)}': {e.reason}", item.loc,
                                     e.hint) from None
                 if not str(target).endswith(SPEC_SUFFIXES):
-                    raise SpecError(f"cannot import '{item.path}': not a spec (a spec file "
+                    raise SpecError(f"cannot import '{trimmed(item.path)}': not a spec (a spec file "
                                     f"ends in .nn, .yaml or .yml)", item.loc)
                 sub = self.parsed[key] = read_module(text, str(target))
                 self.resolve(sub, stack + [key])
@@ -177,16 +182,16 @@ class _Imports:
                 outside = outside or real
                 continue
             if real.is_dir():
-                raise SpecError(f"cannot import '{item.path}': it is a directory", item.loc,
+                raise SpecError(f"cannot import '{trimmed(item.path)}': it is a directory", item.loc,
                                 "import a .nn, .yaml or .yml file")
             return c
         where = ", ".join(f"{r}/" for r in self.roots)
         if outside is not None:
-            raise SpecError(f"cannot import '{item.path}': it is outside the spec's folder "
+            raise SpecError(f"cannot import '{trimmed(item.path)}': it is outside the spec's folder "
                             f"and the library folders", item.loc,
                             f"imports resolve under {where}; name a library folder with "
                             f"--lib DIR or NNSPEC_PATH")
-        raise SpecError(f"cannot import '{item.path}': no such file", item.loc,
+        raise SpecError(f"cannot import '{trimmed(item.path)}': no such file", item.loc,
                         f"imports are relative to {here}/ or a library folder "
                         f"(--lib DIR, NNSPEC_PATH)")
 
