@@ -32,8 +32,9 @@ def use_threads(n: int, blas: int | None = None) -> None:
     want = (n, n if blas is None else blas)
     if getattr(_threads, "n", None) != want:
         import numba
-        if not hasattr(_threads, "default"):
-            _threads.default = numba.get_num_threads()
+        if not hasattr(_threads, "default"):     # the cores this process can use
+            from .cores import available
+            _threads.default = min(numba.get_num_threads(), available())
         k, b = (min(m, _threads.default) if m else _threads.default for m in want)
         numba.set_num_threads(k)
         blas_threads(b)

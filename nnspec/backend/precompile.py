@@ -23,7 +23,8 @@ independent, so before the first run:
 With the notices on (backend/notice.py) it says "compiling 23 kernels on 2
 cores: 7/23".  Ctrl-C stops the workers with the step.  NNSPEC_COMPILE_JOBS
 caps the processes (1: compile in this process alone, on first call, as a
-whole step does); the default is the cores this process may run on.
+whole step does); the default is the cores this process may use (its affinity
+mask and cgroup quota, cores.py).
 """
 from __future__ import annotations
 
@@ -38,12 +39,10 @@ import numpy as np
 
 
 def jobs() -> int:
-    """How many processes compile: the cores this process may run on (its
-    affinity mask), at most NNSPEC_COMPILE_JOBS."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
+    """How many processes compile: the cores this process may use
+    (cores.py), at most NNSPEC_COMPILE_JOBS."""
+    from .cores import available
+    n = available()
     cap = os.environ.get("NNSPEC_COMPILE_JOBS", "").strip()
     if cap.isdigit() and int(cap) >= 1:
         n = min(n, int(cap))
