@@ -18,18 +18,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError, did_you_mean
-from .bind import bind, class_output, conform, n_examples, per_example, split
+from .bind import bind, class_axis, class_output, conform, n_examples, per_example, split
 from .files import read_path
-from .registry import DATASETS, register
+from .registry import DATASETS, net_args, parse, register
 from . import sequences  # noqa: E402,F401  (registers adding, copy, reverse)
 from . import trees  # noqa: E402,F401  (registers trees)
+from . import images, waves  # noqa: E402,F401  (register shapes, tones)
 from .text import is_text, text_info, text_task
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 
-__all__ = ["load", "read", "bind", "split", "class_output", "conform", "n_examples", "per_example",
-           "DATASETS", "register", "SPLIT_SEED", "TEST_FRACTION", "is_text", "text_info"]
+__all__ = ["load", "read", "bind", "split", "class_axis", "class_output", "conform", "n_examples", "per_example",
+           "DATASETS", "register", "SPLIT_SEED", "TEST_FRACTION", "is_text", "text_info",
+           "net_args"]
 
 
 def load(name_or_path, net, *, test_fraction: float = TEST_FRACTION,
@@ -52,9 +54,9 @@ def load(name_or_path, net, *, test_fraction: float = TEST_FRACTION,
 def read(name_or_path, net=None, target_column: int = -1):
     """The raw arrays of a named set or file, not yet bound: ``(arrays, source)``
     where arrays is a dict or a ``(train, test)`` pair."""
-    name = str(name_or_path)
+    name, opts = parse(name_or_path)
     if name in DATASETS:
-        return DATASETS[name](net), name
+        return DATASETS[name](net, **opts), str(name_or_path)
     p = Path(name)
     if not p.exists() and p.suffix == "" and "/" not in name:
         hint = did_you_mean(name, DATASETS)

@@ -97,15 +97,34 @@ def _dtype(net, name: str) -> np.dtype:
 
 def class_output(net, target: str):
     """``(output name, number of classes)`` when `target` holds class indices
-    for an output (integer target; output shape = target shape + [C]); else None."""
+    for an output (integer target; output shape = target shape + [C], or
+    [C] + target shape for channels-first maps: see `class_axis`); else None."""
+    found = _class_output(net, target)
+    return found[:2] if found else None
+
+
+def class_axis(net, target: str) -> int:
+    """The axis of `target`'s class output (batch included) that holds the
+    classes: -1, or 1 for a channels-first map ([B, C, H, W] scores for
+    [B, H, W] classes, as a U-Net or WaveNet writes them)."""
+    found = _class_output(net, target)
+    return found[2] if found else -1
+
+
+def _class_output(net, target: str):
     g = net.graph
     if _dtype(net, target).kind not in "iu":
         return None
     t = per_example(net.targets[target])
-    for name in net.outputs:
-        s = per_example(g.shape(g.outputs[name]))
+    # an output named `logits` first: the main classifier beside auxiliary heads (GoogLeNet)
+    names = sorted(net.outputs, key=lambda name: name != "logits")
+    shapes = {name: per_example(g.shape(g.outputs[name])) for name in names}
+    for name, s in shapes.items():
         if len(s) == len(t) + 1 and _fits(s[:-1], t) and isinstance(s[-1], int):
-            return name, s[-1]
+            return name, s[-1], -1
+    for name, s in shapes.items():
+        if t and len(s) == len(t) + 1 and _fits(s[1:], t) and isinstance(s[0], int):
+            return name, s[0], 1
     return None
 
 

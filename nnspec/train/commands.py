@@ -240,18 +240,32 @@ def _model_file(args) -> Path | None:
 
 
 def _build_for_data(args, graph):
-    """`_build`, with ``vocab`` set to a text's vocabulary size when the data is
-    ``text:...``, the network has a `vocab` argument and --set does not give it:
+    """`_build`, with the network's arguments for training: the train section's
+    `args`, then those the data fixes (``vocab``, a text's vocabulary size, for
+    ``text:...``; an image `size` and the `classes` for ``digits(size=32)``),
+    each where the network has that argument and --set does not give it:
     ``(net, seed, data info or None)``.  `graph` is the SPEC's, lowered."""
     from ..data import is_text, text_info
     sets = _sets(args)
     name = args.data or (graph.meta.get("train") or {}).get("data")
-    if name is None or not is_text(name):
+    info = text_info(name) if name is not None and is_text(name) else None
+    new = training_args(graph, name, sets, info)
+    if not new and info is None:
         return (*_build(args), None)
-    info = text_info(name)
-    if "vocab" in graph.meta.get("args", {}) and "vocab" not in sets:
-        sets["vocab"] = len(info["chars"])
-    return (*_build(args, sets, force=True), info)
+    return (*_build(args, {**sets, **new}, force=True), info)
+
+
+def training_args(graph, data, sets: dict, info: dict | None = None) -> dict:
+    """The network arguments to set for training on `data` (a data set's text):
+    the train section's `args`, then those the data fixes, each where the
+    network has that argument, `sets` (--set) does not give it and its value
+    differs.  `info` is a text's (its characters set ``vocab``)."""
+    from ..data import net_args
+    train = graph.meta.get("train") or {}
+    wanted = {**(train.get("args") or {}), **(net_args(data) if data is not None else {}),
+              **({"vocab": len(info["chars"])} if info else {})}
+    have = graph.meta.get("args", {})
+    return {k: v for k, v in wanted.items() if k in have and k not in sets and have[k] != v}
 
 
 def _build(args, sets=None, dtype=None, force=False):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import class_output, n_examples
+from ..data import class_axis, class_output, n_examples
 from ..errors import DataError
 
 BATCH = 512      # rows per forward pass: bounds the memory a large input takes
@@ -45,9 +45,10 @@ def predict(net, inputs: dict, *, allow_nonfinite: bool = False, source: str = "
     `nnspec.data.bind`), plus ``classes`` for a classifier."""
     check_finite(inputs, source, allow_nonfinite)
     outs = forward(net, inputs)
-    classed = [co[0] for t in net.targets if (co := class_output(net, t))]
+    classed = [(co[0], class_axis(net, t)) for t in net.targets if (co := class_output(net, t))]
     if classed:
-        scores = outs[classed[0]]
+        name, axis = classed[0]
+        scores = np.moveaxis(outs[name], axis, -1)      # classes last (a U-Net's are first)
         outs["classes"] = np.where(np.isfinite(scores).all(axis=-1),
                                    np.argmax(scores, axis=-1), -1)
     return outs

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import class_output, n_examples, per_example
+from ..data import class_axis, class_output, n_examples, per_example
 from .bundle import atomic_write
 from .forcing import masks
 
@@ -23,10 +23,12 @@ KINDS = {
     "seq2seq": ("token_accuracy", "free_running_accuracy"),   # tokens + a decoder input
     "lm": ("token_accuracy", "bpc"),          # tokens read from a text (data = text:...)
     "regression": ("mse", "baseline_mse"),    # float target, mse loss
+    "segmentation": ("pixel_accuracy", "iou"),    # int target [B, H, W], scores [B, C, H, W]
+    "samples": ("token_accuracy", "bits_per_sample"),   # int target [B, T], scores [B, C, T]
     "other": (),
 }
 METRICS = ("accuracy", "token_accuracy", "free_running_accuracy", "bpc", "mse", "baseline_mse",
-           "free_running_mse")
+           "free_running_mse", "pixel_accuracy", "iou", "bits_per_sample")
 # a network with teacher-forced cells also scores its main metric free-running
 FREE_RUNNING = {"accuracy": "free_running_accuracy", "token_accuracy": "free_running_accuracy",
                 "mse": "free_running_mse"}
@@ -43,6 +45,7 @@ class Task:
     mean: np.ndarray | None = None      # regression: the training set's mean target
     unigram_bits: float | None = None   # lm: the text's unigram entropy, bits/char
     forcing: tuple = ()                 # teacher-forcing masks: scored teacher-forced and free-running
+    axis: int = -1                      # the output's class axis: 1 for channels-first maps
 
     @property
     def metrics(self) -> tuple:
@@ -60,7 +63,9 @@ class Task:
 def task_of(net, train: dict | None = None, info: dict | None = None) -> Task:
     """The first target's task.  Class indices with a [.., C] output are
     classification ([B]) or tokens ([B, T]; seq2seq when the train section
-    names a `decoder_input`, lm when the data is a text); a float target
+    names a `decoder_input`, lm when the data is a text); with a
+    channels-first output they are segmentation ([B, H, W] classes from
+    [B, C, H, W] scores) or samples ([B, T] from [B, C, T]); a float target
     under an mse loss is regression (scored against predicting `train`'s mean).
     A network with teacher-forced cells is scored both ways (`Task.forcing`)."""
     task = _task_of(net, train, info)
@@ -74,8 +79,11 @@ def _task_of(net, train, info) -> Task:
     for t in net.targets:
         co = class_output(net, t)
         if co is not None:
-            if len(per_example(net.targets[t])) == 0:
+            rank = len(per_example(net.targets[t]))
+            if rank == 0:
                 return Task("classification", t, co[0])
+            if class_axis(net, t) == 1:
+                return Task("segmentation" if rank == 2 else "samples", t, co[0], axis=1)
             if cfg.get("decoder_input"):
                 return Task("seq2seq", t, co[0], str(cfg["decoder_input"]),
                             int(cfg.get("start") or 0))
@@ -132,6 +140,7 @@ def _score(net, data: dict, batch: int, task: Task, forced: float | None) -> dic
     if n == 0:
         return r
     loss_sum, right, total, nll, sq, base_sq = 0.0, 0, 0, 0.0, 0.0, 0.0
+    inter, union = 0, 0         # segmentation: foreground pixels in both / either
     for lo in range(0, n, batch):
         xb = {k: data[k][lo:lo + batch] for k in net.inputs}
         yb = {k: data[k][lo:lo + batch] for k in net.targets}
@@ -141,18 +150,23 @@ def _score(net, data: dict, batch: int, task: Task, forced: float | None) -> dic
         loss_sum += float(loss) * len(next(iter(yb.values())))
         if task.target is None:
             continue
-        y, out = yb[task.target], np.asarray(outs[task.output])
+        y, out = yb[task.target], np.moveaxis(np.asarray(outs[task.output]), task.axis, -1)
         total += y.size
         if task.kind == "regression":
             sq += float(np.sum((out.astype(np.float64) - y) ** 2))
             if task.mean is not None:
                 base_sq += float(np.sum((task.mean - y) ** 2))
             continue
-        right += int(np.count_nonzero(np.argmax(out, axis=-1) == y))
-        if task.kind == "lm":
+        pred = np.argmax(out, axis=-1)
+        right += int(np.count_nonzero(pred == y))
+        if task.kind in ("lm", "samples"):
             nll += float(np.sum(_nll(out, y)))
+        if task.kind == "segmentation":
+            inter += int(np.count_nonzero((pred > 0) & (pred == y)))
+            union += int(np.count_nonzero((pred > 0) | (y > 0)))
     r["loss"] = loss_sum / n
-    key = "accuracy" if task.kind == "classification" else "token_accuracy"
+    key = {"classification": "accuracy", "segmentation": "pixel_accuracy"}.get(
+        task.kind, "token_accuracy")
     if task.kind == "regression":
         r["mse"] = sq / total
         r["baseline_mse"] = base_sq / total if task.mean is not None else None
@@ -160,6 +174,10 @@ def _score(net, data: dict, batch: int, task: Task, forced: float | None) -> dic
         r[key] = right / total
     if task.kind == "lm":
         r["bpc"] = nll / total / LN2
+    if task.kind == "samples":
+        r["bits_per_sample"] = nll / total / LN2
+    if task.kind == "segmentation":         # foreground IoU: pixels of a class > 0
+        r["iou"] = inter / union if union else 1.0
     if task.kind == "seq2seq":
         from .decode import free_running
         pred = free_running(net, {k: data[k] for k in net.inputs}, task.decoder_input,
@@ -182,6 +200,8 @@ def write_metrics(path, metrics: dict) -> None:
 
 
 PANELS = (("accuracy", ("accuracy", "free_running_accuracy")), ("bits per character", ("bpc",)),
+          ("pixel accuracy and IoU", ("pixel_accuracy", "iou")),
+          ("bits per sample", ("bits_per_sample",)),
           ("token accuracy", ("token_accuracy", "free_running_accuracy")),
           ("mean squared error", ("mse", "baseline_mse", "free_running_mse")))
 

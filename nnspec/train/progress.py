@@ -68,6 +68,12 @@ def task_metrics(r: dict, prefix: str = "test_") -> list:
     if r.get(prefix + "bpc") is not None:
         unigram = f" (unigram {r['unigram_bits']:.3f})" if r.get("unigram_bits") else ""
         parts.append(f"bpc {r[prefix + 'bpc']:.3f}{unigram}")
+    if r.get(prefix + "pixel_accuracy") is not None:
+        parts.append(f"pixel acc {100 * r[prefix + 'pixel_accuracy']:.2f}%")
+    if r.get(prefix + "iou") is not None:
+        parts.append(f"IoU {r[prefix + 'iou']:.3f}")
+    if r.get(prefix + "bits_per_sample") is not None:
+        parts.append(f"bits/sample {r[prefix + 'bits_per_sample']:.3f}")
     if r.get(prefix + "mse") is not None:
         base = r.get(prefix + "baseline_mse")
         parts.append(f"mse {r[prefix + 'mse']:.4g}"
