@@ -151,3 +151,20 @@ def test_precompile_on_two_cores_loads_what_the_worker_compiled(jobs, tmp_path):
 
 
 REFERENCE_LOSSES: dict = {}
+
+
+def test_cores_follow_affinity_and_cgroup_quota(monkeypatch, tmp_path):
+    from nnspec.backend import cores
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(cores, "_quota", lambda: None)
+    assert cores.available() == 4
+    monkeypatch.setattr(cores, "_quota", lambda: 1.5)      # docker --cpus 1.5
+    assert cores.available() == 1
+    monkeypatch.setattr(cores, "_quota", lambda: 0.2)
+    assert cores.available() == 1
+    monkeypatch.setattr(cores, "_quota", lambda: 8.0)
+    assert cores.available() == 4
+    monkeypatch.setattr(cores, "_quota", lambda: None)
+    monkeypatch.setenv("NNSPEC_COMPILE_JOBS", "3")
+    from nnspec.backend.precompile import jobs
+    assert jobs() == 3
