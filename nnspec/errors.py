@@ -77,7 +77,10 @@ class SpecError(NNSpecError):
             out += caret(self.loc)
         if self.hint:
             out.append(f"hint: {_CONTROL_BUT_NL.sub('?', self.hint)}")
-        for what, loc in self.trace:
+        shown = self.trace if len(self.trace) <= 12 else self.trace[:10] + self.trace[-1:]
+        for i, (what, loc) in enumerate(shown):
+            if i == 10 and len(shown) < len(self.trace):
+                out.append(f"note: ... {len(self.trace) - 11} more call sites")
             out.append(f"{loc}: note: in {what}, called from here")
             out += caret(loc)
         return "\n".join(out)

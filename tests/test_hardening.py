@@ -392,3 +392,11 @@ def test_a_nnc_spec_imports_only_the_files_stored_with_it(tmp_path, monkeypatch)
     monkeypatch.setenv("NNSPEC_PATH", str(secret.parent))
     with pytest.raises(SpecError, match="outside the spec's folder"):
         nnspec.load(tmp_path / "m.nnc")
+
+
+def test_blocks_nested_deeply_are_a_located_error_with_a_short_trace(tmp_path):
+    lines = ["block b0(n)(x) { return x -> dense(n) }"]
+    lines += [f"block b{i}(n)(x) {{ return x -> b{i - 1}(n) }}" for i in range(1, 400)]
+    e = check(tmp_path, "\n".join(lines) + "\nnetwork m { input x: [4]\n output y = x -> b399(3) }\n")
+    assert "blocks nested too deeply" in e.message and "MAX_CALL_DEPTH" in e.hint, e.render()
+    assert len(e.render().splitlines()) < 50 and "more call sites" in e.render()

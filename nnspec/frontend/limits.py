@@ -22,7 +22,8 @@ def _env(name: str, default: int) -> int:
 
 MAX_FILE_BYTES = _env("MAX_FILE_BYTES", 32_768)    # size of a spec or imported file (parsing: < 1 s)
 MAX_DEPTH = _env("MAX_DEPTH", 100)                 # nesting of brackets, operators, blocks, YAML
-MAX_DIGITS = _env("MAX_DIGITS", 40)                # digits in a number literal
+MAX_CALL_DEPTH = _env("MAX_CALL_DEPTH", 50)        # blocks applied one inside another
+MAX_DIGITS = _env("MAX_DIGITS", 40)                # characters of a number literal
 MAX_INT = _env("MAX_INT", 2**63 - 1)               # magnitude of an integer (a literal or a result)
 MAX_REPEAT = _env("MAX_REPEAT", 10_000)            # n in `layer * n`
 MAX_ITERATIONS = _env("MAX_ITERATIONS", 100_000)   # `for` iterations, all loops together

@@ -801,6 +801,9 @@ class Lowerer:
                             f"got {len(inputs)}", loc)
         if block.name in self.stack:
             raise SpecError(f"block '{block.name}' calls itself", loc)
+        if len(self.stack) >= limits.MAX_CALL_DEPTH:
+            raise SpecError(f"blocks nested too deeply: more than {limits.MAX_CALL_DEPTH} "
+                            f"applied one inside another", loc, limits.hint("MAX_CALL_DEPTH"))
         if layer.instance is None:
             layer.instance = self.new_instance(scope, block.name, "block", hint)
         inst = layer.instance
