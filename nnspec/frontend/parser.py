@@ -88,7 +88,7 @@ class _TooDeep(Exception):
 def _parser(start: str) -> Lark:
     cache = grammar_cache(start)
     return Lark(grammar_path().read_text(), parser="lalr", lexer="basic", start=start,
-                postlex=Layout(), propagate_positions=True, maybe_placeholders=True,
+                postlex=Layout(), propagate_positions=False, maybe_placeholders=True,
                 cache=str(cache) if cache else False)
 
 
@@ -154,9 +154,21 @@ def _check_depth(tree: Tree, text, file, line0, col0):
     while stack:
         t, d = stack.pop()
         if d > limits.MAX_DEPTH:
-            _too_deep(getattr(t.meta, "line", 1), getattr(t.meta, "column", 1), text, file,
-                      line0, col0)
+            tok = _first_token(t)
+            _too_deep(getattr(tok, "line", 1), getattr(tok, "column", 1), text, file, line0, col0)
         stack.extend((c, d + 1) for c in t.children if isinstance(c, Tree))
+
+
+def _first_token(t: Tree):
+    """The first token under `t` (the parser keeps no positions on trees)."""
+    stack = [t]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Token):
+            return n
+        if isinstance(n, Tree):
+            stack.extend(reversed(n.children))
+    return None
 
 
 def _too_deep(line, col, text, file, line0, col0):

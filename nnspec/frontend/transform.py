@@ -1,5 +1,10 @@
 """lark parse tree -> AST.  Each method is named after the grammar alias it
-handles and builds the AST class of the same name."""
+handles and builds the AST class of the same name.
+
+The parser records no positions (lark's propagate_positions doubles its
+time); a node starts where its first token does, and `_call_userfunc`
+works that out from the children before each method runs (`self._here`,
+what `_loc(meta)` returns)."""
 from __future__ import annotations
 
 import math
@@ -15,6 +20,11 @@ def _unquote(s: str) -> str:
     return s[1:-1]
 
 
+def _items(ch) -> list:
+    """The expressions of a bracketed list or tuple (its brackets and commas are tokens)."""
+    return [c for c in ch if c is not None and not isinstance(c, Token)]
+
+
 @v_args(meta=True)
 class ToAST(Transformer):
     def __init__(self, file: str, source: str, line_offset: int = 0, col_offset: int = 0):
@@ -22,11 +32,31 @@ class ToAST(Transformer):
         self.file, self.source = file, source
         self.line_offset, self.col_offset = line_offset, col_offset
         self._full = None
+        self._starts: dict = {}        # id(result) -> (line, col) of its first token
+        self._here = None              # (line, col) where the node being built starts
+
+    def _call_userfunc(self, tree, new_children=None):
+        children = tree.children if new_children is None else new_children
+        self._here = None
+        for c in children:
+            if isinstance(c, Token):
+                self._here = (c.line, c.column)
+            elif c is not None:
+                self._here = self._starts.get(id(c))
+            if self._here is not None:
+                break
+        here = self._here
+        out = super()._call_userfunc(tree, new_children)
+        if here is not None and out is not None:
+            self._starts[id(out)] = here
+        return out
 
     def _loc(self, meta_or_tok) -> Loc | None:
-        line = getattr(meta_or_tok, "line", None)
-        col = getattr(meta_or_tok, "column", None)
-        if line is None:
+        if isinstance(meta_or_tok, Token):
+            line, col = meta_or_tok.line, meta_or_tok.column
+        elif self._here is not None:
+            line, col = self._here
+        else:
             return None
         if line == 1:
             col += self.col_offset
@@ -47,7 +77,7 @@ class ToAST(Transformer):
                           loc=self._loc(meta))
 
     def import_(self, meta, ch):
-        return ast.Import(_unquote(ch[0]), loc=self._loc(meta))
+        return ast.Import(_unquote(ch[1]), loc=self._loc(ch[0]))
 
     def const(self, meta, ch):
         return ast.Const(str(ch[0]), ch[1], loc=self._loc(ch[0]))
@@ -68,7 +98,7 @@ class ToAST(Transformer):
         return ast.Network(str(name), params or [], body, loc=self._loc(name))
 
     def train(self, meta, ch):
-        return ast.Train(ch[0], loc=self._loc(meta))
+        return ast.Train(ch[1], loc=self._loc(ch[0]))
 
     def params(self, meta, ch):
         return list(ch)
@@ -96,7 +126,7 @@ class ToAST(Transformer):
         return ast.Output(str(ch[0]), ch[1], loc=self._loc(ch[0]))
 
     def return_(self, meta, ch):
-        return ast.Return(list(ch), loc=self._loc(meta))
+        return ast.Return([c for c in ch if not isinstance(c, Token)], loc=self._loc(ch[0]))
 
     def _input(self, meta, ch, kind):
         name, dtype, shape = ch
@@ -121,7 +151,7 @@ class ToAST(Transformer):
         return [c for c in ch if c is not None]
 
     def if_(self, meta, ch):
-        test, body, orelse = ch
+        _, test, body, orelse = ch
         if orelse is None:
             orelse = []
         elif isinstance(orelse, ast.If):
@@ -145,7 +175,7 @@ class ToAST(Transformer):
         return ast.BoolOp("and", ch[0], ch[1], loc=self._loc(meta))
 
     def not_(self, meta, ch):
-        return ast.Not(ch[0], loc=self._loc(meta))
+        return ast.Not(ch[1], loc=self._loc(ch[0]))
 
     def compare(self, meta, ch):
         return ast.Compare(str(ch[1]), ch[0], ch[2], loc=self._loc(ch[1]))
@@ -207,7 +237,7 @@ class ToAST(Transformer):
         return ast.Bool(False, loc=self._loc(meta))
 
     def tuple(self, meta, ch):
-        return ast.Tuple([c for c in ch if c is not None], loc=self._loc(meta))
+        return ast.Tuple(_items(ch), loc=self._loc(ch[0]))
 
     def list(self, meta, ch):
-        return ast.List([c for c in ch if c is not None], loc=self._loc(meta))
+        return ast.List(_items(ch), loc=self._loc(ch[0]))
