@@ -25,7 +25,7 @@ CASES = [
 # The direction has unit length, so a step moves the parameters by that much
 # whatever their number: small enough that no ReLU or max switches between
 # the two sides (at 1e-5 one in GoogLeNet does), large enough that rounding
-# stays near 1e-7 (at 1e-7, up to 7e-7).  A direction of unit normals moved
+# stays within the tolerance (at 1e-6 all within 5.1e-7; at 1e-7 up to 2e-6).  A direction of unit normals moved
 # Xception's 21 M parameters sqrt(21 M) = 4,600 times as far as the step, and
 # VGG-16's 3,900 times: a ReLU switched within 1e-7 (Xception off by 5e-5,
 # VGG-16 by 1e-3), which had been taken for curvature.
@@ -33,9 +33,10 @@ STEP = 1e-6
 
 
 def with_loss(graph):
-    """The spec's loss, or sum(output * r) for a fixed random r."""
-    if "loss" in graph.meta:
-        return graph.meta["loss"]
+    """sum(output * r) for a fixed random r, whatever the spec's train section
+    says: every element of the output gets a gradient (a mean cross-entropy
+    over a few classes gives small gradients next to the loss, which central
+    differences resolve only to rounding)."""
     out = next(iter(graph.outputs.values()))
     r = graph.input("r_direction", graph.shape(out), kind="target")
     m = graph.add("mul", (out, r))
