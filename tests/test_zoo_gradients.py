@@ -25,10 +25,11 @@ CASES = [
 # The direction has unit length, so a step moves the parameters by that much
 # whatever their number: small enough that no ReLU or max switches between
 # the two sides (at 1e-5 one in GoogLeNet does), large enough that rounding
-# stays within the tolerance (at 1e-6 all within 5.1e-7; at 1e-7 up to 2e-6).  A direction of unit normals moved
-# Xception's 21 M parameters sqrt(21 M) = 4,600 times as far as the step, and
-# VGG-16's 3,900 times: a ReLU switched within 1e-7 (Xception off by 5e-5,
-# VGG-16 by 1e-3), which had been taken for curvature.
+# stays within the tolerance (at 1e-6 all within 5.1e-7; at 1e-7 up to
+# 2e-6).  A direction of unit normals moved Xception's 21 M parameters
+# sqrt(21 M) = 4,600 times as far as the step, and VGG-16's 3,900 times: a
+# ReLU switched within 1e-7 (Xception off by 5e-5, VGG-16 by 1e-3), which
+# had been taken for curvature.
 STEP = 1e-6
 
 
