@@ -20,7 +20,10 @@ CASES = [
     ("googlenet", {"size": 64, "classes": 4, "aux": False}, 1, 1e-6),
     ("wavenet", {"quant": 8, "length": 40, "channels": 4, "skip": 6}, 2, 1e-6),
     ("vgg16", {"size": 32, "classes": 3}, 1, 1e-6),
-    ("xception", {"size": 32, "classes": 3}, 2, 1e-6),
+    # Xception: 5e-7 alone, 2.4e-6 once in the full suite (the BLAS's other
+    # summation order there puts a kink of the 36 ReLUs or max pools within
+    # the step); the 0.7% that was once taken for a wrong rule is far above
+    ("xception", {"size": 32, "classes": 3}, 2, 2e-5),
 ]
 # The direction has unit length, so a step moves the parameters by that much
 # whatever their number: small enough that no ReLU or max switches between
