@@ -24,11 +24,12 @@ def parse_set(items) -> dict:
         if "=" not in item:
             raise SpecError(f"--set takes key=value, got '{item}'")
         k, v = item.split("=", 1)
-        out[k.strip()] = _value(v.strip())
+        out[k.strip()] = parse_value(v.strip())
     return out
 
 
-def _value(v: str):
+def parse_value(v: str):
+    """A `--set` or data-option value: true/false, a number, a quoted string, or a name."""
     if v in ("true", "false"):
         return v == "true"
     for conv in (int, float):

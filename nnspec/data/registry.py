@@ -47,6 +47,7 @@ def parse(text: str) -> tuple[str, dict]:
     """``"digits(size=32, channels=3)"`` -> ``("digits", {"size": 32, "channels": 3})``;
     a plain name has no options.  Options of a name that is not a set, or that
     its function does not take, are a DataError."""
+    from ..cli import parse_value     # --set's reading of values
     m = _CALL.match(str(text).strip())
     if m is None or m.group(1) not in DATASETS:
         return str(text), {}            # a file's name may hold parentheses
@@ -56,7 +57,7 @@ def parse(text: str) -> tuple[str, dict]:
         key, eq, value = (x.strip() for x in item.partition("="))
         if not eq or not key.isidentifier():
             raise DataError(f"data '{text}': options are written name=value, got '{item}'")
-        opts[key] = _value(value)
+        opts[key] = parse_value(value)
     params = inspect.signature(DATASETS[name]).parameters
     takes = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY]
     for key in opts:
@@ -65,17 +66,6 @@ def parse(text: str) -> tuple[str, dict]:
             raise DataError(f"data set '{name}' has no option '{key}' (options: "
                             f"{', '.join(takes) or 'none'})" + (f"; {hint}" if hint else ""))
     return name, opts
-
-
-def _value(text: str):
-    if text in ("true", "false"):
-        return text == "true"
-    for typ in (int, float):
-        try:
-            return typ(text)
-        except ValueError:
-            pass
-    return text.strip("\"'")
 
 
 def net_args(text) -> dict:
