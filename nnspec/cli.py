@@ -5,6 +5,7 @@
     nnspec graph FILE -o out.dot [--backward]
     nnspec cache info | clear            (see nnspec/cache_cli.py)
     nnspec train | eval | predict | compile   (see nnspec/train/commands.py)
+    nnspec visualize SPEC --checkpoint F ...  (see nnspec/viz/command.py)
 """
 from __future__ import annotations
 
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_parsers(sub)
+        from .viz.command import add_parser as add_visualize_parser
+        add_visualize_parser(sub)
     return p
 
 
@@ -163,25 +166,46 @@ def _main(argv) -> int:
         from .errors import NNSpecError
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:          # first: NNSpecError may not be imported yet
         terminated = isinstance(e, Terminated)
         print("terminated" if terminated else "interrupted", file=sys.stderr)
         return 143 if terminated else 130
     except NNSpecError as e:
-        print(str(e) if not hasattr(e, "render") else e.render(), file=sys.stderr)
-        return 1
+        return _failed(str(e) if not hasattr(e, "render") else e.render(), 1)
     except MemoryError as e:
-        print(f"nnspec: out of memory ({e or 'MemoryError'})", file=sys.stderr)
-        return 1
+        return _failed(f"nnspec: out of memory ({e or 'MemoryError'})", 1)
     except BrokenPipeError:
         return 0
     except Exception as e:  # a bug in nnspec, not in the user's input
         if os.environ.get("NNSPEC_DEBUG"):
             raise
-        print(f"nnspec: internal error: {type(e).__name__}: {e}\n"
-              f"(set NNSPEC_DEBUG=1 to see where)", file=sys.stderr)
-        return 2
+        return _failed(f"nnspec: internal error: {type(e).__name__}: {e}\n"
+                       f"(set NNSPEC_DEBUG=1 to see where)", 2)
+
+
+def _failed(message: str, code: int) -> int:
+    """Print why the command failed; in a data-parallel job, end every rank,
+    which would otherwise wait for this one in their next reduction.  Rank 0
+    speaks first: the others wait a moment, so that an error every rank
+    meets at once (a diverged loss) is printed once, and one only a rank
+    meets (its data file) still is, under its rank."""
+    dist = sys.modules.get("nnspec.train.dist")
+    group = dist.current() if dist is not None else None
+    if group is None:
+        print(message, file=sys.stderr)
+        return code
+    if not group.root:
+        import time
+        try:
+            time.sleep(2.0)
+        except KeyboardInterrupt:   # rank 0 ended the job: it has said why
+            return code
+        message = f"rank {group.rank}: {message}"
+    print(message, file=sys.stderr, flush=True)
+    group.abort(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -306,6 +306,30 @@ class Network:
         return float(loss), {n: self._view(self._G, self._playout, n).copy()
                              for n in self.params}
 
+    def accumulate_gradients(self, inputs: dict, targets: dict) -> float:
+        """Train-mode forward and backward into the gradient arena `grad_arena`
+        (no copies, no update): the loss.  With `apply_gradients`, the two
+        halves of `train_step`, for a caller that changes the gradients in
+        between (data-parallel training averages them across processes)."""
+        feeds = self._feeds(inputs, targets)
+        (loss, _), _ = self._run("grad", feeds)
+        return float(loss)
+
+    @property
+    def grad_arena(self) -> np.ndarray:
+        """Every parameter's gradient, packed flat in the parameters' layout."""
+        return self._G
+
+    def apply_gradients(self, lr: float) -> bool:
+        """One optimizer step (clipping included) from the gradients in
+        `grad_arena`; False, with the weights unchanged, when their norm is not
+        finite."""
+        ok = _optim().update(self._P, self._G, self._M, self._V, self._hp(lr),
+                             {"name": self._opt_name, **self._hyper})
+        if ok:
+            self._t += 1
+        return ok
+
     def set_optimizer(self, name: str, **hyper) -> None:
         name = str(name).lower()
         if name not in _OPTIMIZERS:

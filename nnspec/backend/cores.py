@@ -34,4 +34,19 @@ def available() -> int:
     q = _quota()
     if q is not None:
         n = min(n, max(1, math.floor(q)))
-    return max(n, 1)
+    return max(n // _ranks_here(), 1)
+
+
+def _ranks_here() -> int:
+    """How many processes of an MPI job share this process's cores: the job's
+    ranks on this machine when the launcher left each the whole machine, 1
+    when it bound each to cores of its own (the mask says so) or without MPI."""
+    for var in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_LOCAL_SIZE"):
+        v = os.environ.get(var, "")
+        if v.isdigit() and int(v) > 1:
+            try:
+                bound = len(os.sched_getaffinity(0)) < (os.cpu_count() or 1)
+            except (AttributeError, OSError):
+                bound = False
+            return 1 if bound else int(v)
+    return 1

@@ -275,16 +275,5 @@ class ReferenceStep:
         loss = T(out[loss_id]) if loss_id in out and self.kind != "infer" else T(0)
         ok = bool(np.isfinite(loss))
         if self.kind == "train" and ok:
-            scale = T(1)
-            clip = hp[optim.CLIP]
-            if clip > 0:
-                sq = optim.sumsq(G)
-                ok = bool(np.isfinite(sq))
-                scale = min(T(1), T(clip / (np.sqrt(sq) + T(1e-6))))
-            if ok:
-                name = self.optimizer.get("name", "sgd")
-                if name == "sgd":
-                    optim.sgd(P, G, M, hp, scale, bool(self.optimizer.get("nesterov", False)))
-                else:
-                    optim.adam(P, G, M, V, hp, scale, name == "adamw")
+            ok = optim.update(P, G, M, V, hp, self.optimizer)
         return loss, ok

@@ -146,3 +146,29 @@ def adam(p, g, m, v, hp, scale, decoupled):
         _adam_par(p, g, m, v, *args)
     else:
         _adam_serial(p, g, m, v, *args)
+
+
+def update(P, G, M, V, hp, optimizer: dict) -> bool:
+    """One optimizer step from the gradients in `G`, called from Python (the
+    NumPy reference steps, and data-parallel training after the gradients are
+    averaged): the same clipping and updates a compiled train step makes.
+    Returns False, leaving the weights alone, when the gradient's norm is not
+    finite."""
+    T = P.dtype.type
+    scale = T(1)
+    clip = hp[CLIP]
+    if clip > 0:
+        sq = sumsq(G)
+        if not np.isfinite(sq):
+            return False
+        c = T(clip / (np.sqrt(sq) + T(1e-6)))
+        if c < T(1):
+            scale = c
+    name = optimizer.get("name", "sgd")
+    if name == "sgd":
+        sgd(P, G, M, hp, scale, bool(optimizer.get("nesterov", False)))
+    elif name in ("adam", "adamw"):
+        adam(P, G, M, V, hp, scale, name == "adamw")
+    else:
+        raise ValueError(f"unknown optimizer '{name}'")
+    return True

@@ -4,7 +4,8 @@ subclasses; `nnspec.cli.main` prints them without a traceback.
 
     nnspec train SPEC [--data D] [--epochs N] [--batch N] [--lr X] [--set k=v ...]
                       [--out DIR] [--resume] [--seed N] [--dtype float32|float64] [--quiet]
-                      [--teacher-forcing P]
+                      [--teacher-forcing P] [--workers N]
+    mpiexec -n N nnspec train SPEC ...      (data-parallel on N processes: dist.py)
     nnspec eval SPEC --checkpoint F [--data D]
     nnspec predict SPEC --checkpoint F --input X.npz [--output out.npz] [--allow-nonfinite]
     nnspec predict SPEC --checkpoint F --generate N [--prompt S] [--temperature X] [--seed N]
@@ -51,6 +52,10 @@ def add_parsers(sub) -> None:
                    help="probability that a step of a cell with a teacher reads it, all "
                         "through training (default: the spec's teacher_forcing, else 1)")
     t.add_argument("--quiet", action="store_true", help="print only the final result")
+    t.add_argument("--workers", type=_num("count"), metavar="N",
+                   help="train data-parallel on N processes of this machine (runs "
+                        "mpiexec -n N; needs pip install 'nnspec[mpi]'). Under "
+                        "mpiexec itself, leave it out")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="score a checkpoint on the test split")
@@ -115,8 +120,16 @@ def _num(kind: str):
 
 def cmd_train(args) -> int:
     from ..data import load
+    from . import dist
     from .config import TrainConfig, require_train_section
     from .loop import fit
+    if args.workers is not None and dist.launched_size() <= 1:
+        from .launch import run_workers
+        return run_workers(args.workers, args.argv)
+    group = dist.world()
+    dist.enter(group)           # an error now ends every rank (cli.main)
+    if group is not None and not group.root:
+        args.quiet = True       # rank 0 speaks for the job
     if _model_file(args) is not None:
         raise SpecError(f"cannot train {args.spec}: it is a compiled .nnc model; train "
                         f"takes its spec (.nn or YAML)")
@@ -133,7 +146,9 @@ def cmd_train(args) -> int:
               f"{n_examples(test)} test examples; {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch}, "
               f"{cfg.epochs} epochs -> {out}/", file=sys.stderr)
     r = fit(net, (train, test), out_dir=out, resume=args.resume, progress=not args.quiet,
-            config=cfg, data_info=info)
+            config=cfg, data_info=info, comm=group.comm if group is not None else None)
+    if group is not None and not group.root:
+        return 0
     print(_result_line(r, r["examples"]["test"])
           + f"  ({r['epochs']} epochs, {r['seconds']:.1f} s training)")
     written = [f for f in ("checkpoint.npz", "metrics.json", "curves.png") if (out / f).exists()]

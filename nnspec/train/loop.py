@@ -9,6 +9,8 @@ masks drawn at the setting's probability); then score train and test sets, write
 checkpoint, metrics.json and curves.png.  Resuming loads the checkpoint
 (weights, optimizer state, generator state, history) and continues with the
 next epoch, so a resumed run gives the same weights as an uninterrupted one.
+With `comm` (or under an MPI launcher) the processes train one model
+data-parallel: dist.py.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from .. import data as nndata
 from ..errors import TrainingError
 from ..memory import out_of_memory
 from .checkpoint import load_checkpoint, nonfinite, restore, save_checkpoint, some_names
-from . import forcing
+from . import dist, forcing
 from .config import TrainConfig, require_train_section
 from .metrics import Task, evaluate, plot_curves, task_of, write_metrics
 from ..backend.notice import show_compiles
@@ -35,7 +37,7 @@ from .schedule import lr_at
 
 def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=None,
         seed=None, out_dir=None, resume=False, progress=True, *, config=None,
-        data_info=None, teacher_forcing=None) -> dict:
+        data_info=None, teacher_forcing=None, comm=None) -> dict:
     """Train `net` in place and return the metrics (what metrics.json holds).
 
     `data` is a data set name or path (see `nnspec.data.load`) or a
@@ -46,7 +48,10 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
     The metrics fit the task (see `metrics.task_of`); `data_info` describes a
     text's vocabulary for ``(train, test)`` pairs made from one (text.py).
     `teacher_forcing` (a probability or a decay, see forcing.py) overrides the
-    spec's for cells with a teacher.
+    spec's for cells with a teacher.  `comm`, an mpi4py communicator of
+    several processes that each call fit with the same network and data,
+    trains one model on all of them (dist.py); without it, the processes an
+    MPI launcher started do.  Rank 0 alone prints and writes `out_dir`.
     """
     require_train_section(net.graph)
     cfg = config or TrainConfig.from_meta(
@@ -61,41 +66,51 @@ def fit(net, data=None, epochs=None, batch=None, lr=None, schedule=None, clip=No
     if n == 0:
         raise TrainingError("the training set is empty")
     plan = Plan(n, max(1, min(cfg.batch, n)), cfg.epochs)
-    run = RunDir(out_dir) if out_dir is not None else None
+    group = dist.world(comm)
+    if resume and out_dir is None:
+        raise TrainingError("resume needs the run directory that holds the checkpoint")
+    run = RunDir(out_dir) if out_dir is not None and (group is None or group.root) else None
     if run is not None:
         run.claim()         # one run at a time in a directory: held until fit returns
     try:
-        return _fit(net, train, test, cfg, plan, task, run, resume, progress, data_info)
+        return _fit(net, train, test, cfg, plan, task, run, resume, progress, data_info, group)
     finally:
         if run is not None:
             run.release()
 
 
-def _fit(net, train, test, cfg, plan, task, run, resume, progress, data_info) -> dict:
+def _fit(net, train, test, cfg, plan, task, run, resume, progress, data_info, group) -> dict:
     n = plan.n
+    progress = progress and (group is None or group.root)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     net.set_optimizer(cfg.optimizer, **({"clip": cfg.clip} if cfg.clip else {}), **cfg.hyper)
     rng = np.random.default_rng(cfg.seed)
     epoch, step, history = 0, 0, []
     if resume:
-        if run is None:
-            raise TrainingError("resume needs the run directory that holds the checkpoint")
-        ck = load_checkpoint(run.checkpoint, net)
-        rng = restore(net, ck, run.checkpoint)
+        # rank 0 reads the checkpoint and sends it: the others need no file
+        ck = load_checkpoint(run.checkpoint, net) if run is not None else None
+        source = run.checkpoint if run is not None else "the checkpoint"
+        ck = group.bcast(ck) if group is not None else ck
+        rng = restore(net, ck, source)
         epoch, step, history = ck["epoch"], ck["step"], ck["history"]
-        log(f"resuming {run.checkpoint} after epoch {epoch} (step {step})")
+        log(f"resuming {source} after epoch {epoch} (step {step})")
         changed = [f"{k} {ck['config'].get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items()
                    if k not in ("epochs", "data") and ck["config"].get(k) != v]
         if changed:
             log(f"note: resuming with other settings ({'; '.join(changed)}): the result "
                 f"will differ from an uninterrupted run")
 
+    if group is not None:
+        group.bcast_network(net)      # the ranks start equal
+        log(f"training data-parallel on {group.size} processes "
+            f"(batch {plan.batch}: {_shards(group, plan.batch)} examples each)")
     bar = Bar(enabled=progress)
     saved, first = epoch, None      # the checkpoint's epoch; the run's first loss
     shown = show_compiles(progress)     # "compiling the training step ..." on stderr
     try:
         for epoch in range(epoch, cfg.epochs):
-            step, record, loss = _epoch(net, train, test, cfg, plan, rng, epoch, step, bar, task)
+            step, record, loss = _epoch(net, train, test, cfg, plan, rng, epoch, step, bar, task,
+                                        group)
             first = loss if first is None else first
             _check_finite(net, epoch, run, saved)
             rise = _rising(history, record, first)
@@ -146,9 +161,16 @@ class Plan:
         return self.steps_per_epoch * self.epochs
 
 
-def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar, task: Task):
+def _shards(group, batch: int) -> str:
+    sizes = {hi - lo for lo, hi in (dist.shard(r, group.size, batch) for r in range(group.size))}
+    return " or ".join(map(str, sorted(sizes, reverse=True)))
+
+
+def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar, task: Task,
+           group=None):
     """One pass over the shuffled training set, then scoring: ``(step, record,
-    the loss of the epoch's first step)``."""
+    the loss of the epoch's first step)``.  With a data-parallel `group`, every
+    rank draws the same order and takes its shard of each batch."""
     t0 = time.perf_counter()
     perm = rng.permutation(plan.n)
     loss_sum = 0.0
@@ -156,18 +178,24 @@ def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar, t
     net_forcing = bool(getattr(net, "forcing", None))
     for i in range(steps):
         idx = perm[i * bs:(i + 1) * bs]
-        xb = {k: train[k][idx] for k in net.inputs}
-        yb = {k: train[k][idx] for k in net.targets}
+        mine = idx if group is None else idx[slice(*group.shard(len(idx)))]
+        xb = {k: train[k][mine] for k in net.inputs}
+        yb = {k: train[k][mine] for k in net.targets}
         rate = lr_at(cfg.schedule, cfg.lr, step, steps, plan.total_steps)
-        if net_forcing:
+        if net_forcing:         # drawn for the whole batch: every rank's rng stays the same
             p = forcing.probability(cfg.teacher_forcing, step)
-            xb.update(forcing.masks(net, xb, p, rng))
-        loss = float(net.train_step(xb, yb, rate))
+            m = forcing.masks(net, {k: train[k][idx] for k in net.inputs}, p, rng)
+            xb.update(m if group is None else
+                      {k: v[slice(*group.shard(len(idx)))] for k, v in m.items()})
+        if group is None:
+            loss = float(net.train_step(xb, yb, rate))
+        else:
+            loss = group.train_step(net, xb, yb, rate, len(idx))
         first = loss if i == 0 else first
         step += 1
         if not math.isfinite(loss):
             bar.close()
-            raise _diverged(net, xb, yb, loss, step, epoch, idx)
+            raise _diverged(net, xb, yb, loss, step, epoch, mine)
         loss_sum += loss * len(idx)
         bar.update(epoch + 1, cfg.epochs, i + 1, steps, loss,
                    (i * bs + len(idx)) / max(time.perf_counter() - t0, 1e-9))
@@ -178,15 +206,19 @@ def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar, t
     if cfg.eval_train:
         # free-running decoding costs T forwards, so the training set is scored without it
         quick = Task("tokens", task.target, task.output) if task.kind == "seq2seq" else task
-        scored = evaluate(net, train, task=quick)
+        scored = evaluate(net, train, task=quick, group=group)
         record.update({f"train_{k}": scored[k] for k in ("accuracy",) + quick.metrics
                        if scored.get(k) is not None})
-    scored = evaluate(net, test, task=task)
+    scored = evaluate(net, test, task=task, group=group)
     record.update(test_loss=scored["loss"], test_accuracy=scored["accuracy"])
     record.update({f"test_{k}": scored[k] for k in task.metrics})
     if task.unigram_bits is not None:
         record["unigram_bits"] = task.unigram_bits
     record["seconds"] = time.perf_counter() - t0
+    if group is not None:
+        record["processes"] = group.size
+        record["allreduce_seconds"] = group.reduce_seconds
+        group.reduce_seconds = 0.0
     return step, record, first
 
 

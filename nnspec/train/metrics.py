@@ -109,7 +109,8 @@ def _mse_output(net, target: str) -> str | None:
     return None
 
 
-def evaluate(net, data: dict, batch: int = EVAL_BATCH, task: Task | None = None) -> dict:
+def evaluate(net, data: dict, batch: int = EVAL_BATCH, task: Task | None = None,
+             group=None) -> dict:
     """Eval-mode ``{"loss", "n"}`` over all of `data`, plus the task's metrics
     (see KINDS; the task defaults to `task_of(net)`): ``accuracy`` for
     classification, ``token_accuracy`` (teacher-forced, for seq2seq),
@@ -120,18 +121,21 @@ def evaluate(net, data: dict, batch: int = EVAL_BATCH, task: Task | None = None)
     With teacher-forced cells (`task.forcing`) the loss and metrics are the
     teacher-forced ones (every step after the first reads the teacher), and
     ``free_running_accuracy`` or ``free_running_mse`` is the same score with
-    every step reading the model's own output, as in use."""
+    every step reading the model's own output, as in use.
+
+    A data-parallel `group` (dist.py) scores each rank's shard of `data` and
+    sums the counts over the ranks: every rank gets the whole set's result."""
     task = task or task_of(net)
     if not task.forcing:
-        return _score(net, data, batch, task, None)
-    r = _score(net, data, batch, task, 1.0)
+        return _score(net, data, batch, task, None, group)
+    r = _score(net, data, batch, task, 1.0, group)
     free = task.free_running_metric
     if free is not None:
-        r[free] = _score(net, data, batch, task, 0.0)[KINDS[task.kind][0]]
+        r[free] = _score(net, data, batch, task, 0.0, group)[KINDS[task.kind][0]]
     return r
 
 
-def _score(net, data: dict, batch: int, task: Task, forced: float | None) -> dict:
+def _score(net, data: dict, batch: int, task: Task, forced: float | None, group=None) -> dict:
     """`evaluate` with every teacher-forcing mask drawn with probability `forced`."""
     n = n_examples(data)
     r = {"loss": None, "n": n, **{k: None for k in task.metrics}}
@@ -139,11 +143,43 @@ def _score(net, data: dict, batch: int, task: Task, forced: float | None) -> dic
         r["accuracy"] = None
     if n == 0:
         return r
+    start, end = (0, n) if group is None else group.shard(n)
+    if group is None:
+        sums = _sums(net, data, start, end, batch, task, forced)
+    else:       # this machine's first rank compiles the program; the rest load it
+        sums = group.sums(group.in_turn(
+            "eval", lambda: _sums(net, data, start, end, batch, task, forced)))
+    (loss_sum, right, total, nll, sq, base_sq, inter, union, free_right) = map(float, sums)
+    r["loss"] = loss_sum / n
+    key = {"classification": "accuracy", "segmentation": "pixel_accuracy"}.get(
+        task.kind, "token_accuracy")
+    if task.kind == "regression":
+        r["mse"] = sq / total
+        r["baseline_mse"] = base_sq / total if task.mean is not None else None
+    elif key in r:
+        r[key] = right / total
+    if task.kind == "lm":
+        r["bpc"] = nll / total / LN2
+    if task.kind == "samples":
+        r["bits_per_sample"] = nll / total / LN2
+    if task.kind == "segmentation":         # foreground IoU: pixels of a class > 0
+        r["iou"] = inter / union if union else 1.0
+    if task.kind == "seq2seq":
+        r["free_running_accuracy"] = free_right / data[task.target].size
+    return r
+
+
+def _sums(net, data: dict, start: int, end: int, batch: int, task: Task,
+          forced: float | None) -> list:
+    """The sums `_score` divides, over rows [start, end) of `data`: loss, right,
+    total, nll, sq, base_sq, inter, union, free_right."""
     loss_sum, right, total, nll, sq, base_sq = 0.0, 0, 0, 0.0, 0.0, 0.0
     inter, union = 0, 0         # segmentation: foreground pixels in both / either
-    for lo in range(0, n, batch):
-        xb = {k: data[k][lo:lo + batch] for k in net.inputs}
-        yb = {k: data[k][lo:lo + batch] for k in net.targets}
+    free_right = 0              # seq2seq: tokens decoded right free-running
+    for lo in range(start, end, batch):
+        hi = min(lo + batch, end)
+        xb = {k: data[k][lo:hi] for k in net.inputs}
+        yb = {k: data[k][lo:hi] for k in net.targets}
         if forced is not None:
             xb.update(masks(net, xb, forced))
         loss, outs = net.evaluate_batch(xb, yb)
@@ -164,26 +200,12 @@ def _score(net, data: dict, batch: int, task: Task, forced: float | None) -> dic
         if task.kind == "segmentation":
             inter += int(np.count_nonzero((pred > 0) & (pred == y)))
             union += int(np.count_nonzero((pred > 0) | (y > 0)))
-    r["loss"] = loss_sum / n
-    key = {"classification": "accuracy", "segmentation": "pixel_accuracy"}.get(
-        task.kind, "token_accuracy")
-    if task.kind == "regression":
-        r["mse"] = sq / total
-        r["baseline_mse"] = base_sq / total if task.mean is not None else None
-    elif key in r:
-        r[key] = right / total
-    if task.kind == "lm":
-        r["bpc"] = nll / total / LN2
-    if task.kind == "samples":
-        r["bits_per_sample"] = nll / total / LN2
-    if task.kind == "segmentation":         # foreground IoU: pixels of a class > 0
-        r["iou"] = inter / union if union else 1.0
-    if task.kind == "seq2seq":
+    if task.kind == "seq2seq" and end > start:
         from .decode import free_running
-        pred = free_running(net, {k: data[k] for k in net.inputs}, task.decoder_input,
-                            task.start, task.output)
-        r["free_running_accuracy"] = float(np.mean(pred == data[task.target]))
-    return r
+        pred = free_running(net, {k: data[k][start:end] for k in net.inputs},
+                            task.decoder_input, task.start, task.output)
+        free_right = int(np.count_nonzero(pred == data[task.target][start:end]))
+    return [loss_sum, right, total, nll, sq, base_sq, inter, union, free_right]
 
 
 def _nll(logits: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -1,0 +1,208 @@
+"""Data-parallel training over MPI: one model, several processes.
+
+    mpiexec -n 4 nnspec train SPEC            # any launch MPI supports
+    nnspec train SPEC --workers 4             # mpiexec -n 4 on this machine
+    fit(net, data, comm=MPI.COMM_WORLD)       # from a program of one's own
+
+Every rank builds the same network from the same spec and loads the same
+data; rank 0's weights and optimizer state are broadcast once, so the ranks
+start equal.  Every rank draws the same shuffled order from the run's seed,
+and each global batch is cut into one contiguous shard per rank (`shard`:
+sizes differ by at most one; a rank whose shard is empty contributes zeros),
+so no example moves between ranks.  A step is then:
+
+    loss_r = forward + backward on the shard          (the compiled grad program)
+    G_r   *= n_r / n                                   (the shard's share of the batch)
+    G      = Allreduce(sum) of G_r                     (in buckets of BUCKET_BYTES)
+    update P from G                                    (clipping on G's global norm)
+    S      = rank 0's state                            (batch-norm running statistics)
+
+The losses are means over a batch, so the weighted sum is exactly the
+gradient of the global batch's mean loss: with float64, N ranks give one
+process's weights up to the order of the additions.  Batch statistics are
+each rank's own, as in PyTorch's DistributedDataParallel, whose buffer
+broadcast the last line copies.  The gradients are reduced after the whole
+backward: a step is one compiled function, so there is no point at which to
+overlap the reduction with it (BENCHMARKS.md has the cost).
+
+Evaluation is sharded the same way and its sums are reduced (metrics.py).
+Rank 0 alone prints, claims the run directory and writes the checkpoint,
+metrics.json and curves.png; on `--resume` it reads the checkpoint and
+broadcasts it, so a run can resume with any number of ranks.  A rank that
+raises an error prints it and aborts the job (`abort`): the others would
+otherwise wait in the next reduction forever; a rank that dies is reported
+by the MPI launcher, which ends the others.
+
+mpi4py is imported only here, and only when there is more than one process.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from ..errors import TrainingError
+
+BUCKET_BYTES = 8 << 20        # a few large reductions, not one per parameter
+
+# set by the launchers MPI implementations ship (Open MPI, MPICH/Hydra, Intel
+# MPI, MVAPICH, PMIx-based ones such as srun --mpi=pmix)
+_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE",
+              "MPI_LOCALNRANKS")
+
+
+def launched_size() -> int:
+    """How many processes an MPI launcher started this one among (1 when none)."""
+    for var in _SIZE_VARS:
+        v = os.environ.get(var)
+        if v and v.isdigit():
+            return int(v)
+    return 1
+
+
+def shard(rank: int, size: int, n: int) -> tuple[int, int]:
+    """The rows ``[lo, hi)`` of `n` rows that rank `rank` of `size` takes:
+    contiguous, sizes that differ by at most one, the larger on the lower ranks."""
+    q, r = divmod(n, size)
+    lo = rank * q + min(rank, r)
+    return lo, lo + q + (rank < r)
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise TrainingError(
+            f"this process was started by an MPI launcher among {launched_size()}, but "
+            f"mpi4py cannot be imported ({e}); install it with: pip install 'nnspec[mpi]'") \
+            from None
+    return MPI
+
+
+class Dist:
+    """The processes training one model together, over an mpi4py communicator."""
+
+    def __init__(self, comm):
+        self.MPI = _mpi()
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.reduce_seconds = 0.0       # time spent in gradient reductions
+        self._local = None              # the ranks on this machine
+        self._compiled: set = set()
+
+    @property
+    def root(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """This rank's rows of `n`: `shard`."""
+        return shard(self.rank, self.size, n)
+
+    # ---- keeping the ranks equal -------------------------------------------------
+    def bcast(self, obj):
+        """A Python object from rank 0 (pickled by mpi4py between our own ranks)."""
+        return self.comm.bcast(obj, root=0)
+
+    def bcast_arrays(self, *arrays) -> None:
+        """Rank 0's contents of each array, in place on every rank."""
+        for a in arrays:
+            if a.size:
+                self.comm.Bcast(a, root=0)
+
+    def bcast_network(self, net) -> None:
+        """Rank 0's weights, state and optimizer slots, and its step count."""
+        self.bcast_arrays(net._P, net._S, net._M, net._V)
+        net._t = self.bcast(net._t)
+        net._hp_key = None
+
+    def in_turn(self, key: str, fn):
+        """``fn()``, the first time for `key` on this machine's rank 0 before
+        the other ranks here: it compiles a program into the disk cache they
+        share, and they load it instead of compiling it too."""
+        if key in self._compiled:
+            return fn()
+        self._compiled.add(key)
+        if self._local is None:
+            self._local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        if self._local.Get_rank() == 0:
+            out = fn()
+            self._local.Barrier()
+            return out
+        self._local.Barrier()
+        return fn()
+
+    # ---- reductions --------------------------------------------------------------
+    def allreduce(self, a: np.ndarray) -> None:
+        """Sum `a` over the ranks, in place, in buckets of BUCKET_BYTES started
+        together (the MPI library pipelines them)."""
+        MPI = self.MPI
+        flat = a.reshape(-1)
+        step = max(1, BUCKET_BYTES // flat.itemsize)
+        reqs = [self.comm.Iallreduce(MPI.IN_PLACE, flat[lo:lo + step], op=MPI.SUM)
+                for lo in range(0, flat.size, step)]
+        MPI.Request.Waitall(reqs)
+
+    def sums(self, values) -> np.ndarray:
+        """Float64 sums over the ranks of a few numbers."""
+        a = np.asarray(values, np.float64).copy()
+        if a.size:
+            self.comm.Allreduce(self.MPI.IN_PLACE, a, op=self.MPI.SUM)
+        return a
+
+    # ---- one step ----------------------------------------------------------------
+    def train_step(self, net, xb: dict, yb: dict, lr: float, n_batch: int) -> float:
+        """One step of the global batch of `n_batch` examples, of which `xb`,
+        `yb` are this rank's shard: the loss of the whole batch, NaN or inf
+        when it (or the gradient's norm) is not finite, and then no update,
+        as `Network.train_step`."""
+        G = net.grad_arena
+        n = len(next(iter(yb.values()))) if yb else 0
+
+        def shard_gradients():
+            if not n:
+                G[...] = 0
+                return 0.0
+            loss = net.accumulate_gradients(xb, yb)
+            G[...] *= G.dtype.type(n / n_batch)
+            return loss * (n / n_batch)
+        loss = self.in_turn("grad", shard_gradients)
+        t0 = time.perf_counter()
+        self.allreduce(G)
+        loss = float(self.sums([loss])[0])
+        self.reduce_seconds += time.perf_counter() - t0
+        if not np.isfinite(loss):
+            return loss
+        ok = net.apply_gradients(lr)
+        if net._S.size > 1 or net.state:       # batch-norm statistics: rank 0's
+            self.bcast_arrays(net._S)
+        return loss if ok else float("nan")
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job (after this one printed why)."""
+        self.comm.Abort(code)
+
+
+def world(comm=None) -> Dist | None:
+    """The data-parallel group for `comm` (an mpi4py communicator), or for the
+    processes an MPI launcher started; None for a single process."""
+    if comm is None:
+        if launched_size() <= 1:
+            return None
+        comm = _mpi().COMM_WORLD
+    if comm.Get_size() <= 1:
+        return None
+    return Dist(comm)
+
+
+_current: list = []
+
+
+def current() -> Dist | None:
+    """The group of the command running now (set by the command line)."""
+    return _current[0] if _current else None
+
+
+def enter(d: Dist | None) -> None:
+    _current[:] = [d] if d is not None else []
