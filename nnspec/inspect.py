@@ -10,16 +10,20 @@ def _known(shape):
     return [d for d in shape if isinstance(d, int)]
 
 
-def receptive_fields(graph: Graph) -> dict:
-    """node id -> (size, jump) per spatial axis, for nodes with spatial axes.
+def receptive_fields(graph: Graph, starts: bool = False) -> dict:
+    """node id -> (size, jump) per spatial axis, for nodes with spatial axes;
+    with `starts`, (size, jump, start): output position i's field covers the
+    input positions start + i * jump .. start + i * jump + size - 1 (a start
+    below 0 lies in the padding).
 
-    A window op (kernel k, stride s, dilation d) maps (r, j) to
-    (r + (k-1) d j, j s); ops without a window keep the widest field of their
-    inputs; a transposed convolution divides the jump by its stride."""
+    A window op (kernel k, stride s, dilation d, padding p before the first
+    position) maps (r, j, a) to (r + (k-1) d j, j s, a - p j); ops without a
+    window keep the widest field of their inputs; a transposed convolution
+    divides the jump by its stride (its start is approximate)."""
     rf: dict = {}
     for n in graph.nodes():
         if n.op in ("input",) and len(n.shape) >= 3 and n.attrs.get("kind") == "input":
-            rf[n.id] = tuple((1, 1) for _ in n.shape[2:])
+            rf[n.id] = tuple((1, 1, 0) for _ in n.shape[2:])
             continue
         ins = [rf[i] for i in n.inputs if i in rf]
         if not ins or len(n.shape) < 3:
@@ -27,7 +31,7 @@ def receptive_fields(graph: Graph) -> dict:
         nsp = len(n.shape) - 2
         base = max(ins, key=lambda f: f[0][0])
         if len(base) != nsp:
-            base = tuple(base[:nsp]) + tuple((1, 1) for _ in range(nsp - len(base)))
+            base = tuple(base[:nsp]) + tuple((1, 1, 0) for _ in range(nsp - len(base)))
         k = n.attrs.get("kernel")
         if k is None and "stride" in n.attrs and len(n.inputs) > 1:
             w = graph.shape(n.inputs[1])          # a convolution: the weight's spatial dims
@@ -39,13 +43,36 @@ def receptive_fields(graph: Graph) -> dict:
         k, s, d = (_per_axis(v, nsp) for v in (k, n.attrs.get("stride", 1),
                                                  n.attrs.get("dilation", 1)))
         out = []
-        for (r, j), ki, si, di in zip(base, k, s, d):
+        for (r, j, a), ki, si, di, p in zip(base, k, s, d, _pads_before(graph, n, k)):
             if "transpose" in n.op:
-                out.append((r + (ki - 1) * di * j, max(j / si, 1e-9)))
+                out.append((r + (ki - 1) * di * j, max(j / si, 1e-9),
+                            a + j * (p - (ki - 1) * di) / si))
             else:
-                out.append((r + (ki - 1) * di * j, j * si))
+                out.append((r + (ki - 1) * di * j, j * si, a - p * j))
         rf[n.id] = tuple(out)
-    return rf
+    if starts:
+        return rf
+    return {nid: tuple((r, j) for r, j, _ in f) for nid, f in rf.items()}
+
+
+def field_box(field, position) -> list:
+    """[(first, last + 1)] per spatial axis of the input: the receptive field at
+    `position` (a node's spatial indices) of a node whose entry in
+    ``receptive_fields(graph, starts=True)`` is `field`; not clipped to the input."""
+    box = []
+    for (r, j, a), i in zip(field, position):
+        lo = round(a + i * j)
+        box.append((lo, lo + round(r)))
+    return box
+
+
+def _pads_before(graph: Graph, n, ks) -> list:
+    """Padding before the first position of each spatial axis of a window op."""
+    pad = n.attrs.get("pad", 0)
+    if n.op == "conv":
+        from .ops.conv import _pads
+        return [lo for lo, _ in _pads(n.attrs, graph.shape(n.inputs[0])[2:], ks)]
+    return [p if isinstance(p, int) else 0 for p in _per_axis(pad, len(ks))]
 
 
 def _per_axis(v, n):

@@ -17,6 +17,9 @@ nodes (`loop_output`, whose op has `selects = True` and `part(node)`); their
 gradients are not summed but handed to the tuple-valued node's `grad` as a
 dict `part -> gradient node`.  `seeds=[(node, cotangent)]` replaces the
 scalar loss to build a vector-Jacobian product (a loop body's backward step).
+`rules={op name: rule}` replaces the gradient rule of those ops by another
+with the same signature, `rule(gb, node, g)`: a backward pass that is not the
+derivative (the deconvnet of passes/deconv.py rectifies at every ReLU).
 """
 from __future__ import annotations
 
@@ -52,9 +55,10 @@ def copy_graph(graph: Graph) -> Graph:
     return g
 
 
-def backward(graph: Graph, loss: str | None, wrt=None, *, seeds=None):
+def backward(graph: Graph, loss: str | None, wrt=None, *, seeds=None, rules=None):
     """`seeds`, instead of a scalar `loss`: (node, cotangent node) pairs, the
-    cotangents being nodes of `graph` already (a vector-Jacobian product)."""
+    cotangents being nodes of `graph` already (a vector-Jacobian product).
+    `rules`: op name -> a rule used instead of that op's `grad`."""
     wrt = list(graph.params if wrt is None else wrt)
     g = copy_graph(graph)
     grads: dict[str, list[str]] = {}
@@ -92,7 +96,8 @@ def backward(graph: Graph, loss: str | None, wrt=None, *, seeds=None):
             continue
         if not op.differentiable:
             continue
-        in_grads = op.grad(GradBuilder(g, node, needed), node, acc)
+        rule = (rules or {}).get(node.op, op.grad)
+        in_grads = rule(GradBuilder(g, node, needed), node, acc)
         if len(in_grads) != len(node.inputs):
             raise AssertionError(f"{node.op}: grad returned {len(in_grads)} gradients "
                                  f"for {len(node.inputs)} inputs")

@@ -6,8 +6,8 @@ import shutil
 import subprocess
 import tempfile
 
-from .errors import NNSpecError
-from .ir import Graph
+from ..errors import NNSpecError
+from ..ir import Graph
 
 COLORS = {"input": "#cfe8ff", "param": "#fff2c2", "state": "#f2e0ff", "const": "#eeeeee",
           "loop": "#d8f5d0"}
