@@ -122,8 +122,8 @@ def _maps(args, net, spec):
     a = maps(net, args.layer, x)
     peak = a.reshape(len(a), -1).max(axis=1) if a.ndim > 1 else a
     strongest = np.argsort(-peak, kind="stable")[:8]
-    print(f"{spec}: layer {args.layer} for {which}: {a.shape[0]} maps of "
-          f"{list(a.shape[1:])}; the strongest: " +
+    print(f"{spec}: layer {args.layer} for {which}: {a.shape[0]} units" +
+          (f" of {list(a.shape[1:])}" if a.ndim > 1 else "") + "; the strongest: " +
           ", ".join(f"{int(u)} ({peak[u]:.4g})" for u in strongest))
     return draw.maps_figure(a, f"{spec}: layer {args.layer}, the feature maps of "
                                f"{a.shape[0]} units for {which}")

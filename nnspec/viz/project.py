@@ -153,7 +153,11 @@ def filters(net, layer: str | None = None) -> np.ndarray:
             names = [n for n, v in layer_names(net.graph).items() if v in {c.id for c in convs}]
             raise DataError(f"layer '{layer}' is a {node.op}, not a convolution: it has no "
                             f"filters" + (f"; the convolutions: {', '.join(names)}" if names else ""))
-    return net.params[node.inputs[1]].copy()
+    w = node.inputs[1]
+    if w not in net.params:
+        raise DataError(f"convolution '{node.id}' computes its weights ('{w}'): no filters "
+                        f"to show")
+    return net.params[w].copy()
 
 
 def _check_unit(layer: str, shape, unit, what: str = "units") -> int:
