@@ -325,3 +325,19 @@ def test_on_a_terminal_the_elapsed_time_counts_up(where, monkeypatch):
     assert lines[0] == head and len(lines) >= 3
     assert all(ln.startswith(head + " ") and ln.rstrip("\n").endswith(" s") for ln in lines[1:])
     assert out.getvalue().endswith(" s\n")
+
+
+def test_two_processes_compile_a_step_once(tmp_path):
+    # both train the same spec into a fresh cache at once: one compiles each
+    # step while the other waits on its lock, then loads it
+    import subprocess
+    (tmp_path / "t.nn").write_text(SPEC.replace("tiny_cached", "tiny_locked"))
+    env = dict(os.environ, NNSPEC_CACHE=str(tmp_path / "cache"))
+    runs = [subprocess.Popen([sys.executable, "-m", "nnspec", "train", str(tmp_path / "t.nn"),
+                              "--out", str(tmp_path / f"run{i}")], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in runs]
+    assert all(p.returncode == 0 for p in runs), errs
+    both = "".join(errs)
+    assert both.count("compiled the training step") == 1, both
+    assert both.count("loaded the compiled training step") == 1, both

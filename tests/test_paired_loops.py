@@ -165,8 +165,11 @@ print("OK")
 """
 
 
+# The LSTM pairs its loops in the benchmark's test below too (small blocks):
+# this one, a fresh compile of a minute and a half, only with NNSPEC_SLOW=1.
 @pytest.mark.parametrize("cell,H,options,small", [
-    ("lstm", 128, "", "1"),
+    pytest.param("lstm", 128, "", "1", marks=pytest.mark.skipif(
+        not os.environ.get("NNSPEC_SLOW"), reason="set NNSPEC_SLOW=1")),
     ("gru", 160, "reverse=true, bptt=7", "0"),
 ])
 def test_paired_loop_matches_reference(cell, H, options, small, tmp_path):

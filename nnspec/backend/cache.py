@@ -37,6 +37,7 @@ last use; `nnspec cache info` and `nnspec cache clear` show and empty it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -284,6 +285,34 @@ def _ensure(path: Path, text: str) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(want)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def compiling(name: str):
+    """Held around the first run of cached module `name`, while Numba
+    compiles it (or loads it): another process that reaches the same module
+    meanwhile (a second worker of a test run, an MPI rank, a second
+    `nnspec train` of the spec) waits here, then loads what this one
+    compiled from the disk cache instead of compiling it too.  An advisory
+    lock (flock) on a file beside the module: the kernel releases it if
+    the process dies.  Without a kept cache, or where locks are not
+    supported, nothing waits."""
+    d = cache_dir()
+    fd = None
+    if kept(d):
+        try:
+            import fcntl
+            fd = os.open(d / f".{name}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)            # closing releases the lock
 
 
 def remove_entry(path: Path) -> None:

@@ -174,7 +174,7 @@ class CompiledStep:
             use_threads(*n)
         if self._fresh:            # Numba compiles it, or loads it from the cache
             self._fresh = False
-            with notice.compiling(self.kind):
+            with cache.compiling(self.name), notice.compiling(self.kind):
                 if not self.whole:     # its kernels compiled on every core first
                     precompile(self, (P, S, G, M, V, hp, *arenas, *xs),
                                notice.kernel_progress())

@@ -89,8 +89,6 @@ class Dist:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self.reduce_seconds = 0.0       # time spent in gradient reductions
-        self._local = None              # the ranks on this machine
-        self._compiled: set = set()
 
     @property
     def root(self) -> bool:
@@ -116,22 +114,6 @@ class Dist:
         self.bcast_arrays(net._P, net._S, net._M, net._V)
         net._t = self.bcast(net._t)
         net._hp_key = None
-
-    def in_turn(self, key: str, fn):
-        """``fn()``, the first time for `key` on this machine's rank 0 before
-        the other ranks here: it compiles a program into the disk cache they
-        share, and they load it instead of compiling it too."""
-        if key in self._compiled:
-            return fn()
-        self._compiled.add(key)
-        if self._local is None:
-            self._local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
-        if self._local.Get_rank() == 0:
-            out = fn()
-            self._local.Barrier()
-            return out
-        self._local.Barrier()
-        return fn()
 
     # ---- reductions --------------------------------------------------------------
     def allreduce(self, a: np.ndarray) -> None:
@@ -159,15 +141,12 @@ class Dist:
         as `Network.train_step`."""
         G = net.grad_arena
         n = len(next(iter(yb.values()))) if yb else 0
-
-        def shard_gradients():
-            if not n:
-                G[...] = 0
-                return 0.0
-            loss = net.accumulate_gradients(xb, yb)
-            G[...] *= G.dtype.type(n / n_batch)
-            return loss * (n / n_batch)
-        loss = self.in_turn("grad", shard_gradients)
+        if n:
+            loss = net.accumulate_gradients(xb, yb) * (n / n_batch)
+            G *= G.dtype.type(n / n_batch)
+        else:
+            loss = 0.0
+            G[...] = 0
         t0 = time.perf_counter()
         self.allreduce(G)
         loss = float(self.sums([loss])[0])
@@ -175,7 +154,7 @@ class Dist:
         if not np.isfinite(loss):
             return loss
         ok = net.apply_gradients(lr)
-        if net._S.size > 1 or net.state:       # batch-norm statistics: rank 0's
+        if net.state:           # batch-norm running statistics: rank 0's
             self.bcast_arrays(net._S)
         return loss if ok else float("nan")
 

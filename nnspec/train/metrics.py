@@ -144,11 +144,9 @@ def _score(net, data: dict, batch: int, task: Task, forced: float | None, group=
     if n == 0:
         return r
     start, end = (0, n) if group is None else group.shard(n)
-    if group is None:
-        sums = _sums(net, data, start, end, batch, task, forced)
-    else:       # this machine's first rank compiles the program; the rest load it
-        sums = group.sums(group.in_turn(
-            "eval", lambda: _sums(net, data, start, end, batch, task, forced)))
+    sums = _sums(net, data, start, end, batch, task, forced)
+    if group is not None:
+        sums = group.sums(sums)
     (loss_sum, right, total, nll, sq, base_sq, inter, union, free_right) = map(float, sums)
     r["loss"] = loss_sum / n
     key = {"classification": "accuracy", "segmentation": "pixel_accuracy"}.get(
