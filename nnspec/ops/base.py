@@ -183,7 +183,7 @@ def conv_out(name: str, n: int, k: int, s: int, d: int, p_lo: int, p_hi: int, ax
 
 def pad_amounts(mode, n: int, k: int, s: int, d: int):
     """(lo, hi) padding for one spatial axis.  `mode` is 'valid', 'same',
-    'full', 'causal' or an int."""
+    'same_lower', 'full', 'causal' or an int."""
     span = d * (k - 1) + 1
     if isinstance(mode, int):
         return mode, mode
@@ -193,14 +193,16 @@ def pad_amounts(mode, n: int, k: int, s: int, d: int):
         return span - 1, span - 1
     if mode == "causal":
         return span - 1, 0
-    if mode == "same":
-        # output size ceil(n / s), extra padding at the end (as TensorFlow)
+    if mode in ("same", "same_lower"):
+        # output size ceil(n / s); the odd pad at the end (TensorFlow's, ONNX's
+        # SAME_UPPER), or at the start with same_lower (ONNX's SAME_LOWER)
         if not known(n):
             total = span - 1
         else:
             out = -(-n // s)
             total = max((out - 1) * s + span - n, 0)
-        return total // 2, total - total // 2
+        lo = total // 2 if mode == "same" else total - total // 2
+        return lo, total - lo
     raise ShapeError(f"unknown padding '{mode}'")
 
 

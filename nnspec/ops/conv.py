@@ -6,8 +6,9 @@
     conv_transpose(x, w[, b])       x [B, I, (H,) W], w [I, O/groups, (kh,) kw]
 
 Attrs (all per spatial axis, lists of the same length as the kernel's axes):
-`stride`, `dilation`, `pad` (each entry "valid", "same", "full", "causal" or
-[lo, hi]), `groups`; conv_transpose has integer `pad` and `output_padding`.
+`stride`, `dilation`, `pad` (each entry "valid", "same", "same_lower", "full",
+"causal" or [lo, hi]), `groups`; conv_transpose has `pad` (an int or
+[lo, hi] per axis) and integer `output_padding`.
 Padding amounts are resolved from the input size when the kernel runs (a
 "same" conv over a dynamic time axis).  Output size per axis is
 floor((n + lo + hi - d(k-1) - 1) / s) + 1.
@@ -30,7 +31,7 @@ from ..errors import ShapeError
 from .base import (Op, blas_get_threads, blas_set_threads, blas_small_gemm, conv_out, fmt,
                    kernel, known, layer, num_threads, pad_amounts, prange, prod, register)
 
-PAD_CODES = {"explicit": 0, "same": 1, "valid": 2, "full": 3, "causal": 4}
+PAD_CODES = {"explicit": 0, "same": 1, "valid": 2, "full": 3, "causal": 4, "same_lower": 5}
 
 
 # ---- attrs and shapes ------------------------------------------------------------
@@ -182,22 +183,27 @@ def transpose_out(name, attrs, x, w) -> tuple:
     if w[0] % groups:
         raise ShapeError(f"{name}: {w[0]} input channels do not split into {groups} groups")
     sp = []
-    for n, k, s, d, p, op in zip(x[2:], w[2:], attrs["stride"], attrs["dilation"],
-                                 attrs["pad"], attrs["output_padding"]):
+    for n, k, s, d, (lo, hi), op in zip(x[2:], w[2:], attrs["stride"], attrs["dilation"],
+                                        _pairs(attrs["pad"]), attrs["output_padding"]):
         if op >= s:
             raise ShapeError(f"{name}: output_padding {op} must be smaller than the stride {s}")
-        m = (n - 1) * s - 2 * p + d * (k - 1) + op + 1 if known(n) else n
+        m = (n - 1) * s - lo - hi + d * (k - 1) + op + 1 if known(n) else n
         if known(m) and m < 1:
-            raise ShapeError(f"{name}: input size {n} with kernel {k}, stride {s}, pad {p} "
-                             f"gives an empty output ({m})")
+            raise ShapeError(f"{name}: input size {n} with kernel {k}, stride {s}, pad "
+                             f"[{lo}, {hi}] gives an empty output ({m})")
         sp.append(m)
     return (x[0], w[1] * groups) + tuple(sp)
+
+
+def _pairs(pad) -> list:
+    """[lo, hi] per axis from entries that are an int (both sides) or [lo, hi]."""
+    return [[p, p] if isinstance(p, int) else [int(p[0]), int(p[1])] for p in pad]
 
 
 def _as_conv_attrs(attrs):
     """The conv whose input gradient a transposed conv computes."""
     return {"stride": attrs["stride"], "dilation": attrs["dilation"],
-            "pad": [[p, p] for p in attrs["pad"]], "groups": attrs.get("groups", 1)}
+            "pad": _pairs(attrs["pad"]), "groups": attrs.get("groups", 1)}
 
 
 class ConvTranspose(Op):
@@ -313,10 +319,10 @@ def _pad_lo(code, lo, n, k, s, d):
     span = d * (k - 1) + 1
     if code == 0:
         return lo
-    if code == 1:
+    if code == 1 or code == 5:
         out = (n + s - 1) // s
         total = max((out - 1) * s + span - n, 0)
-        return total // 2
+        return total // 2 if code == 1 else total - total // 2
     if code == 2:
         return 0
     return span - 1          # full, causal
@@ -771,10 +777,28 @@ def _per_axis(ctx, what, v, nd, minimum=1):
     return list(vs)
 
 
+def side_pads(ctx, what, pad, nd):
+    """Explicit padding as (lo, hi) per axis: an int or a list of nd ints (both
+    sides alike; kept as ints), or a list of 2 nd ints, the sides in order
+    ([top, bottom, left, right]; in 1-d [left, right])."""
+    if isinstance(pad, (list, tuple)) and len(pad) == 2 * nd:
+        if all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pad):
+            return [[pad[2 * i], pad[2 * i + 1]] for i in range(nd)]
+    elif isinstance(pad, (list, tuple)) and len(pad) == nd or isinstance(pad, int):
+        if all(isinstance(p, int) and not isinstance(p, bool) and p >= 0
+               for p in (pad if isinstance(pad, (list, tuple)) else [pad])):
+            return [pad] * nd if isinstance(pad, int) else list(pad)
+    sides = "[left, right]" if nd == 1 else "[top, bottom, left, right]" if nd == 2 else \
+        f"a list of {2 * nd} (both sides of each axis)"
+    ctx.fail(f"{what} must be an integer >= 0, "
+             + (f"a list of {nd} such integers (per axis), " if nd > 1 else "")
+             + f"or {sides}; got {pad!r}", hint="integers >= 0, one per axis or one per side")
+
+
 def _pad_attr(ctx, layer_name, pad, nd):
     if isinstance(pad, int) and not isinstance(pad, bool) or isinstance(pad, (list, tuple)):
-        return [[p, p] for p in _per_axis(ctx, f"{layer_name}: pad", pad, nd, minimum=0)]
-    modes = ("valid", "same", "full", "causal") if nd == 1 else ("valid", "same", "full")
+        return _pairs(side_pads(ctx, f"{layer_name}: pad", pad, nd))
+    modes = ("valid", "same", "same_lower", "full") + (("causal",) if nd == 1 else ())
     return [ctx.choice(pad, modes, "pad")] * nd
 
 
@@ -806,8 +830,9 @@ def _emit_conv(ctx, name, x, nd, out, k, stride, pad, dilation, groups, bias, in
 def conv1d(ctx, x, out, k, *, stride=1, pad="valid", dilation=1, groups=1, bias=True,
            init="auto", bias_init=0.0):
     """1-d convolution over [B, C, L]: `conv1d(32, 5, pad=causal, dilation=2)`.
-    pad: valid, same (output ceil(L / stride)), full, causal (all padding before),
-    or an int."""
+    pad: valid, same (output ceil(L / stride), the odd pad at the end, ONNX's
+    SAME_UPPER), same_lower (the odd pad at the start), full, causal (all
+    padding before), an int, or [left, right]."""
     return _emit_conv(ctx, "conv1d", x, 1, out, k, stride, pad, dilation, groups, bias, init,
                       bias_init)
 
@@ -816,8 +841,9 @@ def conv1d(ctx, x, out, k, *, stride=1, pad="valid", dilation=1, groups=1, bias=
 def conv2d(ctx, x, out, k, *, stride=1, pad="valid", dilation=1, groups=1, bias=True,
            init="auto", bias_init=0.0):
     """2-d convolution over [B, C, H, W]: `conv2d(64, 3, pad=same)`; k, stride,
-    dilation and pad take an int or [h, w]; groups=C is depthwise.  Weight
-    [out, in/groups, kh, kw]."""
+    dilation and pad take an int or [h, w]; pad also valid, same, same_lower,
+    full, or each side [top, bottom, left, right]; groups=C is depthwise.
+    Weight [out, in/groups, kh, kw]."""
     return _emit_conv(ctx, "conv2d", x, 2, out, k, stride, pad, dilation, groups, bias, init,
                       bias_init)
 
@@ -836,7 +862,7 @@ def _emit_transpose(ctx, name, x, nd, out, k, stride, pad, output_padding, dilat
     ks = _per_axis(ctx, f"{name}: kernel", k, nd)
     attrs = {"stride": _per_axis(ctx, f"{name}: stride", stride, nd),
              "dilation": _per_axis(ctx, f"{name}: dilation", dilation, nd),
-             "pad": _per_axis(ctx, f"{name}: pad", pad, nd, minimum=0),
+             "pad": side_pads(ctx, f"{name}: pad", pad, nd),
              "output_padding": _per_axis(ctx, f"{name}: output_padding", output_padding, nd,
                                          minimum=0),
              "groups": groups, "bias": bool(bias)}
@@ -854,7 +880,8 @@ def _emit_transpose(ctx, name, x, nd, out, k, stride, pad, output_padding, dilat
 def conv1d_transpose(ctx, x, out, k, *, stride=1, pad=0, output_padding=0, dilation=1,
                      groups=1, bias=True, init="auto", bias_init=0.0):
     """Transposed 1-d convolution: output length (L-1)*stride - 2*pad +
-    dilation*(k-1) + output_padding + 1.  Weight [in, out/groups, k]."""
+    dilation*(k-1) + output_padding + 1 (pad=[left, right]: their sum for
+    2*pad).  Weight [in, out/groups, k]."""
     return _emit_transpose(ctx, "conv1d_transpose", x, 1, out, k, stride, pad, output_padding,
                            dilation, groups, bias, init, bias_init)
 
@@ -863,8 +890,9 @@ def conv1d_transpose(ctx, x, out, k, *, stride=1, pad=0, output_padding=0, dilat
 def conv2d_transpose(ctx, x, out, k, *, stride=1, pad=0, output_padding=0, dilation=1,
                      groups=1, bias=True, init="auto", bias_init=0.0):
     """Transposed 2-d convolution (as PyTorch's ConvTranspose2d): each output
-    size is (n-1)*stride - 2*pad + dilation*(k-1) + output_padding + 1.
-    Weight [in, out/groups, kh, kw]."""
+    size is (n-1)*stride - 2*pad + dilation*(k-1) + output_padding + 1; pad
+    may give each side, [top, bottom, left, right] (ONNX's pads), which crops
+    the full output by those amounts.  Weight [in, out/groups, kh, kw]."""
     return _emit_transpose(ctx, "conv2d_transpose", x, 2, out, k, stride, pad, output_padding,
                            dilation, groups, bias, init, bias_init)
 

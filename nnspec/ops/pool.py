@@ -19,34 +19,56 @@
     avgpool(x)                    mean over each window; count_include_pad as PyTorch
     avgpool_grad(g, x)            avgpool's adjoint (x gives the shape)
 
-Attrs, per spatial axis: `kernel`, `stride`, `pad` (ints); and `ceil_mode`,
-`count_include_pad` (avgpool, default True).  Output size per axis:
-floor((n + 2p - k) / s) + 1 (ceil with ceil_mode, the last window starting
-inside the input or its left padding).  maxpool's gradient is
-unpool(g, maxpool_switches(x), x; add=true).
+Attrs, per spatial axis: `kernel`, `stride`, `pad` (an int for both sides, or
+[lo, hi]), `dilation` (optional, default 1: a window's taps are d apart); and
+`ceil_mode`, `count_include_pad` (avgpool, default True: the count is the
+taps inside the padded input).  Output size per axis, with the window's
+extent e = d (k - 1) + 1: floor((n + lo + hi - e) / s) + 1 (ceil with
+ceil_mode, the last window starting inside the input or its left padding).
+maxpool's gradient is unpool(g, maxpool_switches(x), x; add=true).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Op, fmt, kernel, known, layer, prod, register
-from .conv import _as4, _per_axis
+from .base import Op, fmt, kernel, known, layer, pad_amounts, prod, register
+from .conv import _as4, _per_axis, side_pads
 
 
-def pool_len(name, n, k, s, p, ceil_mode, axis) -> int:
+def pads(attrs) -> list:
+    """(lo, hi) per spatial axis: `pad` holds an int (both sides) or [lo, hi]."""
+    return [(p, p) if isinstance(p, int) else (int(p[0]), int(p[1])) for p in attrs["pad"]]
+
+
+def dilations(attrs) -> list:
+    return list(attrs.get("dilation") or [1] * len(attrs["kernel"]))
+
+
+def pool_len(name, n, k, s, d, pad, ceil_mode, axis) -> int:
+    """Output size along one axis; `pad` an int (PyTorch's rule: at most half
+    the window) or (lo, hi) (each side short of the window's extent, so that
+    no window lies wholly in the padding)."""
     if not known(n):
         return n
-    if p * 2 > k:
-        raise ShapeError(f"{name}: pad {p} is more than half the window {k}")
-    if n + 2 * p < k:
-        raise ShapeError(f"{name}: input {axis} {n} (padded to {n + 2 * p}) is smaller than "
-                         f"the window {k}")
-    span = n + 2 * p - k
-    out = (-(-span // s) if ceil_mode else span // s) + 1
-    if ceil_mode and (out - 1) * s >= n + p:
+    span = d * (k - 1) + 1
+    lo, hi = (pad, pad) if isinstance(pad, int) else pad
+    if isinstance(pad, int) and pad * 2 > k:
+        raise ShapeError(f"{name}: pad {pad} is more than half the window {k}")
+    if not isinstance(pad, int) and max(lo, hi) >= span:
+        raise ShapeError(f"{name}: pad [{lo}, {hi}] along the {axis} reaches the window's "
+                         f"extent {span}: a window would hold only padding")
+    if n + lo + hi < span:
+        raise ShapeError(f"{name}: input {axis} {n} (padded to {n + lo + hi}) is smaller than "
+                         f"the window {span}" + (f" (kernel {k}, dilation {d})" if d > 1 else ""))
+    extent = n + lo + hi - span
+    out = (-(-extent // s) if ceil_mode else extent // s) + 1
+    if ceil_mode and (out - 1) * s >= n + lo:
         out -= 1
     return out
+
+
+AXES = {1: ("length",), 2: ("height", "width")}
 
 
 def pool_shape(name, attrs, x) -> tuple:
@@ -54,35 +76,43 @@ def pool_shape(name, attrs, x) -> tuple:
     if len(x) != nd + 2:
         raise ShapeError(f"{name}: a {nd}-d pool needs a [B, C, {'H, W' if nd == 2 else 'L'}] "
                          f"input, got {fmt(x)}")
-    axes = ("height", "width") if nd == 2 else ("length",)
     return tuple(x[:2]) + tuple(
-        pool_len(name, n, k, s, p, attrs.get("ceil_mode", False), ax)
-        for n, k, s, p, ax in zip(x[2:], attrs["kernel"], attrs["stride"], attrs["pad"], axes))
+        pool_len(name, n, k, s, d, p, attrs.get("ceil_mode", False), ax)
+        for n, k, s, d, p, ax in zip(x[2:], attrs["kernel"], attrs["stride"], dilations(attrs),
+                                     attrs["pad"], AXES[nd]))
 
 
 def _extra(attrs):
+    """Kernel arguments: per-axis int64 arrays (kernel, stride, dilation, pad
+    before, pad after), 1-d padded out to 2-d with a unit H axis."""
     nd = len(attrs["kernel"])
     a = lambda xs, fill: np.asarray([fill] * (2 - nd) + list(xs), np.int64)  # noqa: E731
-    return a(attrs["kernel"], 1), a(attrs["stride"], 1), a(attrs["pad"], 0)
+    ps = pads(attrs)
+    return (a(attrs["kernel"], 1), a(attrs["stride"], 1), a(dilations(attrs), 1),
+            a([lo for lo, _ in ps], 0), a([hi for _, hi in ps], 0))
+
+
+def _taps(o, n, k, s, d, lo, hi):
+    """Output position o's window along one axis: the slice of its taps inside
+    the input, and how many taps lie inside the padded input (avgpool's
+    count with the padding included)."""
+    start = o * s - lo
+    j0 = -(start // d) if start < 0 else 0           # first tap at or after 0
+    j1 = min(k, (n - 1 - start) // d + 1)            # past the last tap before n
+    first = start + j0 * d
+    return slice(first, start + (j1 - 1) * d + 1, d), min(k, -(-(n + hi - start) // d))
 
 
 def _windows(attrs, xshape):
     """Per output position: (output index, input slices, include-pad count)."""
-    nd = len(attrs["kernel"])
     outs = pool_shape("pool", attrs, xshape)[2:]
-    ranges = []
-    for n, k, s, p, m in zip(xshape[2:], attrs["kernel"], attrs["stride"], attrs["pad"], outs):
-        r = []
-        for o in range(m):
-            lo = o * s - p
-            hi = min(lo + k, n + p)
-            r.append((slice(max(lo, 0), min(hi, n)), hi - lo))
-        ranges.append(r)
+    ranges = [[_taps(o, n, k, s, d, lo, hi) for o in range(m)]
+              for n, k, s, d, (lo, hi), m in zip(xshape[2:], attrs["kernel"], attrs["stride"],
+                                                  dilations(attrs), pads(attrs), outs)]
     for idx in np.ndindex(*outs):
         sl = tuple(ranges[a][i][0] for a, i in enumerate(idx))
         cnt = prod(ranges[a][i][1] for a, i in enumerate(idx))
         yield idx, sl, cnt
-    del nd
 
 
 class MaxPool(Op):
@@ -125,7 +155,7 @@ class MaxPoolSwitches(MaxPool):
             w = x[(slice(None), slice(None)) + sl]
             arg = w.reshape(w.shape[:2] + (-1,)).argmax(-1)
             local = np.unravel_index(arg, w.shape[2:])
-            glob = [loc + s.start for loc, s in zip(local, sl)]
+            glob = [s.start + loc * s.step for loc, s in zip(local, sl)]
             y[(slice(None), slice(None)) + idx] = np.ravel_multi_index(glob, plane)
         return y
 
@@ -255,7 +285,7 @@ class AvgPoolGrad(Op):
         dx = np.zeros(x.shape, g.dtype)
         incl = attrs.get("count_include_pad", True)
         for idx, sl, cnt in _windows(attrs, x.shape):
-            n = prod(s.stop - s.start for s in sl)
+            n = prod(len(range(s.start, s.stop, s.step)) for s in sl)
             gi = g[(slice(None), slice(None)) + idx]
             dx[(slice(None), slice(None)) + sl] += (gi / (cnt if incl else n)).reshape(
                 gi.shape + (1,) * len(sl))
@@ -275,11 +305,13 @@ for _op in (MaxPool(), MaxPoolSwitches(), Unpool(), GatherSwitches(), AvgPool(),
 # ---- kernels ---------------------------------------------------------------------
 
 @kernel
-def _win(o, s, p, k, n):
-    """(first, last + 1, include-pad count) of output position o's window."""
-    lo = o * s - p
-    hi = min(lo + k, n + p)
-    return max(lo, 0), min(hi, n), hi - lo
+def _win(o, s, k, d, lo, hi, n):
+    """Output position o's window along one axis: (first tap inside the input,
+    number of taps inside it, taps inside the padded input); see `_taps`."""
+    start = o * s - lo
+    j0 = (-start + d - 1) // d if start < 0 else 0
+    j1 = min(k, (n - 1 - start) // d + 1)
+    return start + j0 * d, j1 - j0, min(k, (n + hi - start + d - 1) // d)
 
 
 @kernel
@@ -318,13 +350,13 @@ def _max2x2(x4, o4, s4, b, c, want_sw, Ho, Wo):
 
 
 @kernel
-def _maxpool(x, out, sw, want_sw, kern, stride, pad):
+def _maxpool(x, out, sw, want_sw, kern, stride, dil, lo, hi):
     x4, o4 = _as4(x), _as4(out)
     s4 = _as4(sw)
     B, C, H, W = x4.shape
     Ho = s4.shape[2] if want_sw else o4.shape[2]
     Wo = s4.shape[3] if want_sw else o4.shape[3]
-    pairs = kern[0] == 2 and kern[1] == 2 and _tiled(kern, stride, pad, Ho, Wo, H, W)
+    pairs = kern[0] == 2 and kern[1] == 2 and _tiled(kern, stride, dil, lo, Ho, Wo, H, W)
     for t in range(B * C):
         b = t // C
         c = t % C
@@ -332,13 +364,15 @@ def _maxpool(x, out, sw, want_sw, kern, stride, pad):
             _max2x2(x4, o4, s4, b, c, want_sw, Ho, Wo)
             continue
         for oy in range(Ho):
-            y0, y1, _ = _win(oy, stride[0], pad[0], kern[0], H)
+            y0, ny, _ = _win(oy, stride[0], kern[0], dil[0], lo[0], hi[0], H)
             for ox in range(Wo):
-                x0, x1, _ = _win(ox, stride[1], pad[1], kern[1], W)
+                x0, nx, _ = _win(ox, stride[1], kern[1], dil[1], lo[1], hi[1], W)
                 best = x4[b, c, y0, x0]
                 at = y0 * W + x0
-                for yy in range(y0, y1):
-                    for xx in range(x0, x1):
+                for i in range(ny):
+                    yy = y0 + i * dil[0]
+                    for j in range(nx):
+                        xx = x0 + j * dil[1]
                         v = x4[b, c, yy, xx]
                         if v > best:
                             best = v
@@ -350,13 +384,13 @@ def _maxpool(x, out, sw, want_sw, kern, stride, pad):
 
 
 @kernel
-def maxpool(x, out, kern, stride, pad):
-    _maxpool(x, out, np.zeros((1, 1, 1, 1), np.int64), False, kern, stride, pad)
+def maxpool(x, out, kern, stride, dil, lo, hi):
+    _maxpool(x, out, np.zeros((1, 1, 1, 1), np.int64), False, kern, stride, dil, lo, hi)
 
 
 @kernel
-def maxpool_switches(x, out, kern, stride, pad):
-    _maxpool(x, np.zeros((1, 1, 1, 1), x.dtype), out, True, kern, stride, pad)
+def maxpool_switches(x, out, kern, stride, dil, lo, hi):
+    _maxpool(x, np.zeros((1, 1, 1, 1), x.dtype), out, True, kern, stride, dil, lo, hi)
 
 
 @kernel
@@ -409,11 +443,11 @@ def gather_switches(g, sw, out, add):
 
 
 @kernel
-def _tiled(kern, stride, pad, Ho, Wo, H, W):
-    """Windows that tile the input: stride = kernel, no padding, every window
-    inside (LeNet's 2x2 pools): a fast path of plain row loops."""
-    return (stride[0] == kern[0] and stride[1] == kern[1] and pad[0] == 0 and pad[1] == 0
-            and Ho * kern[0] <= H and Wo * kern[1] <= W)
+def _tiled(kern, stride, dil, lo, Ho, Wo, H, W):
+    """Windows that tile the input: stride = kernel, no padding or dilation,
+    every window inside (LeNet's 2x2 pools): a fast path of plain row loops."""
+    return (stride[0] == kern[0] and stride[1] == kern[1] and lo[0] == 0 and lo[1] == 0
+            and dil[0] == 1 and dil[1] == 1 and Ho * kern[0] <= H and Wo * kern[1] <= W)
 
 
 @kernel
@@ -449,12 +483,12 @@ def _avg_tiles_grad(gp, dp, kh, kw, r):
 
 
 @kernel
-def avgpool(x, out, kern, stride, pad, include_pad):
+def avgpool(x, out, kern, stride, dil, lo, hi, include_pad):
     x4, o4 = _as4(x), _as4(out)
     B, C, H, W = x4.shape
     Ho, Wo = o4.shape[2], o4.shape[3]
     T = out.dtype.type
-    tiles = _tiled(kern, stride, pad, Ho, Wo, H, W)
+    tiles = _tiled(kern, stride, dil, lo, Ho, Wo, H, W)
     r = T(1) / T(kern[0] * kern[1])
     for t in range(B * C):
         b = t // C
@@ -463,24 +497,23 @@ def avgpool(x, out, kern, stride, pad, include_pad):
             _avg_tiles(x4[b, c], o4[b, c], kern[0], kern[1], r)
             continue
         for oy in range(Ho):
-            y0, y1, ny = _win(oy, stride[0], pad[0], kern[0], H)
+            y0, ny, cy = _win(oy, stride[0], kern[0], dil[0], lo[0], hi[0], H)
             for ox in range(Wo):
-                x0, x1, nx = _win(ox, stride[1], pad[1], kern[1], W)
+                x0, nx, cx = _win(ox, stride[1], kern[1], dil[1], lo[1], hi[1], W)
                 acc = T(0)
-                for yy in range(y0, y1):
-                    for xx in range(x0, x1):
-                        acc += x4[b, c, yy, xx]
-                cnt = ny * nx if include_pad else (y1 - y0) * (x1 - x0)
-                o4[b, c, oy, ox] = acc / T(cnt)
+                for i in range(ny):
+                    for j in range(nx):
+                        acc += x4[b, c, y0 + i * dil[0], x0 + j * dil[1]]
+                o4[b, c, oy, ox] = acc / T(cy * cx if include_pad else ny * nx)
 
 
 @kernel
-def avgpool_grad(g, x, out, kern, stride, pad, include_pad):
+def avgpool_grad(g, x, out, kern, stride, dil, lo, hi, include_pad):
     g4, d4 = _as4(g), _as4(out)
     B, C, H, W = d4.shape
     Ho, Wo = g4.shape[2], g4.shape[3]
     T = out.dtype.type
-    tiles = _tiled(kern, stride, pad, Ho, Wo, H, W)
+    tiles = _tiled(kern, stride, dil, lo, Ho, Wo, H, W)
     r = T(1) / T(kern[0] * kern[1])
     for t in range(B * C):
         b = t // C
@@ -492,35 +525,49 @@ def avgpool_grad(g, x, out, kern, stride, pad, include_pad):
             _avg_tiles_grad(g4[b, c], d4[b, c], kern[0], kern[1], r)
             continue
         for oy in range(Ho):
-            y0, y1, ny = _win(oy, stride[0], pad[0], kern[0], H)
+            y0, ny, cy = _win(oy, stride[0], kern[0], dil[0], lo[0], hi[0], H)
             for ox in range(Wo):
-                x0, x1, nx = _win(ox, stride[1], pad[1], kern[1], W)
-                cnt = ny * nx if include_pad else (y1 - y0) * (x1 - x0)
-                v = g4[b, c, oy, ox] / T(cnt)
-                for yy in range(y0, y1):
-                    for xx in range(x0, x1):
-                        d4[b, c, yy, xx] += v
+                x0, nx, cx = _win(ox, stride[1], kern[1], dil[1], lo[1], hi[1], W)
+                v = g4[b, c, oy, ox] / T(cy * cx if include_pad else ny * nx)
+                for i in range(ny):
+                    for j in range(nx):
+                        d4[b, c, y0 + i * dil[0], x0 + j * dil[1]] += v
 
 
 # ---- layers ------------------------------------------------------------------------
 
-def _pool_attrs(ctx, name, x, k, stride, pad, ceil_mode):
+def _pool_attrs(ctx, name, x, k, stride, pad, ceil_mode, dilation):
     xs = ctx.shape(x)
     nd = len(xs) - 2
     if nd not in (1, 2):
         ctx.fail(f"{name}: needs a [B, C, L] or [B, C, H, W] input, got {fmt(xs)}")
     ks = _per_axis(ctx, f"{name}: kernel", k, nd)
-    return {"kernel": ks,
-            "stride": ks if stride is None else _per_axis(ctx, f"{name}: stride", stride, nd),
-            "pad": _per_axis(ctx, f"{name}: pad", pad, nd, minimum=0),
-            "ceil_mode": bool(ceil_mode)}
+    ss = ks if stride is None else _per_axis(ctx, f"{name}: stride", stride, nd)
+    ds = _per_axis(ctx, f"{name}: dilation", dilation, nd)
+    if isinstance(pad, int) or isinstance(pad, (list, tuple)):
+        ps = side_pads(ctx, f"{name}: pad", pad, nd)
+    else:
+        mode = ctx.choice(pad, ("valid", "same", "same_lower"), "pad")
+        if not all(known(n) for n in xs[2:]):
+            ctx.fail(f"{name}: pad={mode} needs the input's spatial sizes, but {fmt(xs)} has "
+                     f"a dynamic one", hint="give the padding as integers")
+        ps = [0] * nd if mode == "valid" else [
+            list(pad_amounts(mode, n, kk, s, d)) for n, kk, s, d in zip(xs[2:], ks, ss, ds)]
+    attrs = {"kernel": ks, "stride": ss, "pad": ps, "ceil_mode": bool(ceil_mode)}
+    if any(d != 1 for d in ds):
+        attrs["dilation"] = ds
+    return attrs
 
 
 @layer("maxpool")
-def maxpool_layer(ctx, x, k, stride=None, *, pad=0, ceil_mode=False, switches=False):
-    """Max over k (or [kh, kw]) windows, stride defaulting to k.  With
-    switches=true it returns (values, switches), the switches for `unpool`."""
-    attrs = _pool_attrs(ctx, "maxpool", x, k, stride, pad, ceil_mode)
+def maxpool_layer(ctx, x, k, stride=None, *, pad=0, dilation=1, ceil_mode=False,
+                  switches=False):
+    """Max over k (or [kh, kw]) windows, stride defaulting to k.  pad: an int
+    or [h, w] (both sides), each side [top, bottom, left, right] ([left, right]
+    in 1-d), valid, same (output ceil(n / stride), the odd pad at the end: ONNX's
+    SAME_UPPER) or same_lower (at the start).  dilation spaces a window's taps.
+    With switches=true it returns (values, switches), the switches for `unpool`."""
+    attrs = _pool_attrs(ctx, "maxpool", x, k, stride, pad, ceil_mode, dilation)
     y = ctx.emit("maxpool", [x], attrs)
     if switches:
         return y, ctx.emit("maxpool_switches", [x], attrs)
@@ -528,21 +575,35 @@ def maxpool_layer(ctx, x, k, stride=None, *, pad=0, ceil_mode=False, switches=Fa
 
 
 @layer("avgpool")
-def avgpool_layer(ctx, x, k, stride=None, *, pad=0, ceil_mode=False, count_include_pad=True):
-    """Mean over k (or [kh, kw]) windows, stride defaulting to k; padding counts
-    in the mean unless count_include_pad=false (as PyTorch)."""
-    attrs = _pool_attrs(ctx, "avgpool", x, k, stride, pad, ceil_mode)
+def avgpool_layer(ctx, x, k, stride=None, *, pad=0, dilation=1, ceil_mode=False,
+                  count_include_pad=True):
+    """Mean over k (or [kh, kw]) windows, stride defaulting to k; pad and
+    dilation as maxpool's.  Padding counts in the mean unless
+    count_include_pad=false (as PyTorch); with it, the count is the window's
+    taps inside the padded input."""
+    attrs = _pool_attrs(ctx, "avgpool", x, k, stride, pad, ceil_mode, dilation)
     attrs["count_include_pad"] = bool(count_include_pad)
     return ctx.emit("avgpool", [x], attrs)
+
+
+def _global(ctx, name, op, x):
+    xs = ctx.shape(x)
+    if len(xs) < 3:
+        ctx.fail(f"{name}: needs a [B, C, ...] input with spatial axes, got {fmt(xs)}")
+    return ctx.emit(op, [x], {"axes": list(range(2, len(xs))), "keepdims": False})
 
 
 @layer("global_avgpool")
 def global_avgpool(ctx, x):
     """Mean over every spatial axis: [B, C, H, W] -> [B, C]."""
-    xs = ctx.shape(x)
-    if len(xs) < 3:
-        ctx.fail(f"global_avgpool: needs a [B, C, ...] input with spatial axes, got {fmt(xs)}")
-    return ctx.emit("mean", [x], {"axes": list(range(2, len(xs))), "keepdims": False})
+    return _global(ctx, "global_avgpool", "mean", x)
+
+
+@layer("global_maxpool")
+def global_maxpool(ctx, x):
+    """Maximum over every spatial axis: [B, C, H, W] -> [B, C]; the gradient
+    goes to the first maximum."""
+    return _global(ctx, "global_maxpool", "max", x)
 
 
 @layer("unpool", inputs=2)
