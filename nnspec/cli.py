@@ -6,6 +6,7 @@
     nnspec cache info | clear            (see nnspec/cache_cli.py)
     nnspec train | eval | predict | compile   (see nnspec/train/commands.py)
     nnspec visualize SPEC --checkpoint F ...  (see nnspec/viz/command.py)
+    nnspec export SPEC -o model.onnx          (see nnspec/onnx/command.py)
 """
 from __future__ import annotations
 
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_parsers(sub)
         from .viz.command import add_parser as add_visualize_parser
         add_visualize_parser(sub)
+        from .onnx.command import add_parser as add_export_parser
+        add_export_parser(sub)
     return p
 
 

@@ -7,6 +7,7 @@
     net.forcing                  # teacher-forcing mask inputs (zeros unless given)
     net.find_nonfinite({"x": xb}, {"label": yb})                # first non-finite node
     net.fit("digits", epochs=5); net.evaluate(); net.predict(x); net.save("m.nnc")
+    net.export_onnx("m.onnx")    # the inference graph as ONNX (docs/onnx.md)
 
 Parameters live in one flat arena (`P`), state in another (`S`); `net.params`
 and `net.state` are views into them, so a compiled step updates them in place
@@ -251,6 +252,12 @@ class Network:
         to a `.nnc` file; `nnspec.load(path)` reads it back."""
         from .train.nnc import save
         save(self, path, seed=self.seed)
+
+    def export_onnx(self, path) -> None:
+        """Write the eval-mode forward graph and current weights as an ONNX model
+        (`nnspec.onnx.export`; needs the onnx package, docs/onnx.md)."""
+        from .onnx import export
+        export(self, path)
 
     def _collect(self, p, feeds, names: dict) -> dict:
         batch = next(iter(feeds.values())).shape[0]
