@@ -28,12 +28,12 @@ def to_model(net, *, check: bool = True):
     """`net`'s eval-mode forward graph and current weights as an onnx.ModelProto
     (opset 18), checked with onnx.checker unless `check` is False."""
     _require()
-    from .export import to_model as build
+    from .convert import to_model as build
     return build(net, check=check)
 
 
 def export(net, path) -> None:
     """Write `net` to `path` as ONNX (atomically)."""
     _require()
-    from .export import export as write
+    from .convert import export as write
     write(net, path)

@@ -86,7 +86,7 @@ def _recurrent(e, n, xs, graph, f):
 # ---- Scan -------------------------------------------------------------------------------
 
 def _scan(e, n, xs, graph, weights):
-    from .export import convert
+    from .convert import convert
     a, body = n.attrs, n.attrs["body"]
     seqs, inits, caps, mask = split(a, xs)
     sub = e.child(f"{n.id}/")

@@ -1,5 +1,5 @@
 """`nnspec export SPEC [--checkpoint F] [--set k=v] [--dtype D] -o model.onnx`: a
-thin shell over `nnspec.onnx.export`.  The model is built and checked in
+thin shell over `nnspec.onnx.export` (convert.py).  The model is built and checked in
 memory first, so a network that does not export leaves no file behind."""
 from __future__ import annotations
 

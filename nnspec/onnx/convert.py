@@ -1,6 +1,6 @@
 """A network's inference graph as an ONNX model.
 
-    model = to_model(net)          # onnx.ModelProto, checked
+    model = to_model(net)          # onnx.ModelProto, checked  (nnspec.onnx.to_model)
     export(net, "model.onnx")      # written atomically
 
 What is exported is the graph the inference program compiles before its
