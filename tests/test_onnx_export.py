@@ -189,6 +189,15 @@ def test_lstm_export_matches_the_compiled_forward():
     assert _rel(got, net.forward(x=x)["logits"]) <= RTOL
 
 
+def test_float64_cells_export_as_scans_onnxruntime_runs():
+    net = nnspec.compile(SPECS / "gru.nn", dtype="float64", set={"hidden": 8})
+    model = to_model(net)
+    assert "Scan" in _op_types(model) and "GRU" not in _op_types(model)
+    x = np.random.default_rng(6).standard_normal((2, 8, 8))
+    want = run(inference_graph(net), {"x": x, **net.params}, ["logits"])["logits"]
+    assert _rel(_onnx_outputs(model, {"x": x})["logits"], want) <= 1e-12
+
+
 def test_teacher_forcing_inputs_are_zeros_inside_the_model():
     net = _network(SPECS / "jordan_sequence.nn")
     model = to_model(net)

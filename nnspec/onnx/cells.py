@@ -23,8 +23,13 @@ from .emit import ExportError, value_info
 from .fit import fit
 
 
+# onnxruntime runs LSTM, GRU and RNN in float32 only: a float64 network's
+# cells go out as Scans, which it runs in any dtype
+RECURRENT_DTYPES = ("float32",)
+
+
 def loop(e, n, xs, graph, weights):
-    f = fit(n, graph, weights)
+    f = fit(n, graph, weights) if graph.dtype in RECURRENT_DTYPES else None
     return _recurrent(e, n, xs, graph, f) if f is not None else _scan(e, n, xs, graph, weights)
 
 
