@@ -41,8 +41,10 @@ def to_model(net, *, check: bool = True) -> onnx.ModelProto:
     e = Emitter()
     zeros = set(net.forcing) | set(net.teacher_only)
     inputs = [n for n in graph.inputs if n not in zeros]
-    for name in list(graph.outputs) + inputs:
-        e.used.add(name)
+    # reserve the model's input and output names; an output named like its node
+    # is that node's own output (no Identity)
+    e.used.update(inputs)
+    e.used.update(name for name, nid in graph.outputs.items() if name != nid)
     for nid in inputs:
         for axis, d in enumerate(graph.shape(nid)):
             if isinstance(d, str):
