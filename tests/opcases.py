@@ -135,6 +135,14 @@ ELSEWHERE = {"loop", "loop_grad", "loop_output", "fused"}
 
 UNARY = ["neg", "identity", "square", "exp", "relu", "sigmoid", "tanh", "softplus", "abs"]
 
+LOSS_OPTIONS = [      # (the ignored classes are among each case's sampled targets)
+    ("weight", {"weight": [0.5, 2.0, 1.0, 3.0]}),
+    ("weight-ignore", {"weight": [0.5, 2.0, 1.0, 3.0], "ignore_index": 0}),
+    ("ignore-sum", {"ignore_index": 1, "reduction": "sum"}),
+    ("weight-ignore-none", {"weight": [1.5, 0.5, 2.0, 1.0], "ignore_index": 1,
+                            "reduction": "none"}),
+]
+
 CASES = [
     # ---- elementwise -----------------------------------------------------------
     *[C(op, [X(3, 5)]) for op in UNARY],
@@ -184,6 +192,13 @@ CASES = [
     C("matmul", [X(3, 5), P(4, 5)], "nt", tb=True),
     C("matmul", [X(3, 5), X(3, 4)], "tn", ta=True),
     C("sum_rows", [X(3, 4, 5)]),
+    # the spec's matmul(a, b): NumPy's, the leading axes broadcast
+    C("batch_matmul", [X(2, 3, 4), X(2, 4, 5)], "batched"),
+    C("batch_matmul", [X(2, 3, 1, 4), X(2, 1, 4, 5)], "bcast-both"),
+    C("batch_matmul", [X(2, 3, 2, 5), P(5, 3)], "param-b"),
+    C("batch_matmul", [X(2, 4, 3), X(2, 4, 5)], "ta", ta=True),
+    C("batch_matmul", [X(2, 3, 4), X(2, 5, 4)], "tb", tb=True),
+    C("batch_matmul", [X(2, 1, 4, 3), X(2, 3, 5, 4)], "ta-tb-bcast", ta=True, tb=True),
     # ---- convolution -------------------------------------------------------------
     *conv_family("1d-valid", (2, 3, 9), (4, 3, 3), conv(1)),
     *conv_family("1d-bias", (2, 3, 9), (4, 3, 3), conv(1, bias=True)),
@@ -296,10 +311,23 @@ CASES = [
     C("log_softmax", [X(2, 3, 4)], "seq"),
     C("softmax_grad", [X(3, 5), X(3, 5, kind="unit")]),
     C("log_softmax_grad", [X(3, 5), X(3, 5)]),
+    C("softmax", [X(2, 3, 4)], "axis1", axis=1),
+    C("log_softmax", [X(2, 3, 5, 2)], "axis2", axis=2),
+    C("softmax_grad", [X(2, 3, 4), X(2, 3, 4, kind="unit")], "axis1", axis=1),
+    C("log_softmax_grad", [X(2, 5, 3), X(2, 5, 3)], "axis1", axis=1),
     C("cross_entropy", [X(4, 5), I(4, high=5)]),
     C("cross_entropy", [X(2, 3, 4), I(2, 3, high=4)], "seq"),
     C("cross_entropy_grad", [P(), X(4, 5), I(4, high=5)]),
     C("nll", [X(4, 5), I(4, high=5)]),
     C("nll", [X(2, 3, 4), I(2, 3, high=4)], "seq"),
     C("nll_grad", [P(), I(4, high=5), X(4, 5, grad=False)]),
+    # class weights, ignore_index, reduction (PyTorch's semantics)
+    *[C(op, [X(5, 4), I(5, high=4)], note, **at) for op in ("cross_entropy", "nll")
+      for note, at in LOSS_OPTIONS],
+    *[C(op, [X(2, 3, 4), I(2, 3, high=4)], "seq-" + note, **at)
+      for op in ("cross_entropy", "nll") for note, at in LOSS_OPTIONS[1:2]],
+    *[C("cross_entropy_grad", [X(5) if at.get("reduction") == "none" else P(), X(5, 4),
+                               I(5, high=4)], note, **at) for note, at in LOSS_OPTIONS],
+    *[C("nll_grad", [X(5) if at.get("reduction") == "none" else P(), I(5, high=4),
+                     X(5, 4, grad=False)], note, **at) for note, at in LOSS_OPTIONS],
 ]

@@ -19,7 +19,7 @@ from nnspec.ops import get_op
 
 
 def lower(text, **overrides):
-    return load_graph(textwrap.dedent(text), set=overrides or None)
+    return load_graph(textwrap.dedent(text), set=overrides or None, dtype="float64")
 
 
 def error(tmp_path, text):
@@ -147,3 +147,245 @@ def test_pool_and_conv_padding_errors(tmp_path, call, message):
     """)
     assert message in e.message, e.render()
     assert e.loc.line == 3
+
+
+# ---- matmul, softmax over an axis, global_maxpool, flatten(axis) -----------------
+
+def run_ref(g, feeds, names):
+    from nnspec.backend import numpy_ref
+    ids = [g.outputs[n] for n in names]
+    vals = numpy_ref.run(g, feeds, ids)
+    return [vals[i] for i in ids]
+
+
+def test_matmul_softmax_flatten_global_maxpool_layers():
+    g = lower("""
+        network n {
+            input x: [3, 5, 4]
+            input q: [1, 4, 2]
+            output a = matmul(x, q)                # [B, 3, 5, 2]: q broadcast over 3
+            output s = x -> softmax(axis=1)
+            output l = x -> log_softmax(axis=-2)
+            output m = x -> global_maxpool         # [B, 3]
+            output f = x -> flatten(axis=2)        # [B, 3, 20]
+            output f1 = x -> flatten               # [B, 60]
+        }
+    """)
+    assert g.shape(g.outputs["a"]) == ("B", 3, 5, 2)
+    assert g.shape(g.outputs["f"]) == ("B", 3, 20) and g.shape(g.outputs["f1"]) == ("B", 60)
+    assert g.node(g.outputs["l"]).attrs == {"axis": 2}
+    rng = np.random.default_rng(1)
+    x, q = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 1, 4, 2))
+    a, s, l_, m, f = run_ref(g, {"x": x, "q": q}, ["a", "s", "l", "m", "f"])
+    np.testing.assert_allclose(a, np.einsum("bhmk,bkn->bhmn", x, q[:, 0]), rtol=1e-12)
+    e = np.exp(x - x.max(1, keepdims=True))
+    np.testing.assert_allclose(s, e / e.sum(1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(l_, x - np.log(np.exp(x).sum(2, keepdims=True)), rtol=1e-12)
+    np.testing.assert_allclose(m, x.max(axis=(2, 3)))
+    np.testing.assert_array_equal(f, x.reshape(2, 3, 20))
+    # the last axis, however written, is the plain softmax's graph
+    last = lower("""
+        network n {
+            input x: [3, 5]
+            output y = x -> softmax(axis=2)
+        }
+    """)
+    assert last.node(last.outputs["y"]).attrs == {}
+
+
+@pytest.mark.parametrize("body,message", [
+    ("output y = matmul(x, v)", "matmul: each input is a batch of matrices"),
+    ("output y = matmul(x, w)", "differ in rank"),
+    ("output y = matmul(x, x)", "inner sizes differ"),
+    ("output y = x -> softmax(axis=0)", "softmax: axis must be an integer from 1 to 2"),
+    ("output y = x -> log_softmax(axis=3)", "log_softmax: axis must be"),
+    ("output y = x -> flatten(axis=0)", "flatten: axis must be an integer from 1 to 2"),
+    ("output y = v -> global_maxpool", "global_maxpool: needs a [B, C, ...] input"),
+])
+def test_product_and_axis_errors(tmp_path, body, message):
+    e = error(tmp_path, f"""
+        network n {{
+            input x: [3, 5]
+            input v: [4]
+            input w: [2, 5, 3]
+            {body}
+        }}
+    """)
+    assert message in e.message, e.render()
+    assert e.loc.line == 5
+
+
+# ---- losses: class weights, ignore_index, reduction ----------------------------
+
+def torch_nll(logp, t, weight=None, ignore_index=-100, reduction="mean"):
+    """torch.nn.functional.nll_loss as its documentation writes it:
+    l_n = -w[y_n] x[n, y_n] 1{y_n != ignore_index}; mean = sum l_n / sum of
+    w[y_n] 1{y_n != ignore_index}."""
+    w = np.ones(logp.shape[-1]) if weight is None else np.asarray(weight, float)
+    rows, ts = logp.reshape(-1, logp.shape[-1]), t.reshape(-1)
+    ls, ws = [], []
+    for r, y in zip(rows, ts):
+        keep = y != ignore_index
+        ws.append(w[y] if keep else 0.0)
+        ls.append(-w[y] * r[y] if keep else 0.0)
+    ls, ws = np.array(ls), np.array(ws)
+    if reduction == "none":
+        return ls.reshape(t.shape)
+    return ls.sum() if reduction == "sum" else ls.sum() / ws.sum()
+
+
+LOSS_NET = """
+    network n(classes = 4) {
+        input x: [5]
+        input lab: int
+        output z = x -> dense(classes)
+        output per = cross_entropy(z, lab, weight=[1, 2.5, 0.5, 3], ignore_index=-100,
+                                    reduction=none)
+        output total = nll(log_softmax(z), lab, ignore_index=2, reduction=sum)
+        output sq = mse(z, z * 0.5, reduction=none)
+    }
+    train {
+        target label: int
+        loss = cross_entropy(z, label, weight=[1, 2.5, 0.5, 3], ignore_index=-100)
+    }
+"""
+
+
+@pytest.fixture(scope="module")
+def loss_net():
+    import nnspec
+    return nnspec.compile(textwrap.dedent(LOSS_NET), dtype="float64", seed=1)
+
+
+def test_losses_follow_pytorch(loss_net):
+    """The compiled network (kernels, gradient) against PyTorch's formulas and
+    the NumPy interpreter; ignored targets (-100, outside the classes) are
+    never read."""
+    from nnspec.backend import numpy_ref
+    from nnspec.passes.autodiff import backward
+    net, g = loss_net, loss_net.graph
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((7, 5))
+    label = np.array([0, -100, 3, 1, -100, 2, 1])
+    lab = np.array([2, 0, 2, 3, 1, 1, 0])
+    w = [1, 2.5, 0.5, 3]
+    out = net.forward(x=x, lab=lab)
+    z = out["z"]
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    np.testing.assert_allclose(out["per"], torch_nll(logp, lab, w, reduction="none"),
+                               rtol=1e-12)
+    np.testing.assert_allclose(out["total"], torch_nll(logp, lab, None, 2, "sum"), rtol=1e-12)
+    np.testing.assert_allclose(out["sq"], (z * 0.5) ** 2, rtol=1e-12)
+    loss, grads = net.gradients({"x": x, "lab": lab}, {"label": label})
+    assert loss == pytest.approx(torch_nll(logp, label, w), rel=1e-12)
+    gg, want = backward(g, g.meta["loss"], g.params)
+    vals = numpy_ref.run(gg, {"x": x, "lab": lab, "label": label, **net.params},
+                         list(want.values()))
+    for p, gid in want.items():
+        np.testing.assert_allclose(grads[p], vals[gid], rtol=1e-10, atol=1e-13, err_msg=p)
+    # the weighted mean's gradient by finite differences of the formula
+    W = net.params["z.weight"]
+    d = rng.standard_normal(W.shape)
+
+    def f(eps):
+        zz = x @ (W + eps * d).T + net.params["z.bias"]
+        return torch_nll(zz - np.log(np.exp(zz).sum(-1, keepdims=True)), label, w)
+    assert np.sum(grads["z.weight"] * d) == pytest.approx((f(1e-6) - f(-1e-6)) / 2e-6,
+                                                          rel=1e-6)
+
+
+def test_mean_over_no_targets_is_nan_with_zero_gradient():
+    """PyTorch: a mean over positions that are all ignored is NaN; the
+    gradient reaches no position (zeros, not NaN)."""
+    from nnspec.ops.loss import cross_entropy_grad
+    z = np.random.default_rng(3).standard_normal((3, 4))
+    t = np.array([-1, -1, -1])
+    at = {"ignore_index": -1}
+    assert np.isnan(get_op("cross_entropy").reference(at, z, t))
+    for op, args in (("cross_entropy_grad", [np.array(1.0), z, t]),
+                     ("nll_grad", [np.array(1.0), t, z])):
+        np.testing.assert_array_equal(get_op(op).reference(at, *args), np.zeros((3, 4)))
+    from test_ops import run_kernel
+    assert np.isnan(run_kernel(get_op("cross_entropy"), at, [z, t], (), "float64"))
+    got = run_kernel(get_op("cross_entropy_grad"), at, [np.array(1.0), z, t], z.shape, "float64")
+    np.testing.assert_array_equal(got, np.zeros((3, 4)))
+    del cross_entropy_grad
+
+
+@pytest.mark.parametrize("call,message", [
+    ("cross_entropy(z, label, weight=[1, 2])", "weight must be a list of 4 numbers >= 0"),
+    ("cross_entropy(z, label, weight=[1, 2, 3, -1])", "weight must be a list of 4"),
+    ("nll(z, label, ignore_index=1.5)", "nll: ignore_index must be an integer"),
+    ("cross_entropy(z, label, reduction=avg)", "reduction must be one of mean, sum, none"),
+])
+def test_loss_option_errors(tmp_path, call, message):
+    e = error(tmp_path, f"""
+        network n {{
+            input x: [5]
+            output z = x -> dense(4)
+        }}
+        train {{
+            target label: int
+            loss = {call}
+        }}
+    """)
+    assert message in e.message, e.render()
+    assert e.loc.line == 7
+
+
+# ---- a bidirectional cell's final states ----------------------------------------
+
+BIRNN = """
+    cell rnn(n)(x) {
+        state h = zeros(n)
+        h[t] = tanh(dense(x[t], n) + dense(h[t-1], n, bias=false))
+        return h
+    }
+    network n {
+        input x: [5, 2]
+        r = x -> rnn(3, direction=bidir, merge=%s)
+        output y = r
+        output h = r.h
+        output hf = r.h_forward
+        output hb = final(r, "h_backward")
+        output first = final(r)
+    }
+"""
+
+
+@pytest.mark.parametrize("merge", ["concat", "sum"])
+def test_bidirectional_final_states(merge):
+    g = lower(BIRNN % merge)
+    x = np.random.default_rng(4).standard_normal((2, 5, 2))
+    params = {p: np.random.default_rng(5).standard_normal(g.shape(p)) for p in g.params}
+    y, h, hf, hb, first = run_ref(g, {"x": x, **params}, ["y", "h", "hf", "hb", "first"])
+    assert g.shape(g.outputs["hf"]) == ("B", 3)
+    # each way by hand: the forward way ends at the last step, the backward way
+    # (its own weights, the `_reverse` layer) at the first
+    fw_w = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("r.")}
+    bw_w = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("r_reverse.")}
+
+    def way(w, steps):
+        names = sorted(w)                    # dense.bias, dense.weight, dense_1.weight
+        b, wx, wh = (w[k] for k in names)
+        s, seq = np.zeros((2, 3)), np.zeros((2, 5, 3))
+        for t in steps:
+            s = np.tanh(x[:, t] @ wx.T + b + s @ wh.T)
+            seq[:, t] = s
+        return s, seq
+    f_last, f_seq = way(fw_w, range(5))
+    b_last, b_seq = way(bw_w, range(4, -1, -1))
+    np.testing.assert_allclose(hf, f_last, rtol=1e-12)
+    np.testing.assert_allclose(hb, b_last, rtol=1e-12)
+    if merge == "concat":
+        np.testing.assert_allclose(y, np.concatenate([f_seq, b_seq], -1), rtol=1e-12)
+        np.testing.assert_allclose(h, np.concatenate([f_last, b_last], -1), rtol=1e-12)
+    else:
+        np.testing.assert_allclose(y, f_seq + b_seq, rtol=1e-12)
+        np.testing.assert_allclose(h, f_last + b_last, rtol=1e-12)
+    np.testing.assert_array_equal(first, h)
+
+
+def test_bidirectional_unknown_state_lists_the_finals(tmp_path):
+    e = error(tmp_path, (BIRNN % "concat").replace("r.h_forward", "r.h_fwd"))
+    assert "has no attribute 'h_fwd'" in e.message and "h_forward" in (e.hint or ""), e.render()

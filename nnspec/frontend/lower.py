@@ -491,9 +491,13 @@ class Lowerer:
             v = self.eval(e.value, scope)
             if isinstance(v, Tensor) and v.cell is not None and e.name in v.cell.finals:
                 return v.cell.finals[e.name]
-            raise SpecError(f"{type_name(v)} has no attribute '{e.name}'", e.loc,
-                            "a cell's result has its final states as attributes, e.g. enc.h"
-                            if isinstance(v, Tensor) else None)
+            hint = None
+            if isinstance(v, Tensor) and v.cell is not None:
+                hint = did_you_mean(e.name, list(v.cell.finals)) or \
+                    f"its final states: {', '.join(v.cell.finals)}"
+            elif isinstance(v, Tensor):
+                hint = "a cell's result has its final states as attributes, e.g. enc.h"
+            raise SpecError(f"{type_name(v)} has no attribute '{e.name}'", e.loc, hint)
         raise SpecError(f"cannot evaluate {type(e).__name__}", e.loc)  # pragma: no cover
 
     def number_op(self, fn, *vals_and_loc):
@@ -860,13 +864,29 @@ class Lowerer:
             fw = self.run_cell(layer, inputs, loc, scope, hint, reverse=False)
             bw = self.run_cell(layer.fresh(), inputs, loc, scope,
                                (hint or layer.name) + "_reverse", reverse=True)
-            if merge == "sum":
-                return self.tensor_op("add", [fw, bw], loc, scope)
-            ids = [fw.nid, bw.nid]
-            nid = scope.graph.add("concat", ids, {"axis": -1}, name=f"{scope.prefix}bidir",
-                                  loc=loc)
-            return Tensor(nid, scope.graph)
+            if isinstance(fw, tuple):
+                raise SpecError(f"a cell run both ways returns one sequence; "
+                                f"'{layer.target.name}' returns {len(fw)}", loc)
+            out = self.merge_ways(merge, fw, bw, loc, scope, "bidir")
+            # final states: each way's as <state>_forward and <state>_backward (the
+            # backward way's after it has read the first step), and <state> merged
+            # as the sequences are: PyTorch's h_n[0] and h_n[1], and their concat
+            finals = {}
+            for sname, f in fw.cell.finals.items():
+                b = bw.cell.finals[sname]
+                finals[sname] = self.merge_ways(merge, f, b, loc, scope, f"bidir.{sname}")
+                finals[f"{sname}_forward"], finals[f"{sname}_backward"] = f, b
+            return Tensor(out.nid, out.graph, CellResult(fw.cell.loop, finals))
         return self.run_cell(layer, inputs, loc, scope, hint, reverse=direction == "reverse")
+
+    def merge_ways(self, merge, f, b, loc, scope, name):
+        """A bidirectional cell's two ways merged: summed, or joined along the
+        last axis (the forward way first)."""
+        if merge == "sum":
+            return self.tensor_op("add", [f, b], loc, scope)
+        nid = scope.graph.add("concat", [f.nid, b.nid], {"axis": -1},
+                              name=f"{scope.prefix}{name}", loc=loc)
+        return Tensor(nid, scope.graph)
 
     def run_cell(self, layer: Layer, inputs, loc, scope, hint, reverse):
         block: ast.Block = layer.target

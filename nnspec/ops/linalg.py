@@ -1,5 +1,6 @@
 """Dense layers: `linear` (y = x W^T + b over the last axis), the `matmul`
-forms its gradient needs, and `sum_rows` for the bias gradient.
+forms its gradient needs, and `sum_rows` for the bias gradient; and
+`batch_matmul`, the spec's `matmul(a, b)` (NumPy's, batches broadcast).
 
 Shapes: x [..., in], W [out, in] (PyTorch's layout), b [out] -> y [..., out].
 """
@@ -8,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Op, blas_small_gemm, fmt, kernel, known, layer, prange, prod, register
+from .base import (Op, blas_small_gemm, broadcast, fmt, kernel, known, layer, prange, prod,
+                   register)
 
 
 # ---- linear -----------------------------------------------------------------
@@ -165,6 +167,132 @@ def matmul_nt(a, b, out):
 @kernel
 def matmul_tn(a, b, out):
     np.dot(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]), out)
+
+
+# ---- batch_matmul: the spec's matmul(a, b) ---------------------------------------
+
+def _swap(x, t):
+    return np.swapaxes(x, -1, -2) if t else x
+
+
+class BatchMatMul(Op):
+    """batch_matmul(a, b; ta, tb): np.matmul over the last two axes, the axes
+    before them broadcast as NumPy does ([B, h, m, k] @ [B, 1, k, n] ->
+    [B, h, m, n]); ta / tb transpose a's / b's last two axes first (the
+    gradient's forms).  Each input is a stack of matrices (2 axes or more)."""
+    name = "batch_matmul"
+    arity = 2
+
+    def infer(self, attrs, shapes, dtypes):
+        a, b = tuple(shapes[0]), tuple(shapes[1])
+        if len(a) < 2 or len(b) < 2:
+            raise ShapeError(f"batch_matmul: needs matrices (2 axes or more), got {fmt(a)} "
+                             f"and {fmt(b)}")
+        m, ka = (a[-1], a[-2]) if attrs.get("ta") else (a[-2], a[-1])
+        kb, n = (b[-1], b[-2]) if attrs.get("tb") else (b[-2], b[-1])
+        if not (known(ka) and known(kb)) or ka != kb:
+            raise ShapeError(f"batch_matmul: inner sizes differ: {fmt(a)} @ {fmt(b)} "
+                             f"({ka} and {kb})")
+        return broadcast(self.name, a[:-2], b[:-2]) + (m, n), dtypes[0]
+
+    def reference(self, attrs, a, b):
+        return np.matmul(_swap(a, attrs.get("ta")), _swap(b, attrs.get("tb")))
+
+    def grad(self, gb, node, g):
+        # y = A B with A = a or a^T, B = b or b^T: dA = g B^T, dB = A^T g, each
+        # transposed back where the input was, and summed over the axes the
+        # input was broadcast along
+        a, b = node.inputs
+        ta, tb = bool(node.attrs.get("ta")), bool(node.attrs.get("tb"))
+        pair = [(b, g, {"ta": tb, "tb": True}) if ta else (g, b, {"tb": not tb}),
+                (g, a, {"ta": True, "tb": ta}) if tb else (a, g, {"ta": not ta})]
+        out = []
+        for i, (x, y, at) in enumerate(pair):
+            if not gb.wants(i):
+                out.append(None)
+                continue
+            d = gb.add("batch_matmul", (x, y), {k: v for k, v in at.items() if v})
+            like = node.inputs[i]
+            if gb.graph.shape(d) != gb.graph.shape(like):
+                d = gb.add("sum_to", (d, like))
+            out.append(d)
+        return out
+
+    def kernel(self, attrs):
+        return batch_matmul, (bool(attrs.get("ta")), bool(attrs.get("tb")))
+
+    def macs(self, attrs, in_shapes, out_shape):
+        a = in_shapes[0]
+        return prod(d for d in out_shape[1:] if known(d)) * (a[-2] if attrs.get("ta") else a[-1])
+
+
+register(BatchMatMul())
+
+
+@kernel
+def _stack(x, L):
+    """x as [matrices, rows, cols], and the step between its matrices along
+    each of the L leading axes of the output (0 where x is broadcast)."""
+    r, c = x.shape[x.ndim - 2], x.shape[x.ndim - 1]
+    st = np.zeros(L, np.int64)
+    s = 1
+    for k in range(x.ndim - 2):
+        ax = x.ndim - 3 - k
+        if x.shape[ax] != 1:
+            st[L - 1 - k] = s
+        s *= x.shape[ax]
+    return x.reshape((x.size // (r * c), r, c)), st
+
+
+@kernel
+def batch_matmul(a, b, out, ta, tb):
+    L = out.ndim - 2
+    M, N = out.shape[L], out.shape[L + 1]
+    lead = np.empty(L, np.int64)
+    nmat = 1
+    for k in range(L):
+        lead[k] = out.shape[k]
+        nmat *= out.shape[k]
+    inner = np.ones(L, np.int64)
+    for k in range(L - 2, -1, -1):
+        inner[k] = inner[k + 1] * lead[k + 1]
+    a3, sa = _stack(a, L)
+    b3, sb = _stack(b, L)
+    o3 = out.reshape((nmat, M, N))
+    for i in range(nmat):
+        ia, ib = 0, 0
+        for k in range(L):
+            q = (i // inner[k]) % lead[k]
+            ia += q * sa[k]
+            ib += q * sb[k]
+        if ta and tb:
+            np.dot(a3[ia].T, b3[ib].T, o3[i])
+        elif ta:
+            np.dot(a3[ia].T, b3[ib], o3[i])
+        elif tb:
+            np.dot(a3[ia], b3[ib].T, o3[i])
+        else:
+            np.dot(a3[ia], b3[ib], o3[i])
+
+
+@layer("matmul", inputs=2)
+def matmul_layer(ctx, a, b):
+    """Matrix product over the last two axes, the axes before them broadcast
+    as NumPy's matmul and ONNX's MatMul: [B, h, m, k] and [B, 1, k, n] ->
+    [B, h, m, n].  Each input is a batch of matrices, [B, m, k] or more axes."""
+    sa, sb = ctx.shape(a), ctx.shape(b)
+    for x in (sa, sb):
+        if len(x) < 3:
+            ctx.fail(f"matmul: each input is a batch of matrices [B, m, k]; got {fmt(x)}",
+                     hint="reshape a batch of vectors [B, k] to [B, 1, k] (a row) or "
+                          "[B, k, 1] (a column)")
+    if len(sa) != len(sb):
+        # NumPy aligns the last axes: the batch axis of one would meet a
+        # matrix-stack axis of the other
+        ctx.fail(f"matmul: {fmt(sa)} and {fmt(sb)} differ in rank",
+                 hint="give both the same number of axes, with 1 where one is broadcast "
+                      "(reshape [B, m, k] to [B, 1, m, k])")
+    return ctx.emit("batch_matmul", [a, b], {})
 
 
 # ---- sum_rows -----------------------------------------------------------------

@@ -377,12 +377,20 @@ def transpose(x, out, perm):
 # ---- layers -----------------------------------------------------------------------
 
 @layer("flatten")
-def flatten(ctx, x):
-    """[B, ...] -> [B, prod(...)]."""
+def flatten(ctx, x, *, axis=1):
+    """Axes from `axis` (default 1) on as one: [B, ...] -> [B, prod(...)];
+    flatten(axis=2) of [B, C, H, W] is [B, C, H*W].  (ONNX's Flatten also
+    merges the axes before `axis` into one, the batch's.)"""
     xs = ctx.shape(x)
+    if not isinstance(axis, int) or isinstance(axis, bool) or not -len(xs) < axis < len(xs) \
+            or axis % len(xs) == 0:
+        ctx.fail(f"flatten: axis must be an integer from 1 to {len(xs) - 1} (or negative, "
+                 f"from the end) for {fmt(xs)}, got {axis!r}",
+                 hint="axes count the batch axis as 0, which flatten keeps")
+    ax = axis % len(xs)
     if not all(known(d) for d in xs[1:]):
         ctx.fail(f"flatten: per-example shape {fmt(xs[1:])} must be static")
-    return ctx.emit("reshape", [x], {"shape": [prod(xs[1:])]})
+    return ctx.emit("reshape", [x], {"shape": list(xs[1:ax]) + [prod(xs[ax:])]})
 
 
 @layer("reshape")
