@@ -235,6 +235,10 @@ def test_spec_trains_a_few_steps_from_the_command_line(path, tmp_path):
     # but the loss falls below its first epoch's
     assert len(losses) == 3 and min(losses[1:]) < losses[0], losses
     assert m["test_loss"] is not None and np.isfinite(m["test_loss"])
+    if m["task"] == "samples":          # WaveNet writes a waveform of its own
+        import wave
+        with wave.open(str(out / "generated.wav")) as w:
+            assert w.getnframes() == 512        # an example's length: tones(length = 512)
 
 
 # ---- NNSPEC_SLOW=1: the README's table -------------------------------------------------

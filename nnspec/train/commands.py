@@ -28,6 +28,7 @@ from ..cli import add_lib, lib_path
 from ..data import n_examples
 from ..errors import DataError, SpecError, TrainingError
 from .config import number
+from .rundir import FILES as RUN_FILES
 
 DTYPES = ("float32", "float64")
 
@@ -85,7 +86,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("compile", help="compile a spec into a single .nnc model file")
-    _common(c)
+    _common(c, device=False)
     c.add_argument("-o", "--output", required=True, metavar="MODEL.nnc")
     c.add_argument("--checkpoint", metavar="F", help="weights to store (default: initial ones)")
     c.add_argument("--seed", type=_num("natural"), metavar="N",
@@ -97,11 +98,15 @@ CHECKPOINT_HELP = ("a run directory, its checkpoint.npz, or a .nnc model "
                    "(optional when SPEC is a .nnc model)")
 
 
-def _common(p, model: bool = False) -> None:
+def _common(p, model: bool = False, device: bool = True) -> None:
     p.add_argument("spec", metavar="SPEC", help="a .nn or .yaml spec" +
                    (", or a .nnc model (spec and weights)" if model else ""))
     p.add_argument("--set", action="append", metavar="K=V", help="override a network argument")
     p.add_argument("--dtype", choices=DTYPES, help="default: the checkpoint's, else float32")
+    if device:
+        p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                       help="where it runs: cpu (default), cuda (an NVIDIA GPU; pip install "
+                            "'nnspec[cuda]'), auto (the GPU when one is usable)")
     add_lib(p)
 
 
@@ -151,7 +156,7 @@ def cmd_train(args) -> int:
         return 0
     print(_result_line(r, r["examples"]["test"])
           + f"  ({r['epochs']} epochs, {r['seconds']:.1f} s training)")
-    written = [f for f in ("checkpoint.npz", "metrics.json", "curves.png") if (out / f).exists()]
+    written = [f for f in RUN_FILES if (out / f).exists()]
     if written:
         print(f"wrote {out}/{', '.join(written)}")
     return 0
@@ -287,6 +292,7 @@ def _build(args, sets=None, dtype=None, force=False):
     """The spec's network, initialised with --seed, else the train section's seed, else 0.
     `sets` are a checkpoint's --set values, replaced by the command line's unless `force`."""
     import nnspec
+    device = _device(args)          # a missing GPU is said before any work
     sets = sets if force else _sets(args) if args.set or sets is None else sets
     dtype = args.dtype or dtype or "float32"
     seed = getattr(args, "seed", None)
@@ -294,7 +300,13 @@ def _build(args, sets=None, dtype=None, force=False):
         graph = nnspec.lower(Path(args.spec), set=sets, dtype=dtype, lib=lib_path(args))
         seed = int((graph.meta.get("train") or {}).get("seed") or 0)
     return nnspec.compile(Path(args.spec), dtype=dtype, set=sets, seed=seed,
-                          lib=lib_path(args)), seed
+                          lib=lib_path(args), device=device), seed
+
+
+def _device(args) -> str:
+    """--device as "cpu" or "cuda"; a DeviceError naming what is missing for cuda."""
+    from ..backend.device import resolve
+    return resolve(getattr(args, "device", "cpu"))
 
 
 def _trained(args):
@@ -319,7 +331,7 @@ def _trained(args):
         raise TrainingError(f"checkpoint '{p}' does not exist")
 
     def build(sets, dtype):     # once the file's layout is checked, before its arrays are read
-        return load(model) if model is not None else _build(args, sets, dtype)[0]
+        return load(model).to(_device(args)) if model is not None else _build(args, sets, dtype)[0]
     return load_trained(p, build)
 
 

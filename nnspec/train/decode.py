@@ -78,3 +78,58 @@ def generate(net, chars: list, prompt: str = "", n: int = 200, *, temperature: f
         logits = net.forward(**{name: np.array([ctx], np.int64)})[output]
         ids.append(sample(logits[0, -1], temperature, rng))
     return "".join(chars[i] for i in ids[len(prompt) if prompt else 1:])
+
+
+def generate_samples(net, prompt: np.ndarray, n: int, *, temperature: float = 1.0,
+                     seed: int = 0, output: str | None = None) -> np.ndarray:
+    """Continue each row of `prompt` (``[B, P]`` levels, P >= 1) by `n` levels
+    sampled one at a time from a next-sample model (WaveNet: one input of
+    one-hot levels ``[B, quant, L]``, channels first, and logits ``[B, quant,
+    L]`` whose position t predicts the level at t + 1).  Each step runs the
+    network on the last L levels (the network's length; fewer at the start,
+    the rest of the window zeros, which a causal network never reads) and
+    samples from the distribution at the last of them.  ``[B, P + n]``."""
+    if len(net.inputs) != 1:
+        raise DataError(f"generating samples needs a network with one input; this one "
+                        f"takes {', '.join(net.inputs)}")
+    (name, shape), = net.inputs.items()
+    if len(shape) != 2 or not all(isinstance(d, int) for d in shape):
+        raise DataError(f"generating samples needs an input of one-hot levels [quant, length]; "
+                        f"'{name}' is {list(shape)}")
+    quant, length = shape
+    output = output or net.outputs[0]
+    rng = np.random.default_rng(seed)
+    levels = np.asarray(prompt, np.int64)
+    if levels.ndim != 2 or levels.shape[1] < 1:
+        raise DataError("the prompt must hold at least one level per waveform")
+    if levels.min() < 0 or levels.max() >= quant:
+        raise DataError(f"prompt levels must lie in 0..{quant - 1}")
+    B = len(levels)
+    out = np.concatenate([levels, np.zeros((B, n), np.int64)], axis=1)
+    x = np.zeros((B, quant, length), net._expected(name)[2])
+    rows = np.arange(B)[:, None]
+    for p in range(levels.shape[1], levels.shape[1] + n):
+        window = out[:, max(0, p - length):p]
+        w = window.shape[1]
+        x[...] = 0
+        x[rows, window, np.arange(w)[None, :]] = 1
+        logits = net.forward(**{name: x})[output][:, :, w - 1]
+        out[:, p] = [sample(row, temperature, rng) for row in logits]
+    return out
+
+
+def write_wav(path, levels: np.ndarray, quant: int = 256, rate: int = 8000) -> None:
+    """Mu-law levels ``[T]`` as a 16-bit mono WAV file, written atomically."""
+    import io
+    import wave
+
+    from ..data.waves import mu_law_inverse
+    from .bundle import atomic_write
+    pcm = np.round(mu_law_inverse(levels, quant) * 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    atomic_write(path, lambda f: f.write(buf.getvalue()))

@@ -143,7 +143,24 @@ def _fit(net, train, test, cfg, plan, task, run, resume, progress, data_info, gr
         note = plot_curves(run.curves, history) if history else None
         if note:
             log(f"note: {note}")
+        if task.kind == "samples" and history and nndata.n_examples(test):
+            log(_write_generated(net, run.generated, test[task.target], cfg.seed))
     return result
+
+
+PROMPT = 64     # levels of a test waveform that start the generated one
+
+
+def _write_generated(net, path, levels, seed) -> str:
+    """A next-sample model's own waveform, as long as an example: PROMPT
+    levels of the first test example, then sampled one at a time."""
+    from .decode import generate_samples, write_wav
+    quant, length = next(iter(net.inputs.values()))
+    prompt = np.asarray(levels[:1, :min(PROMPT, length - 1)])
+    wave = generate_samples(net, prompt, length - prompt.shape[1], seed=seed or 0)[0]
+    write_wav(path, wave, quant)
+    return (f"wrote {path}: {len(wave)} samples at 8 kHz, the first {prompt.shape[1]} from "
+            f"a test waveform, the rest generated")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ..errors import TrainingError
 
 MARKER = ".nnspec-run"     # present once nnspec owns the files below in this directory
 LOCK = ".nnspec-lock"
-FILES = ("checkpoint.npz", "metrics.json", "curves.png")
+FILES = ("checkpoint.npz", "metrics.json", "curves.png", "generated.wav")
 
 
 class RunDir:
@@ -30,6 +30,7 @@ class RunDir:
         self.checkpoint = self.path / "checkpoint.npz"
         self.metrics = self.path / "metrics.json"
         self.curves = self.path / "curves.png"
+        self.generated = self.path / "generated.wav"     # a next-sample model's waveform
         self._lock = None
 
     def claim(self) -> None:
