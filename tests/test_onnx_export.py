@@ -8,8 +8,8 @@ RNN nodes where they match them, else as a Scan.
 Comparing with `net.forward` compiles each network's inference step, so the
 default run compares a representative set; NNSPEC_SLOW=1 compares every
 spec, the ImageNet networks at the reduced size their train sections set.
-The recurrent specs are also compared, without compiling, with the NumPy
-interpreter of the graph the exporter reads."""
+The recurrent specs (and WaveNet) are also compared, without compiling, with
+the NumPy interpreter of the graph the exporter reads."""
 import os
 from pathlib import Path
 
@@ -105,10 +105,23 @@ def _op_types(model) -> list:
 
 # ---- the zoo against the compiled forward ---------------------------------------------
 
+# WaveNet's compiled forward disagrees with the NumPy interpreter of its own
+# graph (relative error 1.0, at every length tried), which onnxruntime matches
+# (test_spec_matches_the_graph_it_exports): a backend fault, not the export's
+WRONG_FORWARD = {"wavenet.nn"}
+
+
+def _zoo_marks(p):
+    marks = [pytest.mark.skipif(p.name not in FAST and not SLOW,
+                                reason="compiles the network: NNSPEC_SLOW=1")]
+    if p.name in WRONG_FORWARD:
+        marks.append(pytest.mark.xfail(strict=True, reason="the compiled forward disagrees "
+                                                           "with the NumPy interpreter"))
+    return marks
+
+
 @pytest.mark.parametrize("path", [pytest.param(p, id=p.stem if p.suffix == ".nn" else
-                                               f"yaml-{p.stem}", marks=pytest.mark.skipif(
-                                                   p.name not in FAST and not SLOW,
-                                                   reason="compiles the network: NNSPEC_SLOW=1"))
+                                               f"yaml-{p.stem}", marks=_zoo_marks(p))
                                   for p in ZOO])
 def test_zoo_spec_exports_and_matches_the_forward(path, monkeypatch):
     monkeypatch.setenv("NNSPEC_DRIVER", "calls")       # kernels shared with other tests
@@ -125,10 +138,10 @@ def test_zoo_spec_exports_and_matches_the_forward(path, monkeypatch):
 
 # ---- recurrent cells --------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", RECURRENT)
-def test_recurrent_spec_matches_the_graph_it_exports(spec):
-    """Every recurrent spec, without compiling: onnxruntime against the NumPy
-    interpreter of the eval-mode graph."""
+@pytest.mark.parametrize("spec", RECURRENT + ["wavenet.nn"])
+def test_spec_matches_the_graph_it_exports(spec):
+    """Every recurrent spec (and WaveNet), without compiling: onnxruntime
+    against the NumPy interpreter of the eval-mode graph."""
     path = SPECS / spec
     net = _network(path)
     model = to_model(net)
