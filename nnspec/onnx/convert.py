@@ -186,6 +186,21 @@ def _matmul(e, n, xs, graph, weights):
     return e.op("MatMul", [xs[0], b], n.id)
 
 
+def _batch_matmul(e, n, xs, graph, weights):
+    ab = []
+    for x, nid, t in zip(xs, n.inputs, ("ta", "tb")):
+        rank = len(graph.shape(nid))
+        perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+        ab.append(e.op("Transpose", [x], f"{n.id}.{t}", perm=perm) if n.attrs.get(t) else x)
+    return e.op("MatMul", ab, n.id)
+
+
+def _softmax(op_type):
+    def conv(e, n, xs, graph, weights):
+        return e.op(op_type, xs, n.id, axis=int(n.attrs.get("axis", -1)))
+    return conv
+
+
 def _pads(n, graph):
     """ONNX pads ([starts..., ends...]) or an auto_pad for a conv's pad attr."""
     x, w = graph.shape(n.inputs[0]), graph.shape(n.inputs[1])
@@ -335,8 +350,8 @@ CONVERTERS = {
     "softplus": _same("Softplus"),
     "leaky_relu": _attr_op("LeakyRelu", alpha=("alpha", 0.01)),
     "elu": _attr_op("Elu", alpha=("alpha", 1.0)),
-    "softmax": _same("Softmax", axis=-1), "log_softmax": _same("LogSoftmax", axis=-1),
-    "linear": _linear, "matmul": _matmul,
+    "softmax": _softmax("Softmax"), "log_softmax": _softmax("LogSoftmax"),
+    "linear": _linear, "matmul": _matmul, "batch_matmul": _batch_matmul,
     "conv": _conv, "conv_transpose": _conv_transpose,
     "maxpool": _pool("MaxPool"), "avgpool": _pool("AveragePool"),
     "batchnorm": _batchnorm, "dropout_mask": _dropout_mask,
