@@ -43,6 +43,8 @@ from ..ops import linalg as _linalg
 from ..ops.loop import n_inputs
 from ..passes.fusion import block_pattern
 from ..passes import dce
+from ..passes.loop_body import (DERIVED, on_features, optimise as optimise_body, weight_like,
+                                with_saved)
 
 
 def _shape(shape) -> str:
@@ -319,7 +321,7 @@ def _prologue(w: _Writer, a: dict, graph, names: dict, defer: bool = False) -> d
         axes = (1, 0) + tuple(range(2, len(graph.shape(sid)) + 1))
         w(f"xt_{k} = np.ascontiguousarray(x_{k}.transpose({axes}))")
         names[sid] = f"xt_{k}[t]"
-    step_ids, caps = set(a["seq_inputs"]), _weight_like(graph, a["captures"])
+    step_ids, caps = set(a["seq_inputs"]), weight_like(graph, a["captures"])
     hoisted = {}
     for n in graph.nodes():
         if _hoistable(graph, n, step_ids, caps):
@@ -342,22 +344,6 @@ def _prologue(w: _Writer, a: dict, graph, names: dict, defer: bool = False) -> d
     return hoisted
 
 
-def _with_saved(bwd, saved):
-    """The backward graph with each saved forward value an input (kind
-    "saved", same id): the loop_grad reads it from the forward's buffer."""
-    if not saved:
-        return bwd
-    from ..passes.util import add_raw, copy_node, empty_like
-    g = empty_like(bwd)
-    keep = set(saved)
-    for n in bwd.nodes():
-        if n.id in keep:
-            add_raw(g, n.id, "input", (), {"kind": "saved"}, n.shape, n.dtype, n.layer, n.loc)
-        else:
-            copy_node(g, bwd, n.id)
-    return g
-
-
 def _recipe(graph, nid):
     """A derived weight as (parts, transposed): concat_k(c_k[:, start_k:]),
     as wide as the weight (transposed or not), over [(capture c_k, start_k)];
@@ -377,8 +363,8 @@ def _recipe(graph, nid):
 
 
 def _wcats(w: _Writer, graph, names: dict, defer: bool = False):
-    """The weights of merged, split and transposed GEMMs (`_merge_gemms`,
-    `_split_concat`, `_narrow_products`, `_transpose_weights`), made once per
+    """The weights of merged, split and transposed GEMMs (passes/loop_body.py:
+    `merge_gemms`, `split_concat`, `narrow_products`, `transpose_weights`), made once per
     call: those the graph reads, each in one pass from the captured weights
     (`linalg.gather_w`; with `defer`, in the paired region, half the rows
     per thread), else each after the weights it is made from."""
@@ -431,242 +417,6 @@ def _buffers(w: _Writer, graph, names: dict, hoisted: dict, skip=()) -> list:
     return todo
 
 
-def _optimise(graph, roots, caps, skip=()):
-    """The step writer's passes on a body graph: bias adds split off the GEMMs,
-    GEMMs sharing an operand merged (`_merge_gemms`), and elementwise chains
-    fused into one loop each (`roots`: the values read after the body runs;
-    `caps`: the captured inputs; `skip`: nodes computed after the loop)."""
-    from ..passes import canonical, fusion
-    g = _split_concat(canonical.split_bias(graph), set(caps))
-    g = _merge_gemms(g, set(caps), set(skip))
-    g = _narrow_products(g, set(caps), set(skip))
-    g = _transpose_weights(g, set(caps), set(skip))
-    return fusion.fuse_elementwise(g, roots)
-
-
-def _on_features(n) -> bool:
-    """A slice or concat along the last axis (the features)."""
-    return n.attrs.get("axis", 1) % len(n.shape) == len(n.shape) - 1
-
-
-def _weight_like(graph, caps) -> set:
-    """Captured weights and the ones derived from them before the loop."""
-    return set(caps) | {n.id for n in graph.nodes() if n.op == "input"
-                        and n.attrs.get("kind") in DERIVED}
-
-
-DERIVED = ("wcat", "wslice", "wT")
-
-
-def _derived(g, kind: str, attrs: dict, shape, dtype, cache: dict) -> str:
-    """An input node of the rebuilt graph `g` for weights made before the
-    loop: "wcat" (attrs.parts stacked along axis 0), "wslice" (columns
-    start:stop of attrs.src) or "wT" (attrs.src transposed); one per
-    distinct recipe."""
-    from ..passes.util import add_raw
-    key = (kind, repr(sorted(attrs.items())))
-    if key not in cache:
-        cache[key] = add_raw(g, g.unique(kind), "input", (), {"kind": kind, **attrs},
-                             shape, dtype)
-    return cache[key]
-
-
-def _rewrite(graph, todo, fn):
-    """`graph` rebuilt with each node in `todo` replaced by what fn(g, node,
-    cache) adds to the new graph g (cache: for `_derived`); `graph` itself
-    when there is nothing to do."""
-    from ..passes.util import copy_node, empty_like
-    if not todo:
-        return graph
-    g, cache = empty_like(graph), {}
-    for n in graph.nodes():
-        if n.id in todo:
-            fn(g, n, cache)
-        else:
-            copy_node(g, graph, n.id)
-    return g
-
-
-def _split_concat(graph, caps: set):
-    """linear(concat(a, x[t]), W) -> linear(a, W[:, :na]) + linear(x[t], W[:, na:])
-    (a concatenation along the features, W captured): the step input's part
-    is then hoisted out of the loop, and the GEMM left in the loop is smaller
-    (an LSTM written with concat(h[t-1], x[t]))."""
-    from ..passes.util import add_raw
-    w_like = _weight_like(graph, caps)
-
-    def splittable(n):
-        if n.op != "linear" or len(n.inputs) != 2 or n.inputs[1] not in w_like:
-            return False
-        c = graph.node(n.inputs[0])
-        if c.op != "concat" or not _on_features(c):
-            return False
-        return any(graph.node(i).attrs.get("kind") == "step" for i in c.inputs)
-
-    def split(g, n, cache):
-        c = graph.node(n.inputs[0])
-        w = n.inputs[1]
-        rows, off, parts = graph.shape(w)[0], 0, []
-        for i in c.inputs:
-            k = graph.shape(i)[-1]
-            ws = _derived(g, "wslice", {"src": w, "start": off, "stop": off + k},
-                          (rows, k), graph.dtype_of(w), cache)
-            parts.append(add_raw(g, g.unique(f"{n.id}.part"), "linear", (i, ws),
-                                 {"bias": False}, n.shape, n.dtype, n.layer, n.loc))
-            off += k
-        acc = parts[0]
-        for j, q in enumerate(parts[1:]):
-            last = j == len(parts) - 2
-            acc = add_raw(g, n.id if last else g.unique(f"{n.id}.sum"), "add", (acc, q), {},
-                          n.shape, n.dtype, n.layer, n.loc)
-    return _rewrite(graph, {n.id for n in graph.nodes() if splittable(n)}, split)
-
-
-def _merge_gemms(graph, caps: set, skip: set = frozenset()):
-    """One GEMM per step where the body has several with a shared operand
-    (an LSTM's four gates, a GRU's three):
-
-    forward   y_k = linear(x, W_k), x not a step input (those are hoisted)
-              -> y = linear(x, Wcat) [.., sum n_k]; y_k = slice of y
-    backward  add-tree with leaves matmul(g_k, W_k)   (dx = sum_k g_k W_k + ...)
-              -> cat = colcat(g_k...) [.., sum n_k]; matmul(cat, Wcat) + ...
-
-    Wcat is an input node of kind "wcat" (attrs.parts: the weights stacked
-    along axis 0), filled once per call before the loop."""
-    from ..passes.util import add_raw, copy_node, empty_like
-    caps = _weight_like(graph, caps)
-    fwd: dict[str, list] = {}
-    for n in graph.nodes():
-        if (n.op == "linear" and len(n.inputs) == 2 and n.inputs[1] in caps
-                and graph.node(n.inputs[0]).attrs.get("kind") != "step"):
-            fwd.setdefault(n.inputs[0], []).append(n.id)
-    fwd = {x: ms for x, ms in fwd.items() if len(ms) > 1}
-
-    def plain_mm(nid):
-        n = graph.node(nid)
-        return (n.op == "matmul" and not n.attrs.get("ta") and not n.attrs.get("tb")
-                and n.inputs[1] in caps and len(graph.consumers(nid)) == 1)
-
-    def tree(nid, top, leaves, inner):
-        n = graph.node(nid)
-        if (n.op == "add" and len(n.inputs) == 2 and n.inputs[0] != n.inputs[1]
-                and (top or len(graph.consumers(nid)) == 1)
-                and tuple(graph.shape(n.inputs[0])) == tuple(graph.shape(n.inputs[1]))
-                == tuple(n.shape)):
-            inner.add(nid)
-            for i in n.inputs:
-                tree(i, False, leaves, inner)
-        else:
-            leaves.append(nid)
-
-    bwd, gone_bwd = {}, set()
-    for n in reversed(list(graph.nodes())):
-        if n.id in gone_bwd or n.id in skip or n.op != "add":
-            continue
-        leaves, inner = [], set()
-        tree(n.id, True, leaves, inner)
-        mms = [m for m in leaves if plain_mm(m)]
-        if len(mms) > 1:
-            bwd[n.id] = (mms, [m for m in leaves if m not in mms])
-            gone_bwd |= inner | set(mms)
-    if not fwd and not bwd:
-        return graph
-    g, cache = empty_like(graph), {}
-
-    def wcat(parts):
-        rows = sum(graph.shape(p)[0] for p in parts)
-        return _derived(g, "wcat", {"parts": list(parts)},
-                        (rows,) + tuple(graph.shape(parts[0])[1:]), graph.dtype_of(parts[0]),
-                        cache)
-    first = {ms[0]: x for x, ms in fwd.items()}
-    gone = {m for ms in fwd.values() for m in ms} | gone_bwd
-    for n in graph.nodes():
-        if n.id in first:
-            ms = fwd[first[n.id]]
-            ws = [graph.node(m).inputs[1] for m in ms]
-            wc = wcat(ws)
-            shape = tuple(n.shape[:-1]) + (g.shape(wc)[0],)
-            mm = add_raw(g, g.unique(f"{n.id}.merged"), "linear", (n.inputs[0], wc),
-                         {"bias": False}, shape, n.dtype, n.layer, n.loc)
-            off = 0
-            for m, w in zip(ms, ws):
-                k = graph.shape(w)[0]
-                add_raw(g, m, "slice", (mm,), {"axis": len(shape) - 1, "start": off,
-                                               "stop": off + k},
-                        graph.shape(m), n.dtype, n.layer, n.loc)
-                off += k
-        elif n.id in bwd:
-            mms, others = bwd[n.id]
-            ls = [graph.node(m) for m in mms]
-            wc = wcat([m.inputs[1] for m in ls])
-            gs = [m.inputs[0] for m in ls]
-            shape = tuple(graph.shape(gs[0])[:-1]) + (g.shape(wc)[0],)
-            cat = add_raw(g, g.unique(f"{n.id}.cat"), "colcat", gs, {}, shape, n.dtype,
-                          n.layer, n.loc)
-            acc = add_raw(g, n.id if not others else g.unique(f"{n.id}.merged"), "matmul",
-                          (cat, wc), {}, n.shape, n.dtype, n.layer, n.loc)
-            for j, o in enumerate(others):
-                acc = add_raw(g, n.id if j == len(others) - 1 else g.unique(f"{n.id}.sum"),
-                              "add", (acc, o), {}, n.shape, n.dtype, n.layer, n.loc)
-        elif n.id not in gone:
-            copy_node(g, graph, n.id)
-    return g
-
-
-def _narrow_products(graph, caps: set, skip: set = frozenset()):
-    """A product matmul(a, W) of which only column slices are read (the part
-    of a concatenation's gradient a state needs, the input's part unused) is
-    formed for those columns only: matmul(a, W[:, start:stop]) per slice."""
-    from ..passes.util import add_raw, copy_node, empty_like
-    caps = _weight_like(graph, caps)
-    cols = {}
-    for n in graph.nodes():
-        readers = [graph.node(c) for c in graph.consumers(n.id)]
-        if (n.op == "matmul" and not n.attrs.get("ta") and not n.attrs.get("tb")
-                and n.inputs[1] in caps and n.id not in skip and readers
-                and all(r.op == "slice" and r.id not in skip and _on_features(r)
-                        for r in readers)
-                and sum(r.shape[-1] for r in readers) < n.shape[-1]):
-            cols[n.id] = [r.id for r in readers]
-    if not cols:
-        return graph
-    sliced = {r: p for p, rs in cols.items() for r in rs}
-    g, cache = empty_like(graph), {}
-    for n in graph.nodes():
-        if n.id in cols:
-            continue
-        if n.id not in sliced:
-            copy_node(g, graph, n.id)
-            continue
-        a, w = graph.node(sliced[n.id]).inputs
-        start, stop = n.attrs.get("start") or 0, n.attrs.get("stop")
-        stop = graph.shape(w)[-1] if stop is None else stop
-        ws = _derived(g, "wslice", {"src": w, "start": start, "stop": stop},
-                      (graph.shape(w)[0], stop - start), graph.dtype_of(w), cache)
-        add_raw(g, n.id, "matmul", (a, ws), {}, n.shape, n.dtype, n.layer, n.loc)
-    return g
-
-
-def _transpose_weights(graph, caps: set, skip: set = frozenset()):
-    """matmul(a, W) -> linear(a, W^T) with W^T made once before the loop: a
-    GEMM of a few rows runs transposed (ops/linalg.py `dot`), and OpenBLAS is
-    faster when its left operand, W^T there, is contiguous (an LSTM's
-    backward, [32, 1024] x [1024, 256]: 75 -> 58 us; 8 rows: 47 -> 31 us;
-    within 10% either way from 64 rows on)."""
-    from ..passes.util import add_raw
-    caps = _weight_like(graph, caps)
-
-    def transposed(g, n, cache):
-        a, w = n.inputs
-        k, m = graph.shape(w)
-        wt = _derived(g, "wT", {"src": w}, (m, k), graph.dtype_of(w), cache)
-        add_raw(g, n.id, "linear", (a, wt), {"bias": False}, n.shape, n.dtype, n.layer, n.loc)
-    return _rewrite(graph, {n.id for n in graph.nodes()
-                            if n.op == "matmul" and not n.attrs.get("ta")
-                            and not n.attrs.get("tb") and n.inputs[1] in caps
-                            and n.id not in skip}, transposed)
-
-
 def _in_place_parts(w: _Writer, graph, names: dict, todo: list) -> tuple[dict, dict]:
     """Copies of columns a fused loop can do without (codegen.emit_fused's ldo
     and lds): ({fused id: (buffer, column offset, row length)} for a fused
@@ -682,7 +432,7 @@ def _in_place_parts(w: _Writer, graph, names: dict, todo: list) -> tuple[dict, d
                 and (not w.pair or _splittable(graph, m)))
     for sid in todo:
         sl = graph.node(sid)
-        if (sl.op == "slice" and _on_features(sl) and re.fullmatch(r"v\d+", names[sid])
+        if (sl.op == "slice" and on_features(sl) and re.fullmatch(r"v\d+", names[sid])
                 and re.fullmatch(r"\w+(\[t\])?", names[sl.inputs[0]])
                 and isinstance(graph.shape(sl.inputs[0])[-1], int)
                 and tuple(graph.shape(sl.inputs[0]))[:-1] == tuple(sl.shape)[:-1]
@@ -691,7 +441,7 @@ def _in_place_parts(w: _Writer, graph, names: dict, todo: list) -> tuple[dict, d
             ins[sid] = (names[sl.inputs[0]], sl.attrs["start"], graph.shape(sl.inputs[0])[-1])
     for cid in todo:
         c = graph.node(cid)
-        if not (c.op == "colcat" or (c.op == "concat" and _on_features(c))):
+        if not (c.op == "colcat" or (c.op == "concat" and on_features(c))):
             continue
         if not isinstance(c.shape[-1], int) or not re.fullmatch(r"\w+(\[t\])?", names[cid]):
             continue
@@ -722,7 +472,7 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             raise _NoPair(n.id)     # copies split by batch rows
         if nid in read_in_place:        # its readers read the columns there
             continue
-        if n.op == "slice" and _on_features(n):
+        if n.op == "slice" and on_features(n):
             src, k = names[n.inputs[0]], graph.shape(n.inputs[0])[-1]
             width = n.shape[-1]
             if not w.cols(v, width, 0, src, k, n.attrs["start"], width, ind):
@@ -733,7 +483,7 @@ def _emit_body(w: _Writer, graph, names: dict, todo: list, ind: int):
             continue
         # columns side by side: colcat, and a concat of features (plain copies,
         # not the concat kernel's parallel loop at every step)
-        if n.op == "colcat" or (n.op == "concat" and _on_features(n)):
+        if n.op == "colcat" or (n.op == "concat" and on_features(n)):
             off = 0
             for i in n.inputs:
                 k = graph.shape(i)[-1]
@@ -872,7 +622,7 @@ def loop_function(node, dtype: str, fname: str = "run", namer=None,
 def _forward(node, dtype, fname, namer, saved, unused, pair: bool):
     a, body = node.attrs, node.attrs["body"]
     if namer is not None:
-        body = _optimise(body, list(body.outputs.values()) + list(saved), a["captures"])
+        body = optimise_body(body, list(body.outputs.values()) + list(saved), a["captures"])
     w = _Writer(dtype, namer)
     S, K = len(a["states"]), len(a["outputs"])
     args = loop_args(a) + [f"out_{k}" for k in range(K)] + [f"fin_{s}" for s in range(S)]
@@ -1064,7 +814,7 @@ def _backward(node, dtype: str, fname: str, namer, pair: bool):
     args += [f"d_{j}" for j in range(len(seeds))] + [f"sv_{j}" for j in range(len(saved))]
     args += [f"g_{i}" for i in wants]
     names = {}
-    raw = _with_saved(bwd, saved)
+    raw = with_saved(bwd, saved)
     post, stacks = _after_loop(a, raw)
     roots = [raw.outputs[f"grad:{i}"] for i in wants + [n_in + s for s in range(S)]
              if f"grad:{i}" in raw.outputs and raw.outputs[f"grad:{i}"] not in post]
@@ -1073,7 +823,7 @@ def _backward(node, dtype: str, fname: str, namer, pair: bool):
                                                      if n.op == "input"])
     if namer is not None:
         skip = {m for _, nodes in post.values() for m in nodes}
-        bwd = _optimise(bwd, roots + list(stacks), a["captures"], skip)
+        bwd = optimise_body(bwd, roots + list(stacks), a["captures"], skip)
     hoisted = _prologue(w, a, bwd, names, defer=pair)
     for j, nid in enumerate(saved):
         names[nid] = f"sv_{j}[t]"
