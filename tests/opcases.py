@@ -255,6 +255,11 @@ CASES = [
     *pool_family("2d-same-lower-s2", (1, 2, 7, 6), pool(2, 2, 2, [[1, 0], [0, 0]])),
     *pool_family("1d-dil2-ceil", (2, 3, 9), pool(1, 3, 2, [[0, 1]], dilation=[2],
                                                  ceil_mode=True)),
+    # 3-d (volumes, video)
+    *pool_family("3d-k2", (1, 2, 4, 5, 4), pool(3, 2)),
+    *pool_family("3d-sides-dil-ceil", (2, 1, 5, 4, 6), pool(3, [2, 3, 2], [2, 1, 2],
+                                                           [[1, 0], [1, 1], [0, 1]],
+                                                           dilation=[2, 1, 1], ceil_mode=True)),
     CA("avgpool", [X(2, 2, 7, 8)], "exclude-pad-sides-dil",
        pool(2, 3, 2, [[2, 1], [1, 2]], dilation=[2, 1], count_include_pad=False)),
     CA("avgpool_grad", [X(2, 2, 3, 5), X(2, 2, 7, 8, grad=False)], "exclude-pad-sides-dil",

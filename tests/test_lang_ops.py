@@ -110,6 +110,27 @@ def test_pool_same_pads_as_onnx(layer):
     assert g.shape(c.id) == ("B", 2, 7, 6)
 
 
+def test_pools_in_3d():
+    g = lower("""
+        network n {
+            input v: [2, 5, 7, 6]
+            a = v -> maxpool([2, 3, 2], pad=same)
+            output y = a -> avgpool(2, 1, pad=[0, 1, 1, 0, 0, 1], count_include_pad=false)
+        }
+    """)
+    a, y = g.node(g.ids("maxpool")[0]), g.node(g.outputs["y"])
+    assert g.shape(a.id) == ("B", 2, 3, 3, 3) and g.shape(y.id) == ("B", 2, 3, 3, 3)
+    assert y.attrs["pad"] == [[0, 1], [1, 0], [0, 1]]
+    x = np.random.default_rng(6).standard_normal((2, 2, 5, 7, 6))
+    want = np.full((2, 2, 3, 3, 3), -np.inf)       # same: pads (0,1), (1,1), (0,0)
+    xp = np.pad(x, [(0, 0), (0, 0), (0, 1), (1, 1), (0, 0)], constant_values=-np.inf)
+    for i, j, k in np.ndindex(3, 3, 3):
+        want[:, :, i, j, k] = xp[:, :, 2 * i:2 * i + 2, 3 * j:3 * j + 3, 2 * k:2 * k + 2].max(
+            axis=(2, 3, 4))
+    np.testing.assert_allclose(run_ref(g, {"v": x}, ["y"])[0], get_op("avgpool").reference(
+        y.attrs, want), rtol=1e-12)
+
+
 def test_conv_pads_per_side_and_same_lower():
     g = lower("""
         network n {

@@ -1,4 +1,5 @@
-"""Pooling, 1-d and 2-d ([B, C, L] or [B, C, H, W]), and unpooling.
+"""Pooling, 1-d, 2-d and 3-d ([B, C, L], [B, C, H, W] or [B, C, D, H, W]), and
+unpooling.
 
     maxpool(x)                    max over each window (padding never wins)
     maxpool_switches(x)           int64 index of each window's first maximum,
@@ -68,14 +69,15 @@ def pool_len(name, n, k, s, d, pad, ceil_mode, axis) -> int:
     return out
 
 
-AXES = {1: ("length",), 2: ("height", "width")}
+AXES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+LAYOUT = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
 def pool_shape(name, attrs, x) -> tuple:
     nd = len(attrs["kernel"])
     if len(x) != nd + 2:
-        raise ShapeError(f"{name}: a {nd}-d pool needs a [B, C, {'H, W' if nd == 2 else 'L'}] "
-                         f"input, got {fmt(x)}")
+        raise ShapeError(f"{name}: a {nd}-d pool needs a [B, C, {LAYOUT[nd]}] input, got "
+                         f"{fmt(x)}")
     return tuple(x[:2]) + tuple(
         pool_len(name, n, k, s, d, p, attrs.get("ceil_mode", False), ax)
         for n, k, s, d, p, ax in zip(x[2:], attrs["kernel"], attrs["stride"], dilations(attrs),
@@ -84,9 +86,9 @@ def pool_shape(name, attrs, x) -> tuple:
 
 def _extra(attrs):
     """Kernel arguments: per-axis int64 arrays (kernel, stride, dilation, pad
-    before, pad after), 1-d padded out to 2-d with a unit H axis."""
+    before, pad after), 1-d and 2-d padded out to 3-d with unit D (and H) axes."""
     nd = len(attrs["kernel"])
-    a = lambda xs, fill: np.asarray([fill] * (2 - nd) + list(xs), np.int64)  # noqa: E731
+    a = lambda xs, fill: np.asarray([fill] * (3 - nd) + list(xs), np.int64)  # noqa: E731
     ps = pads(attrs)
     return (a(attrs["kernel"], 1), a(attrs["stride"], 1), a(dilations(attrs), 1),
             a([lo for lo, _ in ps], 0), a([hi for _, hi in ps], 0))
@@ -350,37 +352,51 @@ def _max2x2(x4, o4, s4, b, c, want_sw, Ho, Wo):
 
 
 @kernel
+def _as5(a):
+    """a as [B, C, D, H, W]: a 1-d or 2-d pool's input with unit D (and H) axes."""
+    n0, n1, nl = a.shape[0], a.shape[1], a.shape[a.ndim - 1]
+    nh = a.shape[a.ndim - 2] if a.ndim > 3 else 1
+    return a.reshape((n0, n1, a.size // max(n0 * n1 * nh * nl, 1), nh, nl))
+
+
+@kernel
 def _maxpool(x, out, sw, want_sw, kern, stride, dil, lo, hi):
-    x4, o4 = _as4(x), _as4(out)
-    s4 = _as4(sw)
-    B, C, H, W = x4.shape
-    Ho = s4.shape[2] if want_sw else o4.shape[2]
-    Wo = s4.shape[3] if want_sw else o4.shape[3]
-    pairs = kern[0] == 2 and kern[1] == 2 and _tiled(kern, stride, dil, lo, Ho, Wo, H, W)
+    x5, o5, s5 = _as5(x), _as5(out), _as5(sw)
+    B, C, D, H, W = x5.shape
+    Do, Ho, Wo = s5.shape[2], s5.shape[3], s5.shape[4]
+    if not want_sw:
+        Do, Ho, Wo = o5.shape[2], o5.shape[3], o5.shape[4]
+    pairs = x.ndim <= 4 and kern[1] == 2 and kern[2] == 2 and \
+        _tiled(kern, stride, dil, lo, Ho, Wo, H, W)
+    x4, o4, s4 = _as4(x), _as4(out), _as4(sw)
     for t in range(B * C):
         b = t // C
         c = t % C
         if pairs:
             _max2x2(x4, o4, s4, b, c, want_sw, Ho, Wo)
             continue
-        for oy in range(Ho):
-            y0, ny, _ = _win(oy, stride[0], kern[0], dil[0], lo[0], hi[0], H)
-            for ox in range(Wo):
-                x0, nx, _ = _win(ox, stride[1], kern[1], dil[1], lo[1], hi[1], W)
-                best = x4[b, c, y0, x0]
-                at = y0 * W + x0
-                for i in range(ny):
-                    yy = y0 + i * dil[0]
-                    for j in range(nx):
-                        xx = x0 + j * dil[1]
-                        v = x4[b, c, yy, xx]
-                        if v > best:
-                            best = v
-                            at = yy * W + xx
-                if want_sw:
-                    s4[b, c, oy, ox] = at
-                else:
-                    o4[b, c, oy, ox] = best
+        for oz in range(Do):
+            z0, nz, _ = _win(oz, stride[0], kern[0], dil[0], lo[0], hi[0], D)
+            for oy in range(Ho):
+                y0, ny, _ = _win(oy, stride[1], kern[1], dil[1], lo[1], hi[1], H)
+                for ox in range(Wo):
+                    x0, nx, _ = _win(ox, stride[2], kern[2], dil[2], lo[2], hi[2], W)
+                    best = x5[b, c, z0, y0, x0]
+                    at = (z0 * H + y0) * W + x0
+                    for q in range(nz):
+                        zz = z0 + q * dil[0]
+                        for i in range(ny):
+                            yy = y0 + i * dil[1]
+                            for j in range(nx):
+                                xx = x0 + j * dil[2]
+                                v = x5[b, c, zz, yy, xx]
+                                if v > best:
+                                    best = v
+                                    at = (zz * H + yy) * W + xx
+                    if want_sw:
+                        s5[b, c, oz, oy, ox] = at
+                    else:
+                        o5[b, c, oz, oy, ox] = best
 
 
 @kernel
@@ -446,8 +462,8 @@ def gather_switches(g, sw, out, add):
 def _tiled(kern, stride, dil, lo, Ho, Wo, H, W):
     """Windows that tile the input: stride = kernel, no padding or dilation,
     every window inside (LeNet's 2x2 pools): a fast path of plain row loops."""
-    return (stride[0] == kern[0] and stride[1] == kern[1] and lo[0] == 0 and lo[1] == 0
-            and dil[0] == 1 and dil[1] == 1 and Ho * kern[0] <= H and Wo * kern[1] <= W)
+    return (stride[1] == kern[1] and stride[2] == kern[2] and lo[1] == 0 and lo[2] == 0
+            and dil[1] == 1 and dil[2] == 1 and Ho * kern[1] <= H and Wo * kern[2] <= W)
 
 
 @kernel
@@ -483,55 +499,68 @@ def _avg_tiles_grad(gp, dp, kh, kw, r):
 
 
 @kernel
+def _avg_window(x5, b, c, z0, nz, y0, ny, x0, nx, dil):
+    """The sum over one window's taps inside the input."""
+    acc = x5.dtype.type(0)
+    for q in range(nz):
+        for i in range(ny):
+            for j in range(nx):
+                acc += x5[b, c, z0 + q * dil[0], y0 + i * dil[1], x0 + j * dil[2]]
+    return acc
+
+
+@kernel
 def avgpool(x, out, kern, stride, dil, lo, hi, include_pad):
-    x4, o4 = _as4(x), _as4(out)
-    B, C, H, W = x4.shape
-    Ho, Wo = o4.shape[2], o4.shape[3]
+    x5, o5 = _as5(x), _as5(out)
+    B, C, D, H, W = x5.shape
+    Do, Ho, Wo = o5.shape[2], o5.shape[3], o5.shape[4]
     T = out.dtype.type
-    tiles = _tiled(kern, stride, dil, lo, Ho, Wo, H, W)
-    r = T(1) / T(kern[0] * kern[1])
+    tiles = x.ndim <= 4 and _tiled(kern, stride, dil, lo, Ho, Wo, H, W)
+    x4, o4 = _as4(x), _as4(out)
+    r = T(1) / T(kern[1] * kern[2])
     for t in range(B * C):
         b = t // C
         c = t % C
         if tiles:
-            _avg_tiles(x4[b, c], o4[b, c], kern[0], kern[1], r)
+            _avg_tiles(x4[b, c], o4[b, c], kern[1], kern[2], r)
             continue
-        for oy in range(Ho):
-            y0, ny, cy = _win(oy, stride[0], kern[0], dil[0], lo[0], hi[0], H)
-            for ox in range(Wo):
-                x0, nx, cx = _win(ox, stride[1], kern[1], dil[1], lo[1], hi[1], W)
-                acc = T(0)
-                for i in range(ny):
-                    for j in range(nx):
-                        acc += x4[b, c, y0 + i * dil[0], x0 + j * dil[1]]
-                o4[b, c, oy, ox] = acc / T(cy * cx if include_pad else ny * nx)
+        for oz in range(Do):
+            z0, nz, cz = _win(oz, stride[0], kern[0], dil[0], lo[0], hi[0], D)
+            for oy in range(Ho):
+                y0, ny, cy = _win(oy, stride[1], kern[1], dil[1], lo[1], hi[1], H)
+                for ox in range(Wo):
+                    x0, nx, cx = _win(ox, stride[2], kern[2], dil[2], lo[2], hi[2], W)
+                    acc = _avg_window(x5, b, c, z0, nz, y0, ny, x0, nx, dil)
+                    o5[b, c, oz, oy, ox] = acc / T(cz * cy * cx if include_pad else nz * ny * nx)
 
 
 @kernel
 def avgpool_grad(g, x, out, kern, stride, dil, lo, hi, include_pad):
-    g4, d4 = _as4(g), _as4(out)
-    B, C, H, W = d4.shape
-    Ho, Wo = g4.shape[2], g4.shape[3]
+    g5, d5 = _as5(g), _as5(out)
+    B, C, D, H, W = d5.shape
+    Do, Ho, Wo = g5.shape[2], g5.shape[3], g5.shape[4]
     T = out.dtype.type
-    tiles = _tiled(kern, stride, dil, lo, Ho, Wo, H, W)
-    r = T(1) / T(kern[0] * kern[1])
+    tiles = x.ndim <= 4 and _tiled(kern, stride, dil, lo, Ho, Wo, H, W)
+    g4, d4 = _as4(g), _as4(out)
+    r = T(1) / T(kern[1] * kern[2])
+    out.reshape(out.size)[:] = 0
     for t in range(B * C):
         b = t // C
         c = t % C
-        for yy in range(H):
-            for xx in range(W):
-                d4[b, c, yy, xx] = 0
         if tiles:
-            _avg_tiles_grad(g4[b, c], d4[b, c], kern[0], kern[1], r)
+            _avg_tiles_grad(g4[b, c], d4[b, c], kern[1], kern[2], r)
             continue
-        for oy in range(Ho):
-            y0, ny, cy = _win(oy, stride[0], kern[0], dil[0], lo[0], hi[0], H)
-            for ox in range(Wo):
-                x0, nx, cx = _win(ox, stride[1], kern[1], dil[1], lo[1], hi[1], W)
-                v = g4[b, c, oy, ox] / T(cy * cx if include_pad else ny * nx)
-                for i in range(ny):
-                    for j in range(nx):
-                        d4[b, c, y0 + i * dil[0], x0 + j * dil[1]] += v
+        for oz in range(Do):
+            z0, nz, cz = _win(oz, stride[0], kern[0], dil[0], lo[0], hi[0], D)
+            for oy in range(Ho):
+                y0, ny, cy = _win(oy, stride[1], kern[1], dil[1], lo[1], hi[1], H)
+                for ox in range(Wo):
+                    x0, nx, cx = _win(ox, stride[2], kern[2], dil[2], lo[2], hi[2], W)
+                    v = g5[b, c, oz, oy, ox] / T(cz * cy * cx if include_pad else nz * ny * nx)
+                    for q in range(nz):
+                        for i in range(ny):
+                            for j in range(nx):
+                                d5[b, c, z0 + q * dil[0], y0 + i * dil[1], x0 + j * dil[2]] += v
 
 
 # ---- layers ------------------------------------------------------------------------
@@ -539,8 +568,9 @@ def avgpool_grad(g, x, out, kern, stride, dil, lo, hi, include_pad):
 def _pool_attrs(ctx, name, x, k, stride, pad, ceil_mode, dilation):
     xs = ctx.shape(x)
     nd = len(xs) - 2
-    if nd not in (1, 2):
-        ctx.fail(f"{name}: needs a [B, C, L] or [B, C, H, W] input, got {fmt(xs)}")
+    if nd not in (1, 2, 3):
+        ctx.fail(f"{name}: needs a [B, C, L], [B, C, H, W] or [B, C, D, H, W] input, got "
+                 f"{fmt(xs)}")
     ks = _per_axis(ctx, f"{name}: kernel", k, nd)
     ss = ks if stride is None else _per_axis(ctx, f"{name}: stride", stride, nd)
     ds = _per_axis(ctx, f"{name}: dilation", dilation, nd)
@@ -562,7 +592,8 @@ def _pool_attrs(ctx, name, x, k, stride, pad, ceil_mode, dilation):
 @layer("maxpool")
 def maxpool_layer(ctx, x, k, stride=None, *, pad=0, dilation=1, ceil_mode=False,
                   switches=False):
-    """Max over k (or [kh, kw]) windows, stride defaulting to k.  pad: an int
+    """Max over k (or [kh, kw]; [kd, kh, kw] over [B, C, D, H, W]: 3-d pooling)
+    windows, stride defaulting to k.  pad: an int
     or [h, w] (both sides), each side [top, bottom, left, right] ([left, right]
     in 1-d), valid, same (output ceil(n / stride), the odd pad at the end: ONNX's
     SAME_UPPER) or same_lower (at the start).  dilation spaces a window's taps.
@@ -577,7 +608,8 @@ def maxpool_layer(ctx, x, k, stride=None, *, pad=0, dilation=1, ceil_mode=False,
 @layer("avgpool")
 def avgpool_layer(ctx, x, k, stride=None, *, pad=0, dilation=1, ceil_mode=False,
                   count_include_pad=True):
-    """Mean over k (or [kh, kw]) windows, stride defaulting to k; pad and
+    """Mean over k (or [kh, kw], or [kd, kh, kw] in 3-d) windows, stride
+    defaulting to k; pad and
     dilation as maxpool's.  Padding counts in the mean unless
     count_include_pad=false (as PyTorch); with it, the count is the window's
     taps inside the padded input."""
