@@ -12,7 +12,7 @@ Reading and checking specs imports neither Numba nor the backends.
 """
 from __future__ import annotations
 
-from .errors import DataError, NNSpecError, ShapeError, SpecError, TrainingError
+from .errors import DataError, DeviceError, NNSpecError, ShapeError, SpecError, TrainingError
 
 __version__ = "0.1.0"
 
@@ -34,10 +34,13 @@ def lower(spec, *, set: dict | None = None, dtype: str = "float32", lib=None):
 
 
 def compile(spec, *, dtype: str = "float32", set: dict | None = None, seed: int = 0,
-            lib=None):
-    """Spec (a path or text, as for `lower`) -> a compiled `Network`."""
+            lib=None, device: str = "cpu"):
+    """Spec (a path or text, as for `lower`) -> a compiled `Network`, run on
+    `device`: "cpu", "cuda" (an NVIDIA GPU; `pip install 'nnspec[cuda]'`) or
+    "auto" (the GPU when one is usable)."""
     from .model import Network
-    return Network(lower(spec, set=set, dtype=dtype, lib=lib), dtype=dtype, seed=seed)
+    return Network(lower(spec, set=set, dtype=dtype, lib=lib), dtype=dtype, seed=seed,
+                   device=device)
 
 
 def load(path):
@@ -46,5 +49,5 @@ def load(path):
     return _load(path)
 
 
-__all__ = ["compile", "load", "lower", "DataError", "NNSpecError", "ShapeError", "SpecError",
-           "TrainingError", "__version__"]
+__all__ = ["compile", "load", "lower", "DataError", "DeviceError", "NNSpecError", "ShapeError",
+           "SpecError", "TrainingError", "__version__"]

@@ -102,6 +102,11 @@ class TrainingError(NNSpecError):
     """Training that cannot go on (NaN loss, a bad checkpoint)."""
 
 
+class DeviceError(NNSpecError):
+    """A device that cannot run here (no GPU, driver or package), or an op it
+    has no kernel for."""
+
+
 def caret(loc: Loc) -> list[str]:
     line, col = loc.excerpt()
     if not line.strip():

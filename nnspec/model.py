@@ -52,9 +52,13 @@ def _fmt_shape(shape) -> str:
 
 
 class Network:
-    def __init__(self, graph: Graph, dtype: str | None = None, seed: int = 0):
+    def __init__(self, graph: Graph, dtype: str | None = None, seed: int = 0,
+                 device: str = "cpu"):
+        from .backend.device import resolve
         from .init import initial_values
         from .memory import check_fits
+        self.device = resolve(device)       # "cpu" or "cuda" ("auto" resolved)
+        self._mirror = None                 # the device's copies of the arenas (backend/cuda)
         self.graph = graph
         self.dtype = np.dtype(dtype or graph.dtype).name
         self.seed = seed
@@ -76,8 +80,8 @@ class Network:
         self._P = np.zeros(max(np_, 1), self.dtype)
         self._S = np.zeros(max(ns, 1), self.dtype)
         self._G = np.zeros_like(self._P)
-        self.params = {n: self._view(self._P, self._playout, n) for n in graph.params}
-        self.state = {n: self._view(self._S, self._slayout, n) for n in graph.state}
+        self._params = {n: self._view(self._P, self._playout, n) for n in graph.params}
+        self._state = {n: self._view(self._S, self._slayout, n) for n in graph.state}
         for n, v in initial_values(graph, seed, self.dtype).items():
             (self.params if n in self.params else self.state)[n][...] = v
         self._programs: dict = {}
@@ -89,6 +93,37 @@ class Network:
         if train.get("clip"):
             opt.setdefault("clip", train["clip"])
         self.set_optimizer(name, **opt)
+
+    # ---- the device ------------------------------------------------------------
+    @property
+    def params(self) -> dict:
+        """Parameter name -> array, a view of the parameter arena (up to date
+        with the device's after a GPU step: `sync`)."""
+        self.sync()
+        return self._params
+
+    @property
+    def state(self) -> dict:
+        """State name -> array (batch-norm running statistics), as `params`."""
+        self.sync()
+        return self._state
+
+    def sync(self) -> None:
+        """Copy what programs on the GPU changed (parameters, state, gradients,
+        optimizer slots) back into the host arrays; the next program copies the
+        host's in again.  Nothing on the CPU, whose programs write the host's."""
+        if self._mirror is not None:
+            self._mirror.pull()
+
+    def to(self, device: str) -> "Network":
+        """Run on `device` ("cpu", "cuda" or "auto") from now on; the values
+        move with the network."""
+        from .backend.device import resolve
+        device = resolve(device)
+        if device != self.device:
+            self.sync()
+            self.device, self._mirror, self._programs, self._train = device, None, {}, None
+        return self
 
     # ---- shapes and feeds ------------------------------------------------------
     def _example_shape(self, nid: str) -> tuple:
@@ -189,9 +224,12 @@ class Network:
         key = (kind, self._opt_key()) if kind == "train" else kind
         p = self._programs.get(key)
         if p is None:
-            from .backend.cpu import compile_program
+            from .backend import compile_program, mirror_for
+            if self._mirror is None:
+                self._mirror = mirror_for(self.device)
             p = compile_program(self.graph, kind, self.dtype, self._playout, self._slayout,
-                                {"name": self._opt_name, **self._hyper})
+                                {"name": self._opt_name, **self._hyper},
+                                device=self.device, mirror=self._mirror)
             self._programs[key] = p
         return p
 
@@ -265,9 +303,9 @@ class Network:
         for name, nid in names.items():
             if nid in feeds:
                 out[name] = feeds[nid].copy()
-            elif nid in self.params:
+            elif nid in self._params:
                 out[name] = self.params[nid].copy()
-            elif nid in self.state:
+            elif nid in self._state:
                 out[name] = self.state[nid].copy()
             else:
                 out[name] = p.value(nid, batch).copy()
@@ -310,8 +348,9 @@ class Network:
         network with one input and one target (as in ``net(x)``)."""
         feeds = self._feeds(inputs, targets)
         (loss, _), _ = self._run("grad", feeds)
+        self.sync()
         return float(loss), {n: self._view(self._G, self._playout, n).copy()
-                             for n in self.params}
+                             for n in self._params}
 
     def accumulate_gradients(self, inputs: dict, targets: dict) -> float:
         """Train-mode forward and backward into the gradient arena `grad_arena`
@@ -325,12 +364,14 @@ class Network:
     @property
     def grad_arena(self) -> np.ndarray:
         """Every parameter's gradient, packed flat in the parameters' layout."""
+        self.sync()
         return self._G
 
     def apply_gradients(self, lr: float) -> bool:
         """One optimizer step (clipping included) from the gradients in
         `grad_arena`; False, with the weights unchanged, when their norm is not
         finite."""
+        self.sync()
         ok = _optim().update(self._P, self._G, self._M, self._V, self._hp(lr),
                              {"name": self._opt_name, **self._hyper})
         if ok:
@@ -339,6 +380,7 @@ class Network:
 
     def set_optimizer(self, name: str, **hyper) -> None:
         name = str(name).lower()
+        self.sync()          # the slots are replaced: the device's weights come back first
         if name not in _OPTIMIZERS:
             raise DataError(f"unknown optimizer '{name}'; known: {sorted(_OPTIMIZERS)}")
         h = dict(_OPTIMIZERS[name])
@@ -405,6 +447,7 @@ class Network:
         return float(loss) if not math.isfinite(loss) else float("nan")
 
     def optimizer_state(self) -> dict:
+        self.sync()
         slots = {}
         if self._opt_name == "sgd":
             slots["momentum_buffer"] = {n: self._view(self._M, self._playout, n).copy()
@@ -422,6 +465,7 @@ class Network:
         self.set_optimizer(d["name"], **hyper)
         self._t = int(d.get("step", 0))
         self._hp_key = None
+        self.sync()
         names = {"momentum_buffer": self._M, "exp_avg": self._M, "exp_avg_sq": self._V}
         for slot, arrays in (d.get("slots") or {}).items():
             if slot not in names:

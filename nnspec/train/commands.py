@@ -299,8 +299,9 @@ def _build(args, sets=None, dtype=None, force=False):
     if seed is None:
         graph = nnspec.lower(Path(args.spec), set=sets, dtype=dtype, lib=lib_path(args))
         seed = int((graph.meta.get("train") or {}).get("seed") or 0)
+    on = {"device": device} if device != "cpu" else {}     # cpu: compile's default
     return nnspec.compile(Path(args.spec), dtype=dtype, set=sets, seed=seed,
-                          lib=lib_path(args), device=device), seed
+                          lib=lib_path(args), **on), seed
 
 
 def _device(args) -> str:
@@ -331,7 +332,10 @@ def _trained(args):
         raise TrainingError(f"checkpoint '{p}' does not exist")
 
     def build(sets, dtype):     # once the file's layout is checked, before its arrays are read
-        return load(model).to(_device(args)) if model is not None else _build(args, sets, dtype)[0]
+        if model is None:
+            return _build(args, sets, dtype)[0]
+        device = _device(args)
+        return load(model) if device == "cpu" else load(model).to(device)
     return load_trained(p, build)
 
 
