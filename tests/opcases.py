@@ -240,6 +240,17 @@ CASES = [
                  conv(2, stride=2, pad="same_lower")),
     *conv_family("1d-same-lower-dil2", (2, 3, 8), (2, 3, 2), conv(1, dilation=2,
                                                                  pad="same_lower")),
+    # 3-d (direct loops)
+    *conv_family("3d-bias-same", (2, 2, 4, 5, 3), (3, 2, 3, 2, 2), conv(3, pad="same",
+                                                                      bias=True)),
+    *conv_family("3d-sides-s2-dil-groups2", (1, 4, 5, 6, 5), (2, 2, 2, 3, 2),
+                 conv(3, stride=[2, 1, 2], dilation=[1, 2, 1], groups=2,
+                      pad=[[1, 0], [0, 2], [1, 1]])),
+    CA("conv_transpose", [X(2, 3, 3, 2, 4), P(3, 2, 2, 3, 2), P(2)], "3d-s2-sides-bias",
+       tconv(3, stride=[2, 1, 2], pad=[[0, 1], 1, [1, 0]], output_padding=[1, 0, 0],
+             bias=True)),
+    CA("conv_transpose", [X(1, 4, 2, 3, 2), P(4, 1, 2, 2, 3)], "3d-groups2-dil",
+       tconv(3, dilation=[2, 1, 1], groups=2)),
     # ---- pooling -----------------------------------------------------------------
     *pool_family("2d-k2", (2, 3, 6, 7), pool(2, 2)),
     *pool_family("2d-k3s2-pad1-ceil", (2, 2, 7, 8), pool(2, 3, 2, 1, ceil_mode=True)),

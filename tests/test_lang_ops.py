@@ -131,6 +131,23 @@ def test_pools_in_3d():
         y.attrs, want), rtol=1e-12)
 
 
+def test_conv3d_layers():
+    g = lower("""
+        network n {
+            input v: [2, 5, 7, 6]
+            a = v -> conv3d(4, [3, 2, 3], stride=2, pad=same_lower)
+            b = a -> conv3d(3, 1, pad=[1, 0, 0, 1, 0, 0], bias=false)
+            output y = b -> conv3d_transpose(2, 2, stride=2, pad=[0, 1, 0, 0, 1, 0])
+        }
+    """)
+    a, b = [g.node(i) for i in g.ids("conv")]
+    y = g.node(g.outputs["y"])
+    assert g.shape(a.inputs[1]) == (4, 2, 3, 2, 3) and g.shape(a.id) == ("B", 4, 3, 4, 3)
+    assert b.attrs["pad"] == [[1, 0], [0, 1], [0, 0]] and g.shape(b.id) == ("B", 3, 4, 5, 3)
+    # (n - 1) 2 - lo - hi + 2: 7, 10 and 5
+    assert g.shape(y.inputs[1]) == (3, 2, 2, 2, 2) and g.shape(y.id) == ("B", 2, 7, 10, 5)
+
+
 def test_conv_pads_per_side_and_same_lower():
     g = lower("""
         network n {

@@ -1,4 +1,4 @@
-"""Convolutions, 1-d and 2-d, and their transposes.
+"""Convolutions, 1-d, 2-d and 3-d, and their transposes.
 
     conv(x, w[, b])                 x [B, C, (H,) W], w [O, C/groups, (kh,) kw], b [O]
     conv_grad_input(g, w, x)        dL/dx of conv (x only gives the shape)
@@ -21,7 +21,7 @@ conv's in/out roles swapped.
 Kernels: im2col + one BLAS product per group and chunk of images, the
 chunks split over Numba's threads with a one-thread BLAS each (`_plan`); a
 forward with 16 or more channels per group runs channels-last (`_conv_rows`);
-1-d runs as 2-d with H = 1.
+1-d runs as 2-d with H = 1; 3-d runs as direct loops over the taps.
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ from .base import (Op, blas_get_threads, blas_set_threads, blas_small_gemm, conv
                    kernel, known, layer, num_threads, pad_amounts, prange, prod, register)
 
 PAD_CODES = {"explicit": 0, "same": 1, "valid": 2, "full": 3, "causal": 4, "same_lower": 5}
+AXES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+LAYOUT = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
 # ---- attrs and shapes ------------------------------------------------------------
@@ -47,8 +49,8 @@ def _pads(attrs, ns, ks):
 def conv_out_shape(name, attrs, x, w) -> tuple:
     nd = len(w) - 2
     if len(x) != nd + 2:
-        raise ShapeError(f"{name}: a {nd}-d convolution needs a [B, C, {'H, W' if nd == 2 else 'L'}]"
-                         f" input, got {fmt(x)}")
+        raise ShapeError(f"{name}: a {nd}-d convolution needs a [B, C, {LAYOUT[nd]}] input, "
+                         f"got {fmt(x)}")
     groups = attrs.get("groups", 1)
     if known(x[1]) and x[1] != w[1] * groups:
         raise ShapeError(f"{name}: input has {x[1]} channels (shape {fmt(x)}) but the weight "
@@ -57,7 +59,7 @@ def conv_out_shape(name, attrs, x, w) -> tuple:
         raise ShapeError(f"{name}: {w[0]} output channels do not split into {groups} groups")
     ks = w[2:]
     pads = _pads(attrs, x[2:], ks)
-    axes = ("height", "width") if nd == 2 else ("length",)
+    axes = AXES[nd]
     sp = tuple(conv_out(name, n, k, s, d, lo, hi, ax) for n, k, s, d, (lo, hi), ax in
                zip(x[2:], ks, attrs["stride"], attrs["dilation"], pads, axes))
     return (x[0], w[0]) + sp
@@ -65,7 +67,8 @@ def conv_out_shape(name, attrs, x, w) -> tuple:
 
 def _extra(attrs, nd):
     """Kernel arguments: per-axis int64 arrays (stride, dilation, pad code, pad
-    lo, pad hi), 1-d padded out to 2-d with a unit H axis; then groups."""
+    lo, pad hi), 1-d padded out to 2-d with a unit H axis (3-d kept); then
+    groups."""
     code, lo, hi = [], [], []
     for p in attrs["pad"]:
         if isinstance(p, (list, tuple)):
@@ -106,6 +109,8 @@ class Conv(Op):
         return out
 
     def kernel(self, attrs):
+        if len(attrs["stride"]) == 3:
+            return (conv3_bias if attrs.get("bias") else conv3_nobias), _extra_conv(attrs)
         return (conv_bias if attrs.get("bias") else conv_nobias), _extra_conv(attrs)
 
     def macs(self, attrs, in_shapes, out_shape):
@@ -138,7 +143,8 @@ class ConvGradInput(Op):
                 gb.add("conv_grad_weight", (g2, g, w), at) if gb.wants(1) else None, None]
 
     def kernel(self, attrs):
-        return conv_grad_input, _extra_conv(attrs)
+        return (conv3_grad_input if len(attrs["stride"]) == 3 else conv_grad_input), \
+            _extra_conv(attrs)
 
     def macs(self, attrs, in_shapes, out_shape):
         return prod(d for d in in_shapes[0][1:] if known(d)) * prod(in_shapes[1][1:])
@@ -165,7 +171,8 @@ class ConvGradWeight(Op):
                 gb.add("conv", (x, g2), at) if gb.wants(1) else None, None]
 
     def kernel(self, attrs):
-        return conv_grad_weight, _extra_conv(attrs)
+        return (conv3_grad_weight if len(attrs["stride"]) == 3 else conv_grad_weight), \
+            _extra_conv(attrs)
 
     def macs(self, attrs, in_shapes, out_shape):
         return prod(d for d in in_shapes[1][1:] if known(d)) * prod(out_shape[1:])
@@ -175,7 +182,7 @@ def transpose_out(name, attrs, x, w) -> tuple:
     nd = len(w) - 2
     if len(x) != nd + 2:
         raise ShapeError(f"{name}: a {nd}-d transposed convolution needs a [B, C, "
-                         f"{'H, W' if nd == 2 else 'L'}] input, got {fmt(x)}")
+                         f"{LAYOUT[nd]}] input, got {fmt(x)}")
     groups = attrs.get("groups", 1)
     if known(x[1]) and x[1] != w[0]:
         raise ShapeError(f"{name}: input has {x[1]} channels (shape {fmt(x)}) but the weight "
@@ -233,7 +240,10 @@ class ConvTranspose(Op):
         return out
 
     def kernel(self, attrs):
-        fn = conv_transpose_bias if attrs.get("bias") else conv_transpose_nobias
+        if len(attrs["stride"]) == 3:
+            fn = conv3_transpose_bias if attrs.get("bias") else conv3_transpose_nobias
+        else:
+            fn = conv_transpose_bias if attrs.get("bias") else conv_transpose_nobias
         return fn, _extra_conv(_as_conv_attrs(attrs))
 
     def macs(self, attrs, in_shapes, out_shape):
@@ -764,6 +774,134 @@ def conv_transpose_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
                 o3[bb, c, p] += b[c]
 
 
+# ---- 3-d: direct loops over the taps (no im2col, no BLAS) ---------------------------
+# Correct at any size, but not tuned: each output sums its C/groups * kd kh kw
+# taps in turn.  Tasks split the work so that none writes where another does:
+# the forward by (image, output channel), the input gradient by image, the
+# weight gradient by output channel.
+
+@kernel
+def _lo3(x, w, stride, dil, code, lo):
+    """The low padding of each of the three axes."""
+    return (_pad_lo(code[0], lo[0], x.shape[2], w.shape[2], stride[0], dil[0]),
+            _pad_lo(code[1], lo[1], x.shape[3], w.shape[3], stride[1], dil[1]),
+            _pad_lo(code[2], lo[2], x.shape[4], w.shape[4], stride[2], dil[2]))
+
+
+@kernel
+def _tap3(z, y, x, i, j, k, stride, dil, pads, shape):
+    """The input position output (z, y, x) reads through tap (i, j, k), and
+    whether it lies inside the input (else it is padding)."""
+    zi = z * stride[0] - pads[0] + i * dil[0]
+    yi = y * stride[1] - pads[1] + j * dil[1]
+    xi = x * stride[2] - pads[2] + k * dil[2]
+    inside = 0 <= zi < shape[2] and 0 <= yi < shape[3] and 0 <= xi < shape[4]
+    return zi, yi, xi, inside
+
+
+@kernel(parallel=True)
+def _conv3(x, w, out, bias, has_bias, stride, dil, code, lo, groups):
+    O, Cg, kd, kh, kw = w.shape
+    pads = _lo3(x, w, stride, dil, code, lo)
+    Og = O // groups
+    for t in prange(x.shape[0] * O):
+        b, o = t // O, t % O
+        c0 = (o // Og) * Cg
+        for z in range(out.shape[2]):
+            for y in range(out.shape[3]):
+                for q in range(out.shape[4]):
+                    acc = bias[o] if has_bias else out.dtype.type(0)
+                    for c in range(Cg):
+                        for i in range(kd):
+                            for j in range(kh):
+                                for k in range(kw):
+                                    zi, yi, xi, inside = _tap3(z, y, q, i, j, k, stride, dil,
+                                                               pads, x.shape)
+                                    if inside:
+                                        acc += x[b, c0 + c, zi, yi, xi] * w[o, c, i, j, k]
+                    out[b, o, z, y, q] = acc
+
+
+@kernel(parallel=True)
+def _conv3_back_data(g, w, dx, stride, dil, code, lo, groups):
+    """dx = the adjoint of conv(., w) applied to g."""
+    O, Cg, kd, kh, kw = w.shape
+    pads = _lo3(dx, w, stride, dil, code, lo)
+    Og = O // groups
+    per = dx.size // max(dx.shape[0], 1)
+    df = dx.reshape(dx.size)
+    for b in prange(dx.shape[0]):
+        for p in range(b * per, (b + 1) * per):
+            df[p] = 0
+        for o in range(O):
+            c0 = (o // Og) * Cg
+            for z in range(g.shape[2]):
+                for y in range(g.shape[3]):
+                    for q in range(g.shape[4]):
+                        gv = g[b, o, z, y, q]
+                        for c in range(Cg):
+                            for i in range(kd):
+                                for j in range(kh):
+                                    for k in range(kw):
+                                        zi, yi, xi, inside = _tap3(z, y, q, i, j, k, stride,
+                                                                   dil, pads, dx.shape)
+                                        if inside:
+                                            dx[b, c0 + c, zi, yi, xi] += gv * w[o, c, i, j, k]
+
+
+@kernel
+def conv3_nobias(x, w, out, stride, dil, code, lo, hi, groups):
+    _conv3(x, w, out, np.zeros(1, out.dtype), False, stride, dil, code, lo, groups)
+
+
+@kernel
+def conv3_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
+    _conv3(x, w, out, b, True, stride, dil, code, lo, groups)
+
+
+@kernel
+def conv3_grad_input(g, w, x, out, stride, dil, code, lo, hi, groups):
+    _conv3_back_data(g, w, out, stride, dil, code, lo, groups)
+
+
+@kernel(parallel=True)
+def conv3_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
+    O, Cg, kd, kh, kw = out.shape
+    pads = _lo3(x, out, stride, dil, code, lo)
+    Og = O // groups
+    for o in prange(O):
+        c0 = (o // Og) * Cg
+        for c in range(Cg):
+            for i in range(kd):
+                for j in range(kh):
+                    for k in range(kw):
+                        acc = out.dtype.type(0)
+                        for b in range(x.shape[0]):
+                            for z in range(g.shape[2]):
+                                for y in range(g.shape[3]):
+                                    for q in range(g.shape[4]):
+                                        zi, yi, xi, inside = _tap3(z, y, q, i, j, k, stride,
+                                                                   dil, pads, x.shape)
+                                        if inside:
+                                            acc += g[b, o, z, y, q] * x[b, c0 + c, zi, yi, xi]
+                        out[o, c, i, j, k] = acc
+
+
+@kernel
+def conv3_transpose_nobias(x, w, out, stride, dil, code, lo, hi, groups):
+    _conv3_back_data(x, w, out, stride, dil, code, lo, groups)
+
+
+@kernel
+def conv3_transpose_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
+    _conv3_back_data(x, w, out, stride, dil, code, lo, groups)
+    o3 = _flat3(out)
+    for bb in range(o3.shape[0]):
+        for c in range(o3.shape[1]):
+            for p in range(o3.shape[2]):
+                o3[bb, c, p] += b[c]
+
+
 # ---- layers ------------------------------------------------------------------------
 
 def _per_axis(ctx, what, v, nd, minimum=1):
@@ -805,7 +943,7 @@ def _pad_attr(ctx, layer_name, pad, nd):
 def _emit_conv(ctx, name, x, nd, out, k, stride, pad, dilation, groups, bias, init, bias_init):
     xs = ctx.shape(x)
     if len(xs) != nd + 2:
-        ctx.fail(f"{name}: needs a [B, C, {'H, W' if nd == 2 else 'L'}] input, got {fmt(xs)}")
+        ctx.fail(f"{name}: needs a [B, C, {LAYOUT[nd]}] input, got {fmt(xs)}")
     cin = xs[1]
     if not isinstance(out, int) or out < 1:
         ctx.fail(f"{name}: the number of output channels must be a positive integer, got {out!r}")
@@ -848,11 +986,23 @@ def conv2d(ctx, x, out, k, *, stride=1, pad="valid", dilation=1, groups=1, bias=
                       bias_init)
 
 
+@layer("conv3d")
+def conv3d(ctx, x, out, k, *, stride=1, pad="valid", dilation=1, groups=1, bias=True,
+           init="auto", bias_init=0.0):
+    """3-d convolution over [B, C, D, H, W] (volumes, video): `conv3d(16, 3,
+    pad=same)`; k, stride, dilation and pad take an int or [d, h, w]; pad also
+    valid, same, same_lower, full, or each side [front, back, top, bottom,
+    left, right].  Weight [out, in/groups, kd, kh, kw].  Direct loops: fine
+    for small volumes, not tuned for large ones."""
+    return _emit_conv(ctx, "conv3d", x, 3, out, k, stride, pad, dilation, groups, bias, init,
+                      bias_init)
+
+
 def _emit_transpose(ctx, name, x, nd, out, k, stride, pad, output_padding, dilation, groups,
                     bias, init, bias_init):
     xs = ctx.shape(x)
     if len(xs) != nd + 2:
-        ctx.fail(f"{name}: needs a [B, C, {'H, W' if nd == 2 else 'L'}] input, got {fmt(xs)}")
+        ctx.fail(f"{name}: needs a [B, C, {LAYOUT[nd]}] input, got {fmt(xs)}")
     cin = xs[1]
     if not isinstance(out, int) or out < 1:
         ctx.fail(f"{name}: the number of output channels must be a positive integer, got {out!r}")
@@ -894,6 +1044,16 @@ def conv2d_transpose(ctx, x, out, k, *, stride=1, pad=0, output_padding=0, dilat
     may give each side, [top, bottom, left, right] (ONNX's pads), which crops
     the full output by those amounts.  Weight [in, out/groups, kh, kw]."""
     return _emit_transpose(ctx, "conv2d_transpose", x, 2, out, k, stride, pad, output_padding,
+                           dilation, groups, bias, init, bias_init)
+
+
+@layer("conv3d_transpose")
+def conv3d_transpose(ctx, x, out, k, *, stride=1, pad=0, output_padding=0, dilation=1,
+                     groups=1, bias=True, init="auto", bias_init=0.0):
+    """Transposed 3-d convolution (as PyTorch's ConvTranspose3d): each output
+    size is (n-1)*stride - 2*pad + dilation*(k-1) + output_padding + 1; pad may
+    give each side.  Weight [in, out/groups, kd, kh, kw]."""
+    return _emit_transpose(ctx, "conv3d_transpose", x, 3, out, k, stride, pad, output_padding,
                            dilation, groups, bias, init, bias_init)
 
 
