@@ -1,0 +1,83 @@
+"""What every CUDA program shares: Numba's CUDA target, the device's name in
+cache keys, launch sizes, and `Mirror`, the device copies of a network's
+arenas.
+
+A network's parameters (P), state (S), gradients (G) and optimizer slots (M,
+V) live on the device between steps.  The host arrays (`net.params`, ...)
+are brought up to date by `Mirror.pull` (`Network.sync`, which reading
+`net.params` or `net.state` calls), and pushed again before the next
+program runs: whichever side was written last holds the values.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import cuda
+
+from ..device import simulated
+
+# Threads per block.  The simulator runs each thread as a Python thread, so
+# it gets small blocks; a reduction's block size is its shared array's length.
+THREADS = 8 if simulated() else 256
+MAX_BLOCKS = 2 if simulated() else 4096
+
+
+@functools.lru_cache(maxsize=None)
+def arch() -> str:
+    """The device architecture, part of every generated kernel's cache key
+    ("sm_90"; "sim" under the simulator)."""
+    if simulated():
+        return "sim"
+    cc = cuda.get_current_device().compute_capability
+    return f"sm_{cc[0]}{cc[1]}"
+
+
+def blocks(n: int) -> int:
+    """Blocks for a grid-stride loop over n elements."""
+    return max(1, min(-(-int(n) // THREADS), MAX_BLOCKS))
+
+
+def empty(n: int, dtype) -> "cuda.devicearray.DeviceNDArray":
+    return cuda.device_array(max(int(n), 1), dtype=np.dtype(dtype))
+
+
+class Mirror:
+    """The device copies of one network's P, S, G, M and V.  `take` returns
+    them, copying the host's in first where the host was written last (or
+    is a new array: a new optimizer's slots); `ran(written)` records what a
+    program changed there; `pull` copies that back to the host."""
+
+    NAMES = ("P", "S", "G", "M", "V")
+
+    def __init__(self):
+        self.host: tuple = ()
+        self.dev: dict = {}
+        self.gen = 0                 # bumped when the device arrays are new ones
+        self.on_device = False       # the device holds the newest values
+        self.dirty: set = set()      # arenas a program wrote since the last pull
+
+    def take(self, *host) -> dict:
+        if self.on_device and all(a is b for a, b in zip(host, self.host)):
+            return self.dev
+        if self.dev and all(self.dev[k].shape == a.shape and self.dev[k].dtype == a.dtype
+                            for k, a in zip(self.NAMES, host)):
+            for k, a in zip(self.NAMES, host):
+                self.dev[k].copy_to_device(a)
+        else:
+            self.dev = {k: cuda.to_device(a) for k, a in zip(self.NAMES, host)}
+            self.gen += 1
+        self.host, self.on_device, self.dirty = host, True, set()
+        return self.dev
+
+    def ran(self, written) -> None:
+        self.dirty |= set(written)
+
+    def pull(self) -> None:
+        if not self.on_device:
+            return
+        for k, a in zip(self.NAMES, self.host):
+            if k in self.dirty:
+                self.dev[k].copy_to_host(a)
+        # the host may be written next: the next program copies it in again
+        self.on_device, self.dirty = False, set()

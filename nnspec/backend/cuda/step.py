@@ -1,0 +1,299 @@
+"""A built program (passes/pipeline.py, the same passes and memory plan as
+the CPU's) run on the device as a list of kernel launches.
+
+Every value lives where the plan puts it: in a device arena per dtype
+(`Plan.offset`, the CPU's layout), in the parameters (P), state (S) or, for
+a gradient the plan pins there, in the gradients (G), all of them the
+network's `Mirror`.  A call copies the batch in, launches each node's kernel
+in order on the default stream, then the tail (gradients and state into
+place, the status kernel, the optimizer), and copies back only
+[loss, ok, clip scale].  Launchers are bound once per (batch size, arenas).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from ...errors import DeviceError
+from ...passes.memory import Plan
+from . import fused
+from .gemm import gemm_provider
+from .kernels import kernels
+from .runtime import MAX_BLOCKS, THREADS, blocks, empty
+
+LEAVES = ("input", "param", "state")
+WRITES = {"train": ("P", "S", "G", "M", "V"), "grad": ("G",)}
+
+
+def _concrete(shape, batch: int) -> tuple:
+    return tuple(batch if d == "B" else d for d in shape)
+
+
+def _rows(a, cols: int):
+    return a.reshape((a.size // cols, cols)) if cols else a
+
+
+def _last(a) -> int:
+    """The last axis's size (the simulator's shapes take no negative index)."""
+    return a.shape[len(a.shape) - 1]
+
+
+class CudaStep:
+    def __init__(self, b, playout: dict, slayout: dict, optimizer: dict | None, mirror):
+        self.build, self.kind, self.graph, self.dtype = b, b.kind, b.graph, b.dtype
+        self.plan: Plan = b.plan
+        self.playout, self.slayout = playout, slayout
+        self.optimizer = dict(optimizer or {})
+        self.mirror = mirror
+        g = b.graph
+        self.inputs = list(g.inputs) + list(g.targets)
+        self.k = kernels(self.dtype)
+        self.gemm = gemm_provider()
+        self.nodes = [n for n in g.nodes() if n.op not in LEAVES]
+        for n in self.nodes:          # every op must have a kernel: no silent fallback
+            if not hasattr(self, f"_op_{n.op}"):
+                raise DeviceError(f"op '{n.op}' has no CUDA kernel yet (node '{n.id}'"
+                                  + (f", layer '{n.layer}'" if n.layer else "")
+                                  + "); run it with device cpu")
+            if any(not isinstance(d, int) and d != "B" for d in n.shape):
+                raise DeviceError(f"op '{n.op}' (node '{n.id}'): the CUDA backend runs "
+                                  f"shapes of fixed sizes and a batch axis, not {list(n.shape)}")
+        self.fused = {n.id: fused.kernel(n.attrs["body"], [g.shape(i) for i in n.inputs],
+                                         n.shape, self.dtype)
+                      for n in self.nodes if n.op == "fused"}
+        self.pinned = getattr(self.plan, "pinned_grads", set())
+        self._bound: dict = {}
+        self._last = None
+
+    # ---- where values live -------------------------------------------------------
+    def _views(self, dev: dict, batch: int) -> dict:
+        g, plan = self.graph, self.plan
+        arenas = {dt: empty(plan.arena_size(dt, batch), dt)
+                  for dt in set(plan.fixed) | set(plan.per_example)}
+        owner = {gn: p for p, gn in self.build.grads.items()}
+        v = {}
+        for n in g.nodes():
+            shape = _concrete(n.shape, batch)
+            size = int(np.prod(shape, dtype=np.int64))
+            if n.op == "input":
+                v[n.id] = cuda.device_array(shape, np.dtype(n.dtype))
+                continue
+            if n.op in ("param", "state"):
+                arena, (off, _) = (dev["P"], self.playout[n.id]) if n.op == "param" \
+                    else (dev["S"], self.slayout[n.id])
+            elif n.id in self.pinned:
+                arena, (off, _) = dev["G"], self.playout[owner[n.id]]
+            else:
+                arena, off = arenas[n.dtype], plan.offset(n.id, batch)
+            v[n.id] = arena[off:off + size].reshape(shape) if shape else arena[off:off + 1]
+        return v
+
+    def _bind(self, dev: dict, batch: int) -> tuple:
+        v = self._views(dev, batch)
+        calls = [getattr(self, f"_op_{n.op}")(n, v, batch) for n in self.nodes]
+        dt = np.dtype(self.dtype)
+        scratch = {"part": empty(MAX_BLOCKS, dt), "sq": empty(1, dt), "st": empty(3, dt)}
+        return v, calls, scratch
+
+    # ---- a call ------------------------------------------------------------------
+    def __call__(self, P, S, G, M, V, hp, feeds: dict):
+        dev = self.mirror.take(P, S, G, M, V)
+        xs = [feeds[n] for n in self.inputs]
+        batch = next((x.shape[0] for n, x in zip(self.inputs, xs)
+                      if self.graph.shape(n) and self.graph.shape(n)[0] == "B"), 1)
+        key = (batch, self.mirror.gen)
+        bound = self._bound.get(key)
+        if bound is None:
+            bound = self._bound[key] = self._bind(dev, batch)
+        v, calls, scratch = bound
+        for n, x in zip(self.inputs, xs):
+            v[n].copy_to_device(np.ascontiguousarray(x))
+        for call in calls:
+            call()
+        self._last = (v, batch)
+        loss, ok = self._tail(dev, v, scratch, hp)
+        self.mirror.ran(WRITES.get(self.kind, ()))
+        return loss, ok
+
+    def _tail(self, dev, v, scratch, hp):
+        b, k, T = self.build, self.k, np.dtype(self.dtype).type
+        for p, gn in b.grads.items():
+            if gn not in self.pinned:
+                off, shape = self.playout[p]
+                dev["G"][off:off + v[gn].size].copy_to_device(v[gn].reshape(-1))
+        for s, nid in b.updates.items():
+            off, shape = self.slayout[s]
+            dev["S"][off:off + v[nid].size].copy_to_device(v[nid].reshape(-1))
+        loss_id = self.graph.meta.get("loss")
+        if self.kind == "infer" or loss_id not in v:
+            return T(0), True
+        from .. import optim
+        clip = T(hp[optim.CLIP]) if self.kind == "train" else T(0)
+        if clip > 0:
+            self._sum(dev["G"], scratch["sq"], scratch["part"], True, 1.0)
+        st = scratch["st"]
+        k.status[1, 1](v[loss_id].reshape(-1), scratch["sq"], clip, st)
+        if self.kind == "train":
+            self._update(dev, st, hp)
+        host = st.copy_to_host()          # the one value back per step
+        return T(host[0]), bool(host[1])
+
+    def _update(self, dev, st, hp):
+        from .. import optim
+        h = {name: np.dtype(self.dtype).type(hp[getattr(optim, name)])
+             for name in ("LR", "MOMENTUM", "BETA2", "EPS", "WEIGHT_DECAY", "STEP_SIZE",
+                          "BC2_RSQRT")}
+        P, G, M, V = dev["P"], dev["G"], dev["M"], dev["V"]
+        grid = (blocks(P.size), THREADS)
+        name = self.optimizer.get("name", "sgd")
+        if name == "sgd":
+            self.k.sgd[grid](P, G, M, st, h["LR"], h["MOMENTUM"], h["WEIGHT_DECAY"],
+                             bool(self.optimizer.get("nesterov", False)))
+        elif name in ("adam", "adamw"):
+            self.k.adam[grid](P, G, M, V, st, h["MOMENTUM"], h["BETA2"], h["EPS"],
+                              h["WEIGHT_DECAY"], h["LR"], h["STEP_SIZE"], h["BC2_RSQRT"],
+                              name == "adamw")
+        else:
+            raise DeviceError(f"optimizer '{name}' has no CUDA kernel yet")
+
+    def value(self, nid: str, batch: int) -> np.ndarray:
+        """The value of `nid` the last call left on the device, copied to the host."""
+        v, _ = self._last
+        return v[nid].copy_to_host()
+
+    # ---- reductions ----------------------------------------------------------------
+    def _sum(self, x, out, part, square: bool, scale: float):
+        """out[0] = scale * sum(x (squared)): a sum per block, then one block."""
+        n = x.size
+        nb = blocks(n)
+        T = np.dtype(self.dtype).type
+        self.k.sum_part[nb, THREADS](x.reshape(-1), n, part, square)
+        self.k.sum_final[1, THREADS](part, nb, out.reshape(-1), T(scale))
+
+    # ---- one launcher per op: op_<name>(node, views, batch) -> call() ------------------
+    def _op_const(self, n, v, batch):
+        o, val = v[n.id].reshape(-1), np.dtype(n.dtype).type(n.attrs["value"])
+        return lambda: self.k.fill[blocks(o.size), THREADS](o, o.size, val)
+
+    def _op_fused(self, n, v, batch):
+        fn, extra = self.fused[n.id]
+        shape = _concrete(n.shape, batch)
+        o = v[n.id].reshape(-1)
+        args = [o, o.size] + [v[i].reshape(-1) for i in n.inputs] + extra(shape)
+        grid = (blocks(o.size), THREADS)
+        return lambda: fn[grid](*args)
+
+    def _op_linear(self, n, v, batch):
+        x, w = v[n.inputs[0]], v[n.inputs[1]]
+        out = _rows(v[n.id], w.shape[0])
+        x = _rows(x, w.shape[1])
+        if len(n.inputs) == 2:
+            return lambda: self.gemm(x, w, out, False, True)
+        bias = v[n.inputs[2]]
+        rows, cols = out.shape
+
+        def call():
+            self.k.add_rows[blocks(out.size), THREADS](out, bias, rows, cols)
+            self.gemm(x, w, out, False, True, accumulate=True)
+        return call
+
+    def _op_matmul(self, n, v, batch):
+        a, b = v[n.inputs[0]], v[n.inputs[1]]
+        ta, tb = bool(n.attrs.get("ta")), bool(n.attrs.get("tb"))
+        a = _rows(a, _last(a))
+        b = _rows(b, _last(b))
+        out = _rows(v[n.id], _last(v[n.id]))
+        return lambda: self.gemm(a, b, out, ta, tb)
+
+    def _op_sum_rows(self, n, v, batch):
+        x = v[n.inputs[0]]
+        C = _last(x)
+        x = _rows(x, C)
+        o = v[n.id]
+        nb = min(C, MAX_BLOCKS)
+        return lambda: self.k.sum_rows[nb, THREADS](x, o, x.shape[0], C)
+
+    def _reduce_all(self, n, v, batch, mean: bool):
+        if n.attrs.get("axes") is not None or n.attrs.get("keepdims"):
+            raise DeviceError(f"op '{n.op}' over axes {n.attrs.get('axes')} has no CUDA "
+                              f"kernel yet (node '{n.id}'); run it with device cpu")
+        x, o = v[n.inputs[0]], v[n.id]
+        part = empty(MAX_BLOCKS, self.dtype)
+        scale = 1.0 / x.size if mean else 1.0
+        return lambda: self._sum(x, o, part, False, scale)
+
+    def _op_mean(self, n, v, batch):
+        return self._reduce_all(n, v, batch, True)
+
+    def _op_sum(self, n, v, batch):
+        return self._reduce_all(n, v, batch, False)
+
+    def _op_broadcast_like(self, n, v, batch):
+        g, o = v[n.inputs[0]], v[n.id]
+        shape = o.shape
+        axes = n.attrs.get("axes")
+        axes = set(range(len(shape))) if axes is None else {a % len(shape) for a in axes}
+        gshape = [1 if i in axes else d for i, d in enumerate(shape)]
+        strides, s = [0] * len(shape), 1
+        for i in range(len(shape) - 1, -1, -1):
+            strides[i] = s if gshape[i] != 1 else 0
+            s *= gshape[i]
+        scale = np.dtype(self.dtype).type(g.size / o.size if n.attrs.get("mean") else 1.0)
+        gf, of = g.reshape(-1), o.reshape(-1)
+        shape_t, strides_t = tuple(int(d) for d in shape), tuple(strides)
+        grid = (blocks(o.size), THREADS)
+        return lambda: self.k.broadcast[grid](gf, of, of.size, shape_t, strides_t, scale)
+
+    def _rows_call(self, kern, ins, o, *flag):
+        C = _last(o) if o.shape else _last(ins[0])
+        rows = [_rows(a, C) for a in ins]
+        out = _rows(o, C)
+        n = rows[0].shape[0]
+        nb = min(n, MAX_BLOCKS)
+        return lambda: kern[nb, THREADS](*rows, out, n, C, *flag)
+
+    def _op_softmax(self, n, v, batch):
+        return self._rows_call(self.k.softmax_rows, [v[n.inputs[0]]], v[n.id], False)
+
+    def _op_log_softmax(self, n, v, batch):
+        return self._rows_call(self.k.softmax_rows, [v[n.inputs[0]]], v[n.id], True)
+
+    def _op_softmax_grad(self, n, v, batch):
+        return self._rows_call(self.k.softmax_grad_rows, [v[i] for i in n.inputs], v[n.id],
+                               False)
+
+    def _op_log_softmax_grad(self, n, v, batch):
+        return self._rows_call(self.k.softmax_grad_rows, [v[i] for i in n.inputs], v[n.id],
+                               True)
+
+    def _op_cross_entropy(self, n, v, batch):
+        z, t, o = v[n.inputs[0]], v[n.inputs[1]], v[n.id]
+        C = _last(z)
+        z2 = _rows(z, C)
+        rows = z2.shape[0]
+        per_row, part = empty(rows, self.dtype), empty(MAX_BLOCKS, self.dtype)
+        tf = t.reshape(-1)
+        nb = min(rows, MAX_BLOCKS)
+
+        def call():
+            self.k.xent_rows[nb, THREADS](z2, tf, per_row, rows, C)
+            self._sum(per_row[:rows], o, part, False, 1.0 / rows)
+        return call
+
+    def _op_cross_entropy_grad(self, n, v, batch):
+        g, z, t = (v[i] for i in n.inputs)
+        C = _last(z)
+        z2, out = _rows(z, C), _rows(v[n.id], C)
+        rows = z2.shape[0]
+        gf, tf = g.reshape(-1), t.reshape(-1)
+        nb = min(rows, MAX_BLOCKS)
+        return lambda: self.k.xent_grad[nb, THREADS](gf, z2, tf, out, rows, C)
+
+    def _op_dropout_mask(self, n, v, batch):
+        o = v[n.id].reshape(-1)
+        T = np.dtype(self.dtype).type
+        if not n.attrs.get("training", True):
+            return lambda: self.k.fill[blocks(o.size), THREADS](o, o.size, T(1))
+        step, p = v[n.inputs[1]].reshape(-1), float(n.attrs.get("p", 0.5))
+        seed, keep = int(n.attrs.get("seed", 0)), T(1.0 / (1.0 - p))
+        return lambda: self.k.dropout_mask[blocks(o.size), THREADS](step, o, o.size, p, seed, keep)
