@@ -109,8 +109,12 @@ def test_long_fused_chain_in_a_cell_step():
     assert "_pk0_0" in src, "the chain's arguments were not packed"
 
 
-def test_long_fused_chain_in_the_network():
-    """A sum of 40 products: one fused loop of 80 inputs (products and biases)."""
+@pytest.mark.parametrize("B,driver", [(3, "whole"), (11000, "whole"), (11000, "calls")])
+def test_long_fused_chain_in_the_network(B, driver, monkeypatch):
+    """A sum of 40 products: one fused loop of 80 inputs (products and biases);
+    at 11,000 rows (33,000 values) its parallel variant runs, whose packed
+    output once lost every write (codegen.pack_args)."""
+    monkeypatch.setenv("NNSPEC_DRIVER", driver)
     terms = " + ".join(["dense(x, 3)"] * 40)
     net = check_against_reference(f"""
 network t {{
@@ -121,13 +125,13 @@ train {{
     target r: [3]
     loss = mse(s, r)
 }}
-""")
+""", B=B)
     assert "_pk0_0" in net._program("infer").source
 
 
 def test_pack_args_nested_and_inlined():
     """Packing in tuples of tuples: a helper of 1,000 parameters inlined."""
-    from numba import njit
+    from numba import njit, prange
     n = 1000
     params = [f"a{j}" for j in range(n)]
     args = [f"x[{j}]" for j in range(n)]
@@ -142,4 +146,14 @@ def test_pack_args_nested_and_inlined():
     caller = njit(ns["caller"])
     x = np.arange(n, dtype=np.float64)
     assert caller(x) == x.sum()
+    # a parallel loop writing into an array taken out of a pack keeps its writes
+    ps, xs, lines = codegen.pack_args(["n", "o"] + params[:40], ["n", "o"] + args[:40])
+    src = "\n".join([f"def par({', '.join(ps)}):"] + ["    " + ln for ln in lines]
+                    + ["    for k in prange(n):", f"        o[k] = k + {params[39]}"])
+    ns = {"prange": prange}
+    exec(compile(src, "<packed-parallel>", "exec"), ns)
+    par = njit(parallel=True)(ns["par"])
+    o = np.zeros(1000)
+    par(*[eval(a, {"n": 1000, "o": o, "x": x}) for a in xs])
+    np.testing.assert_array_equal(o, np.arange(1000) + x[39])
     assert codegen.pack_args(params[:30], args[:30]) == (params[:30], args[:30], [])

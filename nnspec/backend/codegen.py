@@ -190,7 +190,10 @@ def literal_source(v, consts: list) -> str:
 # inline ("Calling a closure with *args is unsupported"): a fused loop's
 # helper with more parameters takes them packed in tuples of at most
 # PACK_ARGS (nested when there are more than MAX_CALL_ARGS tuples) and
-# unpacks them first.
+# takes them out first, one index at a time.  Not `a, b, o = pack`: with
+# parallel=True, Numba 0.68 drops a prange loop's writes into an array that
+# came out of a tuple by unpacking (WaveNet's sum of 30 skips came out
+# zero); `o = pack[2]` keeps them (tests/test_backend.py).
 MAX_CALL_ARGS = 30
 PACK_ARGS = 16
 
@@ -206,7 +209,7 @@ def pack_args(params: list, args: list) -> tuple[list, list, list]:
             name = f"_pk{level}_{c // PACK_ARGS}"
             ps.append(name)
             xs.append(f"({', '.join(args[c:c + PACK_ARGS])},)")
-            ls.append(f"{', '.join(params[c:c + PACK_ARGS])}, = {name}")
+            ls.extend(f"{p} = {name}[{i}]" for i, p in enumerate(params[c:c + PACK_ARGS]))
         lines, params, args, level = ls + lines, ps, xs, level + 1
     return params, args, lines
 
