@@ -105,19 +105,9 @@ def _op_types(model) -> list:
 
 # ---- the zoo against the compiled forward ---------------------------------------------
 
-# WaveNet's compiled forward disagrees with the NumPy interpreter of its own
-# graph (relative error 1.0, at every length tried), which onnxruntime matches
-# (test_spec_matches_the_graph_it_exports): a backend fault, not the export's
-WRONG_FORWARD = {"wavenet.nn"}
-
-
 def _zoo_marks(p):
-    marks = [pytest.mark.skipif(p.name not in FAST and not SLOW,
-                                reason="compiles the network: NNSPEC_SLOW=1")]
-    if p.name in WRONG_FORWARD:
-        marks.append(pytest.mark.xfail(strict=True, reason="the compiled forward disagrees "
-                                                           "with the NumPy interpreter"))
-    return marks
+    return [pytest.mark.skipif(p.name not in FAST and not SLOW,
+                               reason="compiles the network: NNSPEC_SLOW=1")]
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, id=p.stem if p.suffix == ".nn" else
