@@ -200,8 +200,8 @@ def torch_model(name):
     raise KeyError(name)
 
 
-def make_step(framework, name):
-    """A no-argument function running one training step, after warm-up."""
+def example_batch(name):
+    """(x, y, classes): a workload's float32 batch and targets (classes 0: a regression)."""
     import numpy as np
     spec, batch, (shape, classes) = WORKLOADS[name]
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -209,6 +209,13 @@ def make_step(framework, name):
     x = rng.standard_normal((batch,) + shape).astype(np.float32)
     y = (rng.integers(0, classes, batch).astype(np.int64) if classes
          else rng.standard_normal((batch, 1)).astype(np.float32))
+    return x, y, classes
+
+
+def make_step(framework, name):
+    """A no-argument function running one training step, after warm-up."""
+    spec = WORKLOADS[name][0]
+    x, y, classes = example_batch(name)
     if framework == "nnspec":
         sys.path.insert(0, str(ROOT))
         import nnspec
