@@ -46,10 +46,9 @@ from ..errors import TrainingError
 
 BUCKET_BYTES = 8 << 20        # a few large reductions, not one per parameter
 
-# set by the launchers MPI implementations ship (Open MPI, MPICH/Hydra, Intel
-# MPI, MVAPICH, PMIx-based ones such as srun --mpi=pmix)
-_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE",
-              "MPI_LOCALNRANKS")
+# the job's size, as the launchers of MPI implementations set it: Open MPI's
+# mpiexec, MPICH's and Intel MPI's Hydra (and srun --mpi=pmi2), MVAPICH's
+_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 def launched_size() -> int:
