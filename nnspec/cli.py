@@ -7,6 +7,7 @@
     nnspec train | eval | predict | compile   (see nnspec/train/commands.py)
     nnspec visualize SPEC --checkpoint F ...  (see nnspec/viz/command.py)
     nnspec export SPEC -o model.onnx          (see nnspec/onnx/command.py)
+    nnspec import model.onnx -o net.nn [--nnc]   (see nnspec/onnx/command.py)
 """
 from __future__ import annotations
 
@@ -133,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_parsers(sub)
         from .viz.command import add_parser as add_visualize_parser
         add_visualize_parser(sub)
-        from .onnx.command import add_parser as add_export_parser
+        from .onnx.command import add_import_parser, add_parser as add_export_parser
         add_export_parser(sub)
+        add_import_parser(sub)
     return p
 
 

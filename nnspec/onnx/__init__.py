@@ -37,3 +37,7 @@ def export(net, path) -> None:
     _require()
     from .convert import export as write
     write(net, path)
+
+
+class OnnxImportError(NNSpecError):
+    """An ONNX model, or nodes of one, that nnspec's language cannot express."""

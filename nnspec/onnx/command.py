@@ -32,3 +32,30 @@ def cmd_export(args) -> int:
     export(net, Path(args.output))
     print(f"wrote {args.output} ({_count(net)} parameters)")
     return 0
+
+
+def add_import_parser(sub) -> None:
+    p = sub.add_parser("import", help="read an ONNX model as a .nn spec and its weights",
+                       description="Write the ONNX model's graph as a readable spec (layer "
+                                   "chains, repeated structure as blocks, the nodes' names as "
+                                   "layer names) and its weights beside it: OUT.npz (named as "
+                                   "the network's state_dict), or OUT.nnc with --nnc. Nodes "
+                                   "nnspec cannot express are listed, one line each, and "
+                                   "nothing is written. Needs pip install 'nnspec[onnx]'.")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="NET.nn")
+    p.add_argument("--nnc", action="store_true",
+                   help="write the weights as a .nnc model (spec and weights in one file)")
+    p.set_defaults(func=cmd_import)
+
+
+def cmd_import(args) -> int:
+    from . import _require
+    _require()
+    from .importer import import_file
+    out = Path(args.output)
+    imp = import_file(args.model, out, nnc=args.nnc)
+    count = sum(n.size for n in imp.graph.nodes() if n.op == "param")
+    print(f"wrote {out} and {out.with_suffix('.nnc' if args.nnc else '.npz')} "
+          f"({count} parameters)")
+    return 0
