@@ -193,6 +193,14 @@ k.xent_grad[min(n, MAX_BLOCKS), THREADS](cuda.to_device(np.array([0.7])), cuda.t
                                          cuda.to_device(t), o, n, C)
 err("cross_entropy_grad", o.copy_to_host(),
     get_op("cross_entropy_grad").reference({}, np.array(0.7), z, t))
+lp = get_op("log_softmax").reference({}, z)
+k.nll_rows[blocks(n), THREADS](cuda.to_device(lp), cuda.to_device(t), rows, n)
+k.sum_part[blocks(n), THREADS](rows, n, part, False)
+k.sum_final[1, THREADS](part, blocks(n), loss, 1.0 / n)
+err("nll", loss.copy_to_host()[0], get_op("nll").reference({}, lp, t))
+o = cuda.device_array((n, C))
+k.nll_grad[blocks(n * C), THREADS](cuda.to_device(np.array([0.7])), cuda.to_device(t), o, n, C)
+err("nll_grad", o.copy_to_host(), get_op("nll_grad").reference({}, np.array(0.7), t, z))
 o = cuda.device_array(C)
 k.sum_rows[min(C, MAX_BLOCKS), THREADS](cuda.to_device(z), o, n, C)
 err("sum_rows", o.copy_to_host(), get_op("sum_rows").reference({}, z))
@@ -246,16 +254,28 @@ def test_device_cuda_without_a_gpu_is_one_line():
     assert resolve("auto") == "cpu"
 
 
+UNSUPPORTED = r"""
+import nnspec, numpy as np
+conv = nnspec.compile("network c { input x: [1, 5, 5]\n output y = x -> conv2d(2, 3) }",
+                      device="cuda")
+summed = nnspec.compile(SPECS["classifier"].replace("label)", "label, reduction=sum)"),
+                        device="cuda")
+x = np.zeros((2, 5), np.float32)
+for run in (lambda: conv.forward(x=np.zeros((1, 1, 5, 5), np.float32)),
+            lambda: summed.gradients({"x": x}, {"label": np.zeros(2, np.int64)})):
+    try:
+        run()
+        print("ran")
+    except nnspec.DeviceError as e:
+        print(e)
+"""
+
+
 def test_an_op_without_a_cuda_kernel_is_named():
-    """(e) an op the CUDA backend has no kernel for: an error naming it,
-    never a silent fallback to the CPU."""
-    code = ("import nnspec, numpy as np\n"
-            "net = nnspec.compile('network c { input x: [1, 5, 5]\\n"
-            " output y = x -> conv2d(2, 3) }', device='cuda')\n"
-            "try:\n"
-            "    net.forward(x=np.zeros((1, 1, 5, 5), np.float32))\n"
-            "except nnspec.DeviceError as e:\n"
-            "    print(e)\n")
-    r = child(code)
+    """(e) an op, or an option of one, the CUDA backend has no kernel for: an
+    error naming it, never a silent fallback to the CPU."""
+    r = child("from test_cuda_sim import SPECS\n" + UNSUPPORTED)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "op 'conv' has no CUDA kernel yet (node 'y', layer 'y')" in r.stdout, r.stdout
+    conv, summed = r.stdout.strip().splitlines()
+    assert conv.startswith("op 'conv' has no CUDA kernel yet (node 'y', layer 'y')"), conv
+    assert summed.startswith("op 'cross_entropy' with reduction='sum' has no CUDA kernel"), summed

@@ -1,5 +1,5 @@
 """The CUDA kernels every program shares, for one dtype: row softmax and its
-gradient, the cross-entropy loss and its gradient, sums (all elements, per
+gradient, the cross-entropy and NLL losses and their gradients, sums (all elements, per
 column), broadcasts, fills, dropout masks, and the optimizer's clipping and
 updates.
 
@@ -99,6 +99,20 @@ def xent_grad(g, z, t, out, n, C):
         for j in range(cuda.threadIdx.x, C, RED):
             v = math.exp(z[i, j] - m - lse) * scale
             out[i, j] = v - scale if j == t[i] else v
+
+
+@cuda.jit(cache=True)
+def nll_rows(lp, t, rows, n):
+    """rows[i] = -lp[i, t[i]]; nll is their mean."""
+    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+        rows[i] = -lp[i, t[i]]
+
+
+@cuda.jit(cache=True)
+def nll_grad(g, t, out, n, C):
+    v = -g[0] / T(n)
+    for k in range(cuda.grid(1), n * C, cuda.gridsize(1)):
+        out[k // C, k % C] = v if k % C == t[k // C] else T(0)
 
 
 @cuda.jit(cache=True)

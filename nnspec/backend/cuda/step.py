@@ -24,6 +24,23 @@ from .runtime import MAX_BLOCKS, THREADS, blocks, empty
 LEAVES = ("input", "param", "state")
 WRITES = {"train": ("P", "S", "G", "M", "V"), "grad": ("G",)}
 
+# options the launchers below run only at their defaults (softmax over the
+# last axis; losses as a plain mean over the rows)
+_LOSS = {"weight": None, "ignore_index": None, "reduction": "mean"}
+DEFAULTS = {"softmax": {"axis": -1}, "log_softmax": {"axis": -1}, "softmax_grad": {"axis": -1},
+            "log_softmax_grad": {"axis": -1}, "cross_entropy": _LOSS,
+            "cross_entropy_grad": _LOSS, "nll": _LOSS, "nll_grad": _LOSS}
+
+
+def _check_options(n) -> None:
+    for k, default in DEFAULTS.get(n.op, {}).items():
+        v = n.attrs.get(k, default)
+        if k == "axis" and isinstance(v, int) and v % len(n.shape) == len(n.shape) - 1:
+            continue
+        if v != default:
+            raise DeviceError(f"op '{n.op}' with {k}={v!r} has no CUDA kernel yet (node "
+                              f"'{n.id}'); run it with device cpu")
+
 
 def _concrete(shape, batch: int) -> tuple:
     return tuple(batch if d == "B" else d for d in shape)
@@ -55,6 +72,7 @@ class CudaStep:
                 raise DeviceError(f"op '{n.op}' has no CUDA kernel yet (node '{n.id}'"
                                   + (f", layer '{n.layer}'" if n.layer else "")
                                   + "); run it with device cpu")
+            _check_options(n)
             if any(not isinstance(d, int) and d != "B" for d in n.shape):
                 raise DeviceError(f"op '{n.op}' (node '{n.id}'): the CUDA backend runs "
                                   f"shapes of fixed sizes and a batch axis, not {list(n.shape)}")
@@ -266,19 +284,34 @@ class CudaStep:
         return self._rows_call(self.k.softmax_grad_rows, [v[i] for i in n.inputs], v[n.id],
                                True)
 
-    def _op_cross_entropy(self, n, v, batch):
+    def _row_mean(self, n, v, kern, block_per_row: bool):
+        """A loss over int targets: kern(z, t, per_row, n[, C]) writes each
+        row's term, then their mean."""
         z, t, o = v[n.inputs[0]], v[n.inputs[1]], v[n.id]
         C = _last(z)
-        z2 = _rows(z, C)
+        z2, tf = _rows(z, C), t.reshape(-1)
         rows = z2.shape[0]
         per_row, part = empty(rows, self.dtype), empty(MAX_BLOCKS, self.dtype)
-        tf = t.reshape(-1)
-        nb = min(rows, MAX_BLOCKS)
+        grid, extra = ((min(rows, MAX_BLOCKS), THREADS), (C,)) if block_per_row \
+            else ((blocks(rows), THREADS), ())
 
         def call():
-            self.k.xent_rows[nb, THREADS](z2, tf, per_row, rows, C)
+            kern[grid](z2, tf, per_row, rows, *extra)
             self._sum(per_row[:rows], o, part, False, 1.0 / rows)
         return call
+
+    def _op_cross_entropy(self, n, v, batch):
+        return self._row_mean(n, v, self.k.xent_rows, True)
+
+    def _op_nll(self, n, v, batch):
+        return self._row_mean(n, v, self.k.nll_rows, False)
+
+    def _op_nll_grad(self, n, v, batch):
+        g, t = v[n.inputs[0]].reshape(-1), v[n.inputs[1]].reshape(-1)
+        C = _last(v[n.id])
+        out = _rows(v[n.id], C)
+        rows = out.shape[0]
+        return lambda: self.k.nll_grad[blocks(out.size), THREADS](g, t, out, rows, C)
 
     def _op_cross_entropy_grad(self, n, v, batch):
         g, z, t = (v[i] for i in n.inputs)
