@@ -121,7 +121,8 @@ class CudaStep:
                       if self.graph.shape(n) and self.graph.shape(n)[0] == "B"), 1)
         key = (batch, self.mirror.gen)
         bound = self._bound.get(key)
-        if bound is None:
+        if bound is None:       # views of arrays the mirror replaced are let go
+            self._bound = {k: b for k, b in self._bound.items() if k[1] == key[1]}
             bound = self._bound[key] = self._bind(dev, batch)
         v, calls, scratch = bound
         for n, x in zip(self.inputs, xs):
