@@ -44,12 +44,15 @@ def import_model(model, *, bind: dict | None = None, name: str | None = None) ->
     graph inputs that nnspec must hold as weights (the ONNX backend's node
     tests give a Conv's W as an input)."""
     from .. import lower
-    from .reader import Reader
+    from .reader import Reader, Unsupported
     from .writer import write
     r = Reader(model, bind)
     layers = r.read()
     dtype = _dtype(r)
-    text, weights, inputs, outputs = write(r, layers, name or model.graph.name or "imported")
+    try:
+        text, weights, inputs, outputs = write(r, layers, name or model.graph.name or "imported")
+    except Unsupported as why:
+        raise OnnxImportError(f"the ONNX model cannot be imported: {why}") from None
     graph = lower(text, dtype=dtype)
     leaves = [n for n in graph.nodes() if n.op in ("param", "state")]
     if len(leaves) != len(weights) or any(tuple(n.shape) != np.shape(w)

@@ -118,8 +118,10 @@ class Reader:
                     raise Unsupported(f"op {node.op_type} is not supported by nnspec's importer")
                 conv.check(node, self)
                 conv.fn(self, node)
-            except Unsupported as why:
+            except (Unsupported, ValueError, IndexError, KeyError, TypeError) as why:
                 label = node.name or f"#{k}"
+                if not isinstance(why, Unsupported):    # a malformed node
+                    why = f"cannot be read ({type(why).__name__}: {why})"
                 self.errors.append(f"node '{label}' (op {node.op_type}): {why}")
                 self.poisoned.update(node.output)
         for o in self.outputs:

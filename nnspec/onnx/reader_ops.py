@@ -285,6 +285,9 @@ def _reshape(r, node):
         if int(d) == 0 and not r.attrs(node).get("allowzero", 0):
             d = src[i]
         rest.append(int(d))
+    known = int(np.prod(r.example_shape(node.input[0])))
+    if first == -1 and int(np.prod(rest)) != known:
+        raise Unsupported(f"shape {[str(d) for d in shape]} changes the batch size")
     if -1 in rest:
         known = int(np.prod(r.example_shape(node.input[0])))
         rest[rest.index(-1)] = known // max(1, -int(np.prod(rest)))
@@ -356,7 +359,7 @@ def _slice(r, node):
     size = r.shape(node.input[0])[axis]
     start, stop = int(starts[0]), int(ends[0])
     stop = None if stop >= (size if isinstance(size, int) else 2 ** 62) else stop
-    r.emit(node, call("slice", start, stop, axis=axis if axis != 1 else None), [x])
+    r.emit(node, call("slice", start, stop=stop, axis=axis if axis != 1 else None), [x])
 
 
 def _reduce_axes(r, node):
@@ -397,6 +400,9 @@ def _gemm(r, node):
     weights = [w]
     if r.has(node, 2):
         c = np.asarray(r.const(node.input[2], "C")) * a.get("beta", 1.0)
+        if c.size not in (1, w.shape[0]):
+            raise Unsupported(f"input 'C' of shape {list(c.shape)} is not supported (a bias: "
+                              f"a scalar or [N])")
         weights.append(np.broadcast_to(c, (1, w.shape[0])).reshape(-1).copy())
     _dense(r, node, x, weights)
 

@@ -1,0 +1,265 @@
+"""ONNX import (nnspec/onnx/importer.py, docs/onnx.md) and ONNX's own backend
+node tests over nnspec (nnspec/onnx/backend.py, conformance.py).
+
+Round trips: a zoo spec exported (to_model) and imported again has the
+original's graph (ops, shapes, parameter shapes of the eval-mode forward;
+for recurrent cells the loop's results, as an ONNX LSTM's weights are laid
+out differently from the spec's dense layers) and the imported spec's
+outputs equal onnxruntime's.  Outputs are computed by the NumPy interpreter
+of the graph, without compiling; the node tests too, unless NNSPEC_SLOW=1,
+which also runs each through the compiled backend."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import nnspec  # noqa: E402
+from nnspec.cli import main  # noqa: E402
+from nnspec.onnx import OnnxImportError, to_model  # noqa: E402
+from nnspec.onnx.backend import NnspecBackend  # noqa: E402
+from nnspec.onnx.conformance import EXCLUDED, run_case, selected  # noqa: E402
+from nnspec.onnx.importer import import_model  # noqa: E402
+from nnspec.passes.pipeline import REFERENCE_PIPELINE, build  # noqa: E402
+
+SLOW = os.environ.get("NNSPEC_SLOW") == "1"
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+ZOO = [("mlp.nn", {"hidden": 16}), ("lenet5.nn", {}), ("cnn.nn", {}),
+       ("resnet18.nn", {"size": 32, "classes": 10}), ("lstm.nn", {"hidden": 8}),
+       ("gru.nn", {"hidden": 8}), ("gru.nn", {"hidden": 8, "reset_after": True}),
+       ("elman_rnn.nn", {"hidden": 8})]
+SKIPPED = ("identity", "dropout_mask")
+
+
+def _network(spec, sets):
+    net = nnspec.compile(SPECS / spec, set=sets)
+    rng = np.random.default_rng(1)
+    for v in net.params.values():
+        v += rng.standard_normal(v.shape).astype(v.dtype) * 0.05
+    for name, v in net.state.items():
+        v[...] = rng.uniform(0.5, 1.5, v.shape) if name.endswith("var") else \
+            rng.standard_normal(v.shape) * 0.1
+    return net
+
+
+def _infer(graph):
+    return build(graph, "infer", graph.dtype, passes=REFERENCE_PIPELINE).graph
+
+
+def canonical(graph) -> tuple:
+    """The eval-mode forward as (op, shape) in order, and the parameter shapes;
+    eval-mode dropout (x * a mask of ones) and identities left out."""
+    g = _infer(graph)
+    masks = set(g.ids("dropout_mask"))
+    ops, params = [], []
+    for n in g.nodes():
+        if n.op in ("param", "state"):
+            if n.shape:                       # () : dropout's step counter
+                params.append((n.op, n.shape))
+        elif n.op not in ("input", "const") + SKIPPED and not (n.op == "mul" and
+                                                               set(n.inputs) & masks):
+            ops.append((n.op, n.shape))
+    return ops, sorted(params)
+
+
+def _feeds(model, batch=3, steps=5):
+    rng = np.random.default_rng(2)
+    return {i.name: rng.standard_normal(
+        [batch if d.dim_param == "batch" else steps if d.dim_param else d.dim_value
+         for d in i.type.tensor_type.shape.dim]).astype("float32") for i in model.graph.input}
+
+
+def _ort(model, feeds):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    s = ort.InferenceSession(model.SerializeToString(), opts,
+                             providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
+
+
+def _imported_outputs(imp, feeds):
+    from nnspec.backend.numpy_ref import run
+    g = _infer(imp.graph)
+    got = run(g, {**{imp.inputs[k]: v for k, v in feeds.items()}, **imp.weights},
+              list(g.outputs.values()))
+    return {o: got[g.outputs[name]] for o, name in imp.outputs.items()}
+
+
+def _weights(model) -> int:
+    """The values of an ONNX model's float initializers (not shapes or axes)."""
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer
+               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE))
+
+
+def _rel(got, want):
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+# ---- round trips -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, sets", ZOO, ids=[f"{s[:-3]}{'-' + '-'.join(map(str, k.values())) if 'reset_after' in k else ''}" for s, k in ZOO])  # noqa: E501
+def test_import_of_an_export_gives_the_spec_back(spec, sets):
+    net = _network(spec, sets)
+    model = to_model(net)
+    imp = import_model(model)
+    nnspec.lower(imp.text)                            # the text lowers on its own
+    ops, params = canonical(net.graph)
+    ops2, params2 = canonical(imp.graph)
+    if any(op == "loop" for op, _ in ops):
+        # a cell's weights are ONNX's stacked W, R, B: compare what the loop gives
+        ops = [o for o in ops if o[0] != "loop"]
+        ops2 = [o for o in ops2 if o[0] != "loop"]
+        assert ops2 == ops
+        n_onnx = _weights(model)
+        assert sum(int(np.prod(s)) for _, s in params2) == n_onnx
+    else:
+        assert ops2 == ops and params2 == params
+    feeds = _feeds(model)
+    want, got = _ort(model, feeds), _imported_outputs(imp, feeds)
+    for name in want:
+        assert got[name].shape == want[name].shape
+        assert _rel(got[name], want[name]) <= 1e-5, name
+
+
+def test_resnet_repeats_fold_into_a_block():
+    imp = import_model(to_model(_network("resnet18.nn", {"size": 32, "classes": 10})))
+    assert "block unit1()(x) {" in imp.text and "-> unit1 * 2" in imp.text
+    g = imp.graph
+    assert len(g.ids("conv")) == 20 and len(g.ids("batchnorm")) == 20
+
+
+def test_a_softmax_output_trains_as_nll(tmp_path):
+    spec = tmp_path / "p.nn"
+    spec.write_text("network p {\n    input x: [6]\n    output probs = x -> dense(4) -> "
+                    "softmax\n}\n")
+    imp = import_model(to_model(nnspec.compile(spec)))
+    assert "loss = nll(log(probs), label)" in imp.text and "target label: int" in imp.text
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+def test_import_command_check_inspect_train(tmp_path, capsys):
+    model = tmp_path / "mlp.onnx"
+    # perturbed weights: the exporter stores equal small constants (zero biases) once,
+    # and an imported layer has weights of its own
+    _network("mlp.nn", {"hidden": 16}).export_onnx(model)
+    out = tmp_path / "net" / "mlp.nn"
+    assert main(["import", str(model), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mlp.nn", "mlp.npz"]
+    n_onnx = _weights(onnx.load(str(model)))
+    assert main(["check", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--json"]) == 0
+    import json
+    info = json.loads(capsys.readouterr().out)
+    assert info["trainable_params"] == n_onnx
+    # the weights are the network's state_dict
+    net = nnspec.compile(out)
+    net.load_state_dict(dict(np.load(out.with_suffix(".npz"))))
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype("float32")
+    want = _ort(onnx.load(str(model)), {"x": x})["logits"]
+    assert _rel(_imported_outputs(import_model(onnx.load(str(model))), {"x": x})["logits"],
+                want) <= 1e-5
+    run = tmp_path / "run"
+    assert main(["train", str(out), "--data", "digits(limit=96)", "--epochs", "1",
+                 "--out", str(run), "--quiet"]) == 0
+    assert (run / "checkpoint.npz").exists()
+
+
+def test_import_command_nnc(tmp_path):
+    model = tmp_path / "lenet5.onnx"
+    net = _network("lenet5.nn", {})
+    net.export_onnx(model)
+    out = tmp_path / "lenet5.nn"
+    assert main(["import", str(model), "-o", str(out), "--nnc"]) == 0
+    loaded = nnspec.load(out.with_suffix(".nnc"))
+    imp = import_model(onnx.load(str(model)))
+    for k, v in imp.weights.items():
+        np.testing.assert_array_equal(loaded.state_dict()[k], v)
+
+
+def _bad_model():
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    nodes = [helper.make_node("Sin", ["x"], ["a"], name="sine"),
+             helper.make_node("Relu", ["a"], ["b"], name="fine"),
+             helper.make_node("LeakyRelu", ["x"], ["c"], name="odd", alpha=0.1, gamma=2.0),
+             helper.make_node("Add", ["b", "c"], ["y"], name="sum")]
+    return helper.make_model(helper.make_graph(nodes, "bad", [x], [y]),
+                             opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_unsupported_nodes_are_listed_one_per_node(tmp_path, capsys):
+    with pytest.raises(OnnxImportError) as e:
+        import_model(_bad_model())
+    msg = str(e.value)
+    assert "node 'sine' (op Sin): op Sin is not supported" in msg
+    assert "node 'odd' (op LeakyRelu): attribute 'gamma' is not supported" in msg
+    assert msg.count("node '") == 2                      # not the nodes after them
+    src = tmp_path / "bad.onnx"
+    onnx.save(_bad_model(), str(src))
+    assert main(["import", str(src), "-o", str(tmp_path / "bad.nn")]) == 1
+    err = capsys.readouterr().err
+    assert "node 'sine'" in err and "node 'odd'" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
+def test_pytorch_style_flatten_through_shape_folds_to_reshape():
+    from onnx import TensorProto, helper, numpy_helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((6, 18))
+                                .astype("float32"), "fc.weight")
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Concat", ["n1", "minus1"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["flat"], name="/flatten/Reshape"),
+             helper.make_node("Clip", ["flat", "lo", "hi"], ["r6"], name="/act/Clip"),
+             helper.make_node("Gemm", ["r6", "fc.weight"], ["y"], name="/fc/Gemm", transB=1)]
+    consts = [numpy_helper.from_array(np.asarray(v, dt), n) for n, v, dt in
+              (("zero", 0, np.int64), ("axes", [0], np.int64), ("minus1", [-1], np.int64),
+               ("lo", 0.0, np.float32), ("hi", 6.0, np.float32))]
+    model = helper.make_model(helper.make_graph(nodes, "torch", [x], [y], [w] + consts),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    imp = import_model(model)
+    assert "flatten" in imp.text and "onnx_clip(0.0, 6.0)" in imp.text
+    assert "fc = " in imp.text or "output y = " in imp.text
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 2, 3, 3)).astype("float32") * 5}
+    assert _rel(_imported_outputs(imp, feeds)["y"], _ort(model, feeds)["y"]) <= 1e-5
+
+
+# ---- ONNX's backend node tests ---------------------------------------------------------------
+
+CASES = selected()
+
+
+def test_every_exclusion_is_a_case_of_an_implemented_op():
+    names = {c.name for c, _ in CASES}
+    assert set(EXCLUDED) <= names
+
+
+@pytest.mark.parametrize("case", [c for c, _ in CASES], ids=[c.name for c, _ in CASES])
+def test_onnx_node_case(case):
+    why = run_case(case, compiled=False)
+    if case.name in EXCLUDED:
+        assert why is not None, f"{case.name} passes: take it off the exclusion list"
+    else:
+        assert why is None, why
+    if SLOW and why is None:
+        assert run_case(case, compiled=True) is None
+
+
+def test_backend_interface_runs_a_model():
+    from onnx.backend.base import BackendRep
+    model = to_model(nnspec.compile(SPECS / "mlp.nn", set={"hidden": 8}))
+    rep = NnspecBackend.prepare(model, reference=True)
+    assert isinstance(rep, BackendRep)
+    x = np.random.default_rng(0).standard_normal((2, 64)).astype("float32")
+    (y,) = rep.run([x])
+    assert _rel(y, _ort(model, {"x": x})["logits"]) <= 1e-5
+    assert NnspecBackend.supports_device("CPU")
