@@ -1,7 +1,8 @@
 """ONNX's own backend node tests over nnspec (backend.py).
 
     python -m nnspec.onnx.conformance            # run every case of an implemented op
-    python -m nnspec.onnx.conformance --table    # the per-op table of docs/onnx.md
+    python -m nnspec.onnx.conformance --table    # the per-op table (markdown)
+    python -m nnspec.onnx.conformance --docs     # ... written into docs/onnx.md
     python -m nnspec.onnx.conformance --compiled # through the compiled backend (slow)
 
 `onnx.backend.test.case.node.collect_testcases()` builds each case in memory:
@@ -235,11 +236,24 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def write_docs(text: str) -> None:
+    """Replace the table between docs/onnx.md's conformance markers."""
+    from pathlib import Path
+    doc = Path(__file__).resolve().parents[2] / "docs" / "onnx.md"
+    src = doc.read_text()
+    start, end = "<!-- conformance -->\n", "<!-- /conformance -->"
+    a, b = src.index(start) + len(start), src.index(end)
+    doc.write_text(src[:a] + text + "\n" + src[b:])
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     results = run_all(compiled="--compiled" in argv)
     if "--table" in argv:
         print(table(results))
+        return 0
+    if "--docs" in argv:
+        write_docs(table(results))
         return 0
     bad = 0
     for name, (op, why) in sorted(results.items()):
