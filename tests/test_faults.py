@@ -423,7 +423,10 @@ def nnspec_child(tmp_path, code: str, argv: list, timeout=600):
     """Run `nnspec ARGV` in a child process after `code` (which sets up a signal)."""
     import subprocess
     import sys
-    script = ("import os, signal, sys\n" + code
+    # as from a terminal: a shell's background job starts with SIGINT ignored,
+    # which Python keeps (and so must nnspec)
+    script = ("import os, signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              + code
               + f"\nfrom nnspec.cli import main\nsys.exit(main({argv!r}))\n")
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=tmp_path, timeout=timeout,
