@@ -5,6 +5,7 @@ network.  Each checked against the NumPy reference: the forward (eval mode)
 and one SGD step (train mode, lr 1: the update is minus the gradient)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,9 @@ def test_one_input_op_in_a_cell_step():
     check_against_reference(ONE_INPUT_OP)
 
 
+@pytest.mark.skipif(not os.environ.get("NNSPEC_SLOW"),
+                    reason="a minute of compiling: set NNSPEC_SLOW=1 (by default "
+                           "test_zoo_runs runs the spec's forward and training step)")
 def test_lstm_peephole_spec():
     """specs/lstm_peephole.nn (reshapes and a depthwise conv1d in the step),
     at 5 units over an 8x8 digit."""
