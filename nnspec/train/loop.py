@@ -101,6 +101,9 @@ def _fit(net, train, test, cfg, plan, task, run, resume, progress, data_info, gr
                 f"will differ from an uninterrupted run")
 
     if group is not None:
+        if getattr(net, "device", "cpu") != "cpu":
+            raise TrainingError(f"data-parallel training runs on the CPU for now; this "
+                                f"network is on {net.device} (use --device cpu)")
         group.bcast_network(net)      # the ranks start equal
         log(f"training data-parallel on {group.size} processes "
             f"(batch {plan.batch}: {_shards(group, plan.batch)} examples each)")
