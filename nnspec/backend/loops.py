@@ -32,7 +32,6 @@ reversed `for` loop that accumulates the captures' gradients; see
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 import sys
 
