@@ -503,6 +503,16 @@ def _flat3(a):
     return a.reshape((n0, n1, a.size // max(n0 * n1, 1)))
 
 
+@kernel
+def _add_channel_bias(out, b):
+    """out[:, c, ...] += b[c], over [B, C, ...] of any rank."""
+    o3 = _flat3(out)
+    for bb in range(o3.shape[0]):
+        for c in range(o3.shape[1]):
+            for p in range(o3.shape[2]):
+                o3[bb, c, p] += b[c]
+
+
 ROWS_MIN_C = 16     # input channels per group from which the forward runs channels-last
 
 
@@ -767,11 +777,7 @@ def conv_transpose_nobias(x, w, out, stride, dil, code, lo, hi, groups):
 @kernel
 def conv_transpose_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
     _conv_back_data(x, w, out, stride, dil, code, lo, groups)
-    o3 = _flat3(out)
-    for bb in range(o3.shape[0]):
-        for c in range(o3.shape[1]):
-            for p in range(o3.shape[2]):
-                o3[bb, c, p] += b[c]
+    _add_channel_bias(out, b)
 
 
 # ---- 3-d: direct loops over the taps (no im2col, no BLAS) ---------------------------
@@ -895,11 +901,7 @@ def conv3_transpose_nobias(x, w, out, stride, dil, code, lo, hi, groups):
 @kernel
 def conv3_transpose_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
     _conv3_back_data(x, w, out, stride, dil, code, lo, groups)
-    o3 = _flat3(out)
-    for bb in range(o3.shape[0]):
-        for c in range(o3.shape[1]):
-            for p in range(o3.shape[2]):
-                o3[bb, c, p] += b[c]
+    _add_channel_bias(out, b)
 
 
 # ---- layers ------------------------------------------------------------------------

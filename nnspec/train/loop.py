@@ -182,8 +182,9 @@ class Plan:
 
 
 def _shards(group, batch: int) -> str:
-    sizes = {hi - lo for lo, hi in (dist.shard(r, group.size, batch) for r in range(group.size))}
-    return " or ".join(map(str, sorted(sizes, reverse=True)))
+    """The shard sizes `dist.shard` gives: "4 or 3", or "4"."""
+    q, r = divmod(batch, group.size)
+    return f"{q + 1} or {q}" if r else f"{q}"
 
 
 def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar, task: Task,
@@ -198,15 +199,15 @@ def _epoch(net, train, test, cfg, plan: Plan, rng, epoch: int, step: int, bar, t
     net_forcing = bool(getattr(net, "forcing", None))
     for i in range(steps):
         idx = perm[i * bs:(i + 1) * bs]
-        mine = idx if group is None else idx[slice(*group.shard(len(idx)))]
+        part = slice(None) if group is None else slice(*group.shard(len(idx)))
+        mine = idx[part]
         xb = {k: train[k][mine] for k in net.inputs}
         yb = {k: train[k][mine] for k in net.targets}
         rate = lr_at(cfg.schedule, cfg.lr, step, steps, plan.total_steps)
         if net_forcing:         # drawn for the whole batch: every rank's rng stays the same
             p = forcing.probability(cfg.teacher_forcing, step)
             m = forcing.masks(net, {k: train[k][idx] for k in net.inputs}, p, rng)
-            xb.update(m if group is None else
-                      {k: v[slice(*group.shard(len(idx)))] for k, v in m.items()})
+            xb.update({k: v[part] for k, v in m.items()})
         if group is None:
             loss = float(net.train_step(xb, yb, rate))
         else:
