@@ -30,7 +30,8 @@ SPECS = Path(__file__).resolve().parent.parent / "specs"
 ZOO = [("mlp.nn", {"hidden": 16}), ("lenet5.nn", {}), ("cnn.nn", {}),
        ("resnet18.nn", {"size": 32, "classes": 10}), ("lstm.nn", {"hidden": 8}),
        ("gru.nn", {"hidden": 8}), ("gru.nn", {"hidden": 8, "reset_after": True}),
-       ("elman_rnn.nn", {"hidden": 8})]
+       ("elman_rnn.nn", {"hidden": 8}), ("lstm_peephole.nn", {"hidden": 6}),
+       ("birnn.nn", {"hidden": 6}), ("seq2seq.nn", {"hidden": 6, "embed": 5})]
 SKIPPED = ("identity", "dropout_mask")
 
 
@@ -66,10 +67,16 @@ def canonical(graph) -> tuple:
 
 
 def _feeds(model, batch=3, steps=5):
+    """Random inputs: floats, or token ids (int inputs) below 5."""
     rng = np.random.default_rng(2)
-    return {i.name: rng.standard_normal(
-        [batch if d.dim_param == "batch" else steps if d.dim_param else d.dim_value
-         for d in i.type.tensor_type.shape.dim]).astype("float32") for i in model.graph.input}
+    feeds = {}
+    for i in model.graph.input:
+        shape = [batch if d.dim_param == "batch" else steps if d.dim_param else d.dim_value
+                 for d in i.type.tensor_type.shape.dim]
+        feeds[i.name] = rng.integers(0, 5, shape) \
+            if i.type.tensor_type.elem_type == onnx.TensorProto.INT64 else \
+            rng.standard_normal(shape).astype("float32")
+    return feeds
 
 
 def _ort(model, feeds):
@@ -83,8 +90,7 @@ def _ort(model, feeds):
 def _imported_outputs(imp, feeds):
     from nnspec.backend.numpy_ref import run
     g = _infer(imp.graph)
-    got = run(g, {**{imp.inputs[k]: v for k, v in feeds.items()}, **imp.weights},
-              list(g.outputs.values()))
+    got = run(g, {**imp.feeds(feeds), **imp.weights}, list(g.outputs.values()))
     return {o: got[g.outputs[name]] for o, name in imp.outputs.items()}
 
 

@@ -32,7 +32,7 @@ class NnspecRep(BackendRep):
         feeds = dict(zip(self.input_names, inputs)) if isinstance(inputs, (list, tuple)) \
             else dict(inputs)
         imp = self.imported or import_model(self.model, bind=feeds)
-        data = {imp.inputs[k]: np.asarray(v) for k, v in feeds.items() if k in imp.inputs}
+        data = imp.feeds(feeds)
         sizes = {v.shape[0] if v.ndim else None for v in data.values()}
         if None in sizes or len(sizes) > 1:
             raise OnnxImportError(f"the inputs' first axes {sorted(map(str, sizes))} are not "

@@ -30,6 +30,13 @@ class Imported:
     weights: dict             # parameter and state name -> array (as state_dict())
     inputs: dict              # ONNX input name -> the spec's input name
     outputs: dict             # ONNX output name -> the spec's output name
+    squeezed: tuple = ()      # ONNX inputs [1, B, ...] the spec takes as [B, ...]
+
+    def feeds(self, values: dict) -> dict:
+        """ONNX input name -> array as the spec's inputs: an LSTM's initial_h
+        given as a graph input [1, B, H] is the spec's [B, H]."""
+        return {self.inputs[k]: np.asarray(v)[0] if k in self.squeezed else np.asarray(v)
+                for k, v in values.items() if k in self.inputs}
 
     def network(self, dtype: str | None = None, device: str = "cpu"):
         """A compiled-on-demand `Network` holding the imported weights."""
@@ -62,7 +69,8 @@ def import_model(model, *, bind: dict | None = None, name: str | None = None) ->
         raise OnnxImportError(f"internal: the written spec's parameters {got} do not match "
                               f"the ONNX weights' shapes {want}")
     state = {n.id: np.asarray(w, dtype=dtype) for n, w in zip(leaves, weights)}
-    return Imported(text, graph, state, inputs, outputs)
+    return Imported(text, graph, state, inputs, outputs,
+                    tuple(i for i in r.inputs if i in r.leading_one and i in inputs))
 
 
 def _dtype(r) -> str:

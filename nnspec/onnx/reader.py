@@ -15,8 +15,9 @@ evaluator), and so are `Shape` and what reads it (Gather, Concat, Unsqueeze,
 `x.view(x.size(0), -1)` becomes `reshape`.
 
 Some tensors are *views* of a value rather than values: a sequence
-transposed time-major for an LSTM node, the node's `[T, 1, B, H]` output,
-a zero `Pad` in front of a convolution.  Only the nodes that undo or absorb
+transposed time-major for an LSTM node, the node's `[T, 1, B, H]` output
+(`[T, 2, B, H]` both ways) and `[1, B, H]` final states, a zero `Pad` in
+front of a convolution.  Only the nodes that undo or absorb
 a view may read one (`Reader.data(name, accept=...)`).
 """
 from __future__ import annotations
@@ -95,6 +96,9 @@ class Reader:
         self.poisoned: set = set()
         self.errors: list[str] = []
         self.names: set = set()
+        self.cells: dict = {}       # a cell's sequence value -> its state names
+        self.finals: dict = {}      # a final-state value -> (the cell's sequence, state)
+        self.leading_one: set = set()   # graph inputs [1, B, ...] read as [B, ...]
         self.uses: dict = {}
         for n in self.graph.node:
             for i in n.input:
@@ -192,6 +196,8 @@ class Reader:
 
     def example_shape(self, name: str) -> tuple:
         s = self.shape(name)
+        if name in self.leading_one:        # [1, B, ...]: an LSTM's initial_h as an input
+            s = s[1:]
         if not s:
             raise Unsupported(f"'{name}' is a scalar: nnspec values have a batch axis first")
         return s[1:]

@@ -254,6 +254,8 @@ def _softmax(r, node):
 @op("Flatten", attrs=("axis",))
 def _flatten(r, node):
     axis = r.attrs(node).get("axis", 1)
+    if axis == 1 and r.view(node.input[0])[1] == "[B, 2, H]":
+        return _join(r, node, [0, -1])
     if axis != 1:
         raise Unsupported(f"attribute 'axis' = {axis} is not supported (only 1: axis 0 and "
                           f"axes over 1 merge the batch axis with others)")
@@ -271,6 +273,8 @@ def _reshape_to(r, node, x, out_example) -> None:
 
 @op("Reshape", attrs=("allowzero",), inputs=2)
 def _reshape(r, node):
+    if r.view(node.input[0])[1] in JOINED:
+        return _join(r, node, list(np.asarray(r.const(node.input[1], "shape")).ravel()))
     x = r.data(node.input[0])
     shape = list(np.asarray(r.const(node.input[1], "shape")).ravel())
     src = r.shape(node.input[0])
@@ -307,6 +311,11 @@ def _squeeze(r, node):
     if node.op_type == "Squeeze" and view == "[1, B, H]" and list(axes) == [0]:
         r.data(node.input[0], accept=(view,))
         return r.alias(node.output[0], base)
+    if node.op_type == "Unsqueeze" and view is None and [int(a) for a in axes] == [0] \
+            and len(r.shape(node.input[0])) == 2:
+        # an LSTM's initial_h from a [B, H] value (Squeeze takes it back)
+        return r.alias(node.output[0], r.data(node.input[0]), "[1, B, H]",
+                       "a [B, H] value unsqueezed at axis 0")
     x = r.data(node.input[0])
     out = r.shape(node.output[0]) if node.output[0] in r.shapes else None
     rank = len(r.shape(node.input[0])) + (len(axes) if node.op_type == "Unsqueeze" else 0)
@@ -327,6 +336,9 @@ def _squeeze(r, node):
 def _transpose(r, node):
     perm = list(r.attrs(node).get("perm", []))
     base, view, info = r.view(node.input[0])
+    if (view, tuple(perm)) in TRANSPOSED:
+        r.data(node.input[0], accept=(view,))
+        return r.alias(node.output[0], base, TRANSPOSED[view, tuple(perm)], info)
     if perm == [1, 0, 2] and view == "time-major":
         r.data(node.input[0], accept=(view,))
         return r.alias(node.output[0], base)
@@ -348,13 +360,21 @@ def _concat(r, node):
 
 @op("Slice", inputs=5)
 def _slice(r, node):
-    x = r.data(node.input[0])
     get = [list(np.asarray(r.const(node.input[k])).ravel()) if r.has(node, k) else None
            for k in range(1, 5)]
     starts, ends, axes, steps = get
     axes = axes or list(range(len(starts)))
     if len(starts) != 1 or (steps and int(steps[0]) != 1):
         raise Unsupported("only a slice of one axis with step 1 is supported")
+    if r.view(node.input[0])[1] == "[2, B, H]":
+        start, stop = int(starts[0]), int(ends[0])
+        start += 2 if start < 0 else 0
+        if int(axes[0]) != 0 or start not in (0, 1) or min(stop, 2) != start + 1:
+            raise Unsupported("a slice of a bidirectional node's Y_h other than one "
+                              "direction ([0:1] or [1:2] of axis 0) is not supported")
+        way = _way(r, node, start)
+        return r.alias(node.output[0], way, "[1, B, H]", "a final state")
+    x = r.data(node.input[0])
     axis = _axis(r, node.input[0], int(axes[0]))
     size = r.shape(node.input[0])[axis]
     start, stop = int(starts[0]), int(ends[0])
@@ -384,6 +404,70 @@ def _reduce(r, node):
     name = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max"}[node.op_type]
     keep = "true" if r.attrs(node).get("keepdims", 1) else None
     r.emit(node, call(name, axes="[" + ", ".join(map(str, axes)) + "]", keepdims=keep), [x])
+
+
+# ---- the outputs of a bidirectional LSTM/GRU/RNN node (reader_cells.py) ---------------------
+
+# Y [T, 2, B, H] transposed as PyTorch does before joining the two directions;
+# Y_h [2, B, H] to [B, 2, H]
+TRANSPOSED = {("[T, 2, B, H]", (0, 2, 1, 3)): "[T, B, 2, H]",
+              ("[T, 2, B, H]", (2, 0, 1, 3)): "[B, T, 2, H]",
+              ("[2, B, H]", (1, 0, 2)): "[B, 2, H]"}
+# a view whose last two axes (direction, unit) a reshape joins: -> what it gives
+JOINED = {"[T, B, 2, H]": "time-major", "[B, T, 2, H]": None, "[B, 2, H]": None}
+
+
+def _join(r, node, shape) -> None:
+    """A reshape joining the two directions' units: the cell's sequence
+    (merge=concat), time-major or not, or its joined final state `r.h`."""
+    base, view, info = r.view(node.input[0])
+    src = r.shape(node.input[0])
+    lead = [d if d in (0, -1, B) else int(d) for d in shape[:-1]]
+    last = int(shape[-1]) if shape else None
+    ok = len(shape) == len(src) - 1 and last in (-1, 2 * src[-1]) and all(
+        d in (0, B) or d == s or d == -1 and last != -1 for d, s in zip(lead, src))
+    if not ok:
+        raise Unsupported(f"a reshape of a bidirectional node's output {view} to "
+                          f"{[str(d) for d in shape]} is not supported (only joining the "
+                          f"two directions' units into the last axis)")
+    r.data(node.input[0], accept=(view,))
+    if view == "[B, 2, H]":
+        return r.alias(node.output[0], info[2])
+    r.alias(node.output[0], base, JOINED[view], "a sequence transposed to [T, B, F]"
+            if JOINED[view] else None)
+
+
+def _way(r, node, k: int) -> str:
+    """Direction k of a bidirectional node's Y_h or Y_c: r.h_forward (0) or
+    r.h_backward (1)."""
+    r.data(node.input[0], accept=("[2, B, H]",))
+    return r.view(node.input[0])[2][k]
+
+
+@op("Gather", attrs=("axis",), inputs=2)
+def _gather(r, node):
+    axis = r.attrs(node).get("axis", 0)
+    view = r.view(node.input[0])[1]
+    if view in ("[1, B, H]", "[2, B, H]"):          # a final state of an LSTM/GRU/RNN node
+        k = np.asarray(r.const(node.input[1], "indices"))
+        size = int(view[1])
+        if axis != 0 or k.ndim != 0 or not -size <= int(k) < size:
+            raise Unsupported(f"a Gather from a {view} final state other than one direction "
+                              f"(a scalar index of axis 0) is not supported")
+        if view == "[1, B, H]":
+            return r.alias(node.output[0], r.data(node.input[0], accept=(view,)))
+        return r.alias(node.output[0], _way(r, node, int(k) % 2))
+    if not (r.is_const(node.input[0]) or node.input[0] in r.bind):
+        raise Unsupported("a Gather from a computed value is not supported (a lookup in a "
+                          "constant table is an embedding)")
+    table = np.asarray(r.const(node.input[0], "data"))
+    if axis != 0 or table.ndim != 2:
+        raise Unsupported(f"a Gather along axis {axis} of a {table.ndim}-d table is not "
+                          f"supported (an embedding: axis 0 of a 2-d table)")
+    ids = r.data(node.input[1])
+    if np.dtype(r.dtypes.get(node.input[1], np.float32)).kind not in "iu":
+        raise Unsupported(f"indices '{node.input[1]}' must be integers (token ids)")
+    r.emit(node, call("embedding", *table.shape), [ids], weights=[table.copy()])
 
 
 # ---- dense layers -----------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def write(r, layers, name: str = "imported") -> tuple:
     for o in r.outputs:
         out_names[o] = names(identifier(o))
         outputs.setdefault(r.view(o)[0], []).append(out_names[o])
-    layers, blocks = fold(layers, outputs, words)
+    layers, blocks = fold(live(layers, outputs), outputs, words)
     lines = statements(layers, refs, outputs, names, "    ")
     defs = []
     for d in dict.fromkeys(d for layer in _all(layers) for d in layer.defs):
@@ -106,6 +106,19 @@ def write(r, layers, name: str = "imported") -> tuple:
             + train)
     weights = [w for layer in layers for w in layer.weights]
     return text, weights, {i: refs[i] for i in r.inputs if i in refs}, out_names
+
+
+def live(layers, outputs: dict) -> list:
+    """The layers without those nothing reads: a layer without weights whose
+    value is no output and read by no other (a final state a cell's `init=`
+    reads from the cell itself)."""
+    layers = list(layers)
+    while True:
+        read = {i for layer in layers for i in layer.inputs} | set(outputs)
+        kept = [layer for layer in layers if layer.weights or layer.output in read]
+        if len(kept) == len(layers):
+            return layers
+        layers = kept
 
 
 def _all(layers):
@@ -135,7 +148,10 @@ def statements(layers, refs: dict, outputs: dict, names: Names, indent: str) -> 
             return [layer.call.format(*[refs[i] for i in layer.inputs])]
         v = layer.inputs[0]
         head = expr(producer[v]) if inline(v) else [refs[v]]
-        return head + [layer.call]
+        # a stage reading other values too names them as {1}, ... (`init={1}`)
+        text = layer.call.format(*[refs[i] for i in layer.inputs]) if len(layer.inputs) > 1 \
+            else layer.call
+        return head + [text]
 
     lines = []
     for layer in layers:
