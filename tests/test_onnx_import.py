@@ -269,3 +269,166 @@ def test_backend_interface_runs_a_model():
     (y,) = rep.run([x])
     assert _rel(y, _ort(model, {"x": x})["logits"]) <= 1e-5
     assert NnspecBackend.supports_device("CPU")
+
+
+# ---- recurrent nodes built by hand ------------------------------------------------------------
+
+def _recurrent_model(kind, hidden=3, features=4, *, direction="forward", attrs=None,
+                     peepholes=False, initial=None, batch="batch", outputs="seq"):
+    """X [B, T, F] -Transpose-> one LSTM/GRU/RNN node, its Y and Y_h back as
+    PyTorch writes them: a bidirectional Y -Transpose [0, 2, 1, 3], Reshape
+    [0, 0, -1], Transpose-> [B, T, 2H], its Y_h -Transpose, Reshape-> [B, 2H]
+    ("h") and Gather(-1) -> the reverse way's [B, H] ("h_last").  `initial`:
+    state -> "input" (a graph input [1, B, H]), "unsqueezed" (an input [B, H]
+    unsqueezed) or an array (a constant)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(3)
+    D = 2 if direction == "bidirectional" else 1
+    G = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind]
+    f32 = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype("float32") * 0.5, n)
+             for n, s in (("W", (D, G * hidden, features)), ("R", (D, G * hidden, hidden)),
+                          ("B", (D, 2 * G * hidden)))]
+    if peepholes:
+        inits.append(numpy_helper.from_array(
+            rng.standard_normal((D, 3 * hidden)).astype("float32"), "P"))
+    ins = [helper.make_tensor_value_info("x", f32, [batch, "time", features])]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2])]
+    node_in = ["xt", "W", "R", "B", ""]
+    for s in ("h", "c")[:2 if kind == "LSTM" else 1]:
+        how = (initial or {}).get(s)
+        if how is None:
+            node_in.append("")
+        elif isinstance(how, np.ndarray):
+            inits.append(numpy_helper.from_array(how.astype("float32"), f"{s}0"))
+            node_in.append(f"{s}0")
+        elif how == "input":
+            ins.append(helper.make_tensor_value_info(f"{s}0", f32, [D, batch, hidden]))
+            node_in.append(f"{s}0")
+        else:
+            ins.append(helper.make_tensor_value_info(f"{s}0", f32, [batch, hidden]))
+            nodes.append(helper.make_node("Unsqueeze", [f"{s}0", "axes0"], [f"{s}0_1"]))
+            node_in.append(f"{s}0_1")
+    if peepholes:
+        node_in += [""] * (7 - len(node_in)) + ["P"]
+    while node_in[-1] == "":
+        node_in.pop()
+    n_out = 3 if kind == "LSTM" else 2
+    nodes.append(helper.make_node(kind, node_in, ["Y", "Y_h", "Y_c"][:n_out], name="rnn",
+                                  hidden_size=hidden, direction=direction, **(attrs or {})))
+    consts = [numpy_helper.from_array(np.asarray(v, np.int64), n) for n, v in
+              (("axes0", [0]), ("axes1", [1]), ("join", [0, 0, -1]), ("join2", [0, -1]),
+               ("last", -1))]
+    outs = []
+    if D == 2:
+        nodes += [helper.make_node("Transpose", ["Y"], ["Yt"], perm=[0, 2, 1, 3]),
+                  helper.make_node("Reshape", ["Yt", "join"], ["Yj"]),
+                  helper.make_node("Transpose", ["Yj"], ["seq"], perm=[1, 0, 2]),
+                  helper.make_node("Transpose", ["Y_h"], ["Ht"], perm=[1, 0, 2]),
+                  helper.make_node("Reshape", ["Ht", "join2"], ["h"]),
+                  helper.make_node("Gather", ["Y_h", "last"], ["h_last"], axis=0)]
+        outs += [("seq", ["batch", "time", 2 * hidden]), ("h", ["batch", 2 * hidden]),
+                 ("h_last", ["batch", hidden])]
+    else:
+        nodes += [helper.make_node("Squeeze", ["Y", "axes1"], ["Ys"]),
+                  helper.make_node("Transpose", ["Ys"], ["seq"], perm=[1, 0, 2]),
+                  helper.make_node("Squeeze", ["Y_h", "axes0"], ["h"])]
+        outs += [("seq", ["batch", "time", hidden]), ("h", ["batch", hidden])]
+    outs = [helper.make_tensor_value_info(n, f32, [batch if d == "batch" else d
+                                                   for d in s]) for n, s in outs]
+    read = {i for node in nodes for i in node.input}
+    consts = [c for c in consts if c.name in read]
+    return helper.make_model(helper.make_graph(nodes, "recurrent", ins, outs, inits + consts),
+                             opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _check_import(model, *, batch=3, not_weights=0):
+    """The import checks, has the ONNX file's parameter count (less `not_weights`:
+    a constant zero start state) and onnxruntime's outputs."""
+    imp = import_model(model)
+    nnspec.lower(imp.text)
+    n = sum(int(np.prod(np.shape(w))) for w in imp.weights.values())
+    assert n == _weights(model) - not_weights
+    feeds = _feeds(model, batch=batch)
+    want, got = _ort(model, feeds), _imported_outputs(imp, feeds)
+    for name in want:
+        assert got[name].shape == want[name].shape, name
+        assert _rel(got[name], want[name]) <= 1e-5, name
+    return imp
+
+
+BIDIRECTIONAL = [("GRU", {}), ("GRU", {"linear_before_reset": 1}), ("LSTM", {}),
+                 ("RNN", {"activations": ["Relu", "Relu"]})]
+
+
+@pytest.mark.parametrize("kind, attrs", BIDIRECTIONAL,
+                         ids=["gru", "gru-lbr", "lstm-peepholes", "rnn-relu"])
+def test_a_bidirectional_node_is_a_cell_run_both_ways(kind, attrs):
+    model = _recurrent_model(kind, direction="bidirectional", attrs=attrs,
+                             peepholes=kind == "LSTM")
+    imp = _check_import(model)
+    assert "direction=bidir)" in imp.text
+    assert ".h_backward" in imp.text and ".h_forward" not in imp.text   # only what is read
+    assert len(imp.graph.ids("loop")) == 2
+
+
+def test_a_peephole_lstm_starts_from_given_states():
+    # initial_h a graph input [1, B, H] (the spec's input [B, H]); initial_c a [B, H]
+    # input unsqueezed
+    model = _recurrent_model("LSTM", peepholes=True,
+                             initial={"h": "input", "c": "unsqueezed"})
+    imp = _check_import(model)
+    assert "onnx_lstm_peephole(3, h0=h0, c0=c0)" in imp.text
+    assert "input h0: [3]" in imp.text and imp.squeezed == ("h0",)
+    # a constant start: zeros are the cell's own start
+    model = _recurrent_model("LSTM", peepholes=True, batch=3,
+                             initial={"c": np.zeros((1, 3, 3)), "h": "input"})
+    imp = _check_import(model, not_weights=9)
+    assert "onnx_lstm_peephole(3, h0=h0)" in imp.text
+
+
+def test_a_cell_starts_from_another_nodes_final_states():
+    """Y_h and Y_c of one node as the next one's initial_h and initial_c (an
+    encoder and a decoder): `init=`; from one of them only, `h0=`."""
+    from onnx import helper, numpy_helper
+    model = _recurrent_model("LSTM")
+    g = model.graph
+    rng = np.random.default_rng(4)
+    g.initializer.extend(numpy_helper.from_array(rng.standard_normal(s).astype("float32")
+                                                 * 0.5, n)
+                         for n, s in (("W2", (1, 12, 3)), ("R2", (1, 12, 3)), ("B2", (1, 24))))
+    dec = helper.make_node("LSTM", ["Ytm", "W2", "R2", "B2", "", "Y_h", "Y_c"],
+                           ["Y2", "Y_h2"], name="dec", hidden_size=3)
+    # the decoder reads the encoder's Y, time-major as it is
+    g.node.extend([helper.make_node("Squeeze", ["Y", "axes1"], ["Ytm"]), dec,
+                   helper.make_node("Squeeze", ["Y_h2", "axes0"], ["h2"])])
+    g.output.append(helper.make_tensor_value_info("h2", onnx.TensorProto.FLOAT, ["batch", 3]))
+    imp = _check_import(model)
+    assert "dec = seq -> onnx_lstm(3, init=seq)" in imp.text
+    next(n for n in g.node if n.name == "dec").input[6] = ""     # c starts from zeros
+    imp = _check_import(model)
+    assert "dec = seq -> onnx_lstm(3, h0=h)" in imp.text
+
+
+def test_recurrent_attributes_nnspec_cannot_express_are_errors_per_node():
+    from onnx import helper
+    cases = {"layout": ({"layout": 1}, "attribute 'layout' = 1 is not supported"),
+             "clip": ({"clip": 2.0}, "attribute 'clip' is not supported"),
+             "activations": ({"activations": ["Sigmoid", "Tanh", "Relu"]},
+                             "attribute 'activations' = ['Sigmoid', 'Tanh', 'Relu'] is not "
+                             "supported")}
+    for what, (attrs, msg) in cases.items():
+        with pytest.raises(OnnxImportError) as e:
+            import_model(_recurrent_model("LSTM", attrs=attrs))
+        assert f"node 'rnn' (op LSTM): {msg}" in str(e.value), what
+    model = _recurrent_model("GRU")
+    model.graph.input.append(helper.make_tensor_value_info("lens", onnx.TensorProto.INT32,
+                                                           ["batch"]))
+    model.graph.node[1].input.append("lens")                 # input 4: sequence_lens
+    with pytest.raises(OnnxImportError, match="node 'rnn' \\(op GRU\\): input "
+                                              "'sequence_lens' is not supported"):
+        import_model(model)
+    model = _recurrent_model("LSTM", batch=3, initial={"h": np.ones((1, 3, 3))})
+    with pytest.raises(OnnxImportError, match="node 'rnn' \\(op LSTM\\): input 'initial_h' "
+                                              "is a nonzero constant"):
+        import_model(model)
