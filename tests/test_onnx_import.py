@@ -130,6 +130,28 @@ def test_import_of_an_export_gives_the_spec_back(spec, sets):
         assert _rel(got[name], want[name]) <= 1e-5, name
 
 
+RECURRENT_ZOO = {"lstm_peephole.nn": ({"hidden": 6}, "rnn = x -> onnx_lstm_peephole(6)"),
+                 "birnn.nn": ({"hidden": 6}, "y = x -> onnx_rnn(6, direction=bidir)"),
+                 "seq2seq.nn": ({"hidden": 6, "embed": 5}, " -> onnx_lstm(6, init=enc)")}
+
+
+@pytest.mark.parametrize("spec", RECURRENT_ZOO)
+def test_recurrent_zoo_specs_import_as_written_and_export_again(spec):
+    """Peepholes, a cell run both ways (nnspec exports it as a forward and a
+    reverse node) and a decoder starting from the encoder's states are written
+    as the zoo spec writes them, and export to the same ONNX nodes again."""
+    sets, line = RECURRENT_ZOO[spec]
+    model = to_model(_network(spec, sets))
+    imp = import_model(model)
+    assert line in imp.text
+
+    def cells(m):           # op, direction and inputs after B ("dec.initial_h", "rnn.P")
+        return [(n.op_type, [a.s for a in n.attribute if a.name == "direction"],
+                 [i.split(".")[-1] for i in n.input[4:] if i])
+                for n in m.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+    assert cells(to_model(imp.network())) == cells(model)
+
+
 def test_resnet_repeats_fold_into_a_block():
     imp = import_model(to_model(_network("resnet18.nn", {"size": 32, "classes": 10})))
     assert "block unit1()(x) {" in imp.text and "-> unit1 * 2" in imp.text
@@ -370,6 +392,10 @@ def test_a_bidirectional_node_is_a_cell_run_both_ways(kind, attrs):
     assert "direction=bidir)" in imp.text
     assert ".h_backward" in imp.text and ".h_forward" not in imp.text   # only what is read
     assert len(imp.graph.ids("loop")) == 2
+    # exported again: a forward and a reverse node of the same op
+    again = [n for n in to_model(imp.network()).graph.node if n.op_type == kind]
+    assert [a.s for n in again for a in n.attribute if a.name == "direction"] == \
+        [b"forward", b"reverse"]
 
 
 def test_a_peephole_lstm_starts_from_given_states():

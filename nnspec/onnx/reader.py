@@ -140,6 +140,8 @@ class Reader:
         if self.errors:
             raise OnnxImportError(f"{len(self.errors)} node(s) of the ONNX model cannot be "
                                   f"imported:\n  " + "\n  ".join(self.errors))
+        from .reader_cells import join_ways
+        join_ways(self)
         return self.layers
 
     # ---- reading a node's inputs ------------------------------------------------------

@@ -243,3 +243,31 @@ def _final_states(r, node, out, layer, seq, state, D) -> None:
         r.alias(out, made[0], "[1, B, H]", "a final state")
     else:
         r.alias(out, made[0], "[2, B, H]", tuple(made))
+
+
+def join_ways(r) -> None:
+    """A forward and a reverse cell over the same sequence, their outputs
+    joined along the last axis and read nowhere else (nnspec's export of
+    `direction=bidir`), as one cell run both ways: `x -> cell(n, direction=bidir)`,
+    the forward way's weights first, as that cell creates them."""
+    readers: dict = {}
+    for layer in r.layers:
+        for i in layer.inputs:
+            readers.setdefault(i, []).append(layer)
+    kept = {r.view(o)[0] for o in r.outputs}
+    for cat in [lay for lay in r.layers if lay.op == "Concat" and len(lay.inputs) == 2]:
+        fw, bw = (r.producer.get(v) for v in cat.inputs)
+        if fw is None or bw is None or fw.output not in r.cells or bw.output not in r.cells:
+            continue
+        if cat.call != "concat({0}, {1}, axis=2)" or len(fw.inputs) != 1 \
+                or bw.inputs != fw.inputs or bw.call != fw.call[:-1] + ", reverse=true)" \
+                or "direction=" in fw.call or "reverse=" in fw.call:
+            continue
+        if any(readers.get(lay.output) != [cat] or lay.output in kept for lay in (fw, bw)):
+            continue
+        fw.call = fw.call[:-1] + ", direction=bidir)"
+        fw.weights += bw.weights
+        r.layers = [lay for lay in r.layers if lay is not bw and lay is not cat]
+        r.cells[cat.output] = r.cells.pop(fw.output)
+        fw.output = cat.output
+        r.producer[cat.output] = fw
