@@ -17,6 +17,10 @@ are one grouped 1x1 convolution each, so the parameter count is the node's.
     initial_h, initial_c          init=enc when they are another cell's final
                                   states h (and c), else h0=, c0= ([B, H]
                                   values); zeros or no input: the cell's zeros
+
+A forward and a reverse cell over one sequence whose outputs only a Concat
+joins (nnspec's export of `direction=bidir`) are one cell run both ways
+(`join_ways`, after the whole graph is read).
 """
 from __future__ import annotations
 
@@ -111,8 +115,6 @@ def _recurrent(r, node):
         else np.zeros((D, 2 * gates), W.dtype)
     peep = np.asarray(r.const(node.input[7], "P")) if kind == "LSTM" and r.has(node, 7) \
         else None
-    if peep is not None and not peep.any():
-        peep = None                   # zero peepholes: the plain LSTM
     states = STATES[kind]
     given = {s: _initial(r, node, 5 + k, D) for k, s in enumerate(states)}
     given = {s: v for s, v in given.items() if v is not None}

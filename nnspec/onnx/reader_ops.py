@@ -368,7 +368,7 @@ def _slice(r, node):
         raise Unsupported("only a slice of one axis with step 1 is supported")
     if r.view(node.input[0])[1] == "[2, B, H]":
         start, stop = int(starts[0]), int(ends[0])
-        start += 2 if start < 0 else 0
+        start, stop = (v + 2 if v < 0 else v for v in (start, stop))
         if int(axes[0]) != 0 or start not in (0, 1) or min(stop, 2) != start + 1:
             raise Unsupported("a slice of a bidirectional node's Y_h other than one "
                               "direction ([0:1] or [1:2] of axis 0) is not supported")
