@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import DataError
 from .ir import Graph
+from .ops.collective import COMM_INPUT, COMM_SIZE
 
 _ALIGN = 16
 _OPTIMIZERS = {
@@ -85,6 +86,10 @@ class Network:
         for n, v in initial_values(graph, seed, self.dtype).items():
             (self.params if n in self.params else self.state)[n][...] = v
         self._programs: dict = {}
+        # sync_bn: the handles of the job's reductions, fed to training programs
+        # (zeros in one process; train/dist.py fills them): ops/collective.py
+        from .passes.sync_bn import wanted
+        self._comm = np.zeros(COMM_SIZE, np.int64) if wanted(graph) else None
         train = dict(graph.meta.get("train") or {})
         opt = train.get("optimizer") or {"name": "sgd"}
         opt = {"name": opt} if isinstance(opt, str) else dict(opt)
@@ -237,6 +242,8 @@ class Network:
         p = self._program(kind)
         if hp is None:
             hp = self._hp0
+        if self._comm is not None and kind in ("grad", "accumulate", "train"):
+            feeds[COMM_INPUT] = self._comm
         return p(self._P, self._S, self._G, self._M, self._V, hp, feeds), p
 
     # ---- inference -------------------------------------------------------------
@@ -354,12 +361,20 @@ class Network:
 
     def accumulate_gradients(self, inputs: dict, targets: dict) -> float:
         """Train-mode forward and backward into the gradient arena `grad_arena`
-        (no copies, no update): the loss.  With `apply_gradients`, the two
-        halves of `train_step`, for a caller that changes the gradients in
-        between (data-parallel training averages them across processes)."""
+        (no copies, no optimizer step; batch norm's running statistics are
+        updated, as in a training step): the loss.  With `apply_gradients`,
+        the two halves of `train_step`, for a caller that changes the
+        gradients in between (data-parallel training averages them across
+        processes)."""
         feeds = self._feeds(inputs, targets)
-        (loss, _), _ = self._run("grad", feeds)
+        (loss, _), _ = self._run("accumulate", feeds)
         return float(loss)
+
+    @property
+    def collectives(self):
+        """With `sync_bn`: the int64 array of MPI handles the training programs
+        read (ops/collective.py; zeros in one process), else None."""
+        return self._comm
 
     @property
     def grad_arena(self) -> np.ndarray:
@@ -440,6 +455,8 @@ class Network:
         p = self._train
         if p is None:
             p = self._train = self._program("train")
+        if self._comm is not None:
+            feeds[COMM_INPUT] = self._comm
         loss, ok = p(self._P, self._S, self._G, self._M, self._V, self._hp(lr), feeds)
         if ok:
             self._t += 1

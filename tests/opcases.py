@@ -302,6 +302,26 @@ CASES = [
     C("batchnorm_stat", [X(4, 3, 5), P(3)], "mean", stat="mean", momentum=0.1),
     C("batchnorm_stat", [X(4, 3, 2, 2), P(3, kind="pos")], "var", stat="var", momentum=0.3),
     C("batchnorm_stat", [X(4, 3), P(3)], "eval", stat="var", training=False),
+    # sync_bn's pieces (passes/sync_bn.py; one process: comm all zeros).  Their
+    # gradient is batchnorm_synced's whole-graph rule, which assumes the sums
+    # are x's: tests/test_sync_bn.py checks it against batchnorm's
+    *[C("bn_sums", [X(*x)] + extra, f"{kind}-{note}", kind=kind)
+      for x, note in (((5, 3), "2d"), ((2, 3, 4, 5), "nchw"))
+      for kind, extra in (("x", []), ("sq", [P(2, 3, kind="pos")]))],
+    C("bn_sums", [X(4, 3, 5), X(4, 3, 5), P(2, 3, kind="pos")], "grad-ncl", kind="grad"),
+    *[C("batchnorm_synced", [X(*x), P(3), P(3), P(2, 3, kind="pos"), P(3, kind="pos"),
+                             I(8, high=1, batched=False)], note, fd=False, eps=1e-5)
+      for x, note in (((5, 3), "2d"), ((2, 3, 4, 5), "nchw"))],
+    *[C("batchnorm_synced_grad", [X(2, 3, 5), X(2, 3, 5), P(3), P(2, 3, kind="pos"),
+                                  P(3, kind="pos"), P(2, 3)], part, part=part, eps=1e-3)
+      for part in ("input", "weight")],
+    C("bn_synced_stat", [P(2, 3, kind="pos"), P(3, kind="pos"), P(3)], "mean", stat="mean",
+      momentum=0.1),
+    C("bn_synced_stat", [P(2, 3, kind="pos"), P(3, kind="pos"), P(3)], "var", stat="var",
+      momentum=0.3),
+    C("allreduce", [X(3, 4), I(8, high=1, batched=False)], "one-process"),
+    C("allreduce", [X(2, 3, 5), I(8, high=1, batched=False)], "weighted", fd=False,
+      weighted=True),
     C("dropout_mask", [X(6, 7, grad=False), P(kind="count", grad=False)], "train",
       p=0.3, seed=12345, training=True),
     C("dropout_mask", [X(3, 4, grad=False), P(kind="count", grad=False)], "eval",

@@ -213,3 +213,49 @@ def test_python_api_with_a_communicator_keeps_the_ranks_equal(work):
     res = np.load(work / "api.npz")
     assert res["loss"][-1] < res["loss"][0]
     assert all(np.all(np.isfinite(res[k])) for k in res.files)
+
+
+SYNC_SPEC = SPEC.replace("dense(h) -> tanh", "dense(h) -> batchnorm -> tanh") \
+    .replace("clip = 0.5", "clip = 0.5\n    sync_bn = true")
+
+
+@pytest.mark.parametrize("ranks, batch", [(2, 6), (3, 7)])
+def test_sync_bn_ranks_give_one_process_weights(work, ranks, batch):
+    # sync_bn: the batch statistics are the whole batch's, summed inside the
+    # step (and their gradients too, weighted by the shards' sizes), so N
+    # ranks give one process's weights and running statistics, batch norm
+    # included; 3 ranks at batch 7 meet an empty shard, whose rank joins the
+    # step's reductions with zeros
+    (work / "sync.nn").write_text(SYNC_SPEC)
+    args = train_args(work, f"s1b{batch}", "--batch", str(batch))
+    args[1] = str(work / "sync.nn")
+    if not (work / f"s1b{batch}" / "checkpoint.npz").exists():
+        assert main(args) == 0
+    one = load_checkpoint(work / f"s1b{batch}" / "checkpoint.npz")
+    out = f"s{ranks}b{batch}"
+    args = train_args(work, out, "--batch", str(batch))
+    args[1] = str(work / "sync.nn")
+    r = mpirun(ranks, args)
+    assert r.returncode == 0, r.stderr
+    many = load_checkpoint(work / out / "checkpoint.npz")
+    assert many["step"] == one["step"]
+    # (the bias of the dense layer before batch norm gets no gradient: it stays
+    # at zero up to rounding, which a relative measure would magnify)
+    errs = {k: float(np.max(np.abs(v - many["model"][k])) / max(np.max(np.abs(v)), 1e-3))
+            for k, v in one["model"].items()}
+    assert max(errs.values()) < 1e-10, errs
+    running = [k for k in one["model"] if "running" in k]
+    assert running, sorted(one["model"])
+    if ranks != 2:
+        return
+    # without sync_bn the ranks' statistics are their shards', and differ
+    plain = train_args(work, f"p{ranks}b{batch}", "--batch", str(batch))
+    (work / "nosync.nn").write_text(SYNC_SPEC.replace("sync_bn = true", "sync_bn = false"))
+    plain[1] = str(work / "nosync.nn")
+    r = mpirun(ranks, plain)
+    assert r.returncode == 0, r.stderr
+    other = load_checkpoint(work / f"p{ranks}b{batch}" / "checkpoint.npz")
+    assert max(np.max(np.abs(other["model"][k] - one["model"][k])) for k in running) > 1e-6
+    # ... but they are updated (rank 0's), not left at their initial values
+    assert np.all(other["model"]["batchnorm.running_mean"] != 0)
+    assert np.all(other["model"]["batchnorm.running_var"] != 1)

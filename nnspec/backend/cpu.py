@@ -174,13 +174,17 @@ class CompiledStep:
             use_threads(*n)
         if self._fresh:            # Numba compiles it, or loads it from the cache
             self._fresh = False
+            # The lock covers compiling, not running: a step of a job over MPI
+            # (sync_bn) waits inside for the other ranks, which may be waiting
+            # for the lock.
+            args = (P, S, G, M, V, hp, *arenas, *xs)
             with cache.compiling(self.name), notice.compiling(self.kind):
                 if not self.whole:     # its kernels compiled on every core first
-                    precompile(self, (P, S, G, M, V, hp, *arenas, *xs),
-                               notice.kernel_progress())
-                out = self.fn(P, S, G, M, V, hp, *arenas, *xs)
-        else:
-            out = self.fn(P, S, G, M, V, hp, *arenas, *xs)
+                    precompile(self, args, notice.kernel_progress())
+                else:
+                    import numba
+                    self.fn.compile(tuple(numba.typeof(a) for a in args))
+        out = self.fn(P, S, G, M, V, hp, *arenas, *xs)
         if not _blas_set:          # the first call loaded the BLAS: set it next time
             _threads.n = None
         return out

@@ -9,8 +9,9 @@ by their global names then see dispatchers when Numba compiles them, and
 or in NUMBA_CACHE_DIR), stamped with the module's sources and those it
 imports, and rebuilt when it fails to load (cache.recovering_cache).
 
-The module's `prange`, `num_threads`, `blas_get_threads`, `blas_set_threads`
-and `blas_small_gemm` (plain-Python stand-ins from ops/base.py) become Numba's:
+The module's `prange`, `num_threads`, `blas_get_threads`, `blas_set_threads`,
+`blas_small_gemm` and `mpi_allreduce` (plain-Python stand-ins from
+ops/base.py) become Numba's:
 the BLAS ones call SciPy's OpenBLAS (the BLAS behind np.dot in compiled code)
 through symbols registered with LLVM by name, so kernels that use them still
 cache (an address baked into the code would not survive a new process).
@@ -113,6 +114,7 @@ def hooks() -> dict:
         llvm.add_symbol("nnspec_num_threads",
                         ctypes.cast(parallel._get_num_threads, ctypes.c_void_p).value)
         _hooks.update(
+            mpi_allreduce=_mpi_allreduce_intrinsic(),
             prange=numba.prange,
             num_threads=types.ExternalFunction("nnspec_num_threads", types.intc()),
             blas_get_threads=types.ExternalFunction("nnspec_blas_get_threads", types.intc()),
@@ -121,6 +123,34 @@ def hooks() -> dict:
             blas_small_gemm=types.ExternalFunction("nnspec_blas_small_gemm", types.intc()),
             _keep=keep)
     return _hooks
+
+
+def _mpi_allreduce_intrinsic():
+    """ops/base.py's `mpi_allreduce` for compiled code: an indirect call to
+    the address in its first argument, int (*)(void *, void *, int, i64, i64,
+    i64), the handles passed as 64-bit integers (a pointer, or an int handle
+    in the low half, as the C ABI passes both on x86-64 and AArch64)."""
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def mpi_allreduce(typingctx, fn, send, recv, count, datatype, op, comm):
+        args = (fn, send, recv, count, datatype, op, comm)
+        if not all(isinstance(a, types.Integer) for a in args):
+            return None
+        sig = types.int32(*args)
+
+        def codegen(context, builder, signature, values):
+            i64, i32, ptr = ir.IntType(64), ir.IntType(32), ir.IntType(8).as_pointer()
+            v = [context.cast(builder, x, t, types.int64)
+                 for x, t in zip(values, signature.args)]
+            fnty = ir.FunctionType(i32, [ptr, ptr, i32, i64, i64, i64])
+            f = builder.inttoptr(v[0], fnty.as_pointer())
+            return builder.call(f, [builder.inttoptr(v[1], ptr), builder.inttoptr(v[2], ptr),
+                                    builder.trunc(v[3], i32), v[4], v[5], v[6]])
+        return sig, codegen
+    return mpi_allreduce
 
 
 def compile_module(module) -> None:

@@ -20,7 +20,8 @@ from .values import (Builtin, CellResult, Instance, Layer, Repeat, Symbol, Tenso
                      TimeIndex, ZeroInit, type_name)
 
 TRAIN_KEYS = ("loss", "optimizer", "schedule", "batch", "epochs", "clip", "data", "seed",
-              "lr", "bptt", "metrics", "decoder_input", "start", "teacher_forcing", "args")
+              "lr", "bptt", "metrics", "decoder_input", "start", "teacher_forcing", "args",
+              "sync_bn")
 CELL_OPTIONS = ("reverse", "direction", "merge", "init", "mask", "bptt", "parent", "teacher",
                 "teacher_state")
 BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
@@ -297,6 +298,9 @@ class Lowerer:
                         raise SpecError("the loss must be a scalar tensor (a loss layer, or a "
                                         "weighted sum of them)", st.value.loc)
                     v = v.nid
+                if st.name == "sync_bn" and not isinstance(v, bool):
+                    raise SpecError(f"sync_bn takes true or false, got {type_name(v)}",
+                                    st.value.loc, "sync_bn = true")
                 if st.name == "teacher_forcing":
                     teacher.check_setting(v, st.value.loc, bool(self.forced))
                 cfg[st.name] = plain(v)

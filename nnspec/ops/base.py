@@ -18,7 +18,8 @@ An op is defined in one place (one module under ``nnspec/ops``):
   ``blas_get_threads()`` / ``blas_set_threads(k)`` to run BLAS calls
   single-threaded inside a ``prange`` (a threaded BLAS called from several
   threads at once oversubscribes the cores); ``blas_small_gemm()`` says
-  whether small products are fast.
+  whether small products are fast; ``mpi_allreduce(...)`` sums a buffer
+  over the processes of an MPI job (ops/collective.py).
 * ``macs(attrs, in_shapes, out_shape)``: multiply-adds per example, for
   ``nnspec inspect``.
 
@@ -51,6 +52,21 @@ def blas_get_threads() -> int:
 
 def blas_set_threads(k: int) -> None:
     pass
+
+
+def mpi_allreduce(fn: int, send: int, recv: int, count: int, datatype: int, op: int,
+                  comm: int) -> int:
+    """MPI_Allreduce(send, recv, count, datatype, op, comm) called through its
+    address `fn`, every pointer and handle passed as a 64-bit integer (a
+    pointer, or an int handle in the low half, as the C ABI passes them).
+    Compiled kernels call LLVM's indirect call instead (backend/jit.py), so no
+    address is baked into cached code; the collective ops hold the arguments
+    in a run-time array (ops/collective.py)."""
+    import ctypes
+    i64 = ctypes.c_int64
+    f = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                         i64, i64, i64)(fn)
+    return f(send, recv, count, datatype, op, comm)
 
 
 def blas_small_gemm() -> int:

@@ -61,6 +61,15 @@ def _per_channel(name, x, shapes, what):
                              f"{fmt(x)}")
 
 
+def _grad_shape(name, attrs, shapes, dtypes):
+    """The shape rule of the batch-norm gradients (g, x, ...; part)."""
+    g, x = tuple(shapes[0]), tuple(shapes[1])
+    if g != x:
+        raise ShapeError(f"{name}: gradient {fmt(g)} and input {fmt(x)} differ")
+    _check_x(name, x)
+    return (x if attrs.get("part", "input") == "input" else (x[1],)), dtypes[0]
+
+
 def _stats(x, training, rm, rv):
     axes = _channel_axes(x.ndim)
     if training:
@@ -111,12 +120,9 @@ class BatchNormGrad(Op):
     differentiable = False
 
     def infer(self, attrs, shapes, dtypes):
-        g, x = tuple(shapes[0]), tuple(shapes[1])
-        if g != x:
-            raise ShapeError(f"batchnorm_grad: gradient {fmt(g)} and input {fmt(x)} differ")
-        _check_x(self.name, x)
-        _per_channel(self.name, x, shapes[2:], ("weight", "running_mean", "running_var"))
-        return (x if attrs.get("part", "input") == "input" else (x[1],)), dtypes[0]
+        _per_channel(self.name, tuple(shapes[1]), shapes[2:],
+                     ("weight", "running_mean", "running_var"))
+        return _grad_shape(self.name, attrs, shapes, dtypes)
 
     def reference(self, attrs, g, x, w, rm, rv):
         training = attrs.get("training", True)
@@ -215,6 +221,28 @@ def _channel_stats(x3, c):
     return mean, v / T(B * P)
 
 
+@kernel
+def _scale_shift(x3, o3, c, scale, shift):
+    """o = x * scale + shift over channel c."""
+    for bb in range(x3.shape[0]):
+        xr = x3[bb, c]
+        orow = o3[bb, c]
+        for p in range(x3.shape[2]):
+            orow[np.uint64(p)] = xr[np.uint64(p)] * scale + shift
+
+
+@kernel
+def _input_grad(g3, x3, o3, c, k, a, d):
+    """dx = k g + a x + d over channel c (batch norm's input gradient)."""
+    for bb in range(x3.shape[0]):
+        xr = x3[bb, c]
+        gr = g3[bb, c]
+        orow = o3[bb, c]
+        for p in range(x3.shape[2]):
+            q = np.uint64(p)
+            orow[q] = k * gr[q] + a * xr[q] + d
+
+
 @kernel(parallel=True)
 def batchnorm(x, w, b, rm, rv, out, eps, training):
     x3, o3 = _as3(x), _as3(out)
@@ -226,11 +254,7 @@ def batchnorm(x, w, b, rm, rv, out, eps, training):
             mean, var = rm[c], rv[c]
         scale = w[c] / np.sqrt(var + T(eps))
         shift = b[c] - mean * scale
-        for bb in range(x3.shape[0]):
-            xr = x3[bb, c]
-            orow = o3[bb, c]
-            for p in range(x3.shape[2]):
-                orow[np.uint64(p)] = xr[np.uint64(p)] * scale + shift
+        _scale_shift(x3, o3, c, scale, shift)
 
 
 @kernel(parallel=True)
@@ -259,13 +283,7 @@ def _batchnorm_grad(g, x, w, rm, rv, out, eps, training, weight_part):
             else:
                 a = T(0)
                 d = T(0)
-            for bb in range(B):
-                xr = x3[bb, c]
-                gr = g3[bb, c]
-                orow = o3[bb, c]
-                for p in range(P):
-                    q = np.uint64(p)
-                    orow[q] = k * gr[q] + a * xr[q] + d
+            _input_grad(g3, x3, o3, c, k, a, d)
 
 
 @kernel
@@ -294,6 +312,235 @@ def batchnorm_stat(x, s, out, momentum, var, training):
         else:
             tot, _ = _sums(x3, x3, c, T(0), 0)
             new = tot / T(n)
+        out[c] = (T(1) - m) * s[c] + m * new
+
+
+# ---- batch norm over several processes (sync_bn) -----------------------------------
+# passes/sync_bn.py rewrites a training batchnorm into these when the train
+# section says `sync_bn = true`; allreduce (ops/collective.py) sums between them:
+#     s1 = allreduce(bn_sums(x))              [2, C]: sum of x, count
+#     s2 = allreduce(bn_sums(x, s1; sq))      [C]: sum of (x - mean)^2
+#     y  = batchnorm_synced(x, w, b, s1, s2, comm)
+# and its gradient sums (sum g, sum g (x - mean)) over the ranks the same way.
+# In one process the allreduces copy, and the result is batchnorm's.
+
+def _sync_stats(s1, s2):
+    n = s1[1]
+    return s1[0] / n, s2 / n, n
+
+
+class BnSums(Op):
+    """Per-channel sums of sync_bn, each rank's, for allreduce to add up:
+        bn_sums(x; kind="x")           -> [2, C]: sum x, and the count of values
+        bn_sums(x, s1; kind="sq")      -> [C]: sum (x - mean)^2, mean = s1[0] / s1[1]
+        bn_sums(g, x, s1; kind="grad") -> [2, C]: sum g, sum g (x - mean)"""
+    name = "bn_sums"
+    arity = None
+    differentiable = False       # batchnorm_synced's gradient goes through its statistics
+    KINDS = {"x": 1, "sq": 2, "grad": 3}
+
+    def infer(self, attrs, shapes, dtypes):
+        kind = attrs.get("kind", "x")
+        if self.KINDS.get(kind) != len(shapes):
+            raise ShapeError(f"bn_sums: kind {kind!r} with {len(shapes)} inputs")
+        x = tuple(shapes[1 if kind == "grad" else 0])
+        _check_x(self.name, x)
+        if kind != "x" and tuple(shapes[-1]) != (2, x[1]) or \
+                kind == "grad" and tuple(shapes[0]) != x:
+            raise ShapeError(f"bn_sums: {', '.join(fmt(s) for s in shapes)} do not match")
+        return ((x[1],) if kind == "sq" else (2, x[1])), dtypes[0]
+
+    def reference(self, attrs, *xs):
+        kind = attrs.get("kind", "x")
+        x = xs[1] if kind == "grad" else xs[0]
+        axes = _channel_axes(x.ndim)
+        if kind == "x":
+            return np.stack([x.sum(axis=axes), np.full(x.shape[1], x.size // x.shape[1])]
+                            ).astype(x.dtype)
+        d = x - _bc(xs[-1][0] / xs[-1][1], x.ndim)
+        if kind == "sq":
+            return (d * d).sum(axis=axes)
+        return np.stack([xs[0].sum(axis=axes), (xs[0] * d).sum(axis=axes)])
+
+    def kernel(self, attrs):
+        return {"x": bn_sums, "sq": bn_sqsums, "grad": bn_grad_sums}[attrs.get("kind", "x")], ()
+
+
+class BatchNormSynced(Op):
+    """batchnorm_synced(x, weight, bias, s1, s2, comm; eps): batchnorm in
+    training with the statistics of the whole batch, every rank's (s1, s2
+    summed by allreduce).  Its gradient sums its own statistics' gradients
+    over the ranks (comm)."""
+    name = "batchnorm_synced"
+    arity = 6
+
+    def infer(self, attrs, shapes, dtypes):
+        x = tuple(shapes[0])
+        _check_x(self.name, x)
+        _per_channel(self.name, x, shapes[1:3], ("weight", "bias"))
+        if tuple(shapes[3]) != (2, x[1]) or tuple(shapes[4]) != (x[1],):
+            raise ShapeError(f"batchnorm_synced: sums {fmt(shapes[3])}, {fmt(shapes[4])} "
+                             f"do not match {fmt(x)}")
+        return x, dtypes[0]
+
+    def reference(self, attrs, x, w, b, s1, s2, comm):
+        mean, var, _ = _sync_stats(s1, s2)
+        inv = 1.0 / np.sqrt(var + attrs.get("eps", 1e-5))
+        return (x - _bc(mean, x.ndim)) * _bc(inv * w, x.ndim) + _bc(b, x.ndim)
+
+    def grad(self, gb, node, g):
+        x, w, b, s1, s2, comm = node.inputs
+        at = {"eps": node.attrs.get("eps", 1e-5)}
+        local = gb.add("bn_sums", (g, x, s1), {"kind": "grad"})
+        dx = dw = None
+        if gb.wants(0):
+            total = gb.add("allreduce", (local, comm), {"weighted": True})
+            dx = gb.add("batchnorm_synced_grad", (g, x, w, s1, s2, total),
+                        {**at, "part": "input"})
+        if gb.wants(1):        # this rank's share; the step sums the ranks' gradients
+            dw = gb.add("batchnorm_synced_grad", (g, x, w, s1, s2, local),
+                        {**at, "part": "weight"})
+        db = gb.add("sum", (g,), {"axes": list(_channel_axes(len(node.shape)))}) \
+            if gb.wants(2) else None
+        return [dx, dw, db, None, None, None]
+
+    def kernel(self, attrs):
+        return batchnorm_synced, (float(attrs.get("eps", 1e-5)),)
+
+
+class BatchNormSyncedGrad(Op):
+    """batchnorm_synced_grad(g, x, weight, s1, s2, gs; part, eps): part
+    "input": dL/dx from the whole batch's gradient sums gs (bn_grad_sums
+    summed over the ranks); part "weight": sum g * xhat from gs = this rank's."""
+    name = "batchnorm_synced_grad"
+    arity = 6
+    differentiable = False
+
+    def infer(self, attrs, shapes, dtypes):
+        return _grad_shape(self.name, attrs, shapes, dtypes)
+
+    def reference(self, attrs, g, x, w, s1, s2, gs):
+        mean, var, n = _sync_stats(s1, s2)
+        inv = 1.0 / np.sqrt(var + attrs.get("eps", 1e-5))
+        if attrs.get("part", "input") == "weight":
+            return gs[1] * inv
+        xhat = (x - _bc(mean, x.ndim)) * _bc(inv, x.ndim)
+        return _bc(inv * w, x.ndim) * (g - _bc(gs[0] / n, x.ndim)
+                                       - xhat * _bc(gs[1] * inv / n, x.ndim))
+
+    def kernel(self, attrs):
+        fn = (batchnorm_synced_grad_weight if attrs.get("part") == "weight"
+              else batchnorm_synced_grad_input)
+        return fn, (float(attrs.get("eps", 1e-5)),)
+
+
+class BnSyncedStat(Op):
+    """bn_synced_stat(s1, s2, state; stat, momentum): batchnorm_stat's running
+    mean or (unbiased) variance from the whole batch's sums."""
+    name = "bn_synced_stat"
+    arity = 3
+    differentiable = False
+
+    def infer(self, attrs, shapes, dtypes):
+        c = tuple(shapes[2])
+        if tuple(shapes[0]) != (2,) + c or tuple(shapes[1]) != c:
+            raise ShapeError(f"bn_synced_stat: sums {fmt(shapes[0])}, {fmt(shapes[1])} do "
+                             f"not match the state {fmt(c)}")
+        if attrs.get("stat") not in ("mean", "var"):
+            raise ShapeError(f"bn_synced_stat: stat must be mean or var, got "
+                             f"{attrs.get('stat')!r}")
+        return c, dtypes[2]
+
+    def reference(self, attrs, s1, s2, s):
+        m = attrs.get("momentum", 0.1)
+        n = s1[1]
+        new = s1[0] / n if attrs["stat"] == "mean" else s2 / np.maximum(n - 1, 1)
+        return (1 - m) * s + m * new
+
+    def kernel(self, attrs):
+        return bn_synced_stat, (float(attrs.get("momentum", 0.1)), attrs["stat"] == "var")
+
+
+for _op in (BnSums(), BatchNormSynced(), BatchNormSyncedGrad(), BnSyncedStat()):
+    register(_op)
+
+
+@kernel(parallel=True)
+def bn_sums(x, out):
+    x3 = _as3(x)
+    T = out.dtype.type
+    n = T(x3.shape[0] * x3.shape[2])
+    for c in prange(x3.shape[1]):
+        s, _ = _sums(x3, x3, c, T(0), 0)
+        out[0, c] = s
+        out[1, c] = n
+
+
+@kernel(parallel=True)
+def bn_sqsums(x, s1, out):
+    x3 = _as3(x)
+    for c in prange(x3.shape[1]):
+        v, _ = _sums(x3, x3, c, s1[0, c] / s1[1, c], 1)
+        out[c] = v
+
+
+@kernel(parallel=True)
+def bn_grad_sums(g, x, s1, out):
+    x3, g3 = _as3(x), _as3(g)
+    for c in prange(x3.shape[1]):
+        a, e = _sums(x3, g3, c, s1[0, c] / s1[1, c], 2)
+        out[0, c] = a
+        out[1, c] = e
+
+
+@kernel(parallel=True)
+def batchnorm_synced(x, w, b, s1, s2, comm, out, eps):
+    x3, o3 = _as3(x), _as3(out)
+    T = out.dtype.type
+    for c in prange(x3.shape[1]):
+        mean = s1[0, c] / s1[1, c]
+        scale = w[c] / np.sqrt(s2[c] / s1[1, c] + T(eps))
+        shift = b[c] - mean * scale
+        _scale_shift(x3, o3, c, scale, shift)
+
+
+@kernel(parallel=True)
+def _batchnorm_synced_grad(g, x, w, s1, s2, gs, o3, eps, weight_part):
+    """o3: dx as [B, C, P] or, with weight_part, dweight as [1, C, 1]."""
+    x3, g3 = _as3(x), _as3(g)
+    T = o3.dtype.type
+    for c in prange(x3.shape[1]):
+        n = s1[1, c]
+        mean = s1[0, c] / n
+        inv = T(1) / np.sqrt(s2[c] / n + T(eps))
+        sgx = gs[1, c] * inv
+        if weight_part:
+            o3[0, c, 0] = sgx
+            continue
+        # dx = k (g - sg/n - (x - mean) inv sgx/n) = k g + a x + d
+        k = w[c] * inv
+        a = -k * inv * sgx / n
+        d = -k * gs[0, c] / n - a * mean
+        _input_grad(g3, x3, o3, c, k, a, d)
+
+
+@kernel
+def batchnorm_synced_grad_input(g, x, w, s1, s2, gs, out, eps):
+    _batchnorm_synced_grad(g, x, w, s1, s2, gs, _as3(out), eps, False)
+
+
+@kernel
+def batchnorm_synced_grad_weight(g, x, w, s1, s2, gs, out, eps):
+    _batchnorm_synced_grad(g, x, w, s1, s2, gs, out.reshape((1, out.size, 1)), eps, True)
+
+
+@kernel(parallel=True)
+def bn_synced_stat(s1, s2, s, out, momentum, var):
+    T = out.dtype.type
+    m = T(momentum)
+    for c in prange(s.shape[0]):
+        n = s1[1, c]
+        new = s2[c] / max(n - T(1), T(1)) if var else s1[0, c] / n
         out[c] = (T(1) - m) * s[c] + m * new
 
 

@@ -2,7 +2,11 @@
 generation, in order.  Each pass takes and returns a `Build` (the graph plus
 what the program kind needs); graphs are rebuilt, never mutated.
 
-    build(graph, kind, dtype) -> Build      kind: infer | eval | grad | train
+    build(graph, kind, dtype) -> Build      kind: infer | eval | grad | accumulate | train
+
+grad: the loss's gradients; accumulate: the same and the new running
+statistics (a data-parallel step's first half, train/dist.py); train: both
+and the optimizer's update.
 """
 from __future__ import annotations
 
@@ -11,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir import Graph
-from . import canonical, dce, fusion, loop_results, memory, mode
+from . import canonical, dce, fusion, loop_results, memory, mode, sync_bn
 from .autodiff import backward
 
-TRAINING_KINDS = ("grad", "train")
+TRAINING_KINDS = ("grad", "accumulate", "train")
 
 
 @dataclass
@@ -40,6 +44,11 @@ def specialise_mode(b: Build) -> Build:
     return b
 
 
+def synchronise_batchnorm(b: Build) -> Build:
+    b.graph = sync_bn.synchronise(b.graph)
+    return b
+
+
 def choose_roots(b: Build) -> Build:
     g = b.graph
     loss = g.meta.get("loss")
@@ -51,7 +60,7 @@ def choose_roots(b: Build) -> Build:
         b.roots = list(dict.fromkeys(list(g.outputs.values()) + [loss]))
     else:
         b.roots = [loss]
-    if b.kind == "train":
+    if b.kind in ("train", "accumulate"):
         b.updates = state_updates(g)
         b.roots += [n for n in b.updates.values() if n not in b.roots]
     return b
@@ -97,6 +106,7 @@ def plan_memory(b: Build) -> Build:
 PIPELINE = [
     cast_dtype,           # a float32 spec may run in float64 (gradient checks); every node agrees
     specialise_mode,      # eval copy: batchnorm/dropout training=False, so no mode test at run time
+    synchronise_batchnorm,  # sync_bn: batch statistics summed over the processes (allreduce)
     choose_roots,         # what the program computes: outputs, loss, new running statistics
     differentiate,        # train/grad: append the backward graph; the gradients become roots
     eliminate_dead_code,  # drop what no root needs (the loss in infer, unused outputs in train)

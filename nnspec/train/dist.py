@@ -21,7 +21,10 @@ The losses are means over a batch, so the weighted sum is exactly the
 gradient of the global batch's mean loss: with float64, N ranks give one
 process's weights up to the order of the additions.  Batch statistics are
 each rank's own, as in PyTorch's DistributedDataParallel, whose buffer
-broadcast the last line copies.  The gradients are reduced after the whole
+broadcast the last line copies; with `sync_bn = true` in the train section
+they are the whole batch's, summed over the ranks inside the step
+(passes/sync_bn.py, ops/collective.py), and N ranks give one process's
+weights, batch norm included.  The gradients are reduced after the whole
 backward: a step is one compiled function, so there is no point at which to
 overlap the reduction with it (BENCHMARKS.md has the cost).
 
@@ -132,6 +135,29 @@ class Dist:
             self.comm.Allreduce(self.MPI.IN_PLACE, a, op=self.MPI.SUM)
         return a
 
+    # ---- sync_bn: reductions inside the step -----------------------------------------
+    def handles(self) -> np.ndarray:
+        """The run-time array through which a compiled step calls MPI_Allreduce
+        on this communicator (ops/collective.py's layout; the shard's entries
+        are set per step)."""
+        from ..ops import collective as c
+        MPI = self.MPI
+        a = np.zeros(c.COMM_SIZE, np.int64)
+        a[c.FN] = _allreduce_address()
+        a[c.COMM] = MPI._handleof(self.comm)
+        a[c.DOUBLE], a[c.FLOAT] = MPI._handleof(MPI.DOUBLE), MPI._handleof(MPI.FLOAT)
+        a[c.SUM] = MPI._handleof(MPI.SUM)
+        return a
+
+    def idle_reductions(self, net) -> None:
+        """A rank whose shard is empty takes part in the reductions the others'
+        step makes (sync_bn), with zeros, in the order the step makes them."""
+        prog = net._program("accumulate")
+        for node in prog.graph.nodes():
+            if node.op == "allreduce":
+                z = np.zeros(node.shape, node.dtype)
+                self.comm.Allreduce(self.MPI.IN_PLACE, z, op=self.MPI.SUM)
+
     # ---- one step ----------------------------------------------------------------
     def train_step(self, net, xb: dict, yb: dict, lr: float, n_batch: int) -> float:
         """One step of the global batch of `n_batch` examples, of which `xb`,
@@ -140,12 +166,20 @@ class Dist:
         as `Network.train_step`."""
         G = net.grad_arena
         n = len(next(iter(yb.values()))) if yb else 0
+        comm = net.collectives
+        if comm is not None:            # sync_bn: the step reduces batch statistics too
+            from ..ops import collective as c
+            if comm[c.FN] == 0:
+                comm[:] = self.handles()
+            comm[c.SHARD], comm[c.BATCH] = n, n_batch
         if n:
             loss = net.accumulate_gradients(xb, yb) * (n / n_batch)
             G *= G.dtype.type(n / n_batch)
         else:
             loss = 0.0
             G[...] = 0
+            if comm is not None:
+                self.idle_reductions(net)
         t0 = time.perf_counter()
         self.allreduce(G)
         loss = float(self.sums([loss])[0])
@@ -160,6 +194,30 @@ class Dist:
     def abort(self, code: int = 1) -> None:
         """End every rank of the job (after this one printed why)."""
         self.comm.Abort(code)
+
+
+def _allreduce_address() -> int:
+    """The address of MPI_Allreduce in the MPI library mpi4py loaded."""
+    import ctypes
+    import ctypes.util
+    paths = []
+    try:
+        with open("/proc/self/maps") as f:
+            for ln in f:
+                p = ln.split()[-1]
+                if p.startswith("/") and os.path.basename(p).startswith("libmpi.so"):
+                    paths.append(p)
+    except OSError:
+        pass
+    found = ctypes.util.find_library("mpi")
+    for p in [*dict.fromkeys(paths), *([found] if found else [])]:
+        try:
+            fn = ctypes.CDLL(p).MPI_Allreduce
+        except (OSError, AttributeError):
+            continue
+        return ctypes.cast(fn, ctypes.c_void_p).value
+    raise TrainingError("sync_bn: MPI_Allreduce was not found in the MPI library mpi4py "
+                        "loaded (no libmpi.so in this process)")
 
 
 def world(comm=None) -> Dist | None:

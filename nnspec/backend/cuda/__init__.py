@@ -20,11 +20,13 @@ from __future__ import annotations
 
 def compile_program(graph, kind: str, dtype: str, playout: dict, slayout: dict,
                     optimizer: dict | None, mirror, training: bool | None = None):
-    from ...passes.pipeline import build, compilable
+    from ...passes.pipeline import PIPELINE, build, compilable, synchronise_batchnorm
     from .step import CudaStep
     from ...errors import DeviceError
     why = compilable(graph)
     if why is not None:
         raise DeviceError(f"the CUDA backend cannot run this graph: {why}")
-    b = build(graph, kind, dtype, training)
+    # one process per GPU, and no MPI here: sync_bn's statistics are the batch's own
+    b = build(graph, kind, dtype, training,
+              passes=[p for p in PIPELINE if p is not synchronise_batchnorm])
     return CudaStep(b, playout, slayout, optimizer, mirror)

@@ -22,7 +22,7 @@ from .kernels import kernels
 from .runtime import MAX_BLOCKS, THREADS, blocks, empty
 
 LEAVES = ("input", "param", "state")
-WRITES = {"train": ("P", "S", "G", "M", "V"), "grad": ("G",)}
+WRITES = {"train": ("P", "S", "G", "M", "V"), "grad": ("G",), "accumulate": ("G", "S")}
 
 # options the launchers below run only at their defaults (softmax over the
 # last axis; losses as a plain mean over the rows)
