@@ -83,7 +83,11 @@ def root() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def version_tag() -> str:
-    """The name of this version's directory (read without importing Numba)."""
+    """The name of this version's directory (read without importing Numba).
+    Machine code compiled at another LLVM optimisation level than Numba's
+    default (NUMBA_OPT, which Numba's own cache index does not record) has a
+    directory of its own, so an unoptimised step is never loaded by a run
+    that expects an optimised one."""
     from importlib.metadata import PackageNotFoundError, version
 
     from .. import __version__
@@ -91,7 +95,11 @@ def version_tag() -> str:
         numba = version("numba")
     except PackageNotFoundError:
         numba = "none"
-    return f"v{__version__}-numba{numba}-py{sys.version_info[0]}{sys.version_info[1]}"
+    tag = f"v{__version__}-numba{numba}-py{sys.version_info[0]}{sys.version_info[1]}"
+    opt = os.environ.get("NUMBA_OPT", "").strip().lower()
+    if opt and opt != "3":
+        tag += f"-O{''.join(c for c in opt if c.isalnum())[:8]}"
+    return tag
 
 
 def check_dir(path: Path) -> None:
@@ -411,7 +419,7 @@ def recovering_cache(py_func, in_tree: bool = False):
 
 # ---- housekeeping --------------------------------------------------------------
 
-_VERSION_DIR = re.compile(r"^v[\w.+]+-numba[\w.+]+-py\d+$")
+_VERSION_DIR = re.compile(r"^v[\w.+]+-numba[\w.+]+-py\d+(-O\w+)?$")
 # what earlier versions kept directly under the root (the parser's grammar too)
 _LEGACY = re.compile(r"^(step_|loop).*\.py$|^__pycache__$|^grammar-\w+\.lark\.cache$")
 
