@@ -31,12 +31,34 @@ ZOO = [("mlp.nn", {"hidden": 16}), ("lenet5.nn", {}), ("cnn.nn", {}),
        ("resnet18.nn", {"size": 32, "classes": 10}), ("lstm.nn", {"hidden": 8}),
        ("gru.nn", {"hidden": 8}), ("gru.nn", {"hidden": 8, "reset_after": True}),
        ("elman_rnn.nn", {"hidden": 8}), ("lstm_peephole.nn", {"hidden": 6}),
-       ("birnn.nn", {"hidden": 6}), ("seq2seq.nn", {"hidden": 6, "embed": 5})]
+       ("birnn.nn", {"hidden": 6}), ("seq2seq.nn", {"hidden": 6, "embed": 5}),
+       # the feed-forward zoo at the smallest input each allows, 10 classes
+       ("alexnet.nn", {"size": 64, "classes": 10}), ("zfnet.nn", {"size": 64, "classes": 10}),
+       ("vgg16.nn", {"size": 32, "classes": 10}),
+       ("googlenet.nn", {"size": 80, "classes": 10}),          # with the auxiliary heads
+       ("inception_v3.nn", {"size": 75, "classes": 10, "aux": False}),
+       ("inception_v3.nn", {"size": 299, "classes": 10}),     # the auxiliary head: 299
+       ("resnet50.nn", {"size": 32, "classes": 10}),
+       ("densenet121.nn", {"size": 32, "classes": 10}),
+       ("xception.nn", {"size": 71, "classes": 10}),
+       ("unet.nn", {"size": 188, "width": 2}),
+       ("wavenet.nn", {"quant": 8, "length": 16, "channels": 4, "skip": 8, "stacks": 2,
+                       "layers": 3}),
+       ("maxout_mlp.nn", {"hidden": 16, "pieces": 3}),
+       ("yaml/lenet5.yaml", {}), ("yaml/lstm.yaml", {"hidden": 8}),
+       ("yaml/mlp.yaml", {"hidden": 16}), ("yaml/resnet18.yaml", {"size": 32, "classes": 10}),
+       ("yaml/unet.yaml", {"size": 188, "width": 2}),
+       # recurrent specs exported as LSTM and RNN nodes
+       ("lstm_adding.nn", {"steps": 6, "hidden": 8}), ("elman_adding.nn", {"steps": 6, "hidden": 8}),
+       ("char_lstm.nn", {"vocab": 12, "embed": 5, "hidden": 8})]
+# the largest networks: NNSPEC_SLOW=1 (seconds each in the NumPy interpreter)
+HEAVY = {"vgg16", "xception", "inception_v3"}
 SKIPPED = ("identity", "dropout_mask")
 
 
 def _network(spec, sets):
-    net = nnspec.compile(SPECS / spec, set=sets)
+    lib = [SPECS / "lib"] if spec.startswith("yaml/") else None
+    net = nnspec.compile(SPECS / spec, set=sets, lib=lib)
     rng = np.random.default_rng(1)
     for v in net.params.values():
         v += rng.standard_normal(v.shape).astype(v.dtype) * 0.05
@@ -106,7 +128,17 @@ def _rel(got, want):
 
 # ---- round trips -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec, sets", ZOO, ids=[f"{s[:-3]}{'-' + '-'.join(map(str, k.values())) if 'reset_after' in k else ''}" for s, k in ZOO])  # noqa: E501
+def _zoo_id(spec, sets) -> str:
+    path = Path(spec)
+    name = path.stem if path.suffix == ".nn" else f"yaml-{path.stem}"
+    return name + ("-reset_after" if sets.get("reset_after") else "") \
+        + ("-noaux" if sets.get("aux") is False else "")
+
+
+@pytest.mark.parametrize("spec, sets", [
+    pytest.param(s, k, id=_zoo_id(s, k), marks=[pytest.mark.skipif(
+        _zoo_id(s, k) in HEAVY and not SLOW, reason="a large network: NNSPEC_SLOW=1")])
+    for s, k in ZOO])
 def test_import_of_an_export_gives_the_spec_back(spec, sets):
     net = _network(spec, sets)
     model = to_model(net)

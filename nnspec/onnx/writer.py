@@ -2,9 +2,10 @@
 
     layers (reader.py) -> fold repeats into blocks -> statements -> spec text
 
-* **Chains.** A value read once, by a chain stage, is not named: the stage
-  goes on the same chain.  A layer with weights ends its statement, so the
-  statement's name, the ONNX node's, is the layer's (`conv1.weight`).
+* **Chains.** A value read once, by a chain stage right after it, is not
+  named: the stage goes on the same chain (so the layers keep their order).
+  A layer with weights ends its statement, so the statement's name, the
+  ONNX node's, is the layer's (`conv1.weight`).
 * **Blocks.** Where the graph passes through a single value between layers
   (a *cut*), the layers between cuts are units; consecutive units that are
   the same (calls, weight shapes, wiring) become one `block` applied
@@ -138,10 +139,14 @@ def statements(layers, refs: dict, outputs: dict, names: Names, indent: str) -> 
         for i in layer.inputs:
             readers.setdefault(i, []).append(layer)
 
+    at = {id(layer): k for k, layer in enumerate(layers)}
+
     def inline(v) -> bool:
+        # only into the layer right after it: a chain keeps the layers' order, which
+        # is the order lowering the spec creates their nodes in
         p, rs = producer.get(v), readers.get(v, [])
         return (p is not None and not p.weights and v not in outputs and len(rs) == 1
-                and rs[0].stage and rs[0].inputs[0] == v)
+                and rs[0].stage and rs[0].inputs[0] == v and at[id(rs[0])] == at[id(p)] + 1)
 
     def expr(layer) -> list:
         if not layer.stage:
