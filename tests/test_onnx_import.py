@@ -49,8 +49,12 @@ ZOO = [("mlp.nn", {"hidden": 16}), ("lenet5.nn", {}), ("cnn.nn", {}),
        ("yaml/mlp.yaml", {"hidden": 16}), ("yaml/resnet18.yaml", {"size": 32, "classes": 10}),
        ("yaml/unet.yaml", {"size": 188, "width": 2}),
        # recurrent specs exported as LSTM and RNN nodes
-       ("lstm_adding.nn", {"steps": 6, "hidden": 8}), ("elman_adding.nn", {"steps": 6, "hidden": 8}),
-       ("char_lstm.nn", {"vocab": 12, "embed": 5, "hidden": 8})]
+       ("lstm_adding.nn", {"steps": 6, "hidden": 8}),
+       ("elman_adding.nn", {"steps": 6, "hidden": 8}),
+       ("char_lstm.nn", {"vocab": 12, "embed": 5, "hidden": 8}),
+       # cells exported as a Scan
+       ("lstm_1997.nn", {"hidden": 8}), ("jordan_rnn.nn", {"hidden": 8}),
+       ("jordan_sequence.nn", {"hidden": 8})]
 # the largest networks: NNSPEC_SLOW=1 (seconds each in the NumPy interpreter)
 HEAVY = {"vgg16", "xception", "inception_v3"}
 SKIPPED = ("identity", "dropout_mask")
@@ -182,6 +186,53 @@ def test_recurrent_zoo_specs_import_as_written_and_export_again(spec):
                  [i.split(".")[-1] for i in n.input[4:] if i])
                 for n in m.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
     assert cells(to_model(imp.network())) == cells(model)
+
+
+def test_scan_cells_import_as_cells_and_export_again():
+    """A cell exported as a Scan comes back as a cell whose step is the Scan's
+    body; a teacher-forced cell's zero teacher is read as zeros."""
+    model = to_model(_network("lstm_1997.nn", {"hidden": 4}))
+    imp = import_model(model)
+    assert "cell onnx_scan1()(x) {" in imp.text and "    state c = zeros(4)" in imp.text
+    assert "    c[t] = c[t-1] + " in imp.text and "    return h" in imp.text
+    assert "rnn = x -> onnx_scan1\n" in imp.text and "rnn.h -> dense(10)" in imp.text
+    assert [n.op_type for n in to_model(imp.network()).graph.node].count("Scan") == 1
+    imp = import_model(to_model(_network("jordan_sequence.nn", {"hidden": 4})))
+    assert "input prev" not in imp.text and "output y = x -> onnx_scan1" in imp.text
+
+
+def test_a_reversed_scan_is_a_reversed_cell():
+    """In float64 every cell exports as a Scan: birnn's reverse way scans from the end."""
+    net = nnspec.compile(SPECS / "birnn.nn", set={"hidden": 6}, dtype="float64")
+    model = to_model(net)
+    imp = import_model(model)
+    assert "y_reverse = x -> onnx_scan2(reverse=true)" in imp.text
+    feeds = {k: v.astype("float64") for k, v in _feeds(model).items()}
+    want, got = _ort(model, feeds), _imported_outputs(imp, feeds)
+    assert _rel(got["logits"], want["logits"]) <= 1e-9
+
+
+def test_scan_nodes_nnspec_cannot_express_are_errors_per_node():
+    from onnx import helper
+    model = to_model(_network("lstm_1997.nn", {"hidden": 4}))
+    scan = next(n for n in model.graph.node if n.op_type == "Scan")
+    axes = next(a for a in scan.attribute if a.name == "scan_input_axes")
+    axes.CopyFrom(helper.make_attribute("scan_input_axes", [0]))
+    with pytest.raises(OnnxImportError, match=f"node '{scan.name}' \\(op Scan\\): attribute "
+                                              f"'scan_input_axes' = \\[0\\] is not supported"):
+        import_model(model)
+    axes.CopyFrom(helper.make_attribute("scan_input_axes", [1]))
+    tanh = next(n for n in scan.attribute[0].g.node if n.op_type == "Tanh")
+    tanh.op_type = "Sin"
+    with pytest.raises(OnnxImportError) as e:
+        import_model(model)
+    assert f"node '{scan.name}' (op Scan): its body cannot be imported: node '{tanh.name}' " \
+           f"(op Sin): op Sin is not supported" in str(e.value)
+    # a tree cell: the one-hot positions of the nodes and their parents, computed
+    # before the Scan (its children's sums are a [B, N, n] state)
+    with pytest.raises(OnnxImportError) as e:
+        import_model(to_model(_network("recursive_tree.nn", {"hidden": 4, "embed": 3})))
+    assert "(op Expand)" in str(e.value) and "(op Equal)" in str(e.value)
 
 
 def test_resnet_repeats_fold_into_a_block():

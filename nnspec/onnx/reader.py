@@ -11,8 +11,9 @@ collected and raised as one `OnnxImportError`.
 
 Nodes whose inputs are all constants are evaluated here (ONNX's reference
 evaluator), and so are `Shape` and what reads it (Gather, Concat, Unsqueeze,
-...) with the batch size kept as the symbol "B": PyTorch's
-`x.view(x.size(0), -1)` becomes `reshape`.
+...) with the batch size kept as the symbol "B" (a dynamic time axis "T"):
+PyTorch's `x.view(x.size(0), -1)` becomes `reshape`, and a `ConstantOfShape`
+of zeros of such a shape is a view that a Scan reads as zeros.
 
 Some tensors are *views* of a value rather than values: a sequence
 transposed time-major for an LSTM node, the node's `[T, 1, B, H]` output
@@ -30,6 +31,7 @@ import numpy as np
 from . import OnnxImportError
 
 B = "B"                  # the batch size in a folded shape
+T = "T"                  # the size of the time axis (nnspec allows one dynamic axis more)
 
 
 class Unsupported(Exception):
@@ -70,14 +72,28 @@ class Reader:
         except Exception:           # noqa: BLE001  (shapes then come from the model as given)
             pass
         self.model = model
-        self.graph = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           18)
         self.bind = dict(bind or {})
         self.consts: dict = {}      # name -> ndarray (object arrays may hold "B")
+        self.shapes, self.dtypes = {}, {}
+        self._graph(model.graph)
+
+    def subgraph(self, graph) -> "Reader":
+        """A reader of a body graph (a Scan's step): the outer graph's constants
+        and shapes are its too, as ONNX's outer-scope values."""
+        sub = object.__new__(Reader)
+        sub.model, sub.opset, sub.bind = self.model, self.opset, self.bind
+        sub.consts, sub.shapes, sub.dtypes = dict(self.consts), dict(self.shapes), \
+            dict(self.dtypes)
+        sub._graph(graph)
+        return sub
+
+    def _graph(self, graph) -> None:
+        import onnx
+        self.graph = graph
         for t in self.graph.initializer:
             self.consts[t.name] = onnx.numpy_helper.to_array(t)
-        self.shapes, self.dtypes = {}, {}
         for vi in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
             tt = vi.type.tensor_type
             if not tt.HasField("shape"):
@@ -98,6 +114,7 @@ class Reader:
         self.names: set = set()
         self.cells: dict = {}       # a cell's sequence value -> its state names
         self.finals: dict = {}      # a final-state value -> (the cell's sequence, state)
+        self.definitions: dict = {}     # cells read from Scan bodies: name -> text
         self.leading_one: set = set()   # graph inputs [1, B, ...] read as [B, ...]
         self.uses: dict = {}
         for n in self.graph.node:
@@ -106,6 +123,25 @@ class Reader:
 
     # ---- the walk -----------------------------------------------------------------------
     def read(self) -> list[Layer]:
+        self.walk()
+        for o in self.outputs:
+            if o in self.poisoned:
+                continue
+            if o in self.consts:
+                self.errors.append(f"output '{o}' is a constant: a network's outputs depend "
+                                   f"on its inputs")
+            elif o in self.views and self.views[o][1] is not None:
+                self.errors.append(f"output '{o}' is a {self.views[o][1]} view nnspec cannot "
+                                   f"return")
+        if self.errors:
+            raise OnnxImportError(f"{len(self.errors)} node(s) of the ONNX model cannot be "
+                                  f"imported:\n  " + "\n  ".join(self.errors))
+        from .reader_cells import join_ways
+        join_ways(self)
+        return self.layers
+
+    def walk(self) -> None:
+        """Convert every node, collecting in `errors` those that cannot be."""
         from .reader_ops import CONVERTERS, fold
         for k, node in enumerate(self.graph.node):
             if id(node) in self.skip:
@@ -128,21 +164,6 @@ class Reader:
                     why = f"cannot be read ({type(why).__name__}: {why})"
                 self.errors.append(f"node '{label}' (op {node.op_type}): {why}")
                 self.poisoned.update(node.output)
-        for o in self.outputs:
-            if o in self.poisoned:
-                continue
-            if o in self.consts:
-                self.errors.append(f"output '{o}' is a constant: a network's outputs depend "
-                                   f"on its inputs")
-            elif o in self.views and self.views[o][1] is not None:
-                self.errors.append(f"output '{o}' is a {self.views[o][1]} view nnspec cannot "
-                                   f"return")
-        if self.errors:
-            raise OnnxImportError(f"{len(self.errors)} node(s) of the ONNX model cannot be "
-                                  f"imported:\n  " + "\n  ".join(self.errors))
-        from .reader_cells import join_ways
-        join_ways(self)
-        return self.layers
 
     # ---- reading a node's inputs ------------------------------------------------------
     def has(self, node, k: int) -> bool:

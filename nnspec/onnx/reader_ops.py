@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .reader import B, Unsupported
+from .reader import B, T, Unsupported
 
 CONVERTERS: dict = {}
 
@@ -87,17 +87,15 @@ def fold(r, node) -> bool:
 
 def _shape(r, node) -> bool:
     s = r.shape(node.input[0])
-    dims = [B] + [d if isinstance(d, int) else None for d in s[1:]]
+    dims = [B] + [d if isinstance(d, int) else T for d in s[1:]]
     a = r.attrs(node)
     dims = dims[a.get("start", 0):a.get("end", len(dims))]
-    if any(d is None for d in dims):
-        return False
     r.consts[node.output[0]] = _settle(np.array(dims, dtype=object))
     return True
 
 
 def _settle(v: np.ndarray) -> np.ndarray:
-    """An object array without the batch symbol as int64."""
+    """An object array without the batch or time symbol as int64."""
     return v if any(isinstance(d, str) for d in v.ravel()) else v.astype(np.int64)
 
 
@@ -121,6 +119,15 @@ def _symbolic(r, node, vals) -> bool:
         starts, ends = (int(np.asarray(v).ravel()[0]) for v in vals[1:3])
         steps = int(np.asarray(vals[4]).ravel()[0]) if len(vals) > 4 else 1
         out = x[starts:ends:steps]
+    elif t == "ConstantOfShape":
+        # zeros of a batch-sized shape: a Scan's initial state (reader_scan.py)
+        from onnx.numpy_helper import to_array
+        if "value" in a and np.any(to_array(a["value"])):
+            raise Unsupported("a ConstantOfShape of the batch size other than zeros is not "
+                              "supported")
+        r.alias(node.output[0], node.output[0], "zeros",
+                f"zeros of shape {[str(d) for d in x.ravel()]}")
+        return True
     else:
         raise Unsupported("computes with the batch size (from Shape) in a way nnspec's "
                           "importer does not follow")
@@ -286,6 +293,9 @@ def _reshape(r, node):
     for i, d in enumerate(shape[1:], 1):
         if d == B:
             raise Unsupported("moves the batch size to another axis")
+        if d == T:
+            raise Unsupported("a shape holding the time axis' size (from Shape) is not "
+                              "supported")
         if int(d) == 0 and not r.attrs(node).get("allowzero", 0):
             d = src[i]
         rest.append(int(d))
@@ -660,4 +670,4 @@ def _batchnorm(r, node):
     r.emit(node, text, [r.data(node.input[0])], weights=weights)
 
 
-from . import reader_cells  # noqa: E402,F401  (registers LSTM, GRU, RNN)
+from . import reader_cells, reader_scan  # noqa: E402,F401  (register LSTM, GRU, RNN; Scan)

@@ -99,7 +99,7 @@ def write(r, layers, name: str = "imported") -> tuple:
     lines = statements(layers, refs, outputs, names, "    ")
     defs = []
     for d in dict.fromkeys(d for layer in _all(layers) for d in layer.defs):
-        defs.append(DEFINITIONS[d] if d in DEFINITIONS else blocks[d])
+        defs.append(DEFINITIONS.get(d) or r.definitions.get(d) or blocks[d])
     train = train_section(r, layers, outputs, names)
     text = (f"# Imported from ONNX by `nnspec import`; weights in the .npz (or .nnc) beside it.\n"
             + "".join(f"\n{d}" for d in defs)
@@ -132,7 +132,8 @@ def _all(layers):
 
 def statements(layers, refs: dict, outputs: dict, names: Names, indent: str) -> list[str]:
     """One statement per value that is named.  `outputs`: value -> list of
-    output names ("return" for a block's result)."""
+    output names ("return" for a block's result; in a cell, "h[t]" for a new
+    state and "local y" for the value it returns)."""
     producer = {layer.output: layer for layer in layers}
     readers: dict = {}
     for layer in layers:
@@ -169,6 +170,11 @@ def statements(layers, refs: dict, outputs: dict, names: Names, indent: str) -> 
         outs = outputs.get(layer.output, [])
         if outs == ["return"]:
             lines.append(f"{indent}return {text}")
+            continue
+        if outs and (outs[0].endswith("[t]") or outs[0].startswith("local ")):
+            # a cell's new state `h[t]`, or a value its `return` names
+            refs[layer.output] = outs[0].removeprefix("local ")
+            lines.append(f"{indent}{refs[layer.output]} = {text}")
             continue
         if outs:
             refs[layer.output] = outs[0]
