@@ -54,7 +54,9 @@ ZOO = [("mlp.nn", {"hidden": 16}), ("lenet5.nn", {}), ("cnn.nn", {}),
        ("char_lstm.nn", {"vocab": 12, "embed": 5, "hidden": 8}),
        # cells exported as a Scan
        ("lstm_1997.nn", {"hidden": 8}), ("jordan_rnn.nn", {"hidden": 8}),
-       ("jordan_sequence.nn", {"hidden": 8})]
+       ("jordan_sequence.nn", {"hidden": 8}),
+       # a tree cell (parent=, mask=, children(h)) exported as a Scan
+       ("recursive_tree.nn", {"hidden": 8, "embed": 5})]
 # the largest networks: NNSPEC_SLOW=1 (seconds each in the NumPy interpreter)
 HEAVY = {"vgg16", "xception", "inception_v3"}
 SKIPPED = ("identity", "dropout_mask")
@@ -105,6 +107,19 @@ def _feeds(model, batch=3, steps=5):
     return feeds
 
 
+def _trees(feeds, seed=5):
+    """A tree cell's inputs as trees: each example's k nodes numbered children
+    first (parent[j] > j, the root's -1), the padding after them masked 0."""
+    rng = np.random.default_rng(seed)
+    b, n = feeds["parent"].shape
+    parent, mask = np.full((b, n), -1, np.int64), np.zeros((b, n), np.float32)
+    for i in range(b):
+        k = n if i == 0 else int(rng.integers(1, n + 1))
+        parent[i, :k - 1] = [rng.integers(j + 1, k) for j in range(k - 1)]
+        mask[i, :k] = 1
+    return {**feeds, "parent": parent, "mask": mask}
+
+
 def _ort(model, feeds):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -121,9 +136,10 @@ def _imported_outputs(imp, feeds):
 
 
 def _weights(model) -> int:
-    """The values of an ONNX model's float initializers (not shapes or axes)."""
+    """The values of an ONNX model's float initializers (not shapes, axes or
+    scalars: a scalar is a literal of the spec, as a masked cell's zeros)."""
     return sum(int(np.prod(t.dims)) for t in model.graph.initializer
-               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE))
+               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE) and t.dims)
 
 
 def _rel(got, want):
@@ -160,6 +176,8 @@ def test_import_of_an_export_gives_the_spec_back(spec, sets):
     else:
         assert ops2 == ops and params2 == params
     feeds = _feeds(model)
+    if "parent" in feeds:
+        feeds = _trees(feeds)
     want, got = _ort(model, feeds), _imported_outputs(imp, feeds)
     for name in want:
         assert got[name].shape == want[name].shape
@@ -228,11 +246,85 @@ def test_scan_nodes_nnspec_cannot_express_are_errors_per_node():
         import_model(model)
     assert f"node '{scan.name}' (op Scan): its body cannot be imported: node '{tanh.name}' " \
            f"(op Sin): op Sin is not supported" in str(e.value)
-    # a tree cell: the one-hot positions of the nodes and their parents, computed
-    # before the Scan (its children's sums are a [B, N, n] state)
+
+
+def test_a_masked_scan_is_a_cell_with_mask(tmp_path):
+    """A cell applied with mask= exports as a Scan whose body keeps the state and
+    emits zeros where the mask is 0 (Where): it is imported with mask= again."""
+    spec = tmp_path / "masked.nn"
+    spec.write_text("cell el(n)(x) {\n    state h = zeros(n)\n"
+                    "    h[t] = tanh(dense(concat(x[t], h[t-1]), n))\n    return h\n}\n"
+                    "network masked {\n    input x: [6, 3]\n    input mask: [6]\n"
+                    "    r = x -> el(4, mask=mask)\n    output y = r\n"
+                    "    output last = r.h -> dense(2)\n}\n")
+    model = to_model(nnspec.compile(spec))
+    imp = import_model(model)
+    assert "output y = x -> onnx_scan1(mask=mask)" in imp.text
+    feeds = _feeds(model)
+    feeds["mask"] = (np.arange(6) < np.array([[6], [3], [1]])).astype("float32")
+    want, got = _ort(model, feeds), _imported_outputs(imp, feeds)
+    for name in want:
+        assert _rel(got[name], want[name]) <= 1e-5, name
+
+
+def _tree_model():
+    return to_model(_network("recursive_tree.nn", {"hidden": 4, "embed": 3}))
+
+
+def test_a_tree_cell_imports_with_parent_mask_and_children():
+    """A tree cell's Scan (one-hot positions and parents computed before it, the
+    children's sums a [B, N, n] state, padding masked with Where) comes back as
+    the cell applied with parent= and mask=, reading children(h), and exports
+    as the same nodes again."""
+    model = _tree_model()
+    imp = import_model(model)
+    assert "r = embedding_ -> onnx_scan1(parent=parent, mask=mask)" in imp.text
+    assert " = children(h)\n" in imp.text and imp.text.count("    state ") == 1
+    assert "output logits = r.h -> dense(5)" in imp.text
+    again = to_model(imp.network())
+    assert [n.op_type for n in again.graph.node] == [n.op_type for n in model.graph.node]
+    body = [a.g for n in again.graph.node for a in n.attribute if a.name == "body"][0]
+    assert [n.op_type for n in body.node] == [n.op_type for n in model.graph.node[
+        [n.op_type for n in model.graph.node].index("Scan")].attribute[0].g.node]
+
+
+def test_altered_tree_patterns_are_errors():
+    """Nodes like a tree cell's but not nnspec's are not read as one: one-hots
+    computed otherwise are errors for their nodes, a Scan reading nnspec's
+    one-hots whose body differs an error naming the Scan and what differs."""
+    from onnx import numpy_helper
+    model = _tree_model()
+    eq = next(n for n in model.graph.node if n.name == "parent.onehot.hit/Equal")
+    model.graph.initializer.append(numpy_helper.from_array(np.arange(1, 16), "shifted"))
+    eq.input[1] = "shifted"                      # parent + 1 where nnspec has parent
     with pytest.raises(OnnxImportError) as e:
-        import_model(to_model(_network("recursive_tree.nn", {"hidden": 4, "embed": 3})))
-    assert "(op Expand)" in str(e.value) and "(op Equal)" in str(e.value)
+        import_model(model)
+    assert "node 'parent.positions/Expand' (op Expand)" in str(e.value)
+    assert "node 'parent.onehot.hit/Equal' (op Equal)" in str(e.value)
+
+    def body_error(alter) -> str:
+        model = _tree_model()
+        scan = next(n for n in model.graph.node if n.op_type == "Scan")
+        alter({n.name: n for n in scan.attribute[0].g.node})
+        with pytest.raises(OnnxImportError) as e:
+            import_model(model)
+        assert str(e.value).count("node '") == 1
+        return str(e.value).split("node 'r/Scan' (op Scan): ")[1]
+
+    def sub(nodes):
+        nodes["r/children(h)[t]/Add"].op_type = "Sub"   # the sums take h away
+    assert body_error(sub).startswith("state 'r/children(h)[t-1]' is read as a tree's "
+                                      "children's sums, but its new value is not nnspec's")
+
+    def keep(nodes):
+        nodes["r/children(h)/ReduceSum"].attribute[0].i = 1
+    assert body_error(keep).startswith("body input 'r/here[t]' (the one-hot of the node's "
+                                       "position) is read other than as nnspec's children(h)")
+
+    def unmasked(nodes):
+        nodes["r/h.masked/Where"].input[2] = "r/r.tanh"
+    assert body_error(unmasked).startswith("body output 'r/state:h' is not masked as nnspec's "
+                                           "cells are")
 
 
 def test_resnet_repeats_fold_into_a_block():

@@ -15,6 +15,10 @@ evaluator), and so are `Shape` and what reads it (Gather, Concat, Unsqueeze,
 PyTorch's `x.view(x.size(0), -1)` becomes `reshape`, and a `ConstantOfShape`
 of zeros of such a shape is a view that a Scan reads as zeros.
 
+A pattern spanning several nodes (a tree cell's one-hots before its Scan,
+reader_tree.py; a masked cell's Where nodes in its body) marks the nodes it
+absorbs in `skip` and may give others a converter of its own (`special`).
+
 Some tensors are *views* of a value rather than values: a sequence
 transposed time-major for an LSTM node, the node's `[T, 1, B, H]` output
 (`[T, 2, B, H]` both ways) and `[1, B, H]` final states, a zero `Pad` in
@@ -109,6 +113,7 @@ class Reader:
         self.used_inputs: set = set()
         self.weight_inputs: set = set()     # bound inputs read as weights
         self.skip: set = set()      # nodes another converter absorbed
+        self.special: dict = {}     # id(node) -> a converter replacing its op's (a pattern's)
         self.poisoned: set = set()
         self.errors: list[str] = []
         self.names: set = set()
@@ -123,6 +128,8 @@ class Reader:
 
     # ---- the walk -----------------------------------------------------------------------
     def read(self) -> list[Layer]:
+        from .reader_tree import find_trees
+        find_trees(self)
         self.walk()
         for o in self.outputs:
             if o in self.poisoned:
@@ -151,6 +158,9 @@ class Reader:
                 continue
             self.node = node
             try:
+                if id(node) in self.special:
+                    self.special[id(node)](self, node)
+                    continue
                 if fold(self, node):
                     continue
                 conv = CONVERTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
