@@ -288,6 +288,25 @@ def test_a_tree_cell_imports_with_parent_mask_and_children():
         [n.op_type for n in model.graph.node].index("Scan")].attribute[0].g.node]
 
 
+def test_a_child_sum_tree_lstm_without_a_mask(tmp_path):
+    """Two states summed over the children (Tai et al.'s child-sum Tree-LSTM),
+    no mask: both sums are read back as children(h), children(c)."""
+    spec = tmp_path / "tl.nn"
+    spec.write_text("cell tlstm(n)(x) {\n    state h = zeros(n)\n    state c = zeros(n)\n"
+                    "    i = sigmoid(dense(concat(x[t], children(h)), n))\n"
+                    "    f = sigmoid(dense(concat(x[t], children(h)), n))\n"
+                    "    c[t] = i * tanh(dense(x[t], n)) + f * children(c)\n"
+                    "    h[t] = tanh(c[t]) * i\n    return h\n}\n"
+                    "network tl {\n    input x: [7, 3]\n    input parent: int[7]\n"
+                    "    r = x -> tlstm(4, parent=parent)\n    output y = r.h -> dense(2)\n}\n")
+    net, rng = nnspec.compile(spec), np.random.default_rng(1)
+    for v in net.params.values():       # zero biases would be one shared initializer
+        v += rng.standard_normal(v.shape).astype(v.dtype) * 0.05
+    imp = _check_import(to_model(net))
+    assert "r = x -> onnx_scan1(parent=parent)" in imp.text
+    assert " = children(h)\n" in imp.text and " = children(c)\n" in imp.text
+
+
 def test_altered_tree_patterns_are_errors():
     """Nodes like a tree cell's but not nnspec's are not read as one: one-hots
     computed otherwise are errors for their nodes, a Scan reading nnspec's
