@@ -6,6 +6,8 @@ resident memory, each network in processes of its own.
     python bench/zoo_steps.py                       # batch 8 at the papers' sizes
     python bench/zoo_steps.py --size 64 --batch 4 resnet18 vgg16
     python bench/zoo_steps.py --driver whole ...    # force the whole-step driver
+    python bench/zoo_steps.py --torch-python /tmp/venv-torch/bin/python resnet50
+        # steady steps and memory against PyTorch (bench/torch_zoo.py), alternating
 
 Large graphs run as steps of calls into shared kernels (backend/kernels.py):
 the cold column is what compiling those kernels costs, and a network that
@@ -73,7 +75,12 @@ def main():
     ap.add_argument("--driver", choices=("whole", "calls"), help="force a driver")
     ap.add_argument("--shared", action="store_true",
                     help="one cache for all networks (later ones reuse kernels)")
+    ap.add_argument("--torch-python", help="a Python with torch: steady steps and peak "
+                    "memory of nnspec and PyTorch, alternating, --rounds times per network")
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+    if args.torch_python:
+        return against_torch(args)
     print(f"{'network':<13} {'size':>4} {'cold first':>10} {'warm first':>10} {'step':>8} "
           f"{'peak RSS':>8}  driver")
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,6 +96,30 @@ def main():
             print(f"{name:<13} {size:>4} {cold['first']:>9.1f}s {warm['first']:>9.1f}s "
                   f"{warm['step']:>7.2f}s {warm['rss_gb']:>6.2f}GB  "
                   f"{'whole' if warm['whole'] else 'calls'}", flush=True)
+
+
+def against_torch(args):
+    """nnspec's warm process and PyTorch's, alternating per network and round,
+    so both see the same machine (absolute times swing within minutes)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from torch_zoo import RUN as TORCH_RUN
+    print(f"{'network':<13} {'round':>5} {'nnspec':>8} {'RSS':>7} {'PyTorch':>8} {'RSS':>7}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.names:
+            size = args.size or SIZES.get(name, 224)
+            env = dict(os.environ, NNSPEC_CACHE=f"{tmp}/c", NUMBA_CACHE_DIR=f"{tmp}/n",
+                       PYTHONPATH=str(ROOT))
+            run(name, size, args.batch, 0, env)            # compiles: the rounds are warm
+            for k in range(args.rounds):
+                n = run(name, size, args.batch, args.steps, env)
+                t = subprocess.run([args.torch_python, "-c", TORCH_RUN, name, str(size),
+                                    str(args.batch), str(args.steps)],
+                                   capture_output=True, text=True)
+                if t.returncode:
+                    raise SystemExit(f"{name} (PyTorch): {t.stderr.strip().splitlines()[-1]}")
+                t = json.loads(t.stdout.strip().splitlines()[-1])
+                print(f"{name:<13} {k:>5} {n['step']:>7.2f}s {n['rss_gb']:>5.2f}GB "
+                      f"{t['step']:>7.2f}s {t['rss_gb']:>5.2f}GB", flush=True)
 
 
 if __name__ == "__main__":
