@@ -100,6 +100,15 @@ print(json.dumps({"params": params, "first": t2 - t0, "step": sorted(times)[len(
 """
 
 
+def run(python: str, name: str, size: int, batch: int, steps: int) -> dict:
+    """One network's steps in a process of `python` (a Python with torch)."""
+    out = subprocess.run([python, "-c", RUN, name, str(size), str(batch), str(steps)],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{name} (PyTorch): {out.stderr.strip().splitlines()[-1]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("names", nargs="*", default=["resnet18", "resnet50", "vgg16"])
@@ -109,11 +118,7 @@ def main():
     args = ap.parse_args()
     print(f"{'network':<10} {'params':>11} {'first':>7} {'step':>7} {'peak RSS':>8}")
     for name in args.names:
-        out = subprocess.run([sys.executable, "-c", RUN, name, str(args.size), str(args.batch),
-                              str(args.steps)], capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(f"{name}: {out.stderr.strip().splitlines()[-1]}")
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r = run(sys.executable, name, args.size, args.batch, args.steps)
         print(f"{name:<10} {r['params']:>11,} {r['first']:>6.1f}s {r['step']:>6.2f}s "
               f"{r['rss_gb']:>6.2f}GB  torch {r['torch']}, {r['threads']} threads", flush=True)
 

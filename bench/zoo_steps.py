@@ -102,7 +102,7 @@ def against_torch(args):
     """nnspec's warm process and PyTorch's, alternating per network and round,
     so both see the same machine (absolute times swing within minutes)."""
     sys.path.insert(0, str(ROOT / "bench"))
-    from torch_zoo import RUN as TORCH_RUN
+    from torch_zoo import run as run_torch
     print(f"{'network':<13} {'round':>5} {'nnspec':>8} {'RSS':>7} {'PyTorch':>8} {'RSS':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.names:
@@ -112,12 +112,7 @@ def against_torch(args):
             run(name, size, args.batch, 0, env)            # compiles: the rounds are warm
             for k in range(args.rounds):
                 n = run(name, size, args.batch, args.steps, env)
-                t = subprocess.run([args.torch_python, "-c", TORCH_RUN, name, str(size),
-                                    str(args.batch), str(args.steps)],
-                                   capture_output=True, text=True)
-                if t.returncode:
-                    raise SystemExit(f"{name} (PyTorch): {t.stderr.strip().splitlines()[-1]}")
-                t = json.loads(t.stdout.strip().splitlines()[-1])
+                t = run_torch(args.torch_python, name, size, args.batch, args.steps)
                 print(f"{name:<13} {k:>5} {n['step']:>7.2f}s {n['rss_gb']:>5.2f}GB "
                       f"{t['step']:>7.2f}s {t['rss_gb']:>5.2f}GB", flush=True)
 
