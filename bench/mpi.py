@@ -3,6 +3,7 @@ N MPI ranks of one core each (nnspec/train/dist.py).
 
     python bench/mpi.py                     # mlp and resnet of bench/run.py, 2 ranks
     python bench/mpi.py --only mlp --ranks 2 --rounds 5
+    python bench/mpi.py --only resnet --sync-bn   # batch statistics over the ranks
 
 Each round runs the single process, then the ranks, each for about
 `--seconds` of training steps of the workload's batch (float32, SGD) on
@@ -27,17 +28,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def workload(name: str):
+def workload(name: str, sync_bn: bool = False):
+    """The spec text and batch of bench/run.py's workload; with `sync_bn`, its
+    train section (the last item) says so."""
     from run import WORKLOADS
     spec, batch, _ = WORKLOADS[name]
+    if sync_bn:
+        spec = spec.rstrip()[:-1] + "    sync_bn = true\n}\n"
     return spec, batch
 
 
-def worker(name: str, seconds: float) -> dict:
+def worker(name: str, seconds: float, sync_bn: bool = False) -> dict:
     import numpy as np
     import nnspec
     from nnspec.train import dist
-    spec, batch = workload(name)
+    spec, batch = workload(name, sync_bn)
     net = nnspec.compile(spec, dtype="float32")
     group = dist.world()
     rng = np.random.default_rng(0)
@@ -92,10 +97,12 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--sync-bn", action="store_true",
+                    help="sync_bn = true in the workload's train section")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        res = worker(args.worker, args.seconds)
+        res = worker(args.worker, args.seconds, args.sync_bn)
         if res:
             print(json.dumps(res))
         return
@@ -106,7 +113,8 @@ def main() -> None:
     print(f"{available()} usable cores; one process on all of them against {args.ranks} "
           f"MPI ranks; {args.rounds} alternating rounds of {args.seconds:g} s")
     for name in args.only or ["mlp", "resnet"]:
-        base = ["--worker", name, "--seconds", str(args.seconds)]
+        base = ["--worker", name, "--seconds", str(args.seconds)] + \
+            (["--sync-bn"] if args.sync_bn else [])
         one, many = [], []
         for _ in range(args.rounds):
             one.append(run(me + base, env))
