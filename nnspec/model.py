@@ -80,7 +80,9 @@ class Network:
         self._slayout, ns = _layout(graph, graph.state)
         self._P = np.zeros(max(np_, 1), self.dtype)
         self._S = np.zeros(max(ns, 1), self.dtype)
-        self._G = np.zeros_like(self._P)
+        # np.zeros, not zeros_like: calloc's pages are mapped when a step first
+        # writes them, where zeros_like writes every page once more beforehand
+        self._G = np.zeros(self._P.shape, self.dtype)
         self._params = {n: self._view(self._P, self._playout, n) for n in graph.params}
         self._state = {n: self._view(self._S, self._slayout, n) for n in graph.state}
         for n, v in initial_values(graph, seed, self.dtype).items():
@@ -413,8 +415,8 @@ class Network:
         if "betas" in h:
             h["betas"] = tuple(float(x) for x in h["betas"])
         self._opt_name, self._hyper = name, h
-        self._M = np.zeros_like(self._P)
-        self._V = np.zeros_like(self._P) if name != "sgd" else np.zeros(1, self.dtype)
+        self._M = np.zeros(self._P.shape, self.dtype)
+        self._V = np.zeros(self._P.shape, self.dtype) if name != "sgd" else np.zeros(1, self.dtype)
         self._t = 0
         self._hp0 = np.zeros(8, self.dtype)
         self._hp_key, self._hp_arr = None, None
