@@ -244,9 +244,13 @@ class Network:
         p = self._program(kind)
         if hp is None:
             hp = self._hp0
+        return p(self._P, self._S, self._G, self._M, self._V, hp, self._fed(kind, feeds)), p
+
+    def _fed(self, kind: str, feeds: dict) -> dict:
+        """`feeds` and, for a training program with sync_bn, the MPI handles."""
         if self._comm is not None and kind in ("grad", "accumulate", "train"):
             feeds[COMM_INPUT] = self._comm
-        return p(self._P, self._S, self._G, self._M, self._V, hp, feeds), p
+        return feeds
 
     # ---- inference -------------------------------------------------------------
     def forward(self, **inputs) -> dict:
@@ -457,9 +461,8 @@ class Network:
         p = self._train
         if p is None:
             p = self._train = self._program("train")
-        if self._comm is not None:
-            feeds[COMM_INPUT] = self._comm
-        loss, ok = p(self._P, self._S, self._G, self._M, self._V, self._hp(lr), feeds)
+        loss, ok = p(self._P, self._S, self._G, self._M, self._V, self._hp(lr),
+                     self._fed("train", feeds))
         if ok:
             self._t += 1
             return float(loss)

@@ -27,27 +27,36 @@ _done: set[str] = set()
 _hooks: dict = {}
 
 
-def _openblas():
-    """SciPy's OpenBLAS (the BLAS behind np.dot in compiled code) as a ctypes
-    library, or None when it is not loaded."""
+def loaded_library(matches, symbol: str):
+    """A shared library this process has loaded whose path `matches(path)`
+    and that exports `symbol`, as a ctypes library; None when there is none
+    (or /proc/self/maps cannot be read)."""
     import ctypes
     try:
-        import scipy.linalg.cython_blas  # noqa: F401  (loads the library np.dot uses)
-    except ImportError:
-        return None
-    try:
         with open("/proc/self/maps") as f:
-            libs = {ln.split()[-1] for ln in f if "scipy_openblas" in ln and "scipy.libs" in ln}
+            paths = sorted({p for p in (ln.split()[-1] for ln in f)
+                            if p.startswith("/") and matches(p)})
     except OSError:
         return None
-    for path in sorted(libs):
+    for path in paths:
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        if getattr(lib, "scipy_openblas_get_num_threads", None) is not None:
+        if getattr(lib, symbol, None) is not None:
             return lib
     return None
+
+
+def _openblas():
+    """SciPy's OpenBLAS (the BLAS behind np.dot in compiled code) as a ctypes
+    library, or None when it is not loaded."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the library np.dot uses)
+    except ImportError:
+        return None
+    return loaded_library(lambda p: "scipy_openblas" in p and "scipy.libs" in p,
+                          "scipy_openblas_get_num_threads")
 
 
 def openblas_threads():

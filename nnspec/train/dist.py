@@ -199,25 +199,14 @@ class Dist:
 def _allreduce_address() -> int:
     """The address of MPI_Allreduce in the MPI library mpi4py loaded."""
     import ctypes
-    import ctypes.util
-    paths = []
-    try:
-        with open("/proc/self/maps") as f:
-            for ln in f:
-                p = ln.split()[-1]
-                if p.startswith("/") and os.path.basename(p).startswith("libmpi.so"):
-                    paths.append(p)
-    except OSError:
-        pass
-    found = ctypes.util.find_library("mpi")
-    for p in [*dict.fromkeys(paths), *([found] if found else [])]:
-        try:
-            fn = ctypes.CDLL(p).MPI_Allreduce
-        except (OSError, AttributeError):
-            continue
-        return ctypes.cast(fn, ctypes.c_void_p).value
-    raise TrainingError("sync_bn: MPI_Allreduce was not found in the MPI library mpi4py "
-                        "loaded (no libmpi.so in this process)")
+
+    from ..backend.jit import loaded_library
+    lib = loaded_library(lambda p: os.path.basename(p).startswith("libmpi.so"),
+                         "MPI_Allreduce")
+    if lib is None:
+        raise TrainingError("sync_bn: MPI_Allreduce was not found in the MPI library "
+                            "mpi4py loaded (no libmpi.so in this process)")
+    return ctypes.cast(lib.MPI_Allreduce, ctypes.c_void_p).value
 
 
 def world(comm=None) -> Dist | None:
