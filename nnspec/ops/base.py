@@ -20,6 +20,13 @@ An op is defined in one place (one module under ``nnspec/ops``):
   threads at once oversubscribes the cores); ``blas_small_gemm()`` says
   whether small products are fast; ``mpi_allreduce(...)`` sums a buffer
   over the processes of an MPI job (ops/collective.py).
+* ``cuda(attrs, in_shapes, out_shape) -> Cuda``: the CUDA kernel, as stages
+  over the op's arrays at concrete shapes (the batch size filled in): `Map`
+  (one device-function call per output element), `Reduce` (a sum per row,
+  one thread block each, in shared memory) and `Gemm` (cuBLAS or the tiled
+  fallback).  Their bodies are functions of the same module marked
+  ``@cuda_kernel``: plain Python over indices, scalars and arrays that
+  backend/cuda compiles as device functions; they never run on the host.
 * ``macs(attrs, in_shapes, out_shape)``: multiply-adds per example, for
   ``nnspec inspect``.
 
@@ -76,6 +83,12 @@ def blas_small_gemm() -> int:
     faster there)."""
     return 0
 
+# The float type of the program a CUDA kernel body runs in (`T(0)` is a zero
+# of the program's dtype, where a bare 0.0 would be float64): backend/cuda
+# defines it where it compiles the bodies; this is what plain Python sees.
+T = float
+
+
 OPS: dict[str, "Op"] = {}
 LAYERS: dict[str, "LayerDef"] = {}
 
@@ -107,6 +120,74 @@ def kernel(fn=None, *, parallel: bool = False, reassoc: bool = False):
     return mark(fn) if fn is not None else mark
 
 
+def cuda_kernel(fn):
+    """Mark a module-level function as the body of a CUDA kernel stage.
+
+    A `Map` body ``fn(k, *arrays, *extra)`` computes (and writes) element k of
+    its output; a `Reduce` term ``fn(r, j, *arrays, *extra) -> value`` is term
+    j of row r's sum and its finish ``fn(r, total, *arrays, *extra)`` writes
+    the row's result.  A body may index arrays, do arithmetic, call `math`,
+    min, max, abs, int, `T` and other ``@cuda_kernel`` functions of its module;
+    backend/cuda/ops.py compiles it (and those) as device functions."""
+    fn._nnspec_cuda = True
+    return fn
+
+
+class Ref:
+    """An array a stage reads or writes: one of the op's inputs ("in0", ...),
+    its output ("out") or a scratch buffer ("tmp0", ... from `Cuda.temps`),
+    seen with `shape` (default: its own) from element `offset` of its memory
+    (the arrays are contiguous)."""
+    __slots__ = ("name", "shape", "offset")
+
+    def __init__(self, name: str, shape: tuple | None = None, offset: int = 0):
+        self.name, self.shape, self.offset = name, shape, int(offset)
+
+    def __repr__(self):
+        return f"Ref({self.name!r}, {self.shape}, {self.offset})"
+
+
+def flat(name: str, shape) -> Ref:
+    """`name`'s array seen as one axis of prod(shape) elements."""
+    return Ref(name, (prod(shape),))
+
+
+def _refs(args) -> tuple:
+    return tuple(a if isinstance(a, Ref) else Ref(a) for a in args)
+
+
+class Map:
+    """`fn(k, *args, *extra)` for k in [0, n), in parallel: a grid-stride loop."""
+    def __init__(self, fn, n: int, args, extra=()):
+        self.fn, self.n, self.args, self.extra = fn, int(n), _refs(args), tuple(extra)
+
+
+class Reduce:
+    """For each row r in [0, rows): total = sum of `term(r, j, *args, *extra)`
+    over j in [0, count), one thread block per row reducing in shared memory
+    (no atomics), then `finish(r, total, *args, *extra)`."""
+    def __init__(self, term, finish, rows: int, count: int, args, extra=()):
+        self.term, self.finish = term, finish
+        self.rows, self.count = int(rows), int(count)
+        self.args, self.extra = _refs(args), tuple(extra)
+
+
+class Gemm:
+    """out (+)= op(a) @ op(b) on 2-D refs; op transposes where ta / tb."""
+    def __init__(self, a, b, out, ta: bool = False, tb: bool = False,
+                 accumulate: bool = False):
+        self.a, self.b, self.out = _refs((a, b, out))
+        self.ta, self.tb, self.accumulate = bool(ta), bool(tb), bool(accumulate)
+
+
+class Cuda:
+    """An op's CUDA kernel: `stages` run in order; `temps` are the sizes (and
+    dtypes, None for the program's) of the scratch buffers "tmp0", ..."""
+    def __init__(self, stages, temps=()):
+        self.stages = list(stages)
+        self.temps = [t if isinstance(t, tuple) else (t, None) for t in temps]
+
+
 class Op:
     name: str = ""
     arity: int | None = None          # number of inputs; None for any number
@@ -124,6 +205,9 @@ class Op:
 
     def kernel(self, attrs):
         raise NotImplementedError(f"{self.name}: no CPU kernel")
+
+    def cuda(self, attrs, in_shapes, out_shape) -> "Cuda":
+        raise NotImplementedError(f"{self.name}: no CUDA kernel")
 
     def macs(self, attrs, in_shapes, out_shape) -> int:
         return 0

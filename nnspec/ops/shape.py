@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Op, fmt, kernel, known, layer, prange, prod, register
+from .base import (Cuda, Map, Op, cuda_kernel, flat, fmt, kernel, known, layer, prange, prod,
+                   register)
 from .elementwise import _inner_sizes, _shape_of
 from .reduce import _offset
 
@@ -355,8 +356,27 @@ class Transpose(Op):
     def kernel(self, attrs):
         return transpose, (np.asarray(attrs["perm"], np.int64),)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        x = in_shapes[0]
+        xst = [prod(x[i + 1:]) for i in range(len(x))]
+        st = tuple(xst[p] for p in attrs["perm"])
+        n = prod(out_shape)
+        return Cuda([Map(transpose_cuda, n, [flat("in0", x), flat("out", out_shape)],
+                         (tuple(out_shape), st))])
+
 
 register(Transpose())
+
+
+@cuda_kernel
+def transpose_cuda(k, x, out, shape, st):
+    """out.flat[k] = x at the strides `st` of out's axes."""
+    r = k
+    i = 0
+    for d in range(len(shape) - 1, -1, -1):
+        i += (r % shape[d]) * st[d]
+        r //= shape[d]
+    out[k] = x[i]
 
 
 @kernel(parallel=True)

@@ -16,7 +16,9 @@ from numba import cuda
 
 from ...errors import DeviceError
 from ...passes.memory import Plan
-from . import fused
+from ...ops import get_op
+from ...ops.base import Op
+from . import fused, ops
 from .gemm import gemm_provider
 from .kernels import kernels
 from .runtime import MAX_BLOCKS, THREADS, blocks, empty
@@ -40,6 +42,18 @@ def _check_options(n) -> None:
         if v != default:
             raise DeviceError(f"op '{n.op}' with {k}={v!r} has no CUDA kernel yet (node "
                               f"'{n.id}'); run it with device cpu")
+
+
+def _defines_cuda(op: str) -> bool:
+    """The op module defines the op's CUDA kernel (`Op.cuda`), or the op is
+    elementwise with a scalar expression (a fused kernel of its own)."""
+    o = get_op(op)
+    return type(o).cuda is not Op.cuda or _elementwise(op)
+
+
+def _elementwise(op: str) -> bool:
+    o = get_op(op)
+    return op != "fused" and o.elementwise and isinstance(getattr(o, "expr", None), str)
 
 
 def _concrete(shape, batch: int) -> tuple:
@@ -68,7 +82,7 @@ class CudaStep:
         self.gemm = gemm_provider()
         self.nodes = [n for n in g.nodes() if n.op not in LEAVES]
         for n in self.nodes:          # every op must have a kernel: no silent fallback
-            if not hasattr(self, f"_op_{n.op}"):
+            if not hasattr(self, f"_op_{n.op}") and not _defines_cuda(n.op):
                 raise DeviceError(f"op '{n.op}' has no CUDA kernel yet (node '{n.id}'"
                                   + (f", layer '{n.layer}'" if n.layer else "")
                                   + "); run it with device cpu")
@@ -79,6 +93,13 @@ class CudaStep:
         self.fused = {n.id: fused.kernel(n.attrs["body"], [g.shape(i) for i in n.inputs],
                                          n.shape, self.dtype)
                       for n in self.nodes if n.op == "fused"}
+        for n in self.nodes:    # an elementwise op the fusion pass left alone (its broadcast)
+            if _elementwise(n.op):
+                body = [{"id": n.id, "op": n.op, "attrs": n.attrs,
+                         "args": [f"in{j}" for j in range(len(n.inputs))]}]
+                shapes = [g.shape(i) if fused.block_pattern(g.shape(i), n.shape) is not None
+                          else n.shape for i in n.inputs]
+                self.fused[n.id] = fused.kernel(body, shapes, n.shape, self.dtype)
         self.pinned = getattr(self.plan, "pinned_grads", set())
         self._bound: dict = {}
         self._last = None
@@ -108,7 +129,8 @@ class CudaStep:
 
     def _bind(self, dev: dict, batch: int) -> tuple:
         v = self._views(dev, batch)
-        calls = [getattr(self, f"_op_{n.op}")(n, v, batch) for n in self.nodes]
+        calls = [getattr(self, f"_op_{n.op}", self._op_elementwise if _elementwise(n.op)
+                         else self._op_defined)(n, v, batch) for n in self.nodes]
         dt = np.dtype(self.dtype)
         scratch = {"part": empty(MAX_BLOCKS, dt), "sq": empty(1, dt), "st": empty(3, dt)}
         return v, calls, scratch
@@ -190,6 +212,56 @@ class CudaStep:
         self.k.sum_final[1, THREADS](part, nb, out.reshape(-1), T(scale))
 
     # ---- one launcher per op: op_<name>(node, views, batch) -> call() ------------------
+    def _op_elementwise(self, n, v, batch):
+        """An elementwise op alone: each input fused.py cannot read in place (a
+        broadcast that is not one block of the output's axes) is broadcast
+        into a buffer of the output's shape first."""
+        fn, extra = self.fused[n.id]
+        shape = _concrete(n.shape, batch)
+        o = v[n.id].reshape(-1)
+        pre, ins = [], []
+        for i in n.inputs:
+            x = v[i]
+            if fused.block_pattern(self.graph.shape(i), n.shape) is None:
+                t = empty(o.size, x.dtype)
+                pre.append(self._broadcast_call(x, t, _concrete(self.graph.shape(i), batch),
+                                                shape, 1.0))
+                x = t
+            ins.append(x.reshape(-1))
+        args = [o, o.size] + ins + extra(shape)
+        grid = (blocks(o.size), THREADS)
+
+        def call():
+            for c in pre:
+                c()
+            fn[grid](*args)
+        return call
+
+    def _broadcast_call(self, g, o, gshape, shape, scale):
+        """o [shape] = g [gshape] broadcast (NumPy's rules), times scale."""
+        pad = (1,) * (len(shape) - len(gshape)) + tuple(gshape)
+        strides, s = [0] * len(shape), 1
+        for i in range(len(shape) - 1, -1, -1):
+            strides[i] = s if pad[i] != 1 else 0
+            s *= pad[i]
+        gf, of = g.reshape(-1), o.reshape(-1)
+        T = np.dtype(self.dtype).type
+        shape_t, strides_t = tuple(int(d) for d in shape), tuple(strides)
+        grid = (blocks(of.size), THREADS)
+        return lambda: self.k.broadcast[grid](gf, of, of.size, shape_t, strides_t, T(scale))
+
+    def _op_defined(self, n, v, batch):
+        """An op whose module defines its CUDA kernel (`Op.cuda`: stages)."""
+        g = self.graph
+        spec = get_op(n.op).cuda(n.attrs, [_concrete(g.shape(i), batch) for i in n.inputs],
+                                 _concrete(n.shape, batch))
+        calls = ops.launches(n, spec, [v[i] for i in n.inputs], v[n.id], self.dtype, self.gemm)
+
+        def call():
+            for c in calls:
+                c()
+        return call
+
     def _op_const(self, n, v, batch):
         o, val = v[n.id].reshape(-1), np.dtype(n.dtype).type(n.attrs["value"])
         return lambda: self.k.fill[blocks(o.size), THREADS](o, o.size, val)
