@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError, ShapeError
-from .base import Op, fmt, kernel, layer, prange, register
+from .base import Cuda, Map, Op, T, cuda_kernel, flat, fmt, kernel, layer, prange, prod, register
 
 
 class Embedding(Op):
@@ -40,6 +40,11 @@ class Embedding(Op):
     def kernel(self, attrs):
         return embedding, ()
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        ids, w = in_shapes
+        return Cuda([Map(embedding_cuda, prod(out_shape),
+                         [flat("in0", ids), flat("in1", w), flat("out", out_shape)], (w[1],))])
+
 
 class EmbeddingGrad(Op):
     name = "embedding_grad"
@@ -64,9 +69,61 @@ class EmbeddingGrad(Op):
     def kernel(self, attrs):
         return embedding_grad, ()
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        """Without atomics: each row v of the table first finds where its ids
+        lie (tmp0[2v] = how many ids are smaller than v, tmp0[2v + 1] that
+        plus how many equal it, and tmp1 from tmp0[2v] on the positions of
+        those ids, in order: a counting sort); then each element of the
+        gradient sums g over its row's positions, in order, as the reference
+        does."""
+        g, ids, w = in_shapes
+        n, (v, d) = prod(ids), w
+        return Cuda([Map(embedding_rows_cuda, v, [flat("in1", ids), "tmp0", "tmp1"], (n,)),
+                     Map(embedding_grad_cuda, v * d, [flat("in0", g), "tmp0", "tmp1",
+                                                      flat("out", out_shape)], (d,))],
+                    temps=[(2 * v, "int64"), (n, "int64")])
+
 
 register(Embedding())
 register(EmbeddingGrad())
+
+
+@cuda_kernel
+def embedding_cuda(k, ids, w, out, d):
+    """out.flat[k] of [ids.size, d] = w [V, d] at its row's id."""
+    i = k // d
+    out[k] = w[ids[i] * d + k - i * d]
+
+
+@cuda_kernel
+def embedding_rows_cuda(v, ids, span, pos, n):
+    """span[2v], span[2v + 1]: where row v's ids begin and end in ids sorted
+    (stably) by value; pos from span[2v] on: their positions in ids."""
+    below = 0
+    same = 0
+    for i in range(n):
+        if ids[i] < v:
+            below += 1
+        elif ids[i] == v:
+            same += 1
+    span[2 * v] = below
+    span[2 * v + 1] = below + same
+    for i in range(n):
+        if ids[i] == v:
+            pos[below] = i
+            below += 1
+
+
+@cuda_kernel
+def embedding_grad_cuda(k, g, span, pos, out, d):
+    """out.flat[k] of [V, d] = the sum of g [n, d] at column k % d over the
+    positions of row k // d's ids."""
+    v = k // d
+    j = k - v * d
+    s = T(0)
+    for p in range(span[2 * v], span[2 * v + 1]):
+        s += g[pos[p] * d + j]
+    out[k] = s
 
 
 @kernel(parallel=True)

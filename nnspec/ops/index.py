@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Op, fmt, kernel, layer, prange, register
+from .base import Cuda, Map, Op, cuda_kernel, flat, fmt, kernel, layer, prange, prod, register
 
 
 class OneHot(Op):
@@ -37,6 +37,11 @@ class OneHot(Op):
 
     def kernel(self, attrs):
         return one_hot, ()
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        ids = in_shapes[0]
+        return Cuda([Map(one_hot_cuda, prod(out_shape), [flat("in0", ids), flat("out", out_shape)],
+                         (int(attrs["k"]),))])
 
 
 class Positions(Op):
@@ -61,6 +66,12 @@ class Positions(Op):
     def kernel(self, attrs):
         return positions, (attrs.get("axis", 1),)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        x = in_shapes[0]
+        a = int(attrs.get("axis", 1)) % len(x)
+        return Cuda([Map(positions_cuda, prod(out_shape), [flat("out", out_shape)],
+                         (x[a], prod(x[a + 1:])))])
+
 
 register(OneHot())
 register(Positions())
@@ -76,6 +87,24 @@ def one_hot(ids, out):
             o[i, j] = 0
         if 0 <= f[i] < k:
             o[i, f[i]] = 1
+
+
+@cuda_kernel
+def one_hot_cuda(k, ids, out, n):
+    """out.flat[k] of [ids.size, n]: 1 where its column is its row's id, else 0
+    (in out's dtype)."""
+    i = k // n
+    if ids[i] == k - i * n:
+        out[k] = 1
+    else:
+        out[k] = 0
+
+
+@cuda_kernel
+def positions_cuda(k, out, n, inner):
+    """out.flat[k] = its index along an axis of size n with `inner` elements
+    after it."""
+    out[k] = (k // inner) % n
 
 
 @kernel

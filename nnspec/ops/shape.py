@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import (Cuda, Map, Op, cuda_kernel, flat, fmt, kernel, known, layer, prange, prod,
-                   register)
+from .base import (Cuda, Map, Op, T, cuda_kernel, flat, fmt, kernel, known, layer, prange,
+                   prod, register)
 from .elementwise import _inner_sizes, _shape_of
 from .reduce import _offset
 
@@ -67,8 +67,18 @@ class Reshape(Op):
     def kernel(self, attrs):
         return (copy_flat, ()) if "shape" in attrs else (copy_flat_like, ())
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        n = prod(out_shape)
+        return Cuda([Map(copy_cuda, n, [flat("in0", in_shapes[0]), flat("out", out_shape)])])
+
 
 register(Reshape())
+
+
+@cuda_kernel
+def copy_cuda(k, x, out):
+    """out.flat[k] = x.flat[k] (a reshape of contiguous arrays)."""
+    out[k] = x[k]
 
 
 @kernel(parallel=True)
@@ -124,8 +134,28 @@ class Concat(Op):
     def kernel(self, attrs):
         return concat, (int(attrs.get("axis", 1)),)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        a, b = in_shapes
+        ax = int(attrs.get("axis", 1)) % len(out_shape)
+        inner = prod(out_shape[ax + 1:])
+        return Cuda([Map(concat_cuda, prod(out_shape),
+                         [flat("in0", a), flat("in1", b), flat("out", out_shape)],
+                         (a[ax] * inner, b[ax] * inner))])
+
 
 register(Concat())
+
+
+@cuda_kernel
+def concat_cuda(k, a, b, out, ma, mb):
+    """out.flat[k] of [outer, ma + mb] from a [outer, ma] or b [outer, mb] (the
+    axis and everything after it as one)."""
+    i = k // (ma + mb)
+    j = k - i * (ma + mb)
+    if j < ma:
+        out[k] = a[i * ma + j]
+    else:
+        out[k] = b[i * mb + j - ma]
 
 
 @kernel
@@ -188,6 +218,9 @@ class Slice(Op):
     def kernel(self, attrs):
         return slice_, _slice_args(attrs)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        return _slice_cuda(slice_cuda, attrs, in_shapes, out_shape, False)
+
 
 class Unslice(Op):
     name = "unslice"
@@ -212,9 +245,49 @@ class Unslice(Op):
     def kernel(self, attrs):
         return unslice, _slice_args(attrs)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        return _slice_cuda(unslice_cuda, attrs, in_shapes, out_shape, False)
+
 
 for _op in (Slice(), Unslice()):
     register(_op)
+
+
+def _slice_cuda(fn, attrs, in_shapes, out_shape, take: bool) -> Cuda:
+    """The Map of slice_cuda (slice, take) or unslice_cuda (unslice, untake)
+    over the output: x (the input the slice is taken from; the last input)
+    seen as [outer, n] with the axis and everything after it as one, the
+    slice as [outer, m] from column s0; a take is a slice of one index."""
+    x = in_shapes[-1]
+    ax = int(attrs.get("axis", 1)) % len(x)
+    if take:
+        s0, m = int(attrs.get("index", -1)) % x[ax], 1
+    else:
+        r = range(*slice(attrs.get("start"), attrs.get("stop")).indices(x[ax]))
+        s0, m = r.start, len(r)
+    inner = prod(x[ax + 1:])
+    return Cuda([Map(fn, prod(out_shape), [flat("in0", in_shapes[0]), flat("out", out_shape)],
+                     (m * inner, x[ax] * inner, s0 * inner))])
+
+
+@cuda_kernel
+def slice_cuda(k, x, out, m, n, s0):
+    """out.flat[k] of [outer, m] = x [outer, n] at columns s0 .. s0 + m (the
+    sliced axis and everything after it as one)."""
+    i = k // m
+    out[k] = x[i * n + s0 + k - i * m]
+
+
+@cuda_kernel
+def unslice_cuda(k, g, out, m, n, s0):
+    """out.flat[k] of [outer, n] = g [outer, m] at columns s0 .. s0 + m, zero
+    elsewhere (slice_cuda's adjoint)."""
+    i = k // n
+    j = k - i * n - s0
+    if 0 <= j < m:
+        out[k] = g[i * m + j]
+    else:
+        out[k] = T(0)
 
 
 def _slice_args(attrs):
@@ -287,6 +360,9 @@ class Take(Op):
     def kernel(self, attrs):
         return take, _take_args(attrs)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        return _slice_cuda(slice_cuda, attrs, in_shapes, out_shape, True)
+
 
 class Untake(Op):
     name = "untake"
@@ -310,6 +386,9 @@ class Untake(Op):
 
     def kernel(self, attrs):
         return untake, _take_args(attrs)
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        return _slice_cuda(unslice_cuda, attrs, in_shapes, out_shape, True)
 
 
 for _op in (Take(), Untake()):
