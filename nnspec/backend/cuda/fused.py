@@ -22,7 +22,7 @@ import functools
 from ...errors import DeviceError
 from ...passes.fusion import block_pattern, member_expr
 from .. import cache
-from .runtime import arch
+from .runtime import arch, watched
 
 # NumPy's scalar functions -> the device's
 DEVICE_FUNCTIONS = {
@@ -99,7 +99,7 @@ def source(body: list, pats: list, dtype: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _load(text: str):
-    return cache.load(f"cuda_{arch()}_fused", text).fused
+    return watched(cache.load(f"cuda_{arch()}_fused", text)).fused
 
 
 def kernel(body: list, in_shapes: list, out_shape, dtype: str):

@@ -23,7 +23,7 @@ import os
 
 from .. import cache
 from ..device import simulated
-from .runtime import arch
+from .runtime import arch, watched
 
 TEMPLATE = '''"""nnspec tiled GEMM, {dtype}, {tile}x{tile} tiles, {arch}."""
 import numpy as np
@@ -81,7 +81,7 @@ class TiledGemm:
     @functools.lru_cache(maxsize=None)
     def _kernel(self, dtype: str):
         text = TEMPLATE.format(dtype=dtype, tile=self.tile, arch=arch())
-        return cache.load(f"cuda_{arch()}_gemm", text).gemm
+        return watched(cache.load(f"cuda_{arch()}_gemm", text)).gemm
 
     def __call__(self, a, b, out, ta: bool = False, tb: bool = False,
                  accumulate: bool = False) -> None:

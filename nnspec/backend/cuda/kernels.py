@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 
 from .. import cache
-from .runtime import THREADS, arch
+from .runtime import THREADS, arch, watched
 
 TEMPLATE = '''"""nnspec CUDA kernels, {dtype}, {threads} threads per block, {arch}."""
 import math
@@ -257,4 +257,4 @@ def adam(p, g, m, v, st, b1, b2, eps, wd, lr, step, rs, decoupled):
 def kernels(dtype: str):
     """The module of shared kernels for `dtype` ("float32" or "float64")."""
     text = TEMPLATE.format(dtype=dtype, threads=THREADS, arch=arch())
-    return cache.load(f"cuda_{arch()}_kernels", text)
+    return watched(cache.load(f"cuda_{arch()}_kernels", text))

@@ -29,7 +29,7 @@ import numpy as np
 from ...errors import DeviceError
 from ...ops.base import Gemm, Map, Reduce, Ref
 from .. import cache
-from .runtime import MAX_BLOCKS, THREADS, arch, blocks, empty
+from .runtime import MAX_BLOCKS, THREADS, arch, blocks, empty, watched
 
 HEAD = '''"""nnspec CUDA kernel: {what}, {dtype}, {arch}."""
 import math
@@ -127,7 +127,7 @@ def _launcher(kind: str, fns: tuple, nargs: int, dtype: str):
     else:
         text += REDUCE_HELPER + REDUCE.format(params=params, term=fns[0].__name__,
                                               finish=fns[1].__name__)
-    return cache.load(f"cuda_{arch()}_op", text).launch
+    return watched(cache.load(f"cuda_{arch()}_op", text)).launch
 
 
 def view(a, ref: Ref):

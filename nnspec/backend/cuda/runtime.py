@@ -11,6 +11,9 @@ program runs: whichever side was written last holds the values.
 from __future__ import annotations
 
 import functools
+import json
+import os
+import types
 
 import numpy as np
 from numba import cuda
@@ -31,6 +34,59 @@ def arch() -> str:
         return "sim"
     cc = cuda.get_current_device().compute_capability
     return f"sm_{cc[0]}{cc[1]}"
+
+
+# NNSPEC_CUDA_RECORD=<file>: every kernel launched appends its module's file,
+# its name and its arguments' types (one JSON line each, once per process);
+# `python -m nnspec.backend.cuda.ptx <file>` then compiles each of them for
+# a real GPU's architecture, which the simulator never does.
+RECORD = os.environ.get("NNSPEC_CUDA_RECORD")
+_recorded: set = set()
+
+
+def arg_type(a) -> list:
+    """A launch argument's type, as ptx.py rebuilds it."""
+    if isinstance(a, (bool, np.bool_)):
+        return ["bool"]
+    if isinstance(a, (int, np.integer)):
+        return ["int64"] if isinstance(a, int) else [np.dtype(type(a)).name]
+    if isinstance(a, (float, np.floating)):
+        return ["float64"] if isinstance(a, float) else [np.dtype(type(a)).name]
+    if isinstance(a, tuple):
+        return ["tuple", [arg_type(x) for x in a]]
+    if hasattr(a, "dtype") and hasattr(a, "shape"):
+        return ["array", np.dtype(a.dtype).name, len(a.shape)]
+    raise TypeError(f"a CUDA launch argument of type {type(a).__name__}")
+
+
+class _Recorder:
+    def __init__(self, fn, path: str, name: str):
+        self.fn, self.path, self.name = fn, path, name
+
+    def __getitem__(self, grid):
+        launch = self.fn[grid]
+
+        def call(*args):
+            rec = json.dumps([self.path, self.name, [arg_type(a) for a in args]])
+            if rec not in _recorded:
+                _recorded.add(rec)
+                with open(RECORD, "a") as f:
+                    f.write(rec + "\n")
+            return launch(*args)
+        return call
+
+
+def watched(module):
+    """`module`'s kernels, each recording its launches' types when
+    NNSPEC_CUDA_RECORD names a file; the module itself otherwise."""
+    if not RECORD:
+        return module
+    ns = dict(vars(module))
+    for k, v in vars(module).items():
+        if type(v).__name__ in ("FakeCUDAKernel", "CUDADispatcher") and \
+                not getattr(v, "_device", False) and not k.startswith("_"):
+            ns[k] = _Recorder(v, module.__file__, k)
+    return types.SimpleNamespace(**ns)
 
 
 def blocks(n: int) -> int:
