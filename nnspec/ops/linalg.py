@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import (Op, blas_small_gemm, broadcast, fmt, kernel, known, layer, prange, prod,
-                   register)
+from .base import (Cuda, Gemm, Map, Op, Ref, T, blas_small_gemm, broadcast, cuda_kernel, flat,
+                   fmt, kernel, known, layer, prange, prod, register)
+from .reduce import sum_stages
 
 
 # ---- linear -----------------------------------------------------------------
@@ -43,6 +44,16 @@ class Linear(Op):
 
     def kernel(self, attrs):
         return (linear_bias, ()) if attrs.get("bias", True) else (linear_nobias, ())
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        """One GEMM over x's rows; with a bias, out starts as the bias in each
+        row and the GEMM adds to it."""
+        (n, k), rows = in_shapes[1], prod(in_shapes[0][:-1])
+        out = Ref("out", (rows, n))
+        gemm = Gemm(Ref("in0", (rows, k)), "in1", out, tb=True, accumulate=len(in_shapes) == 3)
+        if len(in_shapes) == 2:
+            return Cuda([gemm])
+        return Cuda([Map(bias_rows, rows * n, ["in2", flat("out", out_shape)], (n,)), gemm])
 
     def macs(self, attrs, in_shapes, out_shape):
         return prod(d for d in in_shapes[0][1:] if known(d)) * in_shapes[1][0]
@@ -89,6 +100,12 @@ def linear_bias(x, w, b, out):
     for i in prange(o.shape[0]):
         for j in range(o.shape[1]):
             o[i, j] += b[j]
+
+
+@cuda_kernel
+def bias_rows(k, b, out, n):
+    """out.flat[k] = b at k's column (out [rows, n])."""
+    out[k] = b[k % n]
 
 
 @layer("dense")
@@ -142,6 +159,16 @@ class MatMul(Op):
         if attrs.get("ta"):
             return matmul_tn, ()
         return (matmul_nt, ()) if attrs.get("tb") else (matmul_nn, ())
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        """One GEMM, a and out seen as rows (with ta, b too)."""
+        a, b = in_shapes
+        rows = prod(a[:-1])
+        if attrs.get("ta"):
+            return Cuda([Gemm(Ref("in0", (rows, a[-1])), Ref("in1", (rows, b[-1])), "out",
+                              ta=True)])
+        return Cuda([Gemm(Ref("in0", (rows, a[-1])), "in1", Ref("out", (rows, out_shape[-1])),
+                          tb=bool(attrs.get("tb")))])
 
     def macs(self, attrs, in_shapes, out_shape):
         return prod(d for d in in_shapes[0] if known(d)) * in_shapes[1][-1]
@@ -221,12 +248,76 @@ class BatchMatMul(Op):
     def kernel(self, attrs):
         return batch_matmul, (bool(attrs.get("ta")), bool(attrs.get("tb")))
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        """A GEMM per output matrix, or one over a's rows when every matrix of a
+        meets the same b; more than CUDA_GEMMS matrices run as one Map, a
+        thread per output element."""
+        a, b, out = tuple(in_shapes[0]), tuple(in_shapes[1]), tuple(out_shape)
+        ta, tb = bool(attrs.get("ta")), bool(attrs.get("tb"))
+        M, N = out[-2:]
+        K = a[-2] if ta else a[-1]
+        lead = out[:-2]
+        nmat = prod(lead)
+        sa, sb = _lead_steps(a, lead), _lead_steps(b, lead)
+        if not ta and not any(sb) and prod(a[:-2]) == nmat:
+            return Cuda([Gemm(Ref("in0", (nmat * M, K)), Ref("in1", b[-2:]),
+                              Ref("out", (nmat * M, N)), tb=tb)])
+        if nmat <= CUDA_GEMMS:
+            stages = []
+            for i in range(nmat):
+                ia = ib = 0
+                for d, size in enumerate(lead):     # output matrix i's index along axis d
+                    q = i // prod(lead[d + 1:]) % size
+                    ia, ib = ia + q * sa[d], ib + q * sb[d]
+                stages.append(Gemm(Ref("in0", a[-2:], ia * M * K), Ref("in1", b[-2:], ib * K * N),
+                                   Ref("out", (M, N), i * M * N), ta, tb))
+            return Cuda(stages)
+        # element (m, k) of matrix i of a at i's offset + m * am + k * ak; of b, (k, n)
+        am, ak = (1, M) if ta else (K, 1)
+        bk, bn = (1, K) if tb else (N, 1)
+        return Cuda([Map(batch_matmul_cuda, nmat * M * N,
+                         [flat("in0", a), flat("in1", b), flat("out", out)],
+                         (lead or (1,), tuple(s * M * K for s in sa) or (0,),
+                          tuple(s * K * N for s in sb) or (0,), M, N, K, am, ak, bk, bn))])
+
     def macs(self, attrs, in_shapes, out_shape):
         a = in_shapes[0]
         return prod(d for d in out_shape[1:] if known(d)) * (a[-2] if attrs.get("ta") else a[-1])
 
 
 register(BatchMatMul())
+
+
+# batch_matmul on CUDA: up to this many output matrices run as a GEMM each
+CUDA_GEMMS = 4
+
+
+def _lead_steps(x, lead) -> tuple:
+    """The step between x's matrices along each of the output's leading axes
+    `lead` (0 where x is broadcast along it; x's leading axes right-aligned)."""
+    xl = (1,) * (len(lead) - len(x) + 2) + tuple(x[:-2])
+    return tuple(prod(xl[d + 1:]) if xl[d] != 1 else 0 for d in range(len(lead)))
+
+
+@cuda_kernel
+def batch_matmul_cuda(k, a, b, out, lead, sa, sb, M, N, K, am, ak, bk, bn):
+    """out.flat[k]: element (m, n) of output matrix i = the dot product of
+    row m of a's matrix and column n of b's (their offsets sa, sb per axis
+    of `lead`, the output's leading axes)."""
+    n = k % N
+    m = k // N % M
+    i = k // (M * N)
+    ia = m * am
+    ib = n * bn
+    for d in range(len(lead) - 1, -1, -1):
+        q = i % lead[d]
+        ia += q * sa[d]
+        ib += q * sb[d]
+        i //= lead[d]
+    s = T(0)
+    for j in range(K):
+        s += a[ia + j * ak] * b[ib + j * bk]
+    out[k] = s
 
 
 @kernel
@@ -312,6 +403,10 @@ class SumRows(Op):
 
     def kernel(self, attrs):
         return sum_rows, ()
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        x = in_shapes[0]
+        return Cuda(*sum_stages("in0", x, tuple(range(len(x) - 1)), "out"))
 
 
 register(SumRows())

@@ -26,14 +26,25 @@ Attrs, per spatial axis: `kernel`, `stride`, `pad` (an int for both sides, or
 taps inside the padded input).  Output size per axis, with the window's
 extent e = d (k - 1) + 1: floor((n + lo + hi - e) / s) + 1 (ceil with
 ceil_mode, the last window starting inside the input or its left padding).
-maxpool's gradient is unpool(g, maxpool_switches(x), x; add=true).
+maxpool's gradient is unpool(g, maxpool_switches(x), x; add=true), with the
+pool's `kernel`, `stride`, `pad` and `dilation` among unpool's attrs: the
+windows the switches were chosen in (each switch inside its window), which
+let the CUDA kernel gather each position's values from the windows holding it
+(gather_switches and unpool pass them on to their gradients).  Without them
+a CUDA unpool places each channel's values from one thread.
+
+The CUDA kernels are gathers (no atomics): a thread per output element of
+maxpool, maxpool_switches and avgpool scans its window; one per input
+element of avgpool_grad and of unpool with the windows' geometry loops over
+the windows holding that element.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Op, fmt, kernel, known, layer, pad_amounts, prod, register
+from .base import (Cuda, Map, Op, T, cuda_kernel, flat, fmt, kernel, known, layer,
+                   pad_amounts, prod, register)
 from .conv import _as4, _per_axis, side_pads
 
 
@@ -94,6 +105,35 @@ def _extra(attrs):
             a([lo for lo, _ in ps], 0), a([hi for _, hi in ps], 0))
 
 
+WINDOW = ("kernel", "stride", "pad", "dilation")
+
+
+def _window_attrs(attrs) -> dict:
+    """The pool geometry among `attrs` (see the module's docstring)."""
+    return {k: attrs[k] for k in WINDOW if k in attrs}
+
+
+def _dims(shape) -> tuple:
+    """A [B, C, ...] shape's spatial sizes as 3 ints, 1-d and 2-d padded with
+    unit D (and H) axes as `_extra`."""
+    sp = [int(d) for d in shape[2:]]
+    return tuple([1] * (3 - len(sp)) + sp)
+
+
+def _geometry(attrs, xshape, oshape) -> tuple:
+    """A CUDA body's extras: the pool input's and output's spatial sizes,
+    then kernel, stride, dilation, pad before and after (`_extra`), each 3
+    ints."""
+    return (_dims(xshape), _dims(oshape)) + tuple(tuple(int(v) for v in a)
+                                                  for a in _extra(attrs))
+
+
+def _pool_cuda(fn, attrs, x, out_shape, extra=()) -> Cuda:
+    """A thread per output element: fn(k, x, out, *geometry, *extra)."""
+    return Cuda([Map(fn, prod(out_shape), [flat("in0", x), flat("out", out_shape)],
+                     _geometry(attrs, x, out_shape) + tuple(extra))])
+
+
 def _taps(o, n, k, s, d, lo, hi):
     """Output position o's window along one axis: the slice of its taps inside
     the input, and how many taps lie inside the padded input (avgpool's
@@ -134,10 +174,13 @@ class MaxPool(Op):
     def grad(self, gb, node, g):
         x = node.inputs[0]
         sw = gb.add("maxpool_switches", (x,), node.attrs)
-        return [gb.add("unpool", (g, sw, x), {"add": True})]
+        return [gb.add("unpool", (g, sw, x), {"add": True, **_window_attrs(node.attrs)})]
 
     def kernel(self, attrs):
         return maxpool, _extra(attrs)
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        return _pool_cuda(maxpool_cuda, attrs, in_shapes[0], out_shape)
 
     def macs(self, attrs, in_shapes, out_shape):
         return 0
@@ -163,6 +206,9 @@ class MaxPoolSwitches(MaxPool):
 
     def kernel(self, attrs):
         return maxpool_switches, _extra(attrs)
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        return _pool_cuda(maxpool_switches_cuda, attrs, in_shapes[0], out_shape)
 
 
 class Unpool(Op):
@@ -198,13 +244,24 @@ class Unpool(Op):
 
     def grad(self, gb, node, g):
         sw = node.inputs[1]
-        at = {"add": bool(node.attrs.get("add", False))}
+        at = {"add": bool(node.attrs.get("add", False)), **_window_attrs(node.attrs)}
         return [gb.add("gather_switches", (g, sw), at) if gb.wants(0) else None, None] + \
             [None] * (len(node.inputs) - 2)
 
     def kernel(self, attrs):
         add = (bool(attrs.get("add", False)),)
         return (unpool_like, add) if attrs.get("size") is None else (unpool, add)
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        v = in_shapes[0]
+        add = bool(attrs.get("add", False))
+        ins = [flat("in0", v), flat("in1", v), flat("out", out_shape)]
+        if "kernel" in attrs:       # the windows known: each position gathers
+            return Cuda([Map(unpool_windows_cuda, prod(out_shape), ins,
+                             _geometry(attrs, out_shape, v) + (add,))])
+        return Cuda([Map(zero_cuda, prod(out_shape), [flat("out", out_shape)]),
+                     Map(unpool_rows_cuda, prod(v[:2]), ins,
+                         (prod(v[2:]), prod(out_shape[2:]), add))])
 
 
 class GatherSwitches(Op):
@@ -228,11 +285,28 @@ class GatherSwitches(Op):
 
     def grad(self, gb, node, g2):
         g, sw = node.inputs
-        return [gb.add("unpool", (g2, sw, g), {"add": bool(node.attrs.get("add", False))}),
-                None]
+        return [gb.add("unpool", (g2, sw, g), {"add": bool(node.attrs.get("add", False)),
+                                               **_window_attrs(node.attrs)}), None]
 
     def kernel(self, attrs):
         return gather_switches, (bool(attrs.get("add", False)),)
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        g, sw = in_shapes
+        rows, nw, plane = prod(sw[:2]), prod(sw[2:]), prod(g[2:])
+        ins, out = [flat("in0", g), flat("in1", sw)], flat("out", sw)
+        if attrs.get("add", False):
+            return Cuda([Map(gather_switches_cuda, prod(sw), ins + [flat("in1", sw), out],
+                             (nw, plane, True))])
+        if "kernel" in attrs:       # the windows known: a scan of those holding the switch
+            return Cuda([Map(gather_first_windows_cuda, prod(sw), ins + [out],
+                             _geometry(attrs, g, sw))])
+        first = flat("tmp0", (rows * plane,))
+        return Cuda([Map(zero_cuda, rows * plane, [first]),
+                     Map(first_windows_cuda, rows, [flat("in1", sw), first], (nw, plane)),
+                     Map(gather_switches_cuda, prod(sw), ins + [first, out],
+                         (nw, plane, False))],
+                    temps=[(rows * plane, "int64")])
 
 
 def _first_windows(sw, plane: int) -> np.ndarray:
@@ -267,6 +341,10 @@ class AvgPool(Op):
     def kernel(self, attrs):
         return avgpool, _extra(attrs) + (bool(attrs.get("count_include_pad", True)),)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        return _pool_cuda(avgpool_cuda, attrs, in_shapes[0], out_shape,
+                          (bool(attrs.get("count_include_pad", True)),))
+
     def macs(self, attrs, in_shapes, out_shape):
         return 0
 
@@ -298,6 +376,13 @@ class AvgPoolGrad(Op):
 
     def kernel(self, attrs):
         return avgpool_grad, _extra(attrs) + (bool(attrs.get("count_include_pad", True)),)
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        g = in_shapes[0]
+        return Cuda([Map(avgpool_grad_cuda, prod(out_shape), [flat("in0", g),
+                                                              flat("out", out_shape)],
+                         _geometry(attrs, out_shape, g)
+                         + (bool(attrs.get("count_include_pad", True)),))])
 
 
 for _op in (MaxPool(), MaxPoolSwitches(), Unpool(), GatherSwitches(), AvgPool(), AvgPoolGrad()):
@@ -561,6 +646,209 @@ def avgpool_grad(g, x, out, kern, stride, dil, lo, hi, include_pad):
                         for i in range(ny):
                             for j in range(nx):
                                 d5[b, c, z0 + q * dil[0], y0 + i * dil[1], x0 + j * dil[2]] += v
+
+
+# ---- CUDA kernels -------------------------------------------------------------------
+# Flat arrays; n, m: the pool input's and output's spatial sizes (z, y, x);
+# kern, stride, dil, lo, hi per axis (`_geometry`).
+
+@cuda_kernel
+def _split(k, m):
+    """Flat index k of a [rows, *m] array as (row, z, y, x)."""
+    x = k % m[2]
+    r = k // m[2]
+    y = r % m[1]
+    r = r // m[1]
+    return r // m[0], r % m[0], y, x
+
+
+@cuda_kernel
+def _cwin(o, s, k, d, lo, hi, n):
+    """`_win` on the device (no taps: count 0)."""
+    start = o * s - lo
+    j0 = (-start + d - 1) // d if start < 0 else 0
+    j1 = min(k, (n - 1 - start) // d + 1)
+    return start + j0 * d, max(j1 - j0, 0), min(k, (n + hi - start + d - 1) // d)
+
+
+@cuda_kernel
+def _window(k, n, m, kern, stride, dil, lo, hi):
+    """Output element k's window: the offset of its input plane, its first tap
+    inside the input and its number of taps inside it per axis, and its
+    count of taps inside the padded input."""
+    t, oz, oy, ox = _split(k, m)
+    z0, nz, cz = _cwin(oz, stride[0], kern[0], dil[0], lo[0], hi[0], n[0])
+    y0, ny, cy = _cwin(oy, stride[1], kern[1], dil[1], lo[1], hi[1], n[1])
+    x0, nx, cx = _cwin(ox, stride[2], kern[2], dil[2], lo[2], hi[2], n[2])
+    return t * n[0] * n[1] * n[2], (z0, y0, x0), (nz, ny, nx), cz * cy * cx
+
+
+@cuda_kernel
+def _scan(x, k, n, m, kern, stride, dil, lo, hi):
+    """Output element k's window over x: (its maximum, the first one's flat
+    position in its plane (row-major; the first NaN's where there is one, as
+    NumPy's argmax; -1 without taps), the sum of its taps, their count, the
+    count with the padding)."""
+    base, first, taps, padded = _window(k, n, m, kern, stride, dil, lo, hi)
+    best = T(0)
+    at = -1
+    total = T(0)
+    for q in range(taps[0]):
+        z = first[0] + q * dil[0]
+        for i in range(taps[1]):
+            row = (z * n[1] + first[1] + i * dil[1]) * n[2] + first[2]
+            for j in range(taps[2]):
+                p = row + j * dil[2]
+                v = x[base + p]
+                total += v
+                if at < 0 or v > best or (v != v and best == best):
+                    best = v
+                    at = p
+    return best, at, total, taps[0] * taps[1] * taps[2], padded
+
+
+@cuda_kernel
+def maxpool_cuda(k, x, out, n, m, kern, stride, dil, lo, hi):
+    """out[k]: the maximum of output element k's window."""
+    best, _, _, _, _ = _scan(x, k, n, m, kern, stride, dil, lo, hi)
+    out[k] = best
+
+
+@cuda_kernel
+def maxpool_switches_cuda(k, x, out, n, m, kern, stride, dil, lo, hi):
+    """out[k]: where the first maximum of output element k's window lies."""
+    _, at, _, _, _ = _scan(x, k, n, m, kern, stride, dil, lo, hi)
+    out[k] = at
+
+
+@cuda_kernel
+def avgpool_cuda(k, x, out, n, m, kern, stride, dil, lo, hi, include_pad):
+    """out[k]: the mean of output element k's window."""
+    _, _, total, inside, padded = _scan(x, k, n, m, kern, stride, dil, lo, hi)
+    out[k] = total / T(padded if include_pad else inside)
+
+
+@cuda_kernel
+def _cover1(i, j, m, s, d, lo):
+    """The output position along one axis whose window's tap j is input
+    position i, or -1."""
+    t = i + lo - j * d
+    if t < 0 or t % s != 0 or t // s >= m:
+        return -1
+    return t // s
+
+
+@cuda_kernel
+def _cover(c, iz, iy, ix, m, kern, stride, dil, lo):
+    """For c in [0, kernel taps): the windows holding input position (iz, iy,
+    ix), in row-major order of their output positions (the taps last to
+    first), as (oz, oy, ox); (-1, -1, -1) where tap c of no window is there."""
+    jx = kern[2] - 1 - c % kern[2]
+    jy = kern[1] - 1 - (c // kern[2]) % kern[1]
+    jz = kern[0] - 1 - c // (kern[1] * kern[2])
+    oz = _cover1(iz, jz, m[0], stride[0], dil[0], lo[0])
+    oy = _cover1(iy, jy, m[1], stride[1], dil[1], lo[1])
+    ox = _cover1(ix, jx, m[2], stride[2], dil[2], lo[2])
+    if oz < 0 or oy < 0 or ox < 0:
+        return -1, -1, -1
+    return oz, oy, ox
+
+
+@cuda_kernel
+def avgpool_grad_cuda(k, g, out, n, m, kern, stride, dil, lo, hi, include_pad):
+    """out[k] (input element k): the sum over the windows holding it of their
+    gradient over their count."""
+    t, iz, iy, ix = _split(k, n)
+    acc = T(0)
+    for c in range(kern[0] * kern[1] * kern[2]):
+        oz, oy, ox = _cover(c, iz, iy, ix, m, kern, stride, dil, lo)
+        if oz >= 0:
+            w = ((t * m[0] + oz) * m[1] + oy) * m[2] + ox
+            _, _, taps, padded = _window(w, n, m, kern, stride, dil, lo, hi)
+            acc += g[w] / T(padded if include_pad else taps[0] * taps[1] * taps[2])
+    out[k] = acc
+
+
+@cuda_kernel
+def unpool_windows_cuda(k, v, sw, out, n, m, kern, stride, dil, lo, hi, add):
+    """out[k] (position k of the pool's input): the values of the windows
+    holding it whose switch is there, summed (add) or the first's."""
+    t, iz, iy, ix = _split(k, n)
+    p = (iz * n[1] + iy) * n[2] + ix
+    acc = T(0)
+    found = False
+    for c in range(kern[0] * kern[1] * kern[2]):
+        oz, oy, ox = _cover(c, iz, iy, ix, m, kern, stride, dil, lo)
+        if oz >= 0 and (add or not found):
+            w = ((t * m[0] + oz) * m[1] + oy) * m[2] + ox
+            if sw[w] == p:
+                acc += v[w]
+                found = True
+    out[k] = acc
+
+
+@cuda_kernel
+def gather_first_windows_cuda(k, g, sw, out, n, m, kern, stride, dil, lo, hi):
+    """out[k] (window k): g at its switch where it is the first window
+    (row-major) holding that position to choose it, else 0."""
+    plane = n[0] * n[1] * n[2]
+    nw = m[0] * m[1] * m[2]
+    t = k // nw
+    p = sw[k]
+    first = -1
+    if p >= 0 and p < plane:
+        _, iz, iy, ix = _split(p, n)
+        for c in range(kern[0] * kern[1] * kern[2]):
+            oz, oy, ox = _cover(c, iz, iy, ix, m, kern, stride, dil, lo)
+            if oz >= 0 and first < 0:
+                w = ((t * m[0] + oz) * m[1] + oy) * m[2] + ox
+                if sw[w] == p:
+                    first = w
+    out[k] = g[t * plane + p] if first == k else T(0)
+
+
+@cuda_kernel
+def zero_cuda(k, a):
+    a[k] = 0
+
+
+@cuda_kernel
+def unpool_rows_cuda(t, v, sw, out, nw, plane, add):
+    """unpool's row t (one channel of one example; `out` zeroed) from one
+    thread, the windows' geometry unknown: each of its nw values placed at its
+    switch, the first window's where several chose one position (written
+    last), or added; switches outside the plane are skipped."""
+    for i in range(nw):
+        w = i if add else nw - 1 - i
+        p = sw[t * nw + w]
+        if p >= 0 and p < plane:
+            if add:
+                out[t * plane + p] += v[t * nw + w]
+            else:
+                out[t * plane + p] = v[t * nw + w]
+
+
+@cuda_kernel
+def first_windows_cuda(t, sw, first, nw, plane):
+    """first[t, p] (zeroed): 1 + the first window of row t to choose position
+    p, from one thread per row (0: none chose it)."""
+    for i in range(nw):
+        w = nw - 1 - i
+        p = sw[t * nw + w]
+        if p >= 0 and p < plane:
+            first[t * plane + p] = w + 1
+
+
+@cuda_kernel
+def gather_switches_cuda(k, g, sw, first, out, nw, plane, add):
+    """out[k] (window k): g at its switch; without add only where the window
+    is the first to choose it (`first_windows_cuda`), else 0."""
+    t = k // nw
+    p = sw[k]
+    if p >= 0 and p < plane and (add or first[t * plane + p] == k - t * nw + 1):
+        out[k] = g[t * plane + p]
+    else:
+        out[k] = T(0)
 
 
 # ---- layers ------------------------------------------------------------------------

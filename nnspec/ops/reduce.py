@@ -19,7 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Op, fmt, kernel, known, layer, prange, register
+from .base import (Cuda, Map, Op, Ref, T, cuda_kernel, flat, fmt, kernel, known, layer, prange,
+                   prod, register)
+from .base import Reduce as RowSums
 from .elementwise import _bstrides, _inner_sizes, _shape_of
 
 
@@ -82,6 +84,15 @@ class Reduce(Op):
         axes, all_ = _axes_arg(attrs)
         return reduce_kernel, (axes, all_, {"sum": 0, "mean": 1, "max": 2}[self.kind])
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        x = in_shapes[0]
+        axes = norm_axes(self.name, attrs.get("axes"), len(x))
+        if self.kind == "max":
+            return Cuda(*max_stages("in0", x, axes, "out"))
+        n = prod(d for i, d in enumerate(x) if i in axes)
+        return Cuda(*sum_stages("in0", x, axes, "out", 1 / max(n, 1) if self.kind == "mean"
+                                else 1.0))
+
 
 for _k in ("sum", "mean", "max"):
     register(Reduce(_k, _k))
@@ -109,6 +120,15 @@ class MaxMask(Op):
     def kernel(self, attrs):
         axes, all_ = _axes_arg(attrs)
         return max_mask, (axes, all_)
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        """The first maximum's term per row, then each element of the row: 1
+        there, else 0."""
+        x = in_shapes[0]
+        axes = norm_axes(self.name, attrs.get("axes"), len(x))
+        stages, temps, args, extra = first_max_stages("in0", x, axes, flat("out", x), False)
+        n = prod(x)
+        return Cuda(stages + [Map(mask_row, n, args, extra)], temps)
 
 
 register(MaxMask())
@@ -257,6 +277,14 @@ class SumTo(Op):
     def kernel(self, attrs):
         return sum_to, (1 if attrs.get("mean") else 0,)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        x, like = tuple(in_shapes[0]), tuple(in_shapes[1])
+        lead = len(x) - len(like)
+        axes = tuple(i for i in range(len(x))
+                     if i < lead or like[i - lead] == 1 and x[i] != 1)
+        return Cuda(*sum_stages("in0", x, axes, "out",
+                                prod(like) / max(prod(x), 1) if attrs.get("mean") else 1.0))
+
 
 register(SumTo())
 
@@ -310,6 +338,20 @@ class BroadcastLike(Op):
         axes, none = _axes_arg(attrs)
         return broadcast_like, (axes, none, bool(attrs.get("mean")))
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        g, x = tuple(in_shapes[0]), tuple(out_shape)
+        axes = attrs.get("axes")
+        if axes is None:            # right-aligned, as NumPy
+            gx = (1,) * (len(x) - len(g)) + g
+        else:
+            axes = norm_axes(self.name, axes, len(x))
+            gx = tuple(1 if i in axes else d for i, d in enumerate(x))
+        st = [prod(gx[i + 1:]) if gx[i] != 1 else 0 for i in range(len(x))]
+        n = prod(x)
+        return Cuda([Map(spread, n, [flat("in0", g), flat("out", x)],
+                         (x or (1,), tuple(st) or (0,),
+                          prod(g) / max(n, 1) if attrs.get("mean") else 1.0))])
+
 
 register(BroadcastLike())
 
@@ -338,6 +380,168 @@ def broadcast_like(g, x, out, axes, numpy_style, mean):
     of = out.reshape(-1)
     for j in prange(of.size):
         of[j] = gf[_offset(j, shp, inner, st)] * scale
+
+
+# ---- CUDA ----------------------------------------------------------------------------
+# An array reduced over `axes` is seen as rows (its kept axes in order: the
+# output's elements) of `count` terms (its reduced axes in order): term q of
+# row r lies at _at(r, kept sizes, their strides) + _at(q, reduced sizes, their
+# strides).  Sums are `Reduce` stages, one block per row; a row much longer
+# than the rows are many is split into parts, one block each, summed by a
+# second stage.  Maxima are two Maps: per row, the first maximum of each of
+# `P` interleaved slices (slice c holds terms c, c + P, ...: neighbouring
+# threads read neighbouring terms), then the first of those.
+
+SPLIT_TERMS = 4096       # a row is split into parts of at least this many terms
+SPLIT_BLOCKS = 1024      # ... while there are fewer rows than this
+
+
+def split_axes(shape, axes) -> tuple:
+    """(kept sizes, their element strides, reduced sizes, their strides) of an
+    array of `shape` reduced over `axes`; a side without axes is one axis of
+    size 1."""
+    st = [prod(shape[i + 1:]) for i in range(len(shape))]
+    kept = [(int(d), s) for i, (d, s) in enumerate(zip(shape, st)) if i not in axes]
+    red = [(int(d), s) for i, (d, s) in enumerate(zip(shape, st)) if i in axes]
+    kept, red = kept or [(1, 0)], red or [(1, 0)]
+    return (tuple(d for d, _ in kept), tuple(s for _, s in kept),
+            tuple(d for d, _ in red), tuple(s for _, s in red))
+
+
+def split_parts(rows: int, count: int) -> int:
+    """Into how many parts each row's sum is split (1: none)."""
+    if rows >= SPLIT_BLOCKS or count < 2 * SPLIT_TERMS:
+        return 1
+    return max(1, min(count // SPLIT_TERMS, -(-SPLIT_BLOCKS // rows)))
+
+
+def _slices(count: int) -> int:
+    """How many interleaved slices a row's maximum is taken over: about the
+    square root of its length, so both Maps do as much per thread."""
+    return max(1, min(count, int(np.ceil(np.sqrt(count)))))
+
+
+def sum_stages(x: str, shape, axes, out: str, scale: float = 1.0, tmp: str = "tmp0"):
+    """(stages, scratch sizes): `out` (flat, the kept axes in order) = scale *
+    the sum of `x` [shape] over `axes`; `tmp` names the scratch of split rows."""
+    ks, kst, rs, rst = split_axes(shape, axes)
+    rows, count = prod(ks), prod(rs)
+    S = split_parts(rows, count)
+    L = -(-count // S)
+    extra = (ks, kst, rs, rst, S, L, count, float(scale))
+    xr, orow = flat(x, shape), flat(out, ks)
+    if S == 1:
+        return [RowSums(sum_term, sum_finish, rows, count, [xr, orow, orow], extra)], []
+    part = Ref(tmp, (rows * S,))
+    return [RowSums(sum_term, sum_part, rows * S, L, [xr, part, orow], extra),
+            RowSums(part_term, sum_finish, rows, S, [xr, part, orow], extra)], [rows * S]
+
+
+def first_max_stages(x: str, shape, axes, out: Ref, write: bool, tmp: str = "tmp0"):
+    """(stages, scratch sizes, their arguments and extra arguments): tmp[r * P]
+    = the term of row r holding its first maximum (P: its slices), from the
+    slices' firsts; with `write`, out.flat[r] = that maximum."""
+    ks, kst, rs, rst = split_axes(shape, axes)
+    rows, count = prod(ks), prod(rs)
+    P = _slices(count)
+    args = [flat(x, shape), Ref(tmp, (rows * P,)), out]
+    extra = (ks, kst, rs, rst, P, count, write)
+    return ([Map(first_max_slice, rows * P, args, extra),
+             Map(first_max_row, rows, args, extra)], [(rows * P, "int64")], args, extra)
+
+
+def max_stages(x: str, shape, axes, out: str, tmp: str = "tmp0"):
+    """(stages, scratch sizes): `out` (flat, the kept axes in order) = the
+    maximum of `x` [shape] over `axes` (NaN where a row holds one)."""
+    ks = split_axes(shape, axes)[0]
+    return first_max_stages(x, shape, axes, flat(out, ks), True, tmp)[:2]
+
+
+@cuda_kernel
+def _at(i, sizes, strides):
+    """The offset of element i (C order over `sizes`) at `strides`."""
+    off = 0
+    for d in range(len(sizes) - 1, -1, -1):
+        off += (i % sizes[d]) * strides[d]
+        i //= sizes[d]
+    return off
+
+
+@cuda_kernel
+def sum_term(r, j, x, part, out, ks, kst, rs, rst, S, L, count, scale):
+    """Term j of part r % S of row r // S (of row r itself when S = 1)."""
+    q = (r % S) * L + j
+    if q >= count:
+        return T(0)
+    return x[_at(r // S, ks, kst) + _at(q, rs, rst)]
+
+
+@cuda_kernel
+def sum_part(r, total, x, part, out, ks, kst, rs, rst, S, L, count, scale):
+    part[r] = total
+
+
+@cuda_kernel
+def part_term(r, j, x, part, out, ks, kst, rs, rst, S, L, count, scale):
+    return part[r * S + j]
+
+
+@cuda_kernel
+def sum_finish(r, total, x, part, out, ks, kst, rs, rst, S, L, count, scale):
+    out[r] = total * scale
+
+
+@cuda_kernel
+def _beats(v, m):
+    """Whether v takes m's place as a maximum: it is greater, or the first NaN
+    (NumPy's max and argmax)."""
+    return v > m or v != v and m == m
+
+
+@cuda_kernel
+def first_max_slice(k, x, first, out, ks, kst, rs, rst, P, count, write):
+    """first[k] = the term of slice k % P of row k // P holding its first maximum."""
+    base = _at(k // P, ks, kst)
+    best = k % P
+    m = x[base + _at(best, rs, rst)]
+    for q in range(best + P, count, P):
+        v = x[base + _at(q, rs, rst)]
+        if _beats(v, m):
+            best = q
+            m = v
+    first[k] = best
+
+
+@cuda_kernel
+def first_max_row(r, x, first, out, ks, kst, rs, rst, P, count, write):
+    """first[r * P] = the term of row r holding its first maximum, from its
+    slices'; with `write`, out[r] = that maximum."""
+    base = _at(r, ks, kst)
+    best = first[r * P]
+    m = x[base + _at(best, rs, rst)]
+    for c in range(1, P):
+        q = first[r * P + c]
+        v = x[base + _at(q, rs, rst)]
+        if _beats(v, m) or q < best and not _beats(m, v):
+            best = q
+            m = v
+    first[r * P] = best
+    if write:
+        out[r] = m
+
+
+@cuda_kernel
+def mask_row(k, x, first, out, ks, kst, rs, rst, P, count, write):
+    """Term k % count of row k // count: 1 at the row's first maximum, else 0."""
+    r = k // count
+    q = k % count
+    out[_at(r, ks, kst) + _at(q, rs, rst)] = T(1) if q == first[r * P] else T(0)
+
+
+@cuda_kernel
+def spread(k, g, out, shape, st, scale):
+    """out.flat[k] = g at the strides `st` of out's axes (0 where g is broadcast)."""
+    out[k] = g[_at(k, shape, st)] * scale
 
 
 # ---- layers -------------------------------------------------------------------------

@@ -21,7 +21,8 @@ multiply and a sum over axis 1 would take general strided loops.
 from __future__ import annotations
 
 from ..errors import ShapeError
-from .base import Op, fmt, kernel, known, prange, prod, register
+from .base import (Cuda, Map, Op, Reduce, T, cuda_kernel, flat, fmt, kernel, known, prange, prod,
+                   register)
 
 
 def _check(name, rows, vec, what):
@@ -66,6 +67,13 @@ class VecMat(_Product):
     def reference(self, attrs, w, x):
         return (w.reshape(w.shape + (1,) * (x.ndim - 2)) * x).sum(axis=1)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        """A thread per output element, summing down its column of x."""
+        (B, N), x = in_shapes[0], in_shapes[1]
+        R = prod(x[2:])
+        return Cuda([Map(vecmat_cuda, B * R, ["in0", flat("in1", x), flat("out", out_shape)],
+                         (N, R))])
+
 
 class Outer(_Product):
     name = "outer"
@@ -80,6 +88,12 @@ class Outer(_Product):
     def reference(self, attrs, w, y):
         return w.reshape(w.shape + (1,) * (y.ndim - 1)) * y[:, None]
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        (B, N), y = in_shapes[0], in_shapes[1]
+        R = prod(y[1:])
+        return Cuda([Map(outer_cuda, B * N * R, ["in0", flat("in1", y), flat("out", out_shape)],
+                         (N, R))])
+
 
 class MatVec(_Product):
     name = "matvec"
@@ -92,6 +106,14 @@ class MatVec(_Product):
 
     def reference(self, attrs, x, y):
         return (x * y[:, None]).reshape(x.shape[:2] + (-1,)).sum(axis=2)
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        """A block per row of x, its dot product with y summed in shared memory."""
+        x, y = in_shapes
+        B, N = x[:2]
+        R = prod(x[2:])
+        return Cuda([Reduce(matvec_term, matvec_finish, B * N, R,
+                            [flat("in0", x), flat("in1", y), flat("out", out_shape)], (N, R))])
 
 
 for _op in (VecMat(), Outer(), MatVec()):
@@ -135,3 +157,33 @@ def matvec(x, y, out):
             for r in range(yf.shape[1]):
                 acc += xf[b, j, r] * yf[b, r]
             out[b, j] = acc
+
+
+@cuda_kernel
+def vecmat_cuda(k, w, x, out, N, R):
+    """out [B, R] at k = (b, r): the sum over j of w[b, j] x[b, j, r]."""
+    b = k // R
+    r = k % R
+    s = T(0)
+    for j in range(N):
+        s += w[b, j] * x[(b * N + j) * R + r]
+    out[k] = s
+
+
+@cuda_kernel
+def outer_cuda(k, w, y, out, N, R):
+    """out [B, N, R] at k = (b, j, r): w[b, j] y[b, r]."""
+    r = k % R
+    i = k // R
+    out[k] = w[i // N, i % N] * y[i // N * R + r]
+
+
+@cuda_kernel
+def matvec_term(i, r, x, y, out, N, R):
+    """Term r of row i = (b, j): x[b, j, r] y[b, r]."""
+    return x[i * R + r] * y[i // N * R + r]
+
+
+@cuda_kernel
+def matvec_finish(i, total, x, y, out, N, R):
+    out[i] = total

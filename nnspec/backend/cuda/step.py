@@ -274,67 +274,6 @@ class CudaStep:
         grid = (blocks(o.size), THREADS)
         return lambda: fn[grid](*args)
 
-    def _op_linear(self, n, v, batch):
-        x, w = v[n.inputs[0]], v[n.inputs[1]]
-        out = _rows(v[n.id], w.shape[0])
-        x = _rows(x, w.shape[1])
-        if len(n.inputs) == 2:
-            return lambda: self.gemm(x, w, out, False, True)
-        bias = v[n.inputs[2]]
-        rows, cols = out.shape
-
-        def call():
-            self.k.add_rows[blocks(out.size), THREADS](out, bias, rows, cols)
-            self.gemm(x, w, out, False, True, accumulate=True)
-        return call
-
-    def _op_matmul(self, n, v, batch):
-        a, b = v[n.inputs[0]], v[n.inputs[1]]
-        ta, tb = bool(n.attrs.get("ta")), bool(n.attrs.get("tb"))
-        a = _rows(a, _last(a))
-        b = _rows(b, _last(b))
-        out = _rows(v[n.id], _last(v[n.id]))
-        return lambda: self.gemm(a, b, out, ta, tb)
-
-    def _op_sum_rows(self, n, v, batch):
-        x = v[n.inputs[0]]
-        C = _last(x)
-        x = _rows(x, C)
-        o = v[n.id]
-        nb = min(C, MAX_BLOCKS)
-        return lambda: self.k.sum_rows[nb, THREADS](x, o, x.shape[0], C)
-
-    def _reduce_all(self, n, v, batch, mean: bool):
-        if n.attrs.get("axes") is not None or n.attrs.get("keepdims"):
-            raise DeviceError(f"op '{n.op}' over axes {n.attrs.get('axes')} has no CUDA "
-                              f"kernel yet (node '{n.id}'); run it with device cpu")
-        x, o = v[n.inputs[0]], v[n.id]
-        part = empty(MAX_BLOCKS, self.dtype)
-        scale = 1.0 / x.size if mean else 1.0
-        return lambda: self._sum(x, o, part, False, scale)
-
-    def _op_mean(self, n, v, batch):
-        return self._reduce_all(n, v, batch, True)
-
-    def _op_sum(self, n, v, batch):
-        return self._reduce_all(n, v, batch, False)
-
-    def _op_broadcast_like(self, n, v, batch):
-        g, o = v[n.inputs[0]], v[n.id]
-        shape = o.shape
-        axes = n.attrs.get("axes")
-        axes = set(range(len(shape))) if axes is None else {a % len(shape) for a in axes}
-        gshape = [1 if i in axes else d for i, d in enumerate(shape)]
-        strides, s = [0] * len(shape), 1
-        for i in range(len(shape) - 1, -1, -1):
-            strides[i] = s if gshape[i] != 1 else 0
-            s *= gshape[i]
-        scale = np.dtype(self.dtype).type(g.size / o.size if n.attrs.get("mean") else 1.0)
-        gf, of = g.reshape(-1), o.reshape(-1)
-        shape_t, strides_t = tuple(int(d) for d in shape), tuple(strides)
-        grid = (blocks(o.size), THREADS)
-        return lambda: self.k.broadcast[grid](gf, of, of.size, shape_t, strides_t, scale)
-
     def _rows_call(self, kern, ins, o, *flag):
         C = _last(o) if o.shape else _last(ins[0])
         rows = [_rows(a, C) for a in ins]
