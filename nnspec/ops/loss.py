@@ -16,10 +16,14 @@
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Op, fmt, kernel, layer, prange, register
+from .base import (Cuda, Map, Op, Reduce, T, cuda_kernel, flat, fmt, kernel, layer, prange, prod,
+                   register)
+from .reduce import max_stages
 
 
 def _rows(x):
@@ -58,6 +62,15 @@ class Softmax(Op):
     def kernel(self, attrs):
         return softmax_rows, (self.log, int(attrs.get("axis", -1)))
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        """The rows' maxima and log-sum-exp (`_lse_stages`), then each element."""
+        shape3 = _around_axis(in_shapes[0], attrs)
+        n = prod(shape3)
+        stages, temps = _lse_stages("in0", shape3)
+        args = [flat("in0", shape3), "tmp0", flat("out", shape3)]
+        return Cuda(stages + [Map(softmax_cuda, n, args, shape3[1:] + (n // shape3[1], self.log))],
+                    temps)
+
 
 class SoftmaxGrad(Op):
     """softmax: y (g - sum(g y)); log_softmax: g - exp(y) sum(g), the sums
@@ -82,10 +95,84 @@ class SoftmaxGrad(Op):
     def kernel(self, attrs):
         return softmax_grad_rows, (self.log, int(attrs.get("axis", -1)))
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        """Per row, the sum of g y (of g for log_softmax) in a block; then
+        each element."""
+        shape3 = _around_axis(in_shapes[0], attrs)
+        R = prod(shape3) // shape3[1]
+        args = [flat("in0", shape3), flat("in1", shape3), "tmp0", flat("out", shape3)]
+        extra = shape3[1:] + (R, self.log)
+        return Cuda([Reduce(grad_sum_term, grad_sum_finish, R, shape3[1], args, extra),
+                     Map(softmax_grad_cuda, prod(shape3), args, extra)], [R])
+
 
 for _op in (Softmax("softmax", False), Softmax("log_softmax", True),
             SoftmaxGrad("softmax_grad", False), SoftmaxGrad("log_softmax_grad", True)):
     register(_op)
+
+
+# ---- softmax on CUDA ---------------------------------------------------------------
+# x seen as [outer, C, inner] around the axis: row r = (i, k) holds the
+# elements (i C + j) inner + k, j < C.  tmp0 holds each row's maximum (the
+# Maps of reduce.max_stages) and then, from index R (the number of rows) on,
+# its log-sum-exp after the maximum is subtracted (a Reduce, a block per row).
+
+def _around_axis(shape, attrs) -> tuple:
+    """(outer, C, inner): the sizes before, along and after the op's axis."""
+    ax = _axis(attrs, len(shape))
+    return prod(shape[:ax]), int(shape[ax]), prod(shape[ax + 1:])
+
+
+def _lse_stages(x: str, shape3):
+    """(stages, scratch sizes) leaving tmp0[r] = the maximum of row r of x
+    [outer, C, inner] and tmp0[R + r] = log(sum(exp(row - maximum)))."""
+    outer, C, inner = shape3
+    R = outer * inner
+    stages, temps = max_stages(x, shape3, (1,), "tmp0", tmp="tmp1")
+    stages.append(Reduce(exp_term, lse_finish, R, C, [flat(x, shape3), "tmp0"], (C, inner, R)))
+    return stages, [2 * R + 1] + temps
+
+
+@cuda_kernel
+def _elem(r, j, C, inner):
+    """The offset of element j of row r."""
+    return (r // inner * C + j) * inner + r % inner
+
+
+@cuda_kernel
+def exp_term(r, j, x, st, C, inner, R):
+    return math.exp(x[_elem(r, j, C, inner)] - st[r])
+
+
+@cuda_kernel
+def lse_finish(r, total, x, st, C, inner, R):
+    st[R + r] = math.log(total)
+
+
+@cuda_kernel
+def softmax_cuda(k, x, st, out, C, inner, R, log):
+    """Element k: z - lse (log) or exp(z - lse), z = x - the row's maximum."""
+    r = k // (C * inner) * inner + k % inner
+    z = x[k] - st[r] - st[R + r]
+    out[k] = z if log else math.exp(z)
+
+
+@cuda_kernel
+def grad_sum_term(r, j, g, y, st, out, C, inner, R, log):
+    e = _elem(r, j, C, inner)
+    return g[e] if log else g[e] * y[e]
+
+
+@cuda_kernel
+def grad_sum_finish(r, total, g, y, st, out, C, inner, R, log):
+    st[r] = total
+
+
+@cuda_kernel
+def softmax_grad_cuda(k, g, y, st, out, C, inner, R, log):
+    """Element k: g - exp(y) s (log) or y (g - s), s the row's sum."""
+    s = st[k // (C * inner) * inner + k % inner]
+    out[k] = g[k] - math.exp(y[k]) * s if log else y[k] * (g[k] - s)
 
 
 @kernel
@@ -231,6 +318,9 @@ class CrossEntropy(Op):
     def kernel(self, attrs):
         return cross_entropy, _loss_args(attrs)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        return _loss_cuda(attrs, in_shapes[0], True)
+
 
 def _check_g(name, attrs, g, target):
     want = _loss_shape(attrs, target)
@@ -257,6 +347,9 @@ class CrossEntropyGrad(Op):
     def kernel(self, attrs):
         return cross_entropy_grad, _loss_args(attrs)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        return _loss_grad_cuda(attrs, in_shapes[1], True)
+
 
 class Nll(Op):
     name = "nll"
@@ -276,6 +369,9 @@ class Nll(Op):
 
     def kernel(self, attrs):
         return nll, _loss_args(attrs)
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        return _loss_cuda(attrs, in_shapes[0], False)
 
 
 class NllGrad(Op):
@@ -297,6 +393,9 @@ class NllGrad(Op):
 
     def kernel(self, attrs):
         return nll_grad, _loss_args(attrs)
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        return _loss_grad_cuda(attrs, in_shapes[2], False)
 
 
 for _op in (CrossEntropy(), CrossEntropyGrad(), Nll(), NllGrad()):
@@ -421,6 +520,138 @@ def nll_grad(g, t, like, out, w, ignore, ig, red):
     for i in range(n):
         if share[i] != 0:
             o[i, tf[i]] = out.dtype.type(-share[i])
+
+
+# ---- losses on CUDA ----------------------------------------------------------------
+# Scores [n, C] (a row per position) and targets [n].  Cross-entropy first
+# takes each row's log-sum-exp as softmax does (tmp0[r], tmp0[n + r]); for a
+# mean, tmp0[2 n] = the sum of the positions' weights (a Reduce of one block).
+# A position's loss is computed where it is summed (a Reduce of one block) or
+# written (reduction none); its gradient's share, where each element of its
+# row is.  The bodies' extra arguments are `_loss_extra`'s.
+
+def _loss_extra(attrs, scores, ce: bool) -> tuple:
+    """(n, C, the class weights (a tuple; (1,) without), whether there are,
+    whether a target is ignored, which, the reduction (0 mean, 1 sum, 2
+    none), whether the scores are logits)."""
+    w, ig = attrs.get("weight"), attrs.get("ignore_index")
+    return (prod(scores[:-1]), int(scores[-1]),
+            tuple(float(v) for v in w) if w is not None else (1.0,), w is not None,
+            ig is not None, 0 if ig is None else int(ig),
+            REDUCTIONS.index(attrs.get("reduction", "mean")), ce)
+
+
+def _loss_start(extra, z: str, t: str):
+    """(stages, scratch sizes): the rows' log-sum-exp of z (logits), the
+    weights' sum (a mean), into tmp0."""
+    n, C, ce, mean = extra[0], extra[1], extra[7], extra[6] == 0
+    stages, temps = _lse_stages(z, (n, C, 1)) if ce else ([], [2 * n + 1])
+    if mean:
+        stages.append(Reduce(weight_term, weight_finish, 1, n, [flat(t, (n,)), "tmp0"],
+                             extra))
+    return stages, temps
+
+
+def _loss_cuda(attrs, scores, ce: bool) -> Cuda:
+    """cross_entropy (ce: scores are logits) or nll: scores in0, targets in1."""
+    extra = _loss_extra(attrs, scores, ce)
+    n = extra[0]
+    stages, temps = _loss_start(extra, "in0", "in1")
+    none = extra[6] == 2
+    args = [flat("in0", scores), flat("in1", (n,)), "tmp0", flat("out", (n if none else 1,))]
+    if none:
+        stages.append(Map(loss_each, n, args, extra))
+    else:
+        stages.append(Reduce(loss_term, loss_finish, 1, n, args, extra))
+    return Cuda(stages, temps)
+
+
+def _loss_grad_cuda(attrs, scores, ce: bool) -> Cuda:
+    """cross_entropy_grad (ce; g, logits, targets) or nll_grad (g, targets,
+    like): an element of out [..., C] per thread."""
+    extra = _loss_extra(attrs, scores, ce)
+    n, C = extra[0], extra[1]
+    z, t = ("in1", "in2") if ce else ("in2", "in1")
+    stages, temps = _loss_start(extra, z, t)
+    args = [flat("in0", (n if extra[6] == 2 else 1,)), flat(z, scores), flat(t, (n,)), "tmp0",
+            flat("out", scores)]
+    return Cuda(stages + [Map(loss_grad_cuda, n * C, args, extra)], temps)
+
+
+@cuda_kernel
+def _weight(c, w, has_w, ignore, ig):
+    """Target class c's weight: 0 where it is ignored, else w[c] (1 without
+    weights)."""
+    if ignore and c == ig:
+        return T(0)
+    return w[c] if has_w else T(1)
+
+
+@cuda_kernel
+def weight_term(r, j, t, st, n, C, w, has_w, ignore, ig, red, ce):
+    return _weight(t[j], w, has_w, ignore, ig)
+
+
+@cuda_kernel
+def weight_finish(r, total, t, st, n, C, w, has_w, ignore, ig, red, ce):
+    st[2 * n] = total
+
+
+@cuda_kernel
+def _position_loss(r, z, t, st, n, C, w, has_w, ignore, ig, ce):
+    """-w[c] log p[c] at position r (c its target): log p from the logits
+    (ce: z - maximum - log-sum-exp), or z itself."""
+    c = t[r]
+    wr = _weight(c, w, has_w, ignore, ig)
+    if wr == T(0):
+        return T(0)
+    v = z[r * C + c]
+    if ce:
+        v = v - st[r] - st[n + r]
+    return -wr * v
+
+
+@cuda_kernel
+def loss_each(r, z, t, st, out, n, C, w, has_w, ignore, ig, red, ce):
+    out[r] = _position_loss(r, z, t, st, n, C, w, has_w, ignore, ig, ce)
+
+
+@cuda_kernel
+def loss_term(r, j, z, t, st, out, n, C, w, has_w, ignore, ig, red, ce):
+    return _position_loss(j, z, t, st, n, C, w, has_w, ignore, ig, ce)
+
+
+@cuda_kernel
+def loss_finish(r, total, z, t, st, out, n, C, w, has_w, ignore, ig, red, ce):
+    """The sum, or the mean over the weights' sum (NaN when it is 0)."""
+    wsum = st[2 * n]
+    if red == 1:
+        out[0] = total
+    elif wsum != T(0):
+        out[0] = total / wsum
+    else:
+        out[0] = T(math.nan)
+
+
+@cuda_kernel
+def loss_grad_cuda(k, g, z, t, st, out, n, C, w, has_w, ignore, ig, red, ce):
+    """Element k = (r, j) of the gradient: share (softmax - onehot) for
+    logits (ce), -share onehot for log-probabilities; share = the incoming
+    gradient's part for position r times its target's weight (over the
+    weights' sum for a mean)."""
+    r = k // C
+    j = k % C
+    c = t[r]
+    share = _weight(c, w, has_w, ignore, ig)
+    if share != T(0):
+        share = share * (g[r] if red == 2 else g[0])
+        if red == 0:
+            share = share / st[2 * n]
+    hit = share if j == c else T(0)
+    if ce and share != T(0):
+        out[k] = math.exp(z[k] - st[r] - st[n + r]) * share - hit
+    else:
+        out[k] = -hit
 
 
 # ---- layers ------------------------------------------------------------------------

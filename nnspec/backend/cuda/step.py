@@ -26,12 +26,9 @@ from .runtime import MAX_BLOCKS, THREADS, blocks, empty
 LEAVES = ("input", "param", "state")
 WRITES = {"train": ("P", "S", "G", "M", "V"), "grad": ("G",), "accumulate": ("G", "S")}
 
-# options the launchers below run only at their defaults (softmax over the
-# last axis; losses as a plain mean over the rows)
-_LOSS = {"weight": None, "ignore_index": None, "reduction": "mean"}
-DEFAULTS = {"softmax": {"axis": -1}, "log_softmax": {"axis": -1}, "softmax_grad": {"axis": -1},
-            "log_softmax_grad": {"axis": -1}, "cross_entropy": _LOSS,
-            "cross_entropy_grad": _LOSS, "nll": _LOSS, "nll_grad": _LOSS}
+# options the launchers below run only at their defaults, per op (none now:
+# every option of the ops' own kernels runs)
+DEFAULTS: dict = {}
 
 
 def _check_options(n) -> None:
@@ -273,66 +270,6 @@ class CudaStep:
         args = [o, o.size] + [v[i].reshape(-1) for i in n.inputs] + extra(shape)
         grid = (blocks(o.size), THREADS)
         return lambda: fn[grid](*args)
-
-    def _rows_call(self, kern, ins, o, *flag):
-        C = _last(o) if o.shape else _last(ins[0])
-        rows = [_rows(a, C) for a in ins]
-        out = _rows(o, C)
-        n = rows[0].shape[0]
-        nb = min(n, MAX_BLOCKS)
-        return lambda: kern[nb, THREADS](*rows, out, n, C, *flag)
-
-    def _op_softmax(self, n, v, batch):
-        return self._rows_call(self.k.softmax_rows, [v[n.inputs[0]]], v[n.id], False)
-
-    def _op_log_softmax(self, n, v, batch):
-        return self._rows_call(self.k.softmax_rows, [v[n.inputs[0]]], v[n.id], True)
-
-    def _op_softmax_grad(self, n, v, batch):
-        return self._rows_call(self.k.softmax_grad_rows, [v[i] for i in n.inputs], v[n.id],
-                               False)
-
-    def _op_log_softmax_grad(self, n, v, batch):
-        return self._rows_call(self.k.softmax_grad_rows, [v[i] for i in n.inputs], v[n.id],
-                               True)
-
-    def _row_mean(self, n, v, kern, block_per_row: bool):
-        """A loss over int targets: kern(z, t, per_row, n[, C]) writes each
-        row's term, then their mean."""
-        z, t, o = v[n.inputs[0]], v[n.inputs[1]], v[n.id]
-        C = _last(z)
-        z2, tf = _rows(z, C), t.reshape(-1)
-        rows = z2.shape[0]
-        per_row, part = empty(rows, self.dtype), empty(MAX_BLOCKS, self.dtype)
-        grid, extra = ((min(rows, MAX_BLOCKS), THREADS), (C,)) if block_per_row \
-            else ((blocks(rows), THREADS), ())
-
-        def call():
-            kern[grid](z2, tf, per_row, rows, *extra)
-            self._sum(per_row[:rows], o, part, False, 1.0 / rows)
-        return call
-
-    def _op_cross_entropy(self, n, v, batch):
-        return self._row_mean(n, v, self.k.xent_rows, True)
-
-    def _op_nll(self, n, v, batch):
-        return self._row_mean(n, v, self.k.nll_rows, False)
-
-    def _op_nll_grad(self, n, v, batch):
-        g, t = v[n.inputs[0]].reshape(-1), v[n.inputs[1]].reshape(-1)
-        C = _last(v[n.id])
-        out = _rows(v[n.id], C)
-        rows = out.shape[0]
-        return lambda: self.k.nll_grad[blocks(out.size), THREADS](g, t, out, rows, C)
-
-    def _op_cross_entropy_grad(self, n, v, batch):
-        g, z, t = (v[i] for i in n.inputs)
-        C = _last(z)
-        z2, out = _rows(z, C), _rows(v[n.id], C)
-        rows = z2.shape[0]
-        gf, tf = g.reshape(-1), t.reshape(-1)
-        nb = min(rows, MAX_BLOCKS)
-        return lambda: self.k.xent_grad[nb, THREADS](gf, z2, tf, out, rows, C)
 
     def _op_dropout_mask(self, n, v, batch):
         o = v[n.id].reshape(-1)
