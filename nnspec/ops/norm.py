@@ -37,12 +37,15 @@ dropout_mask(x, step; p, seed, training)      [x only gives the shape]
 """
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Op, fmt, kernel, layer, prange, register
+from .base import (Cuda, Map, Op, Reduce, T, cuda_kernel, flat, fmt, kernel, layer, prange, prod,
+                   register)
+from .reduce import split_parts
 
 
 def _channel_axes(ndim):
@@ -110,6 +113,14 @@ class BatchNorm(Op):
     def kernel(self, attrs):
         return batchnorm, (float(attrs.get("eps", 1e-5)), bool(attrs.get("training", True)))
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        x = in_shapes[0]
+        """The statistics (batch or running) into tmp0, then each element."""
+        cu = _CudaNorm(x, out_shape, attrs, xs="in0", gs="in0", ss=flat("in0", x))
+        args = [flat("in0", x), "in1", "in2", "tmp0", flat("out", x)]
+        return cu.done(cu.stats(attrs.get("training", True), "in3", "in4")
+                       + [Map(normalize_cuda, prod(x), args, cu.sizes)])
+
     def macs(self, attrs, in_shapes, out_shape):
         return 0
 
@@ -142,6 +153,21 @@ class BatchNormGrad(Op):
         fn = batchnorm_grad_weight if attrs.get("part") == "weight" else batchnorm_grad_input
         return fn, (float(attrs.get("eps", 1e-5)), bool(attrs.get("training", True)))
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        """The statistics as batchnorm's, then dweight = sum g (x - mean) inv
+        per channel, or dx from the channel's sums of g and g (x - mean)."""
+        x = in_shapes[1]
+        training = attrs.get("training", True)
+        cu = _CudaNorm(x, out_shape, attrs, xs="in1", gs="in0", ss=flat("in1", x))
+        stages = cu.stats(training, "in3", "in4")
+        if attrs.get("part", "input") == "weight":
+            return cu.done(stages + cu.sums(_DWEIGHT))
+        if training:
+            stages += cu.sums(_SUM_G) + cu.sums(_SUM_GX)
+        return cu.done(stages + [Map(input_grad_cuda, prod(x),
+                                     [flat("in0", x), flat("in1", x), "in2", "tmp0",
+                                      flat("out", x)], cu.sizes + (training,))])
+
 
 class BatchNormStat(Op):
     name = "batchnorm_stat"
@@ -172,9 +198,145 @@ class BatchNormStat(Op):
         return batchnorm_stat, (float(attrs.get("momentum", 0.1)), attrs["stat"] == "var",
                                 bool(attrs.get("training", True)))
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        x = in_shapes[0]
+        cu = _CudaNorm(x, out_shape, attrs, xs="in0", gs="in0", ss="in1")
+        if not attrs.get("training", True):
+            return cu.done([Map(copy_cuda, x[1], ["in1", "out"])])
+        if attrs["stat"] == "mean":
+            return cu.done(cu.sums(_RUNNING_MEAN))
+        return cu.done(cu.sums(_MEAN) + cu.sums(_RUNNING_VAR))
+
 
 for _op in (BatchNorm(), BatchNormGrad(), BatchNormStat()):
     register(_op)
+
+
+# ---- CUDA ---------------------------------------------------------------------------
+# x [B, C, ...] is seen as [B, C, P].  A `Reduce` sums one quantity per channel
+# (a block each) over the channel's n = B P elements: B runs of P consecutive
+# ones, which neighbouring threads read together.  Few channels of many
+# elements are split into parts, a block each, summed by a second Reduce
+# (reduce.split_parts).  A sum's kind says what it sums and what it becomes:
+_MEAN, _INV, _SUM_G, _SUM_GX, _DWEIGHT, _RUNNING_MEAN, _RUNNING_VAR = range(7)
+#   _MEAN          x             st[c] = the batch mean
+#   _INV           (x - mean)^2  st[C + c] = 1 / sqrt(biased variance + eps)
+#   _SUM_G         g             st[2C + c]
+#   _SUM_GX        g (x - mean)  st[3C + c]
+#   _DWEIGHT       g (x - mean)  out[c] = the sum times inv
+#   _RUNNING_MEAN  x             out[c] = (1 - momentum) s[c] + momentum mean
+#   _RUNNING_VAR   (x - mean)^2  the same with the unbiased variance
+# st is the scratch tmp0 [4C]; in eval a Map fills its mean and inv from the
+# running statistics.  The bodies compare kinds as numbers (no globals there).
+
+
+class _CudaNorm:
+    """The stages of one batch-norm op over x [B, C, ...] with output `out`:
+    xs, gs and ss name its x, g and s (x where the op has no g or s: a
+    stand-in the bodies do not read)."""
+
+    def __init__(self, x, out, attrs, xs, gs, ss):
+        B, C, P = int(x[0]), int(x[1]), prod(x[2:])
+        self.C, self.n = C, B * P
+        self.S = split_parts(C, self.n)
+        self.sizes = (C, P, self.n)
+        self.extra = (C, P, self.n, self.S, -(-self.n // self.S), float(attrs.get("eps", 1e-5)),
+                      float(attrs.get("momentum", 0.1)))
+        self.args = [flat(xs, x), flat(gs, x), ss, "tmp0", "tmp1" if self.S > 1 else "tmp0",
+                     flat("out", out)]
+
+    def sums(self, kind) -> list:
+        """The Reduce(s) of one kind of sum."""
+        extra = self.extra + (kind,)
+        if self.S == 1:
+            return [Reduce(channel_term, channel_finish, self.C, self.n, self.args, extra)]
+        return [Reduce(channel_term, channel_part, self.C * self.S, extra[4], self.args, extra),
+                Reduce(part_term, channel_finish, self.C, self.S, self.args, extra)]
+
+    def stats(self, training, rm, rv) -> list:
+        """st's mean and inv: the batch's (training) or from rm, rv."""
+        if training:
+            return self.sums(_MEAN) + self.sums(_INV)
+        return [Map(running_stats_cuda, self.C, [rm, rv, "tmp0"], self.extra)]
+
+    def done(self, stages) -> Cuda:
+        return Cuda(stages, [4 * self.C] + ([self.C * self.S] if self.S > 1 else []))
+
+
+@cuda_kernel
+def channel_term(r, j, x, g, s, st, part, out, C, P, n, S, L, eps, momentum, kind):
+    """Term j of part r % S of channel r // S (of channel r when S = 1)."""
+    q = (r % S) * L + j
+    if q >= n:
+        return T(0)
+    c = r // S
+    e = (q // P * C + c) * P + q % P
+    if kind == 0 or kind == 5:      # _MEAN, _RUNNING_MEAN
+        return x[e]
+    if kind == 2:                   # _SUM_G
+        return g[e]
+    d = x[e] - st[c]
+    if kind == 1 or kind == 6:      # _INV, _RUNNING_VAR
+        return d * d
+    return g[e] * d
+
+
+@cuda_kernel
+def channel_part(r, total, x, g, s, st, part, out, C, P, n, S, L, eps, momentum, kind):
+    part[r] = total
+
+
+@cuda_kernel
+def part_term(r, j, x, g, s, st, part, out, C, P, n, S, L, eps, momentum, kind):
+    return part[r * S + j]
+
+
+@cuda_kernel
+def channel_finish(c, total, x, g, s, st, part, out, C, P, n, S, L, eps, momentum, kind):
+    """What channel c's sum becomes, by its kind (see above)."""
+    if kind == 0:
+        st[c] = total / T(n)
+    elif kind == 1:
+        st[C + c] = T(1) / math.sqrt(total / T(n) + eps)
+    elif kind == 2 or kind == 3:
+        st[kind * C + c] = total
+    elif kind == 4:
+        out[c] = total * st[C + c]
+    elif kind == 5:
+        out[c] = (T(1) - momentum) * s[c] + momentum * (total / T(n))
+    else:
+        out[c] = (T(1) - momentum) * s[c] + momentum * (total / T(max(n - 1, 1)))
+
+
+@cuda_kernel
+def running_stats_cuda(c, rm, rv, st, C, P, n, S, L, eps, momentum):
+    st[c] = rm[c]
+    st[C + c] = T(1) / math.sqrt(rv[c] + eps)
+
+
+@cuda_kernel
+def normalize_cuda(k, x, w, b, st, out, C, P, n):
+    """(x - mean) inv weight + bias."""
+    c = k // P % C
+    out[k] = (x[k] - st[c]) * (st[C + c] * w[c]) + b[c]
+
+
+@cuda_kernel
+def input_grad_cuda(k, g, x, w, st, out, C, P, n, training):
+    """dx = inv weight (g - mean(g) - xhat mean(g xhat)), xhat = (x - mean)
+    inv, in training; inv weight g in eval."""
+    c = k // P % C
+    inv = st[C + c]
+    if training:
+        xhat = (x[k] - st[c]) * inv
+        out[k] = inv * w[c] * (g[k] - st[2 * C + c] / T(n) - xhat * (st[3 * C + c] * inv / T(n)))
+    else:
+        out[k] = g[k] * (inv * w[c])
+
+
+@cuda_kernel
+def copy_cuda(c, s, out):
+    out[c] = s[c]
 
 
 @kernel
