@@ -170,6 +170,7 @@ CASES = [
     C("sigmoid_times", [X(3, 5), X(3, 5)]),
     C("div_grad_b", [X(3, 5), X(3, 5), X(3, 5, kind="away")]),
     C("fill_like", [X(3, 4)], value=2.5),
+    C("fill_like", [I(3, 4, high=5)], "int", fd=False, value=3.0),
     # ---- reductions ------------------------------------------------------------
     C("sum", [X(3, 4, 5)], "all"),
     C("sum", [X(3, 4, 5)], "axes02", axes=[0, 2]),

@@ -30,7 +30,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import Op, broadcast, fmt, kernel, layer, prange, register
+from .base import (Cuda, Map, Op, broadcast, cuda_kernel, flat, fmt, kernel, layer, prange, prod,
+                   register)
 
 _INPUTS = ("a", "b", "c")
 
@@ -278,8 +279,18 @@ class FillLike(Op):
     def kernel(self, attrs):
         return fill_like, (float(attrs.get("value", 0.0)),)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        # (a float fill_like is a member of a fused kernel; this runs the rest)
+        return Cuda([Map(fill_like_cuda, prod(out_shape), [flat("out", out_shape)],
+                         (float(attrs.get("value", 0.0)),))])
+
 
 register(FillLike())
+
+
+@cuda_kernel
+def fill_like_cuda(k, out, value):
+    out[k] = value
 
 
 @kernel(parallel=True)
