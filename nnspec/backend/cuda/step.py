@@ -114,6 +114,8 @@ class CudaStep:
             if n.op == "input":
                 v[n.id] = cuda.device_array(shape, np.dtype(n.dtype))
                 continue
+            if n.dtype == "loop":     # a loop's results live in its loop_output readers
+                continue
             if n.op in ("param", "state"):
                 arena, (off, _) = (dev["P"], self.playout[n.id]) if n.op == "param" \
                     else (dev["S"], self.slayout[n.id])
@@ -279,3 +281,16 @@ class CudaStep:
         step, p = v[n.inputs[1]].reshape(-1), float(n.attrs.get("p", 0.5))
         seed, keep = int(n.attrs.get("seed", 0)), T(1.0 / (1.0 - p))
         return lambda: self.k.dropout_mask[blocks(o.size), THREADS](step, o, o.size, p, seed, keep)
+
+    # ---- recurrences: loop.py runs a loop's steps ---------------------------------------
+    def _op_loop(self, n, v, batch):
+        from .loop import forward
+        return forward(self, n, v, batch)
+
+    def _op_loop_grad(self, n, v, batch):
+        from .loop import backward
+        return backward(self, n, v, batch)
+
+    def _op_loop_output(self, n, v, batch):
+        """A loop's result: a view the loop writes when it runs."""
+        return lambda: None
