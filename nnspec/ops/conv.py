@@ -22,14 +22,18 @@ Kernels: im2col + one BLAS product per group and chunk of images, the
 chunks split over Numba's threads with a one-thread BLAS each (`_plan`); a
 forward with 16 or more channels per group runs channels-last (`_conv_rows`);
 1-d runs as 2-d with H = 1; 3-d runs as direct loops over the taps.
+On CUDA (`Op.cuda`) every axis count runs as 3-d: im2col into a chunk of
+columns and a GEMM per group (cuBLAS), then col2im for the input gradient;
+small groups (depthwise) run direct, one output element per thread.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import ShapeError
-from .base import (Op, blas_get_threads, blas_set_threads, blas_small_gemm, conv_out, fmt,
-                   kernel, known, layer, num_threads, pad_amounts, prange, prod, register)
+from .base import (Cuda, Gemm, Map, Op, Reduce, Ref, T, blas_get_threads, blas_set_threads,
+                   blas_small_gemm, conv_out, cuda_kernel, flat, fmt, kernel, known, layer,
+                   num_threads, pad_amounts, prange, prod, register)
 
 PAD_CODES = {"explicit": 0, "same": 1, "valid": 2, "full": 3, "causal": 4, "same_lower": 5}
 AXES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
@@ -113,6 +117,11 @@ class Conv(Op):
             return (conv3_bias if attrs.get("bias") else conv3_nobias), _extra_conv(attrs)
         return (conv_bias if attrs.get("bias") else conv_nobias), _extra_conv(attrs)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        x, w = in_shapes[0], in_shapes[1]
+        gm = _cuda_geometry(x, w, out_shape, _pads(attrs, x[2:], w[2:]), attrs)
+        return _cuda_forward(gm, x[0], len(in_shapes) == 3)
+
     def macs(self, attrs, in_shapes, out_shape):
         w = in_shapes[1]
         return prod(d for d in out_shape[1:] if known(d)) * prod(w[1:])
@@ -146,6 +155,11 @@ class ConvGradInput(Op):
         return (conv3_grad_input if len(attrs["stride"]) == 3 else conv_grad_input), \
             _extra_conv(attrs)
 
+    def cuda(self, attrs, in_shapes, out_shape):
+        g, w, x = in_shapes
+        gm = _cuda_geometry(x, w, g, _pads(attrs, x[2:], w[2:]), attrs)
+        return _cuda_back_data(gm, x[0], False)
+
     def macs(self, attrs, in_shapes, out_shape):
         return prod(d for d in in_shapes[0][1:] if known(d)) * prod(in_shapes[1][1:])
 
@@ -173,6 +187,11 @@ class ConvGradWeight(Op):
     def kernel(self, attrs):
         return (conv3_grad_weight if len(attrs["stride"]) == 3 else conv_grad_weight), \
             _extra_conv(attrs)
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        x, g, w = in_shapes
+        gm = _cuda_geometry(x, w, g, _pads(attrs, x[2:], w[2:]), attrs)
+        return _cuda_back_weight(gm, x[0])
 
     def macs(self, attrs, in_shapes, out_shape):
         return prod(d for d in in_shapes[1][1:] if known(d)) * prod(out_shape[1:])
@@ -245,6 +264,11 @@ class ConvTranspose(Op):
         else:
             fn = conv_transpose_bias if attrs.get("bias") else conv_transpose_nobias
         return fn, _extra_conv(_as_conv_attrs(attrs))
+
+    def cuda(self, attrs, in_shapes, out_shape):
+        x, w = in_shapes[0], in_shapes[1]
+        gm = _cuda_geometry(out_shape, w, x, _pairs(attrs["pad"]), attrs)
+        return _cuda_back_data(gm, x[0], len(in_shapes) == 3)
 
     def macs(self, attrs, in_shapes, out_shape):
         return prod(d for d in in_shapes[0][1:] if known(d)) * prod(in_shapes[1][1:])
@@ -902,6 +926,340 @@ def conv3_transpose_nobias(x, w, out, stride, dil, code, lo, hi, groups):
 def conv3_transpose_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
     _conv3_back_data(x, w, out, stride, dil, code, lo, groups)
     _add_channel_bias(out, b)
+
+
+# ---- CUDA kernels ------------------------------------------------------------------
+# Every axis count runs as 3-d (1-d and 2-d get unit leading axes), over one
+# geometry tuple `gm` (`_cuda_geometry`).  Convolutions with one group, or
+# with groups of 16 or more channels on both sides, are GEMM-shaped: im2col
+# of a chunk of images into columns [C K, n P] (K taps, P output positions),
+# one `Gemm` per group (cuBLAS on a GPU), then the columns' gather back
+# (col2im) for the input gradient.  Other grouped convolutions (depthwise)
+# run direct: each output element loops over its taps, the input gradient's
+# over the outputs that read it, the weight gradient is a `Reduce` per weight
+# over the batch's output positions.  A chunk of one image reads and writes
+# the op's arrays in place ([O, P] of one image is a matrix), and a pointwise
+# (1x1, stride 1, unpadded) conv's columns are then its input itself.
+
+# Scratch of a GEMM-shaped kernel (each node holds its own): the columns of
+# as many images as make about CUDA_WIDTH columns, at most CUDA_SCRATCH
+# elements (at least one image).
+CUDA_WIDTH = 8192
+CUDA_SCRATCH = 1 << 22
+# Grouped convolutions run as GEMMs per group when both sides of a group have
+# at least this many channels.
+CUDA_GEMM_CHANNELS = 16
+
+
+def _cuda_geometry(x, w, out, pads, attrs) -> tuple:
+    """(C, D, H, W, O, OD, OH, OW, KD, KH, KW, sd, sh, sw, dd, dh, dw, pd, ph, pw,
+    C/groups, O/groups) of the conv from x [B, C, ...] to out [B, O, ...]
+    through w [O, C/groups, ...] with low pads `pads` (lo, hi per axis)."""
+    nd = len(w) - 2
+
+    def three(v, fill):
+        return [fill] * (3 - nd) + [int(i) for i in v]
+    groups = int(attrs.get("groups", 1))
+    return tuple([int(x[1])] + three(x[2:], 1) + [int(w[0])] + three(out[2:], 1)
+                 + three(w[2:], 1) + three(attrs["stride"], 1) + three(attrs["dilation"], 1)
+                 + three([lo for lo, _ in pads], 0) + [int(w[1]), int(w[0]) // groups])
+
+
+def _cuda_sizes(gm) -> tuple:
+    """(C, O, taps, input positions, output positions, C/groups * taps, O/groups,
+    groups) per image."""
+    C, D, H, W, O, OD, OH, OW, KD, KH, KW = gm[:11]
+    K = KD * KH * KW
+    return C, O, K, D * H * W, OD * OH * OW, gm[20] * K, gm[21], O // gm[21]
+
+
+def _cuda_gemm_shaped(gm) -> bool:
+    groups = gm[4] // gm[21]
+    return groups == 1 or min(gm[20], gm[21]) >= CUDA_GEMM_CHANNELS
+
+
+def _cuda_plan(gm, B):
+    """(images per chunk, whether GEMMs read and write the op's arrays in place
+    (one image per chunk; and a pointwise conv's columns are its input), the
+    scratch sizes)."""
+    C, O, K, S, P = _cuda_sizes(gm)[:5]
+    nb = max(1, min(B, -(-CUDA_WIDTH // P), CUDA_SCRATCH // (max(C * K, O) * P)))
+    pointwise = (K == 1 and gm[1:4] == gm[5:8] and gm[11:14] == (1, 1, 1)
+                 and gm[17:20] == (0, 0, 0))
+    in_place = nb == 1 and pointwise
+    temps = ([] if in_place else [C * K * nb * P]) + ([] if nb == 1 else [O * nb * P])
+    return nb, in_place, temps
+
+
+def _cuda_blocks(name, rows, N, base=0):
+    """Per group g, a Ref to rows [g rows, (g + 1) rows) of `name` seen as a
+    matrix [groups rows, N] from element `base`."""
+    return lambda g: Ref(name, (rows, N), base + g * rows * N)
+
+
+def _cuda_cols(stages, gm, name, b0, n, in_place):
+    """The columns of images [b0, b0 + n) of `name`: per group g, a Ref to its
+    rows [C/groups K, n P]; im2col's stage appended where they are scratch."""
+    C, O, K, S, P, CgK = _cuda_sizes(gm)[:6]
+    N = n * P
+    if in_place:
+        return _cuda_blocks(name, CgK, N, b0 * C * S)
+    stages.append(Map(cuda_im2col, C * K * N, [Ref(name, (n * C * S,), b0 * C * S),
+                                               Ref("tmp0", (C * K * N,))], (gm, N)))
+    return _cuda_blocks("tmp0", CgK, N)
+
+
+def _cuda_rows(stages, gm, name, b0, n, nb):
+    """Output-side rows [O, n P] of images [b0, b0 + n) of `name` [B, O, P]
+    (a view for one image, else gathered into tmp1): per group g, a Ref to its
+    rows [O/groups, n P]."""
+    O, P, Og = gm[4], _cuda_sizes(gm)[4], gm[21]
+    N = n * P
+    if nb == 1:
+        return _cuda_blocks(name, Og, N, b0 * O * P)
+    stages.append(Map(cuda_swap, O * N, [Ref(name, (n * O * P,), b0 * O * P),
+                                         Ref("tmp1", (O * N,))], (O, n, P)))
+    return _cuda_blocks("tmp1", Og, N)
+
+
+def _cuda_forward(gm, B, bias):
+    """conv: out [B, O, P] from in0 [B, C, S], in1 [O, C/groups, K] (+ in2 [O])."""
+    C, O, K, S, P, CgK, Og, G = _cuda_sizes(gm)
+    b = [flat("in2", (O,))] if bias else []
+    if not _cuda_gemm_shaped(gm):
+        fn = cuda_conv_direct_bias if bias else cuda_conv_direct
+        return Cuda([Map(fn, B * O * P, [flat("in0", (B * C * S,)), flat("in1", (O * CgK,))]
+                         + b + [flat("out", (B * O * P,))], (gm,))])
+    nb, in_place, temps = _cuda_plan(gm, B)
+    stages, w = [], _cuda_blocks("in1", Og, CgK)
+    for b0 in range(0, B, nb):
+        n = min(nb, B - b0)
+        N = n * P
+        cols = _cuda_cols(stages, gm, "in0", b0, n, in_place)
+        dst = _cuda_blocks("out", Og, N, b0 * O * P) if nb == 1 else _cuda_blocks("tmp1", Og, N)
+        stages += [Gemm(w(g), cols(g), dst(g)) for g in range(G)]
+        if nb > 1:
+            stages.append(Map(cuda_swap_bias if bias else cuda_swap, n * O * P,
+                              [Ref("tmp1", (O * N,))] + b
+                              + [Ref("out", (n * O * P,), b0 * O * P)], (n, O, P)))
+    if nb == 1 and bias:
+        stages.append(Map(cuda_add_bias, B * O * P, b + [flat("out", (B * O * P,))], (O, P)))
+    return Cuda(stages, temps)
+
+
+def _cuda_back_data(gm, B, bias):
+    """conv_grad_input (and conv_transpose, with bias): out [B, C, S] = the
+    adjoint of the conv gm describes applied to in0 [B, O, P], through in1
+    [O, C/groups, K] (+ in2 [C])."""
+    C, O, K, S, P, CgK, Og, G = _cuda_sizes(gm)
+    b = [flat("in2", (C,))] if bias else []
+    if not _cuda_gemm_shaped(gm):
+        return Cuda([Map(cuda_back_bias if bias else cuda_back, B * C * S,
+                         [flat("in0", (B * O * P,)), flat("in1", (O * CgK,))] + b
+                         + [flat("out", (B * C * S,))], (gm, 0))])
+    nb, in_place, temps = _cuda_plan(gm, B)
+    stages, w = [], _cuda_blocks("in1", Og, CgK)
+    for b0 in range(0, B, nb):
+        n = min(nb, B - b0)
+        N = n * P
+        rows = _cuda_rows(stages, gm, "in0", b0, n, nb)
+        cols = _cuda_blocks("out", CgK, N, b0 * C * S) if in_place else \
+            _cuda_blocks("tmp0", CgK, N)
+        stages += [Gemm(w(g), rows(g), cols(g), ta=True) for g in range(G)]
+        if not in_place:
+            dcols = Ref("tmp0", (C * K * N,))
+            stages.append(Map(cuda_back_bias if bias else cuda_back, n * C * S, [dcols, dcols] + b
+                              + [Ref("out", (n * C * S,), b0 * C * S)], (gm, N)))
+    if in_place and bias:
+        stages.append(Map(cuda_add_bias, B * C * S, b + [flat("out", (B * C * S,))], (C, S)))
+    return Cuda(stages, temps)
+
+
+def _cuda_back_weight(gm, B):
+    """conv_grad_weight: out [O, C/groups, K] from in0 [B, C, S] and in1 [B, O, P]."""
+    C, O, K, S, P, CgK, Og, G = _cuda_sizes(gm)
+    if not _cuda_gemm_shaped(gm):
+        return Cuda([Reduce(cuda_wgrad_term, cuda_wgrad_finish, O * CgK, B * P,
+                            [flat("in0", (B * C * S,)), flat("in1", (B * O * P,)),
+                             flat("out", (O * CgK,))], (gm,))])
+    nb, in_place, temps = _cuda_plan(gm, B)
+    stages, dw = [], _cuda_blocks("out", Og, CgK)
+    for b0 in range(0, B, nb):
+        n = min(nb, B - b0)
+        cols = _cuda_cols(stages, gm, "in0", b0, n, in_place)
+        rows = _cuda_rows(stages, gm, "in1", b0, n, nb)
+        stages += [Gemm(rows(g), cols(g), dw(g), tb=True, accumulate=b0 > 0) for g in range(G)]
+    return Cuda(stages, temps)
+
+
+@cuda_kernel
+def cu_split(k, a, b, c):
+    """k as (rest, i, j, l) with l fastest, over three axes of sizes a, b, c."""
+    l = k % c
+    r = k // c
+    j = r % b
+    r = r // b
+    return r // a, r % a, j, l
+
+
+@cuda_kernel
+def cu_in(o, t, s, d, p, n):
+    """The input index output o reads through tap t (stride s, dilation d, low
+    pad p, n inputs), or -1 in the padding."""
+    i = o * s - p + t * d
+    if i < 0 or i >= n:
+        return -1
+    return i
+
+
+@cuda_kernel
+def cu_out(i, t, s, d, p, n):
+    """The output index that reads input i through tap t (n outputs), or -1
+    where none does."""
+    u = i + p - t * d
+    if u < 0 or u % s != 0 or u // s >= n:
+        return -1
+    return u // s
+
+
+@cuda_kernel
+def cu_conv_at(k, x, w, gm):
+    """out.flat[k] of the conv, without bias: its group's channels times its taps."""
+    C, D, H, W, O, OD, OH, OW, KD, KH, KW, sd, sh, sw, dd, dh, dw, pd, ph, pw, Cg, Og = gm
+    bo, oz, oy, ox = cu_split(k, OD, OH, OW)
+    o = bo % O
+    c0 = (bo // O) * C + (o // Og) * Cg
+    acc = T(0)
+    for c in range(Cg):
+        for i in range(KD):
+            zi = cu_in(oz, i, sd, dd, pd, D)
+            if zi >= 0:
+                for j in range(KH):
+                    yi = cu_in(oy, j, sh, dh, ph, H)
+                    if yi >= 0:
+                        for q in range(KW):
+                            xi = cu_in(ox, q, sw, dw, pw, W)
+                            if xi >= 0:
+                                acc += (x[(((c0 + c) * D + zi) * H + yi) * W + xi]
+                                        * w[(((o * Cg + c) * KD + i) * KH + j) * KW + q])
+    return acc
+
+
+@cuda_kernel
+def cuda_conv_direct(k, x, w, out, gm):
+    out[k] = cu_conv_at(k, x, w, gm)
+
+
+@cuda_kernel
+def cuda_conv_direct_bias(k, x, w, b, out, gm):
+    out[k] = cu_conv_at(k, x, w, gm) + b[(k // (gm[5] * gm[6] * gm[7])) % gm[4]]
+
+
+@cuda_kernel
+def cu_back_at(k, src, w, gm, N):
+    """dx.flat[k] of the conv's adjoint in x: over the outputs that read input
+    k, each through its tap, src there; that is, for N > 0, src is columns
+    [C K, N] of N / P images in im2col's layout (col2im; w is not read), and
+    for N == 0, src is g [B, O, P], each output times its tap's weight, summed
+    over the group's output channels."""
+    C, D, H, W, O, OD, OH, OW, KD, KH, KW, sd, sh, sw, dd, dh, dw, pd, ph, pw, Cg, Og = gm
+    bc, zi, yi, xi = cu_split(k, D, H, W)
+    c = bc % C
+    cc = c % Cg
+    o0 = (c // Cg) * Og
+    ob = (bc // C) * O
+    ib = (bc // C) * OD
+    acc = T(0)
+    for i in range(KD):
+        oz = cu_out(zi, i, sd, dd, pd, OD)
+        if oz >= 0:
+            for j in range(KH):
+                oy = cu_out(yi, j, sh, dh, ph, OH)
+                if oy >= 0:
+                    for q in range(KW):
+                        ox = cu_out(xi, q, sw, dw, pw, OW)
+                        if ox >= 0 and N > 0:
+                            acc += src[(((c * KD + i) * KH + j) * KW + q) * N
+                                       + ((ib + oz) * OH + oy) * OW + ox]
+                        elif ox >= 0:
+                            for o in range(o0, o0 + Og):
+                                acc += (src[(((ob + o) * OD + oz) * OH + oy) * OW + ox]
+                                        * w[(((o * Cg + cc) * KD + i) * KH + j) * KW + q])
+    return acc
+
+
+@cuda_kernel
+def cuda_back(k, src, w, out, gm, N):
+    """conv_grad_input and col2im (see cu_back_at)."""
+    out[k] = cu_back_at(k, src, w, gm, N)
+
+
+@cuda_kernel
+def cuda_back_bias(k, src, w, b, out, gm, N):
+    """conv_transpose with a bias and its col2im (see cu_back_at)."""
+    out[k] = cu_back_at(k, src, w, gm, N) + b[(k // (gm[1] * gm[2] * gm[3])) % gm[0]]
+
+
+@cuda_kernel
+def cuda_wgrad_term(r, j, x, g, out, gm):
+    """Term j (image, output position) of weight r's gradient: g there times
+    the input it read through r's tap (0 in the padding)."""
+    C, D, H, W, O, OD, OH, OW, KD, KH, KW, sd, sh, sw, dd, dh, dw, pd, ph, pw, Cg, Og = gm
+    oc, i, jj, q = cu_split(r, KD, KH, KW)
+    o = oc // Cg
+    c = (o // Og) * Cg + oc % Cg
+    b, oz, oy, ox = cu_split(j, OD, OH, OW)
+    zi = cu_in(oz, i, sd, dd, pd, D)
+    yi = cu_in(oy, jj, sh, dh, ph, H)
+    xi = cu_in(ox, q, sw, dw, pw, W)
+    if zi < 0 or yi < 0 or xi < 0:
+        return T(0)
+    return (g[(((b * O + o) * OD + oz) * OH + oy) * OW + ox]
+            * x[(((b * C + c) * D + zi) * H + yi) * W + xi])
+
+
+@cuda_kernel
+def cuda_wgrad_finish(r, total, x, g, out, gm):
+    out[r] = total
+
+
+@cuda_kernel
+def cuda_im2col(k, x, cols, gm, N):
+    """cols [C K, N] of n images x [n, C, D, H, W] (N = n P): row c K + tap,
+    column image P + output position, the input that tap reads there (0 in
+    the padding)."""
+    C, D, H, W, O, OD, OH, OW, KD, KH, KW, sd, sh, sw, dd, dh, dw, pd, ph, pw, Cg, Og = gm
+    bl, oz, oy, ox = cu_split(k % N, OD, OH, OW)
+    c, i, j, q = cu_split(k // N, KD, KH, KW)
+    zi = cu_in(oz, i, sd, dd, pd, D)
+    yi = cu_in(oy, j, sh, dh, ph, H)
+    xi = cu_in(ox, q, sw, dw, pw, W)
+    v = T(0)
+    if zi >= 0 and yi >= 0 and xi >= 0:
+        v = x[(((bl * C + c) * D + zi) * H + yi) * W + xi]
+    cols[k] = v
+
+
+@cuda_kernel
+def cuda_swap(k, src, dst, A, M, P):
+    """dst [A, M, P] from src [M, A, P]."""
+    p = k % P
+    r = k // P
+    dst[k] = src[((r % M) * A + r // M) * P + p]
+
+
+@cuda_kernel
+def cuda_swap_bias(k, src, b, dst, A, M, P):
+    """dst [A, M, P] from src [M, A, P], plus b [M]."""
+    p = k % P
+    r = k // P
+    dst[k] = src[((r % M) * A + r // M) * P + p] + b[r % M]
+
+
+@cuda_kernel
+def cuda_add_bias(k, b, out, C, S):
+    """out [B, C, S] += b [C]."""
+    out[k] += b[(k // S) % C]
 
 
 # ---- layers ------------------------------------------------------------------------
