@@ -168,42 +168,11 @@ for name, op in sorted(OPS.items()):
                                *extra((B, C)))
     err(f"elementwise {name}", o.copy_to_host().reshape(B, C), op.reference({}, *xs))
 
-# (c) the reductions
+# (c) the shared kernels (the ops' own: tests/test_cuda_ops.py)
 k = kernels("float64")
 n, C = 5, 37
 z = rng.standard_normal((n, C))
-gz = rng.standard_normal((n, C))
-for log in (False, True):
-    name = "log_softmax" if log else "softmax"
-    y = get_op(name).reference({}, z)
-    o = cuda.device_array((n, C))
-    k.softmax_rows[min(n, MAX_BLOCKS), THREADS](cuda.to_device(z), o, n, C, log)
-    err(name, o.copy_to_host(), y)
-    k.softmax_grad_rows[min(n, MAX_BLOCKS), THREADS](cuda.to_device(gz), cuda.to_device(y),
-                                                     o, n, C, log)
-    err(name + "_grad", o.copy_to_host(), get_op(name + "_grad").reference({}, gz, y))
-t = rng.integers(0, C, n)
-rows, part, loss = cuda.device_array(n), cuda.device_array(MAX_BLOCKS), cuda.device_array(1)
-k.xent_rows[min(n, MAX_BLOCKS), THREADS](cuda.to_device(z), cuda.to_device(t), rows, n, C)
-k.sum_part[blocks(n), THREADS](rows, n, part, False)
-k.sum_final[1, THREADS](part, blocks(n), loss, 1.0 / n)
-err("cross_entropy", loss.copy_to_host()[0], get_op("cross_entropy").reference({}, z, t))
-o = cuda.device_array((n, C))
-k.xent_grad[min(n, MAX_BLOCKS), THREADS](cuda.to_device(np.array([0.7])), cuda.to_device(z),
-                                         cuda.to_device(t), o, n, C)
-err("cross_entropy_grad", o.copy_to_host(),
-    get_op("cross_entropy_grad").reference({}, np.array(0.7), z, t))
-lp = get_op("log_softmax").reference({}, z)
-k.nll_rows[blocks(n), THREADS](cuda.to_device(lp), cuda.to_device(t), rows, n)
-k.sum_part[blocks(n), THREADS](rows, n, part, False)
-k.sum_final[1, THREADS](part, blocks(n), loss, 1.0 / n)
-err("nll", loss.copy_to_host()[0], get_op("nll").reference({}, lp, t))
-o = cuda.device_array((n, C))
-k.nll_grad[blocks(n * C), THREADS](cuda.to_device(np.array([0.7])), cuda.to_device(t), o, n, C)
-err("nll_grad", o.copy_to_host(), get_op("nll_grad").reference({}, np.array(0.7), t, z))
-o = cuda.device_array(C)
-k.sum_rows[min(C, MAX_BLOCKS), THREADS](cuda.to_device(z), o, n, C)
-err("sum_rows", o.copy_to_host(), get_op("sum_rows").reference({}, z))
+part, loss = cuda.device_array(MAX_BLOCKS), cuda.device_array(1)
 big = rng.standard_normal(1001)
 k.sum_part[blocks(big.size), THREADS](cuda.to_device(big), big.size, part, True)
 k.sum_final[1, THREADS](part, blocks(big.size), loss, 1.0)
@@ -227,8 +196,8 @@ print(json.dumps(errors))
 
 def test_kernels_match_numpy():
     """(b) the tiled GEMM fallback on odd shapes with transposes; (c) every
-    elementwise op (fused from its expression) and every reduction kernel
-    against the op's NumPy reference."""
+    elementwise op (fused from its expression) and the shared kernels (sums,
+    broadcast, dropout masks) against the NumPy references."""
     r = child(KERNELS)
     assert r.returncode == 0, r.stderr[-3000:]
     errors = json.loads(r.stdout.strip().splitlines()[-1])

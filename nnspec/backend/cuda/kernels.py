@@ -1,12 +1,11 @@
-"""The CUDA kernels every program shares, for one dtype: row softmax and its
-gradient, the cross-entropy and NLL losses and their gradients, sums (all elements, per
-column), broadcasts, fills, dropout masks, and the optimizer's clipping and
-updates.
+"""The CUDA kernels every program shares, for one dtype: the sum of all
+elements (the loss's mean, the gradients' squared norm), broadcasts, fills,
+dropout masks, and the optimizer's clipping and updates.  The ops' own
+kernels are in their modules (`Op.cuda`, run by ops.py).
 
-Each reduction is a block-level tree in shared memory (`_block_reduce`),
-never atomics on one address: a softmax row is one block, a column sum is
-one block, a sum over everything is a sum per block into `part` and one
-block over the parts.  The text below is rendered per dtype
+A sum over everything is a block-level tree in shared memory per block
+(`_block_reduce`, ops.py's), into `part`, then one block over the parts:
+never atomics on one address.  The text below is rendered per dtype
 and block size and loaded through the disk cache (`backend/cache.py`), its
 name carrying the device architecture: `kernels(dtype)`.
 """
@@ -15,6 +14,7 @@ from __future__ import annotations
 import functools
 
 from .. import cache
+from .ops import REDUCE_HELPER
 from .runtime import THREADS, arch, watched
 
 TEMPLATE = '''"""nnspec CUDA kernels, {dtype}, {threads} threads per block, {arch}."""
@@ -27,93 +27,7 @@ T = np.{dtype}
 RED = {threads}
 
 
-@cuda.jit(device=True)
-def _block_reduce(sh, v, biggest):
-    """The sum (the max with `biggest`) of v over the block's threads, returned
-    to each: a tree in shared memory, halving the threads at each level."""
-    i = cuda.threadIdx.x
-    sh[i] = v
-    cuda.syncthreads()
-    s = RED // 2
-    while s > 0:
-        if i < s:
-            sh[i] = max(sh[i], sh[i + s]) if biggest else sh[i] + sh[i + s]
-        cuda.syncthreads()
-        s //= 2
-    r = sh[0]
-    cuda.syncthreads()
-    return r
-
-
-@cuda.jit(device=True)
-def _row_lse(sh, x, i, C):
-    """(max, log-sum-exp - max) of row i of x [n, C]: one block."""
-    m = x[i, 0]
-    for j in range(cuda.threadIdx.x, C, RED):
-        m = max(m, x[i, j])
-    m = _block_reduce(sh, m, True)
-    s = T(0)
-    for j in range(cuda.threadIdx.x, C, RED):
-        s += math.exp(x[i, j] - m)
-    return m, math.log(_block_reduce(sh, s, False))
-
-
-@cuda.jit(cache=True)
-def softmax_rows(x, out, n, C, log):
-    sh = cuda.shared.array(RED, DT)
-    for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
-        m, lse = _row_lse(sh, x, i, C)
-        for j in range(cuda.threadIdx.x, C, RED):
-            z = x[i, j] - m - lse
-            out[i, j] = z if log else math.exp(z)
-
-
-@cuda.jit(cache=True)
-def softmax_grad_rows(g, y, out, n, C, log):
-    sh = cuda.shared.array(RED, DT)
-    for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
-        s = T(0)
-        for j in range(cuda.threadIdx.x, C, RED):
-            s += g[i, j] if log else g[i, j] * y[i, j]
-        s = _block_reduce(sh, s, False)
-        for j in range(cuda.threadIdx.x, C, RED):
-            out[i, j] = g[i, j] - math.exp(y[i, j]) * s if log else y[i, j] * (g[i, j] - s)
-
-
-@cuda.jit(cache=True)
-def xent_rows(z, t, rows, n, C):
-    """rows[i] = log-sum-exp(z[i]) - z[i, t[i]]; cross_entropy is their mean."""
-    sh = cuda.shared.array(RED, DT)
-    for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
-        m, lse = _row_lse(sh, z, i, C)
-        if cuda.threadIdx.x == 0:
-            rows[i] = lse + m - z[i, t[i]]
-
-
-@cuda.jit(cache=True)
-def xent_grad(g, z, t, out, n, C):
-    sh = cuda.shared.array(RED, DT)
-    scale = g[0] / T(n)
-    for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
-        m, lse = _row_lse(sh, z, i, C)
-        for j in range(cuda.threadIdx.x, C, RED):
-            v = math.exp(z[i, j] - m - lse) * scale
-            out[i, j] = v - scale if j == t[i] else v
-
-
-@cuda.jit(cache=True)
-def nll_rows(lp, t, rows, n):
-    """rows[i] = -lp[i, t[i]]; nll is their mean."""
-    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        rows[i] = -lp[i, t[i]]
-
-
-@cuda.jit(cache=True)
-def nll_grad(g, t, out, n, C):
-    v = -g[0] / T(n)
-    for k in range(cuda.grid(1), n * C, cuda.gridsize(1)):
-        out[k // C, k % C] = v if k % C == t[k // C] else T(0)
-
+{reduce}
 
 @cuda.jit(cache=True)
 def sum_part(x, n, part, square):
@@ -122,7 +36,7 @@ def sum_part(x, n, part, square):
     s = T(0)
     for k in range(cuda.grid(1), n, cuda.gridsize(1)):
         s += x[k] * x[k] if square else x[k]
-    s = _block_reduce(sh, s, False)
+    s = _block_reduce(sh, s)
     if cuda.threadIdx.x == 0:
         part[cuda.blockIdx.x] = s
 
@@ -134,22 +48,9 @@ def sum_final(part, nparts, out, scale):
     s = T(0)
     for k in range(cuda.threadIdx.x, nparts, RED):
         s += part[k]
-    s = _block_reduce(sh, s, False)
+    s = _block_reduce(sh, s)
     if cuda.threadIdx.x == 0:
         out[0] = s * scale
-
-
-@cuda.jit(cache=True)
-def sum_rows(x, out, n, C):
-    """out[j] = sum_i x[i, j]: one block per column (the bias gradients)."""
-    sh = cuda.shared.array(RED, DT)
-    for j in range(cuda.blockIdx.x, C, cuda.gridDim.x):
-        s = T(0)
-        for i in range(cuda.threadIdx.x, n, RED):
-            s += x[i, j]
-        s = _block_reduce(sh, s, False)
-        if cuda.threadIdx.x == 0:
-            out[j] = s
 
 
 @cuda.jit(cache=True)
@@ -186,13 +87,6 @@ def dropout_mask(step, out, n, p, seed, keep):
     for j in range(cuda.grid(1), n, cuda.gridsize(1)):
         u = np.float64(_splitmix(key + np.uint64(j)) >> np.uint64(11)) * 1.1102230246251565e-16
         out[j] = keep if u >= p else T(0)
-
-
-@cuda.jit(cache=True)
-def add_rows(out, b, n, C):
-    """out [n, C] = b broadcast over the rows (a bias, before a GEMM adds to it)."""
-    for k in range(cuda.grid(1), n * C, cuda.gridsize(1)):
-        out[k // C, k % C] = b[k % C]
 
 
 @cuda.jit(cache=True)
@@ -256,5 +150,5 @@ def adam(p, g, m, v, st, b1, b2, eps, wd, lr, step, rs, decoupled):
 @functools.lru_cache(maxsize=None)
 def kernels(dtype: str):
     """The module of shared kernels for `dtype` ("float32" or "float64")."""
-    text = TEMPLATE.format(dtype=dtype, threads=THREADS, arch=arch())
+    text = TEMPLATE.format(dtype=dtype, threads=THREADS, arch=arch(), reduce=REDUCE_HELPER)
     return watched(cache.load(f"cuda_{arch()}_kernels", text))

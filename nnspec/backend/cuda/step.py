@@ -26,21 +26,6 @@ from .runtime import MAX_BLOCKS, THREADS, blocks, empty
 LEAVES = ("input", "param", "state")
 WRITES = {"train": ("P", "S", "G", "M", "V"), "grad": ("G",), "accumulate": ("G", "S")}
 
-# options the launchers below run only at their defaults, per op (none now:
-# every option of the ops' own kernels runs)
-DEFAULTS: dict = {}
-
-
-def _check_options(n) -> None:
-    for k, default in DEFAULTS.get(n.op, {}).items():
-        v = n.attrs.get(k, default)
-        if k == "axis" and isinstance(v, int) and v % len(n.shape) == len(n.shape) - 1:
-            continue
-        if v != default:
-            raise DeviceError(f"op '{n.op}' with {k}={v!r} has no CUDA kernel yet (node "
-                              f"'{n.id}'); run it with device cpu")
-
-
 def _defines_cuda(op: str) -> bool:
     """The op module defines the op's CUDA kernel (`Op.cuda`), or the op is
     elementwise with a scalar expression (a fused kernel of its own)."""
@@ -55,15 +40,6 @@ def _elementwise(op: str) -> bool:
 
 def _concrete(shape, batch: int) -> tuple:
     return tuple(batch if d == "B" else d for d in shape)
-
-
-def _rows(a, cols: int):
-    return a.reshape((a.size // cols, cols)) if cols else a
-
-
-def _last(a) -> int:
-    """The last axis's size (the simulator's shapes take no negative index)."""
-    return a.shape[len(a.shape) - 1]
 
 
 class CudaStep:
@@ -83,7 +59,6 @@ class CudaStep:
                 raise DeviceError(f"op '{n.op}' has no CUDA kernel yet (node '{n.id}'"
                                   + (f", layer '{n.layer}'" if n.layer else "")
                                   + "); run it with device cpu")
-            _check_options(n)
             if any(not isinstance(d, int) and d != "B" for d in n.shape):
                 raise DeviceError(f"op '{n.op}' (node '{n.id}'): the CUDA backend runs "
                                   f"shapes of fixed sizes and a batch axis, not {list(n.shape)}")
