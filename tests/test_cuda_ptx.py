@@ -1,6 +1,6 @@
 """Every CUDA kernel the backend launches compiles for a real GPU (sm_90), checked
 without one: the simulator runs the op table and the training steps of
-test_cuda_sim.py, recording each launch's argument types
+test_cuda_sim.py, test_cuda_loops.py and LeNet-5 (test_cuda_zoo.py), recording each launch's argument types
 (NNSPEC_CUDA_RECORD), and `nnspec.backend.cuda.ptx` compiles every recorded
 signature to PTX with numba-cuda and NVVM.
 
@@ -34,10 +34,20 @@ def ptx_python() -> str | None:
 STEPS = """
 import warnings, numpy as np
 warnings.simplefilter('ignore', RuntimeWarning)
-from test_cuda_sim import SPECS, steps
-for name in SPECS:
-    for dt in ('float64', 'float32'):
-        steps(SPECS[name], dt, 'cuda')
+import test_cuda_sim, test_cuda_loops, test_cuda_zoo
+for mod in (test_cuda_sim, test_cuda_loops):
+    for name in mod.SPECS:
+        for dt in ('float64', 'float32'):
+            mod.steps(mod.SPECS[name], dt, 'cuda')
+name, sets, _ = test_cuda_zoo.CASES[0]
+full, x, t = test_cuda_zoo.batch_of(name, sets)
+for dt in ('float64', 'float32'):
+    test_cuda_zoo.one_step(name, full, dt, 'cuda', x, t)
+from numba import cuda       # the tiled GEMM (the simulator's programs use NumPy's)
+from nnspec.backend.cuda.gemm import TiledGemm
+for dt in ('float64', 'float32'):
+    a, o = cuda.to_device(np.ones((3, 2), dt)), cuda.to_device(np.ones((3, 3), dt))
+    TiledGemm()(a, a, o, False, True, True)
 """
 
 

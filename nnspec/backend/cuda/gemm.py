@@ -13,8 +13,9 @@ replaces both below without touching the programs.
   (default) stream as the kernels.
 * `TiledGemm`: a numba.cuda kernel, each block a TILE x TILE tile of `out`
   accumulated from shared-memory tiles of a and b; what runs where CuPy is
-  absent and under the simulator.  Its source is rendered per dtype and tile
-  and cached on disk like every generated kernel.
+  absent.  Its source is rendered per dtype and tile and cached on disk
+  like every generated kernel.
+* `HostGemm`: under the simulator, NumPy's matmul on the arrays' memory.
 """
 from __future__ import annotations
 
@@ -91,6 +92,24 @@ class TiledGemm:
         self._kernel(str(out.dtype))[grid, (t, t)](a, b, out, M, N, K, ta, tb, accumulate)
 
 
+class HostGemm:
+    """The simulator's stand-in for cuBLAS: NumPy's matmul on the memory
+    under the simulated device arrays.  A library GEMM, as cuBLAS is on a
+    GPU; the tiled kernel, run by the simulator thread by thread, made the
+    convolution tests minutes long, and is tested on its own."""
+    name = "host"
+
+    def __call__(self, a, b, out, ta: bool = False, tb: bool = False,
+                 accumulate: bool = False) -> None:
+        import numpy as np
+        A, B, O = (getattr(x, "_ary", x) for x in (a, b, out))
+        A, B = (A.T if ta else A), (B.T if tb else B)
+        if accumulate:
+            O += A @ B
+        else:
+            np.matmul(A, B, out=O)
+
+
 class CupyGemm:
     name = "cublas"
 
@@ -112,10 +131,13 @@ class CupyGemm:
 @functools.lru_cache(maxsize=None)
 def gemm_provider():
     """cuBLAS through CuPy when it imports and sees a GPU, else the tiled
-    kernel.  NNSPEC_CUDA_GEMM=tiled|cublas forces one."""
+    kernel; NumPy's under the simulator.  NNSPEC_CUDA_GEMM=tiled|cublas
+    forces one."""
     want = os.environ.get("NNSPEC_CUDA_GEMM", "").strip()
-    if want == "tiled" or simulated():
+    if want == "tiled":
         return TiledGemm()
+    if simulated():
+        return HostGemm()
     try:
         provider = CupyGemm()
         provider.cp.cuda.runtime.getDeviceCount()

@@ -1,0 +1,95 @@
+"""Zoo networks on the CUDA backend under the simulator: one training step equals
+the CPU backend's.
+
+For each spec, at sizes the simulator can afford (it runs every GPU thread as
+a Python thread): two examples of the spec's own data, the loss and every
+gradient, then the parameters (and batch norm's running statistics) after a
+momentum-SGD step, on the CPU here and on the CUDA backend in a child
+process, within 1e-10 relative in float64 and 1e-5 in float32.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_cuda_sim import FAST_THREADS, ROOT, child_env
+
+# spec, --set overrides, dtypes
+CASES = [
+    ("lenet5", {}, ("float64", "float32")),
+    ("resnet18", {"size": 16, "classes": 3}, ("float64",)),
+    ("densenet121", {"size": 32, "classes": 3, "growth": 2}, ("float64",)),
+    ("xception", {"size": 32, "classes": 3}, ("float64",)),
+]
+TOL = {"float64": 1e-10, "float32": 1e-5}
+
+
+def batch_of(name: str, sets: dict, n: int = 2):
+    """(sets, inputs, targets): n examples of the spec's data at `sets`."""
+    import nnspec
+    from nnspec.data import is_text, load, text_info
+    from nnspec.train.commands import training_args
+    from test_zoo_runs import few
+    path = ROOT / "specs" / f"{name}.nn"
+    graph = nnspec.lower(path)
+    data = few(graph.meta["train"]["data"])
+    info = text_info(data) if is_text(data) else None
+    full = training_args(graph, data, {}, info)
+    full.update(sets)
+    net = nnspec.compile(path, set=full)
+    arrays, _ = load(data, net)
+    return (full, {k: arrays[k][:n] for k in net.inputs},
+            {k: arrays[k][:n] for k in net.targets})
+
+
+def one_step(name: str, sets: dict, dtype: str, device: str, x: dict, t: dict) -> dict:
+    import nnspec
+    net = nnspec.compile(ROOT / "specs" / f"{name}.nn", set=sets, dtype=dtype, seed=5,
+                         device=device)
+    x = {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in x.items()}
+    t = {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in t.items()}
+    out = {}
+    out["loss"], grads = net.gradients(x, t)
+    out.update({f"grad {k}": v for k, v in grads.items()})
+    net.set_optimizer("sgd", momentum=0.9)
+    out["step loss"] = net.train_step(x, t, lr=0.05)
+    out.update({f"param {k}": v.copy() for k, v in net.params.items()})
+    out.update({f"state {k}": v.copy() for k, v in net.state.items()})
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+CHILD = """
+import pickle, sys, warnings
+import numpy as np
+warnings.simplefilter('ignore', RuntimeWarning)
+from test_cuda_zoo import one_step
+name, sets, dtype, x, t, path = pickle.load(open(sys.argv[1], 'rb'))
+np.savez(path, **one_step(name, sets, dtype, 'cuda', x, t))
+"""
+
+
+@pytest.mark.parametrize("name,sets,dtypes", CASES, ids=[c[0] for c in CASES])
+def test_training_step_matches_the_cpu(name, sets, dtypes, tmp_path, monkeypatch):
+    import pickle
+    monkeypatch.setenv("NNSPEC_DRIVER", "calls")    # the CPU side compiles little
+    full, x, t = batch_of(name, sets)
+    for dtype in dtypes:
+        args = tmp_path / f"{dtype}.pkl"
+        got_path = tmp_path / f"{dtype}.npz"
+        with open(args, "wb") as f:
+            pickle.dump((name, full, dtype, x, t, str(got_path)), f)
+        proc = subprocess.Popen([sys.executable, "-c", FAST_THREADS + CHILD, str(args)],
+                                env=child_env(), cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        want = one_step(name, full, dtype, "cpu", x, t)
+        _, err = proc.communicate(timeout=1500)
+        assert proc.returncode == 0, err[-3000:]
+        got = np.load(got_path)
+        assert sorted(got.files) == sorted(want)
+        for k, w in want.items():
+            scale = max(1.0, float(np.max(np.abs(w), initial=0.0)))
+            np.testing.assert_allclose(got[k], w, rtol=TOL[dtype], atol=TOL[dtype] * scale,
+                                       err_msg=f"{name} {dtype}: {k}")
