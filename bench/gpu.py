@@ -1,8 +1,11 @@
 """Training steps on an NVIDIA GPU: nnspec --device cuda against PyTorch eager
 on CUDA, one table.  Run by bench/gpu_check.sh on a machine with a GPU.
 
-    python bench/gpu.py                  # every workload of bench/run.py
+    python bench/gpu.py                  # bench/run.py's workloads, ResNet-18 and VGG-16
     python bench/gpu.py --only mlp --reps 500
+
+ResNet-18 (batch 64) and VGG-16 (batch 32) run at 224x224 from specs/ and
+bench/torch_zoo.py's PyTorch definitions of the same networks.
 
 One full training step (forward, backward, SGD update, the loss read back)
 in float32 per workload, the median over `reps` steps after a warm-up.
@@ -21,11 +24,25 @@ sys.path[:0] = [str(ROOT.parent), str(ROOT)]
 
 from run import WORKLOADS, example_batch, torch_model  # noqa: E402  (bench/run.py)
 
+ZOO = {"resnet18": 64, "vgg16": 32}       # specs/<name>.nn at 224x224: batch
+BATCH = {**{k: v[1] for k, v in WORKLOADS.items()}, **ZOO}
+
+
+def batch_of(name):
+    """(x, y, classes) of a workload or a zoo network."""
+    if name not in ZOO:
+        return example_batch(name)
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((ZOO[name], 3, 224, 224)).astype(np.float32)
+    return x, rng.integers(0, 1000, ZOO[name]).astype(np.int64), 1000
+
 
 def nnspec_step(name):
     import nnspec
-    x, y, _ = example_batch(name)
-    net = nnspec.compile(WORKLOADS[name][0], dtype="float32", device="cuda")
+    x, y, _ = batch_of(name)
+    spec = ROOT.parent / "specs" / f"{name}.nn" if name in ZOO else WORKLOADS[name][0]
+    net = nnspec.compile(spec, dtype="float32", device="cuda")
     net.set_optimizer("sgd")
     feeds, targets = {next(iter(net.inputs)): x}, {next(iter(net.targets)): y}
     return lambda: net.train_step(feeds, targets, 0.01)
@@ -33,9 +50,17 @@ def nnspec_step(name):
 
 def torch_step(name):
     import torch
-    x, y, classes = example_batch(name)
+    x, y, classes = batch_of(name)
     torch.manual_seed(0)
-    model = torch_model(name).cuda().train()
+    if name in ZOO:         # bench/torch_zoo.py's definitions of the networks
+        import torch_zoo
+        defs = torch_zoo.RUN[torch_zoo.RUN.index("torch.manual_seed(0)"):
+                             torch_zoo.RUN.index("opt = torch.optim")]
+        ns = {"name": name}
+        exec("import torch\nfrom torch import nn\n" + defs, ns)
+        model = ns["net"].cuda().train()
+    else:
+        model = torch_model(name).cuda().train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loss_fn = torch.nn.CrossEntropyLoss() if classes else torch.nn.MSELoss()
     xt, yt = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
@@ -67,7 +92,7 @@ def median_s(make, name, reps, warmup):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", nargs="*", default=list(WORKLOADS))
+    ap.add_argument("--only", nargs="*", default=list(WORKLOADS) + list(ZOO))
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10, help="steps before timing (compiles)")
     args = ap.parse_args()
@@ -85,7 +110,7 @@ def main():
         theirs = median_s(torch_step, name, args.reps, args.warmup) if gpu else "no torch CUDA"
         ok = isinstance(ours, float) and isinstance(theirs, float)
         note = "" if ok else (ours if not isinstance(ours, float) else theirs)
-        print(f"{name:<10} {WORKLOADS[name][1]:>5} {_fmt(ours):>12} {_fmt(theirs):>12} "
+        print(f"{name:<10} {BATCH[name]:>5} {_fmt(ours):>12} {_fmt(theirs):>12} "
               f"{(ours / theirs if ok else float('nan')):>7.2f}  {note}")
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA checks, for a machine with an NVIDIA GPU (run from anywhere):
 #   bash bench/gpu_check.sh
-# installs this checkout, runs tests/test_cuda_sim.py on the device instead of
+# installs this checkout, runs the CUDA tests (tests/test_cuda_*.py) on the device instead of
 # the simulator, and times training steps against PyTorch on CUDA: one table.
 set -u
 cd "$(dirname "$0")/.."
@@ -29,6 +29,7 @@ PY
 
 echo "== CUDA tests on the device"
 NNSPEC_CUDA_REAL=1 timeout 600 $PY -m pytest -q -n 0 -p no:cacheprovider tests/test_cuda_sim.py \
+    tests/test_cuda_ops.py tests/test_cuda_conv.py tests/test_cuda_loops.py tests/test_cuda_zoo.py \
     2>&1 | tail -15
 
 echo "== training steps, nnspec --device cuda against torch eager CUDA"
