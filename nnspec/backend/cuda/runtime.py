@@ -95,7 +95,14 @@ def blocks(n: int) -> int:
 
 
 def empty(n: int, dtype) -> "cuda.devicearray.DeviceNDArray":
-    return cuda.device_array(max(int(n), 1), dtype=np.dtype(dtype))
+    """Device memory of n elements, uninitialised; under the simulator filled
+    with NaN (ints: a large negative number), so a kernel that reads memory
+    it never wrote shows it in the tests."""
+    dt = np.dtype(dtype)
+    if simulated():
+        fill = np.nan if dt.kind == "f" else np.iinfo(dt).min // 2 if dt.kind in "iu" else 0
+        return cuda.to_device(np.full(max(int(n), 1), fill, dt))
+    return cuda.device_array(max(int(n), 1), dtype=dt)
 
 
 class Mirror:
