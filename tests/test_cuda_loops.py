@@ -4,10 +4,11 @@ CPU backend's, in float64 (1e-10) and float32 (1e-5).
 
 Each check runs the CUDA side in a child process (the simulator is chosen
 before Numba is imported; tests/test_cuda_sim.py's `child`) and meanwhile
-the CPU side here, as steps of calls (NNSPEC_DRIVER=calls and
-NNSPEC_COMPILE_JOBS=1: once compiled, the CPU programs of these tiny
-networks load from the cache in seconds).  Sizes are tiny (hidden 3, T 3,
-batch 2): the simulator runs every GPU thread as a Python thread.
+the CPU side here with the NumPy interpreter (NNSPEC_DRIVER=reference: the
+oracle the compiled CPU loops are tested against in test_loop_compiled.py;
+compiling these four loops for the CPU took minutes from an empty cache).
+Sizes are tiny (hidden 3, T 3, batch 2): the simulator runs every GPU thread
+as a Python thread.
 """
 from __future__ import annotations
 
@@ -114,8 +115,7 @@ def test_training_step_matches_the_cpu(name, tmp_path, monkeypatch):
     equal the CPU backend's (the CUDA side in a child process meanwhile)."""
     with ThreadPoolExecutor(1) as pool:
         cuda_side = pool.submit(child, CUDA_SIDE.format(out=tmp_path, name=name), timeout=600)
-        monkeypatch.setenv("NNSPEC_DRIVER", "calls")
-        monkeypatch.setenv("NNSPEC_COMPILE_JOBS", "1")
+        monkeypatch.setenv("NNSPEC_DRIVER", "reference")
         cpu = {dt: steps(SPECS[name], dt, "cpu") for dt in TOL}
         r = cuda_side.result()
     assert r.returncode == 0, r.stderr[-3000:]

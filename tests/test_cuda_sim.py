@@ -106,7 +106,7 @@ def test_training_steps_match_the_cpu(tmp_path, monkeypatch):
             f"    np.savez(r'{tmp_path}/' + name + dt + '.npz', **steps(SPECS[name], dt, 'cuda'))\n")
     proc = subprocess.Popen([sys.executable, "-c", code], env=child_env(), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    monkeypatch.setenv("NNSPEC_DRIVER", "calls")      # the CPU side compiles little
+    monkeypatch.setenv("NNSPEC_DRIVER", "reference")   # the NumPy interpreter: nothing to compile
     cpu = {(name, dt): steps(SPECS[name], dt, "cpu") for name, dt in cases}
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-3000:]
@@ -267,3 +267,40 @@ def test_an_op_without_a_cuda_kernel_is_named():
     missing, summed = r.stdout.strip().splitlines()
     assert missing.startswith("op 'twice_no_cuda' has no CUDA kernel yet (node 'y')"), missing
     assert summed == "ran", summed
+
+
+SHARED_RACE = """
+import time
+import numpy as np
+from nnspec.backend.cuda.kernels import kernels
+from nnspec.backend.cuda.runtime import THREADS
+sum_part = kernels("float64").sum_part
+x = np.arange(1.0, 38.0)
+empty = np.empty
+
+def slow_empty(*a, **k):          # hands the GIL on where the look-up and the store
+    time.sleep(0.002)             # of a new shared array are apart
+    return empty(*a, **k)
+
+np.empty = slow_empty
+wrong = 0
+for _ in range(5):
+    part = np.zeros(2)
+    sum_part[2, THREADS](x, x.size, part, False)
+    wrong += part.sum() != x.sum()
+print(wrong)
+"""
+
+
+def test_a_blocks_threads_share_its_shared_array():
+    """The simulator's `cuda.shared.array` looks a call site's array up and
+    stores a new one without a lock: two threads of a block starting together
+    could each get one of their own, and a block reduction then summed part of
+    its values (the zoo steps' intermittent misses: every other bias element,
+    the first block's rows).  runtime.py locks it.  Here the window is made
+    wide (a slow np.empty): the simulator alone gets every launch wrong."""
+    if REAL:
+        pytest.skip("a real GPU: no simulator")
+    r = child(SHARED_RACE)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "0"

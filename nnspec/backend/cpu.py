@@ -208,7 +208,9 @@ def _safe(name: str) -> str:
 # network's convolutions.  Below it (the MLPs, LeNet-5, the benchmark's small
 # ResNet, the recurrent cells) the whole step wins: their steps take tens of
 # microseconds to a few milliseconds, and the overhead of calls would show.
-# NNSPEC_DRIVER=whole or calls overrides the choice.
+# NNSPEC_DRIVER=whole or calls overrides the choice; NNSPEC_DRIVER=reference
+# runs every program with the NumPy interpreter (ReferenceStep: nothing to
+# compile; the oracle other backends' tests compare with).
 WHOLE_MAX_CALLS = 90
 
 
@@ -235,10 +237,14 @@ def compile_program(graph, kind: str, dtype: str, playout: dict, slayout: dict,
     the code generator does not handle yet (recurrences).  `whole`: one
     compiled function, or a Python function of calls; None chooses by size
     (choose_whole)."""
+    import os
     from ..passes.pipeline import REFERENCE_PIPELINE, compilable
-    if compilable(graph) is not None:
+    reason = compilable(graph)
+    if reason is None and os.environ.get("NNSPEC_DRIVER", "").strip() == "reference":
+        reason = "NNSPEC_DRIVER=reference"
+    if reason is not None:
         b = build(graph, kind, dtype, training, passes=REFERENCE_PIPELINE)
-        return ReferenceStep(b, playout, slayout, optimizer, compilable(graph))
+        return ReferenceStep(b, playout, slayout, optimizer, reason)
     b = build(graph, kind, dtype, training)
     return CompiledStep(b, playout, slayout, optimizer, choose_whole(b) if whole is None else whole)
 

@@ -13,12 +13,133 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
+import threading
 import types
 
 import numpy as np
 from numba import cuda
 
 from ..device import simulated
+
+def _shared_arrays_per_block() -> None:
+    """Under the simulator, one shared array per call site and block, whichever
+    thread asks first.  The simulator's own `cuda.shared.array` looks the
+    array up and stores a new one without a lock: two threads of a block
+    starting together could each get an array of their own, and a block
+    reduction then summed part of its values (an intermittent miss, more
+    likely on a loaded machine, where Python switches threads at any point)."""
+    from numba.core.types import Type
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    shared = kernelapi.FakeCUDAShared
+    if getattr(shared, "_nnspec_locked", False):
+        return
+    unlocked = shared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype):
+        if shape == 0:                  # dynamic shared memory: one buffer already
+            return unlocked(self, shape, dtype)
+        if isinstance(dtype, Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = sys._getframe(1)
+        site = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            res = self._allocations.get(site)
+            if res is None:
+                res = self._allocations[site] = np.empty(shape, dtype)
+        return res
+
+    shared.array = array
+    shared._nnspec_locked = True
+
+
+class _Gate:
+    """A simulated block's barrier: its threads wait on a condition until all
+    of those still running have arrived; a thread that has finished counts
+    no more (as the simulator's own polling has it)."""
+
+    def __init__(self, n: int):
+        self.cond = threading.Condition()
+        self.alive, self.waiting, self.generation = n, 0, 0
+        self.abort = False
+        self.first = None           # the first thread's exception
+
+    def wait(self):
+        with self.cond:
+            if self.abort:
+                raise RuntimeError("abort flag set on syncthreads call")
+            gen = self.generation
+            self.waiting += 1
+            if self.waiting == self.alive:
+                self._open()
+            while gen == self.generation and not self.abort:
+                self.cond.wait()
+            if self.abort:
+                raise RuntimeError("abort flag set on syncthreads clear")
+
+    def _open(self):
+        self.waiting, self.generation = 0, self.generation + 1
+        self.cond.notify_all()
+
+    def leave(self, exception):
+        with self.cond:
+            self.alive -= 1
+            if exception is not None and self.first is None:
+                self.first, self.abort = exception, True
+            if self.alive and self.waiting == self.alive:
+                self._open()
+            self.cond.notify_all()
+
+
+def _blocks_without_polling() -> None:
+    """Under the simulator, a block's threads meet at a `_Gate`.  The
+    simulator's own block manager finds out that every thread waits at a
+    barrier by polling them in a loop, which holds the interpreter lock the
+    threads need: most of a simulated training step's time went there."""
+    from numba.cuda.simulator import kernel
+
+    block, thread = kernel.BlockManager, kernel.BlockThread
+    if getattr(block, "_nnspec_gated", False):
+        return
+    thread_run = thread.run
+
+    def run_thread(self):
+        try:
+            thread_run(self)
+        finally:
+            self._manager.gate.leave(self.exception)
+
+    def syncthreads(self):
+        self._manager.gate.wait()
+
+    def run_block(self, grid_point, *args):
+        def target():
+            self._f(*args)
+        points = list(np.ndindex(*self._block_dim))
+        gate = self.gate = _Gate(len(points))
+        threads = [thread(target, self, grid_point, p, self._debug) for p in points]
+        for t in threads:
+            t.start()
+        with gate.cond:
+            while gate.alive:
+                gate.cond.wait()
+        for t in threads:
+            t.join()
+        if gate.first is not None:
+            raise gate.first[0].with_traceback(gate.first[1])
+
+    thread.run, thread.syncthreads = run_thread, syncthreads
+    block.run = run_block
+    block._nnspec_gated = True
+
+
+if simulated():
+    _shared_arrays_per_block()
+    _blocks_without_polling()
+
 
 # Threads per block.  The simulator runs each thread as a Python thread, so
 # it gets small blocks; a reduction's block size is its shared array's length.
