@@ -3,6 +3,8 @@
     python bench/run.py                      # every workload, nnspec and (if importable) torch
     python bench/run.py --torch-python /tmp/venv-torch/bin/python   # torch from another venv
     python bench/run.py --only mlp_small --reps 2000
+    python bench/run.py --jax-python /tmp/venv-jax/bin/python      # JAX's jit too
+    python bench/busy.py ...                 # quiet and beside a busy process per core
 
 One full training step (forward, backward, SGD update) in float32 per
 workload.  Each framework runs in its own worker process (their thread pools
@@ -200,6 +202,128 @@ def torch_model(name):
     raise KeyError(name)
 
 
+def jax_model(name):
+    """(params, loss(params, x, y)): the workload in JAX, initialised like
+    PyTorch's layers (uniform in +-1/sqrt(fan_in)); batch norm in training
+    mode (batch statistics, no running averages)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), 64))
+
+    def uni(shape, fan_in):
+        b = 1.0 / fan_in ** 0.5
+        return jax.random.uniform(next(keys), shape, jnp.float32, -b, b)
+
+    def dense(a, b, bias=True):
+        return {"w": uni((a, b), a), **({"b": uni((b,), a)} if bias else {})}
+
+    def lin(p, x):
+        y = x @ p["w"]
+        return y + p["b"] if "b" in p else y
+
+    def conv(c_in, c_out, k, bias=True):
+        fan = c_in * k * k
+        return {"w": uni((c_out, c_in, k, k), fan), **({"b": uni((c_out,), fan)} if bias else {})}
+
+    def conv2d(p, x, pad):
+        y = lax.conv_general_dilated(x, p["w"], (1, 1), [(pad, pad), (pad, pad)],
+                                     dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        return y + p["b"][None, :, None, None] if "b" in p else y
+
+    def maxpool(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    def bn(c):
+        return {"g": jnp.ones((c,), jnp.float32), "b": jnp.zeros((c,), jnp.float32)}
+
+    def batchnorm(p, x):
+        m = x.mean(axis=(0, 2, 3), keepdims=True)
+        v = ((x - m) ** 2).mean(axis=(0, 2, 3), keepdims=True)
+        g, b = p["g"][None, :, None, None], p["b"][None, :, None, None]
+        return (x - m) * lax.rsqrt(v + 1e-5) * g + b
+
+    def xent(logits, y):
+        lp = jax.nn.log_softmax(logits)
+        return -jnp.take_along_axis(lp, y[:, None], axis=1).mean()
+
+    def lstm(p, x, n):              # x: [B, T, F]; gates i, f, g, o as PyTorch orders them
+        def cell(hc, xt):
+            h, c = hc
+            z = lin(p["x"], xt) + lin(p["h"], h)
+            i, f = jax.nn.sigmoid(z[:, :n]), jax.nn.sigmoid(z[:, n:2 * n])
+            g, o = jnp.tanh(z[:, 2 * n:3 * n]), jax.nn.sigmoid(z[:, 3 * n:])
+            c = f * c + i * g
+            h = o * jnp.tanh(c)
+            return (h, c), None
+        h0 = jnp.zeros((x.shape[0], n), x.dtype)
+        (h, _), _ = lax.scan(cell, (h0, h0), jnp.swapaxes(x, 0, 1))
+        return h
+
+    def gru(p, x, n):
+        def cell(h, xt):
+            a, b = lin(p["x"], xt), lin(p["h"], h)
+            r = jax.nn.sigmoid(a[:, :n] + b[:, :n])
+            z = jax.nn.sigmoid(a[:, n:2 * n] + b[:, n:2 * n])
+            g = jnp.tanh(a[:, 2 * n:] + r * b[:, 2 * n:])
+            return (1 - z) * g + z * h, None
+        h, _ = lax.scan(cell, jnp.zeros((x.shape[0], n), x.dtype), jnp.swapaxes(x, 0, 1))
+        return h
+
+    if name in ("mlp", "mlp_small"):
+        sizes = (784, 512, 256, 10) if name == "mlp" else (64, 32, 10)
+        act = jax.nn.relu if name == "mlp" else jnp.tanh
+        params = [dense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+
+        def forward(ps, x):
+            for p in ps[:-1]:
+                x = act(lin(p, x))
+            return lin(ps[-1], x)
+    elif name == "lenet5":
+        params = {"c1": conv(1, 6, 5), "c2": conv(6, 16, 5), "d1": dense(400, 120),
+                  "d2": dense(120, 84), "d3": dense(84, 10)}
+
+        def forward(ps, x):
+            x = maxpool(jax.nn.relu(conv2d(ps["c1"], x, 2)))
+            x = maxpool(jax.nn.relu(conv2d(ps["c2"], x, 0)))
+            x = x.reshape(x.shape[0], -1)
+            x = jax.nn.relu(lin(ps["d1"], x))
+            return lin(ps["d3"], jax.nn.relu(lin(ps["d2"], x)))
+    elif name == "resnet":
+        params = {"c0": conv(3, 32, 3, False), "n0": bn(32), "out": dense(32, 10),
+                  "blocks": [{"c1": conv(32, 32, 3, False), "n1": bn(32),
+                              "c2": conv(32, 32, 3, False), "n2": bn(32)} for _ in range(2)]}
+
+        def forward(ps, x):
+            x = jax.nn.relu(batchnorm(ps["n0"], conv2d(ps["c0"], x, 1)))
+            for b in ps["blocks"]:
+                y = jax.nn.relu(batchnorm(b["n1"], conv2d(b["c1"], x, 1)))
+                x = jax.nn.relu(batchnorm(b["n2"], conv2d(b["c2"], y, 1)) + x)
+            return lin(ps["out"], x.mean(axis=(2, 3)))
+    elif name in ("lstm", "lstm_cell"):
+        f, n = (64, 256) if name == "lstm" else (16, 64)
+        params = {"x": dense(f, 4 * n), "h": dense(n, 4 * n, bias=name == "lstm"),
+                  "out": dense(n, 10)}
+
+        def forward(ps, x):
+            return lin(ps["out"], lstm(ps, x, n))
+    elif name == "gru":
+        params = {"x": dense(8, 96), "h": dense(32, 96), "out": dense(32, 1)}
+
+        def forward(ps, x):
+            return lin(ps["out"], gru(ps, x, 32))
+    else:
+        raise KeyError(name)
+
+    classes = WORKLOADS[name][2][1]
+
+    def loss(ps, x, y):
+        out = forward(ps, x)
+        return xent(out, y) if classes else ((out - y) ** 2).mean()
+    return params, loss
+
+
 def example_batch(name):
     """(x, y, classes): a workload's float32 batch and targets (classes 0: a regression)."""
     import numpy as np
@@ -214,10 +338,11 @@ def example_batch(name):
 
 def make_step(framework, name):
     """A no-argument function running one training step, after warm-up."""
+    import numpy as np
     spec = WORKLOADS[name][0]
     x, y, classes = example_batch(name)
-    if framework == "nnspec":
-        sys.path.insert(0, str(ROOT))
+    if framework.startswith("nnspec"):      # nnspec, or another checkout's (bench/busy.py --before)
+        sys.path.insert(0, os.environ.get("NNSPEC_BENCH_ROOT", str(ROOT)))
         import nnspec
         net = nnspec.compile(spec, dtype="float32")
         net.set_optimizer("sgd")
@@ -226,6 +351,29 @@ def make_step(framework, name):
 
         def step():
             return net.train_step(feeds, targets, 0.01)
+
+        def paced_one():
+            """Whether the last step ran on one thread by the pacer's choice
+            (backend/cores.py); None where no pacer chose."""
+            pacer = getattr(net, "_pacer", None)
+            pace = pacer.paces.get(x.shape) if pacer is not None and pacer.active else None
+            return None if pace is None else pace._ran
+        step.paced_one = paced_one
+    elif framework == "jax":
+        import jax
+        params, loss_fn = jax_model(name)
+
+        @jax.jit
+        def sgd(ps, xb, yb):
+            loss, g = jax.value_and_grad(loss_fn)(ps, xb, yb)
+            return jax.tree_util.tree_map(lambda p, d: p - 0.01 * d, ps, g), loss
+
+        xj, yj = jax.device_put(x), jax.device_put(y.astype(np.int32) if classes else y)
+        state = [params]
+
+        def step():
+            state[0], loss = sgd(state[0], xj, yj)
+            return float(loss)
     else:
         import torch
         torch.manual_seed(0)
@@ -247,32 +395,39 @@ def make_step(framework, name):
 
 
 def worker(framework: str):
-    """Read commands on stdin ("name reps"), answer per-step seconds as JSON."""
+    """Read commands on stdin ("name reps [seconds]"), answer per-step seconds
+    as JSON: `reps` steps, or fewer (at least 3) once `seconds` have passed."""
     steps = {}
     for line in sys.stdin:
-        name, reps = line.split()
+        name, reps, *limit = line.split()
+        end = time.perf_counter() + float(limit[0]) if limit else float("inf")
         if name not in steps:
             t0 = time.perf_counter()
             steps[name] = make_step(framework, name)
             print(json.dumps({"setup": time.perf_counter() - t0}), flush=True)
             continue
-        step, times = steps[name], []
-        for _ in range(int(reps)):
+        step, times, one = steps[name], [], []
+        paced_one = getattr(step, "paced_one", None)
+        for i in range(int(reps)):
             t0 = time.perf_counter()
             step()
             times.append(time.perf_counter() - t0)
-        print(json.dumps({"times": times}), flush=True)
+            if paced_one is not None and paced_one() is not None:
+                one.append(paced_one())
+            if i >= 2 and t0 + times[-1] > end:
+                break
+        print(json.dumps({"times": times} | ({"one": one} if one else {})), flush=True)
 
 
 class Worker:
-    def __init__(self, framework, python):
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+    def __init__(self, framework, python, **env):
+        env = dict(os.environ, PYTHONPATH=env.get("NNSPEC_BENCH_ROOT", str(ROOT)), **env)
         self.framework = framework
         self.p = subprocess.Popen([python, __file__, "--worker", framework], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True, env=env)
 
-    def ask(self, name, reps=0) -> dict:
-        self.p.stdin.write(f"{name} {reps}\n")
+    def ask(self, name, reps=0, seconds=None) -> dict:
+        self.p.stdin.write(f"{name} {reps}" + (f" {seconds}" if seconds else "") + "\n")
         self.p.stdin.flush()
         line = self.p.stdout.readline()
         if not line:
@@ -344,9 +499,24 @@ def mlp_flops(batch=128, sizes=(784, 512, 256, 10)) -> float:
     return 2 * batch * (3 * macs - first)
 
 
-def have_torch(python) -> bool:
-    r = subprocess.run([python, "-c", "import torch"], capture_output=True)
+def importable(python, module="torch") -> bool:
+    r = subprocess.run([python, "-c", f"import {module}"], capture_output=True)
     return r.returncode == 0
+
+
+def frameworks_for(args) -> dict:
+    """framework -> python running its worker: nnspec, and torch and JAX
+    where their pythons import them."""
+    frameworks = {"nnspec": sys.executable}
+    for f, python, module in (("torch", args.torch_python, "torch"),
+                              ("jax", args.jax_python, "jax")):
+        if python is None:
+            continue
+        if importable(python, module):
+            frameworks[f] = python
+        else:
+            print(f"note: {module} is not importable by {python}; without it", file=sys.stderr)
+    return frameworks
 
 
 def main():
@@ -357,17 +527,13 @@ def main():
     ap.add_argument("--seconds", type=float, default=0.3, help="per worker per round")
     ap.add_argument("--torch-python", default=sys.executable,
                     help="python of a venv with torch (never a dependency of nnspec)")
+    ap.add_argument("--jax-python", help="python of a venv with jax: its jit of the same step")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker)
 
-    frameworks = {"nnspec": sys.executable}
-    if have_torch(args.torch_python):
-        frameworks["torch"] = args.torch_python
-    else:
-        print(f"note: torch is not importable by {args.torch_python}; nnspec only",
-              file=sys.stderr)
+    frameworks = frameworks_for(args)
     gflops = gemm_gflops()
     forced = os.environ.get("OPENBLAS_CORETYPE")
     core = blas_core() + (" (OPENBLAS_CORETYPE)" if forced else "")
@@ -394,11 +560,16 @@ def main():
         for w in workers.values():
             w.close()
 
-    print(f"\n{'workload':<10} {'batch':>5} {'nnspec':>11} {'torch':>11} {'ratio':>7}  note")
+    jax = "jax" in frameworks
+    print(f"\n{'workload':<10} {'batch':>5} {'nnspec':>11} {'torch':>11} {'ratio':>7}"
+          + (f" {'jax':>11} {'ratio':>7}" if jax else "") + "  note")
     for name, r in results.items():
         nn_t = r["median_s"]["nnspec"]
         th_t = r["median_s"].get("torch")
         ratio = f"{nn_t / th_t:7.2f}" if th_t else "      -"
+        if jax:
+            jx_t = r["median_s"]["jax"]
+            ratio += f" {_fmt(jx_t):>11} {nn_t / jx_t:7.2f}"
         note = ""
         if name == "mlp":
             rate = mlp_flops() / nn_t / 1e9

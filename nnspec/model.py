@@ -88,6 +88,7 @@ class Network:
         for n, v in initial_values(graph, seed, self.dtype).items():
             (self.params if n in self.params else self.state)[n][...] = v
         self._programs: dict = {}
+        self._pacer = None                  # training steps' thread count (backend/cores.py)
         # sync_bn: the handles of the job's reductions, fed to training programs
         # (zeros in one process; train/dist.py fills them): ops/collective.py
         from .passes.sync_bn import wanted
@@ -461,8 +462,16 @@ class Network:
         p = self._train
         if p is None:
             p = self._train = self._program("train")
-        loss, ok = p(self._P, self._S, self._G, self._M, self._V, self._hp(lr),
-                     self._fed("train", feeds))
+            from .backend.cores import Pacer, paced
+            # NNSPEC_PACE=1: one thread when that is faster (a busy machine)
+            self._pacer = Pacer() if self.device == "cpu" and paced() else None
+        args = (self._P, self._S, self._G, self._M, self._V, self._hp(lr),
+                self._fed("train", feeds))
+        pacer = self._pacer
+        if pacer is not None and pacer.active:
+            loss, ok = pacer.run(p, args, feeds)
+        else:
+            loss, ok = p(*args)
         if ok:
             self._t += 1
             return float(loss)

@@ -2,24 +2,71 @@
 allows (taskset, a container's cpuset), at most its cgroup's CPU quota
 (`docker --cpus 1.5` on a 16-core host: 1).  os.cpu_count() and Numba's
 default thread count see the host's cores; threads beyond what the process
-may run on spin and wait for each other's time slices."""
+may run on spin and wait for each other's time slices.
+
+And, on a machine other processes keep busy, whether a training step runs
+faster on its threads or on one (`Pace`, `Pacer`: Network.train_step), and
+the bound that sets (`limit`)."""
 from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
+import time
+from time import perf_counter
 
 
-def _quota() -> float | None:
-    """The cgroup's CPU limit in cores, or None when there is none."""
-    try:      # cgroup v2: "max 100000" or "150000 100000"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+def _quota(root: str = "/sys/fs/cgroup", own: str = "/proc/self/cgroup") -> float | None:
+    """The CPU limit of this process's cgroup in cores (the tightest along
+    its path up to the root), or None when there is none.  `root` is where
+    the cgroup file systems are mounted, `own` the process's cgroup list."""
+    try:
+        lines = Path(own).read_text().splitlines()
+    except OSError:
+        lines = []
+    limits = []
+    for line in lines:          # "0::/path" (v2), "4:cpu,cpuacct:/path" (v1)
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            limits += _limits(Path(root), path, _v2)
+        elif "cpu" in controllers.split(","):
+            for mount in (controllers, "cpu", "cpu,cpuacct", "cpuacct,cpu"):
+                if (Path(root) / mount).is_dir():
+                    limits += _limits(Path(root) / mount, path, _v1)
+                    break
+    if not lines:               # no list: the mount points' own files
+        limits += _limits(Path(root), "/", _v2) + _limits(Path(root) / "cpu", "/", _v1)
+    return min(limits) if limits else None
+
+
+def _limits(top: Path, path: str, read) -> list:
+    """The limits found in `top`/`path` and its parents up to `top`; a path
+    that is not there (a container's file system shows its own cgroup at
+    the top) is skipped."""
+    found = []
+    d = top / path.strip("/")
+    while True:
+        q = read(d)
+        if q is not None:
+            found.append(q)
+        if d == top or top not in d.parents:
+            return found
+        d = d.parent
+
+
+def _v2(d: Path) -> float | None:
+    try:      # "max 100000" or "150000 100000"
+        quota, period = (d / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
-        pass
-    try:      # cgroup v1
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None
+
+
+def _v1(d: Path) -> float | None:
+    try:      # -1: no limit
+        quota = int((d / "cpu.cfs_quota_us").read_text())
+        period = int((d / "cpu.cfs_period_us").read_text())
         return quota / period if quota > 0 and period > 0 else None
     except (OSError, ValueError):
         return None
@@ -50,3 +97,251 @@ def _ranks_here() -> int:
                 bound = False
             return 1 if bound else int(v)
     return 1
+
+
+# ---- a busy machine ---------------------------------------------------------------
+#
+# When other processes keep the cores busy, each of a step's threads gets its
+# core part of the time, and every parallel region waits at its end for the
+# thread that is off its core: a 784-512-256-10 MLP step took 140 ms on two
+# threads beside one busy process per core, 1 ms on a quiet machine.  On one
+# thread nothing waits for anything.  A `Pace` watches a step's times and
+# chooses between the threads its program chose and one thread.
+
+class Pace:
+    """Whether a training step runs on one thread or on the threads its
+    program chose ("many"), decided from the times of the steps before.
+    After each decision the median of WINDOW steps is the reference; then
+
+    * on many threads, the median of the last WINDOW steps JUMP times the
+      reference: one thread at once (the load came);
+    * a probe runs the other choice and the current one in turn, PAIRS
+      steps each, and keeps the faster (the other only when it is faster by
+      MARGIN); a probe step JUMP times slower than the current choice ends
+      it.  A probe comes after `interval` seconds of steps, which doubles
+      each time the probe keeps the choice (up to LONGEST), and at once
+      when the median of the last WINDOW steps DRIFTs from the reference
+      either way (the load came or went);
+    * but no probe before COST times what the last one lost has passed in
+      steps (two threads under load: one step of theirs can cost ten of
+      one thread's), or SOONER times that when the steps got faster;
+    * on one thread, steps that had their core to themselves (CPU time at
+      least FREE of the wall time, the median of WINDOW steps) after steps
+      that shared it say the load has gone: a probe after FIRST seconds of
+      steps, whatever the last one lost.
+
+    `one()` says how to run the next step; `record(seconds, cpu)` is told
+    how long it took and, where known, how much CPU time its thread had;
+    `rest()` that the steps stopped for a while (the next WARM steps wake
+    threads and caches up, and do not count).  Nothing here reads a clock:
+    the decisions depend on the times given alone."""
+
+    WARM = 2            # steps not counted at first (compiling, first touches)
+    WINDOW = 5          # steps that set the reference after a change
+    JUMP = 3.0
+    DRIFT = 1.5
+    MARGIN = 0.9
+    PAIRS = 3
+    FIRST = 0.5         # seconds of steps before the first probe
+    LONGEST = 60.0
+    COST = 20.0
+    SOONER = 0.5        # of that, when the steps got faster
+    FREE = 0.9
+
+    def __init__(self):
+        self.single = False         # the choice: one thread
+        self.ref = None             # its median step time, once known
+        self.recent = []            # its last WINDOW step times
+        self.shares = []            # on one thread: the last WINDOW steps' CPU / wall time
+        self.free = None            # whether they had their core to themselves
+        self.since = 0.0            # seconds of steps since the last decision
+        self.interval = self.FIRST
+        self.hold = 0.0             # seconds of steps before any probe
+        self.probe = None           # during a probe: {True: [...], False: [...]} by choice
+        self.warm = self.WARM       # steps not to count
+        self._ran = False
+
+    def one(self) -> bool:
+        """Whether the next step runs on one thread."""
+        p = self.probe
+        if p is None:
+            self._ran = self.single
+        else:                       # the other choice first, then in turn
+            other = not self.single
+            self._ran = other if len(p[other]) <= len(p[self.single]) else self.single
+        return self._ran
+
+    def rest(self) -> None:
+        self.warm = self.WARM
+
+    def record(self, seconds: float, cpu: float | None = None) -> None:
+        """The time of the step `one()` was last asked about, and its
+        thread's CPU time (None: not known)."""
+        if self.warm:
+            self.warm -= 1
+            return
+        if self.probe is not None:
+            return self._probed(seconds)
+        self.since += seconds
+        r = self.recent
+        r.append(seconds)
+        if len(r) > self.WINDOW:
+            del r[0]
+        if self.single and cpu is not None and seconds > 0:
+            self._shared(cpu / seconds)
+        ref = self.ref
+        if ref is None:
+            if len(r) == self.WINDOW:
+                self.ref = _median(r)
+            return
+        m = _median(r)
+        if m > self.DRIFT * ref:                # slower: the load may have come
+            if not self.single and m > self.JUMP * ref:
+                return self._choose(True, self.FIRST)
+            self.interval = self.FIRST
+        elif m * self.DRIFT < ref:              # faster: the load may have gone
+            self.interval = self.FIRST
+            if self.since >= self.SOONER * self.hold:
+                return self._start()
+        if self.since >= (self.interval if self.free else max(self.interval, self.hold)):
+            self._start()
+
+    def _shared(self, share):
+        sh = self.shares
+        sh.append(share)
+        if len(sh) > self.WINDOW:
+            del sh[0]
+        if len(sh) == self.WINDOW:
+            free = _median(sh) >= self.FREE
+            if free and self.free is False:     # the core is ours again
+                self.interval = self.FIRST
+            self.free = free
+
+    def _start(self):
+        self.probe = {True: [], False: []}
+
+    def _probed(self, seconds):
+        p, other = self.probe, not self.single
+        p[self._ran].append(seconds)
+        cur = _median(p[self.single]) if p[self.single] else self.ref
+        if self._ran == other and seconds > self.JUMP * cur:
+            return self._keep(p, cur)
+        if len(p[self.single]) < self.PAIRS:
+            return
+        if _median(p[other]) < self.MARGIN * cur:
+            self.hold = 0.0
+            self._choose(other, self.FIRST)
+        else:
+            self._keep(p, cur)
+
+    def _keep(self, p, cur):
+        lost = sum(p[not self.single]) - len(p[not self.single]) * cur
+        self.hold = self.COST * lost
+        self._choose(self.single, min(2 * self.interval, self.LONGEST))
+
+    def _choose(self, single, interval):
+        """Decided: `single`; the reference is measured afresh."""
+        if single != self.single:
+            self.free = None
+            del self.shares[:]
+        self.single, self.ref, self.interval = single, None, interval
+        self.probe, self.since = None, 0.0
+        del self.recent[:]
+
+
+def _median(xs):
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def paced() -> bool:
+    """Whether training steps on the CPU choose their thread count by the
+    load (NNSPEC_PACE=1; off by default: see Pacer)."""
+    return os.environ.get("NNSPEC_PACE", "").strip() == "1"
+
+
+class Pacer:
+    """The `Pace` of each shape of a network's training steps (a last short
+    batch takes its own time), and the thread count it sets for each step
+    (the programs run between them, inference, keep theirs): the steps of a
+    program that runs on one thread by itself are not timed after three.
+
+    Only with NNSPEC_PACE=1 (`paced()`): a step's float results depend on
+    its thread count (the order of a GEMM's or a reduction's sums), so a
+    paced run's results depend on the load, and two runs of one seed, or a
+    run and its resumption, are no longer bit-identical."""
+
+    PAUSE = 0.05        # seconds between steps after which the next ones do not count
+
+    def __init__(self):
+        self.paces: dict = {}
+        self.alone = 0
+        self.active = True
+        self.end = None
+
+    def run(self, program, args, feeds):
+        threads = _cpu_threads()
+        key = getattr(next(iter(feeds.values()), None), "shape", None)   # batch (and steps)
+        pace = self.paces.get(key)
+        if pace is None:
+            pace = self.paces[key] = Pace()
+        one = pace.one()
+        if one:
+            limit(True)
+        c0, t0 = _cpu_time(), perf_counter()
+        if self.end is not None and t0 - self.end > self.PAUSE:
+            pace.rest()
+        try:
+            out = program(*args)
+        finally:
+            if one:         # only the training step: other programs keep their threads
+                limit(False)
+        self.end = perf_counter()
+        pace.record(self.end - t0, None if c0 is None else _cpu_time() - c0)
+        if getattr(threads, "n", None) == (1, 1):       # the program's own choice
+            self.alone += 1
+            self.active = self.alone < 3
+        else:
+            self.alone = 0
+        return out
+
+
+def _cpu_time():
+    """This thread's CPU time in seconds, or None where it cannot be read."""
+    try:
+        return _thread_time()
+    except (OSError, TypeError):
+        return None
+
+
+_thread_time = getattr(time, "thread_time", None)
+
+
+_full = threading.local()          # per thread: the bound before any limit
+_cpu_local = []
+
+
+def _cpu_threads():
+    """cpu.py's per-thread thread counts (imported late: cpu.py imports this)."""
+    if not _cpu_local:
+        from .cpu import _threads
+        _cpu_local.append(_threads)
+    return _cpu_local[0]
+
+
+def limit(one: bool) -> None:
+    """Run this thread's next programs on one thread (`one`), or on the
+    threads they choose, up to the cores available (cpu.use_threads): sets
+    the bound use_threads applies, and has the next program apply it."""
+    threads = _cpu_threads()
+    full = getattr(_full, "n", None)
+    if full is None:
+        if not hasattr(threads, "default"):
+            import numba
+            threads.default = min(numba.get_num_threads(), available())
+        full = _full.n = threads.default
+    want = 1 if one else full
+    if threads.default != want:
+        threads.default = want
+        threads.n = None

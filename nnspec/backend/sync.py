@@ -8,7 +8,8 @@ the rate.  Instead a large loop (backend/loops.py, "paired" loops) runs
 inside one parallel region of two threads: each takes half the batch rows of
 the elementwise work and half the columns of each product (OpenBLAS on one
 thread, its small-matrix path where it has one), and they meet at barriers,
-a spin on a shared counter, around each product.
+a spin on a shared counter that backs off to yielding the core (`backoff`),
+around each product.
 
 `pair(sync, q)` is the handshake that starts it: thread 0 and thread 1 agree
 to run together, or thread 0 goes on alone, never both waiting for each other
@@ -113,7 +114,26 @@ def pause(typingctx):
 
 # handshake states in sync[0]
 _OPEN, _WAITING, _PAIRED, _ALONE = 0, 1, 2, 3
-SPINS = 1 << 16             # about 1.5 ms: longer than a sleeping thread takes to wake
+# How a thread waits for the other: it spins SPIN looks at a shared counter
+# (pause between looks, about 0.1 ms: a quiet machine's waits end there),
+# then gives its core away between looks (sched_yield: on a busy machine the
+# other thread of ours may be waiting for a core).  The handshake gives up
+# after YIELDS more looks (about 1 ms on a quiet machine: longer than a
+# sleeping thread takes to wake).  Sleeping between looks instead (usleep
+# 50 us after 1024 yields) made the paired LSTM step slower beside a busy
+# process per core, 431 against 269 ms: the sleeper sees the other thread
+# arrive late, and that one then waits for it at the next barrier.
+SPIN = 1 << 12
+YIELDS = 1 << 10
+
+
+@njit(cache=True, inline="always")
+def backoff(looks):
+    """Between two looks at a shared counter, the `looks`-th: pause, or yield."""
+    if looks < SPIN:
+        pause()
+    else:
+        os_yield()
 
 
 @njit(cache=True)
@@ -122,10 +142,10 @@ def pair(sync, q):
     that run the loop together (2, or 1 when thread 1 did not come in time, or
     0 for a thread 1 that came too late and has nothing to do)."""
     if q == 0:
-        for _ in range(SPINS):
+        for i in range(SPIN + YIELDS):
             if load(sync, 0) != _OPEN:
                 break
-            pause()
+            backoff(i)
         while True:
             s = load(sync, 0)
             if s == _WAITING and cas(sync, 0, _WAITING, _PAIRED):
@@ -136,10 +156,10 @@ def pair(sync, q):
                 return 1
     if not cas(sync, 0, _OPEN, _WAITING):
         return 0
-    for _ in range(SPINS):
+    for i in range(SPIN + YIELDS):
         if load(sync, 0) == _PAIRED:
             return 2
-        pause()
+        backoff(i)
     if cas(sync, 0, _WAITING, _ALONE):
         return 0
     return 2
@@ -148,14 +168,12 @@ def pair(sync, q):
 @njit(cache=True)
 def wait(sync, i, v):
     """Until sync[i] >= v: spinning, then giving the core away between looks
-    (the other thread may have lost its core to a third: a busy machine)."""
-    spins = 0
+    (the other thread may have lost its core to another process: a busy
+    machine)."""
+    looks = 0
     while load(sync, i) < v:
-        if spins < 4096:
-            pause()
-            spins += 1
-        else:
-            os_yield()
+        backoff(looks)
+        looks += 1
 
 
 @njit(cache=True, inline="always")
