@@ -341,3 +341,40 @@ def test_two_processes_compile_a_step_once(tmp_path):
     both = "".join(errs)
     assert both.count("compiled the training step") == 1, both
     assert both.count("loaded the compiled training step") == 1, both
+
+
+SGD_CALL = r"""
+import json, sys, types
+import numpy as np
+from nnspec.backend import cache, optim
+if sys.argv[1] == "guarded":          # as a step module that imports optim does
+    step = types.ModuleType("nnspec_gen_step")
+    step.optim = optim
+    cache._guard(step)
+p, g, b = (np.zeros(7, np.float32) for _ in range(3))
+hp = np.zeros(8, np.float32)
+optim.sgd(p, g, b, hp, np.float32(1), False)
+print(json.dumps([sum(optim.sgd.stats.cache_hits.values()),
+                  sum(optim.sgd.stats.cache_misses.values())]))
+"""
+
+
+def test_every_process_stamps_the_optimizers_entries_alike(tmp_path):
+    """A process that calls the SGD kernel directly (a precompile worker, a
+    program run by the NumPy interpreter) and one whose step module imports
+    optim load each other's entries: they once stamped them differently and
+    compiled the SGD kernels again in every other process."""
+    import json
+    import subprocess
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    env.pop("NUMBA_DISABLE_JIT", None)
+
+    def run(mode):
+        r = subprocess.run([sys.executable, "-c", SGD_CALL, mode], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    assert run("direct") == [0, 1]          # compiled and saved
+    assert run("guarded") == [1, 0]         # loaded
+    assert run("direct") == [1, 0]

@@ -744,3 +744,9 @@ class StepWriter:
 def _hp(name: str) -> int:
     from . import optim
     return getattr(optim, name)
+
+
+# entries stamped alike in every process (cache.guard_own)
+from .cache import guard_own as _guard_own  # noqa: E402
+
+_guard_own(sys.modules[__name__])

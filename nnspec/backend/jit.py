@@ -188,3 +188,9 @@ def jitted(fn):
     module = sys.modules[fn.__module__]
     compile_module(module)
     return getattr(module, fn.__name__)
+
+
+# entries stamped alike in every process (cache.guard_own)
+from .cache import guard_own as _guard_own  # noqa: E402
+
+_guard_own(sys.modules[__name__])

@@ -1091,3 +1091,9 @@ def emit_step(sw, body, n, ind: int) -> None:
     sw.paired_loops += "prange(2)" in src
     args = [f"v{sw.k(i)}" for i in n.inputs] + outs
     body(f"{fname}({', '.join(args)})  # {n.id} = {n.op}", ind)
+
+
+# entries stamped alike in every process (cache.guard_own)
+from .cache import guard_own as _guard_own  # noqa: E402
+
+_guard_own(sys.modules[__name__])

@@ -16,6 +16,8 @@ Arrays of at least PAR_MIN elements use the parallel variants.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from numba import njit, prange
 
@@ -172,3 +174,9 @@ def update(P, G, M, V, hp, optimizer: dict) -> bool:
     else:
         raise ValueError(f"unknown optimizer '{name}'")
     return True
+
+
+# entries stamped alike in every process (cache.guard_own)
+from .cache import guard_own as _guard_own  # noqa: E402
+
+_guard_own(sys.modules[__name__])

@@ -18,6 +18,8 @@ thread).  `sync` is an int64 array of zeros, fresh for each region.
 """
 from __future__ import annotations
 
+import sys
+
 import platform
 
 import numpy as np
@@ -235,3 +237,9 @@ def blas_single(nq):
 def blas_restore(bt):
     if bt > 1:
         blas_set_threads(bt)
+
+
+# entries stamped alike in every process (cache.guard_own)
+from .cache import guard_own as _guard_own  # noqa: E402
+
+_guard_own(sys.modules[__name__])
