@@ -213,26 +213,14 @@ def test_a_pacer_leaves_single_threaded_programs_alone():
     assert not pacer.active and calls == [(1, 2)] * 3
 
 
-SMALL = """
-network small {
-    input x: [16]
-    output y = x -> dense(8) -> tanh -> dense(1)
-}
-train {
-    target v: [1]
-    loss = mse(y, v)
-    optimizer = sgd(lr = 0.01)
-}
-"""
-
-
 def _train_small(steps: int):
     import nnspec
-    net = nnspec.compile(SMALL, dtype="float32", seed=2)
+    from test_cuda_sim import REGRESSION          # a 5-6-3 tanh regression
+    net = nnspec.compile(REGRESSION, dtype="float32", seed=2)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((8, 16)).astype(np.float32)
-    v = rng.standard_normal((8, 1)).astype(np.float32)
-    losses = [net.train_step({"x": x}, {"v": v}, 0.05) for _ in range(steps)]
+    x = rng.standard_normal((8, 5)).astype(np.float32)
+    t = rng.standard_normal((8, 3)).astype(np.float32)
+    losses = [net.train_step({"x": x}, {"t": t}, 0.05) for _ in range(steps)]
     return net, losses
 
 

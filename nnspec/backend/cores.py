@@ -14,6 +14,7 @@ import os
 import threading
 from pathlib import Path
 import time
+from statistics import median
 from time import perf_counter
 
 
@@ -192,9 +193,9 @@ class Pace:
         ref = self.ref
         if ref is None:
             if len(r) == self.WINDOW:
-                self.ref = _median(r)
+                self.ref = median(r)
             return
-        m = _median(r)
+        m = median(r)
         if m > self.DRIFT * ref:                # slower: the load may have come
             if not self.single and m > self.JUMP * ref:
                 return self._choose(True, self.FIRST)
@@ -212,7 +213,7 @@ class Pace:
         if len(sh) > self.WINDOW:
             del sh[0]
         if len(sh) == self.WINDOW:
-            free = _median(sh) >= self.FREE
+            free = median(sh) >= self.FREE
             if free and self.free is False:     # the core is ours again
                 self.interval = self.FIRST
             self.free = free
@@ -223,12 +224,12 @@ class Pace:
     def _probed(self, seconds):
         p, other = self.probe, not self.single
         p[self._ran].append(seconds)
-        cur = _median(p[self.single]) if p[self.single] else self.ref
+        cur = median(p[self.single]) if p[self.single] else self.ref
         if self._ran == other and seconds > self.JUMP * cur:
             return self._keep(p, cur)
         if len(p[self.single]) < self.PAIRS:
             return
-        if _median(p[other]) < self.MARGIN * cur:
+        if median(p[other]) < self.MARGIN * cur:
             self.hold = 0.0
             self._choose(other, self.FIRST)
         else:
@@ -247,12 +248,6 @@ class Pace:
         self.single, self.ref, self.interval = single, None, interval
         self.probe, self.since = None, 0.0
         del self.recent[:]
-
-
-def _median(xs):
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
 def paced() -> bool:
@@ -319,15 +314,12 @@ _thread_time = getattr(time, "thread_time", None)
 
 
 _full = threading.local()          # per thread: the bound before any limit
-_cpu_local = []
 
 
 def _cpu_threads():
     """cpu.py's per-thread thread counts (imported late: cpu.py imports this)."""
-    if not _cpu_local:
-        from .cpu import _threads
-        _cpu_local.append(_threads)
-    return _cpu_local[0]
+    from .cpu import _threads
+    return _threads
 
 
 def limit(one: bool) -> None:
