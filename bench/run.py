@@ -2,7 +2,7 @@
 
     python bench/run.py                      # every workload, nnspec and (if importable) torch
     python bench/run.py --torch-python /tmp/venv-torch/bin/python   # torch from another venv
-    python bench/run.py --only mlp_small --reps 2000
+    python bench/run.py --only mlp_small --rounds 3 --seconds 0.5
     python bench/run.py --jax-python /tmp/venv-jax/bin/python      # JAX's jit too
     python bench/busy.py ...                 # quiet and beside a busy process per core
 
