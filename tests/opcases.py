@@ -229,6 +229,15 @@ CASES = [
     *conv_family("1d-c16-causal-dil2", (2, 16, 9), (16, 16, 3), conv(1, dilation=2, pad="causal")),
     *conv_family("2d-c16-full", (1, 16, 4, 3), (16, 16, 2, 3), conv(2, pad="full")),
     *conv_family("2d-c16-valid", (2, 16, 6, 6), (16, 16, 3, 3), conv(2)),
+    # 1x1, stride 1, no padding, one group: one GEMM per image in NCHW (conv's
+    # _pointwise), with and without bias, 1-d and 2-d; strided 1x1 goes by rows
+    *conv_family("2d-pointwise", (3, 5, 3, 4), (7, 5, 1, 1), conv(2)),
+    *conv_family("2d-pointwise-c16-bias", (2, 17, 2, 3), (9, 17, 1, 1), conv(2, bias=True)),
+    *conv_family("1d-pointwise", (2, 4, 5), (3, 4, 1), conv(1, pad="same")),
+    *conv_family("2d-1x1-s2", (2, 16, 5, 4), (6, 16, 1, 1), conv(2, stride=2)),
+    # more than 64 output channels (ROWS_BY_PIXEL_MAX_O): the channels-last
+    # product is [o, pixel]; in the input gradient too (72 input channels)
+    *conv_family("2d-c72-o72-pad1", (2, 72, 3, 4), (72, 72, 3, 3), conv(2, pad=1, bias=True)),
     CA("conv_transpose", [X(2, 16, 4, 5), P(16, 16, 3, 3)], "2d-c16-p1", tconv(2, pad=1)),
     CA("conv_transpose", [X(2, 3, 4, 5), P(3, 2, 3, 3)], "2d-s2-p1-op1",
        tconv(2, stride=2, pad=1, output_padding=1)),
@@ -313,9 +322,12 @@ CASES = [
     *[C("batchnorm_synced", [X(*x), P(3), P(3), P(2, 3, kind="pos"), P(3, kind="pos"),
                              I(8, high=1, batched=False)], note, fd=False, eps=1e-5)
       for x, note in (((5, 3), "2d"), ((2, 3, 4, 5), "nchw"))],
+    # the split form of a training batchnorm in one process: no comm
+    C("batchnorm_synced", [X(2, 3, 5), P(3), P(3), P(2, 3, kind="pos"), P(3, kind="pos")],
+      "split", fd=False, eps=1e-5, synced=False),
     *[C("batchnorm_synced_grad", [X(2, 3, 5), X(2, 3, 5), P(3), P(2, 3, kind="pos"),
                                   P(3, kind="pos"), P(2, 3)], part, part=part, eps=1e-3)
-      for part in ("input", "weight")],
+      for part in ("input", "weight", "bias")],
     C("bn_synced_stat", [P(2, 3, kind="pos"), P(3, kind="pos"), P(3)], "mean", stat="mean",
       momentum=0.1),
     C("bn_synced_stat", [P(2, 3, kind="pos"), P(3, kind="pos"), P(3)], "var", stat="var",

@@ -208,7 +208,11 @@ def test_free_running_on_a_compiled_seq2seq():
     np.testing.assert_array_equal(again, free)                   # a fixed point of its own feed
 
 
-def test_seq2seq_fit_reports_both_accuracies():
+def test_seq2seq_fit_reports_both_accuracies(monkeypatch):
+    # fit's metrics, on programs the NumPy interpreter runs (nothing to
+    # compile); the compiled seq2seq runs in test_free_running_on_a_compiled_seq2seq
+    # and tests/test_zoo_runs.py
+    monkeypatch.setenv("NNSPEC_DRIVER", "reference")
     net = small("seq2seq.nn", hidden=8, embed=4)
     train, test = load("reverse", net)
     r = fit(net, ({k: v[:256] for k, v in train.items()}, {k: v[:64] for k, v in test.items()}),

@@ -8,6 +8,7 @@ import pytest
 import nnspec
 from nnspec.errors import SpecError
 from nnspec.ops.collective import COMM_INPUT
+from nnspec.passes import sync_bn
 from nnspec.passes.pipeline import build
 
 SPEC = """\
@@ -34,18 +35,48 @@ def pair():
     return nets, {"x": x}, {"label": label}
 
 
-def test_one_process_computes_batchnorm():
-    # [B, C, L] and [B, C] statistics; three steps of SGD with momentum
-    # compare the gradients, the weights and the running statistics
-    (plain, synced), x, y = pair()
-    synced.load_state_dict(plain.state_dict())
+def steps_agree(a, b, x, y, a_whole=False):
+    """Three steps of SGD with momentum: a (built with training batchnorm
+    whole when a_whole) and b give the same losses, weights and running
+    statistics."""
+    b.load_state_dict(a.state_dict())
     for _ in range(3):
-        la = plain.train_step(x, y, 0.1)
-        lb = synced.train_step(x, y, 0.1)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(sync_bn, "SPLIT", not a_whole)    # a's program is built on its first step
+            la = a.train_step(x, y, 0.1)
+        lb = b.train_step(x, y, 0.1)
         assert lb == pytest.approx(la, rel=1e-12)
-    for k, v in plain.state_dict().items():
-        np.testing.assert_allclose(synced.state_dict()[k], v, rtol=1e-10, atol=1e-13,
-                                   err_msg=k)
+    for k, v in a.state_dict().items():
+        np.testing.assert_allclose(b.state_dict()[k], v, rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    """The programs run by the NumPy interpreter (ReferenceStep): these tests
+    compare graphs, and the op table checks each op's kernels against it."""
+    monkeypatch.setenv("NNSPEC_DRIVER", "reference")
+
+
+def test_one_process_computes_batchnorm(interpreted):
+    # [B, C, L] and [B, C] statistics, against batchnorm kept whole
+    (plain, synced), x, y = pair()
+    steps_agree(plain, synced, x, y, a_whole=True)
+
+
+def test_the_split_form_computes_batchnorm(interpreted):
+    # without sync_bn a CPU training program runs batchnorm split (its
+    # statistics once per value): the same as batchnorm whole
+    (whole, _), x, y = pair()
+    (split, _), _, _ = pair()
+    steps_agree(whole, split, x, y, a_whole=True)
+    ops = [n.op for n in build(split.graph, "train", "float64").graph.nodes()]
+    assert ops.count("batchnorm") == 0 and ops.count("batchnorm_synced") == 2
+    assert ops.count("bn_sums") == 2 * 2 + 2 and "allreduce" not in ops
+    assert ops.count("batchnorm_stat") == 0 and ops.count("bn_synced_stat") == 4
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sync_bn, "SPLIT", False)
+        ops = [n.op for n in build(split.graph, "train", "float64").graph.nodes()]
+    assert ops.count("batchnorm") == 2 and "bn_sums" not in ops
 
 
 def test_the_pass_sums_each_statistic_once_and_leaves_eval_alone():

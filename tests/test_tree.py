@@ -231,7 +231,7 @@ def test_trees_are_deterministic_and_labelled_by_their_value():
 
 # ---- the zoo spec ---------------------------------------------------------------------
 
-def test_spec_compiled_gradient_matches_reference_and_trains():
+def test_spec_compiled_gradient_matches_reference_and_trains(monkeypatch):
     net_ = nnspec.compile("specs/recursive_tree.nn", set={"hidden": 8, "embed": 4})
     train, test = load("trees", net_)
     assert train["tok"].shape[1:] == (15,) and len(train["tok"]) + len(test["tok"]) == 10_000
@@ -244,6 +244,10 @@ def test_spec_compiled_gradient_matches_reference_and_trains():
     assert loss == pytest.approx(float(want[g.meta["loss"]]), rel=1e-5)
     for p, gid in ref.items():
         np.testing.assert_allclose(grads[p], want[gid], rtol=1e-4, atol=1e-6, err_msg=p)
+    # an epoch of fit: its training and eval programs interpreted (the compiled
+    # gradient is checked above; the zoo's tree net trains compiled in
+    # tests/test_zoo_runs.py)
+    monkeypatch.setenv("NNSPEC_DRIVER", "reference")
     r = fit(net_, ({k: v[:256] for k, v in train.items()}, {k: v[:64] for k, v in test.items()}),
             epochs=1, progress=False)
     assert np.isfinite(r["test_loss"]) and 0 <= r["test_accuracy"] <= 1

@@ -581,49 +581,67 @@ def _im2row(xt, H, W, C, grp, Cg, kh, kw, Ho, r0, r1, Wo, sh, sw, dh, dw, ph, pw
                             rf[np.uint64(cb + c)] = zero
 
 
+ROWS_BY_PIXEL_MAX_O = 64   # up to these output channels the product is [pixel, o]
+# at most this many floats of gathered rows per task (8 MB in float32): VGG-16's
+# 64-channel 3x3 convolutions at 224x224 gathered 115 MB per image and task
+ROWS_MAX = 1 << 21
 ROWS_BLOCK = 1 << 14    # floats of gathered rows per small GEMM (64 KB: they stay in cache)
 
 
 @kernel
 def _rows_weights(w4, groups, flip, dtype):
-    """The weights as the channels-last GEMM's right operand, [groups, (i, j, c), o].
+    """The weights as the channels-last GEMM's left operand, [groups, o, (i, j, c)].
+    1x1 kernels are w itself; otherwise each output channel's [c, (i, j)] block
+    turns to [(i, j), c], a copy that stays in the cache.
     flip: for the input gradient, a convolution of g with the kernels flipped
-    and the in/out channels swapped (c runs over w's outputs, o over its inputs)."""
+    and the in/out channels swapped (o runs over w's inputs, c over its outputs)."""
     O, Cg, kh, kw = w4.shape
     Og = O // groups
+    if kh * kw == 1 and not flip:
+        return w4.reshape((groups, Og, Cg))
     cin, cout = (Og, Cg) if flip else (Cg, Og)
-    wr = np.empty((groups, kh * kw * cin, cout), dtype=dtype)
+    wr = np.empty((groups, cout, kh * kw * cin), dtype=dtype)
     for grp in range(groups):
-        for o in range(Og):
+        if flip:
             for c in range(Cg):
+                row = wr[grp, c]
                 for i in range(kh):
                     for j in range(kw):
-                        v = w4[grp * Og + o, c, i, j]
-                        if flip:
-                            wr[grp, ((kh - 1 - i) * kw + kw - 1 - j) * Og + o, c] = v
-                        else:
-                            wr[grp, (i * kw + j) * Cg + c, o] = v
+                        base = ((kh - 1 - i) * kw + kw - 1 - j) * Og
+                        for o in range(Og):
+                            row[np.uint64(base + o)] = w4[grp * Og + o, c, i, j]
+        else:
+            for o in range(Og):
+                row = wr[grp, o]
+                for c in range(Cg):
+                    for i in range(kh):
+                        for j in range(kw):
+                            row[np.uint64((i * kw + j) * Cg + c)] = w4[grp * Og + o, c, i, j]
     return wr
 
 
 @kernel(parallel=True)
-def _conv_rows(x4, wr, kh, kw, o3, bias, has_bias, sh, sw, dh, dw, ph, pw, Ho, Wo):
+def _conv_rows(x4, wr, kh, kw, o3, bias, has_bias, sh, sw, dh, dw, ph, pw, Ho, Wo,
+               by_pixel):
     """The forward channels-last (weights from `_rows_weights`): each task turns its
     images to [H, W, C], gathers rows [pixel, (i, j, c)] (runs of C contiguous
-    values) and multiplies them by the weights as [(i, j, c), o].  That GEMM has
-    many rows and few columns, the shape OpenBLAS runs fastest (1.4x W @ cols for
-    a 32-channel 3x3 convolution).  Where the BLAS multiplies small products
-    without packing them (blas_small_gemm) the rows go a few output rows at a
-    time, in the cache: the gather and the GEMM 1.15x faster than with a whole
-    image's rows (1.2 MB); with OpenBLAS's AVX2 kernels that is 1.4x slower, and
-    they go an image at a time."""
+    values) and multiplies the weights [o, (i, j, c)] by them, transposed, into
+    [o, pixel]: the output's own order.  (As rows x weights^T, the shape
+    OpenBLAS runs fastest, its result [pixel, o] had to be written out
+    transposed, which at 7x7 and 2048 channels cost as much as the product.)
+    Where the BLAS multiplies small products without packing them
+    (blas_small_gemm) the rows go a few output rows at a time, in the cache:
+    the gather and the GEMM 1.15x faster than with a whole image's rows (1.2 MB);
+    with OpenBLAS's AVX2 kernels that is 1.4x slower, and they go an image at a
+    time."""
     B, C, H, W = x4.shape
-    groups, K, Og = wr.shape
+    groups, Og, K = wr.shape
     Cg = K // (kh * kw)
     P = Ho * Wo
     nb, tasks, restore = _plan(B, P, K, 1)
     nc = (B + nb - 1) // nb
-    my = max(1, ROWS_BLOCK // max(Wo * K, 1)) if blas_small_gemm() else nb * Ho
+    my = max(1, ROWS_BLOCK // max(Wo * K, 1)) if blas_small_gemm() else \
+        max(1, min(nb * Ho, ROWS_MAX // max(Wo * K, 1)))
     zero = o3.dtype.type(0)
     for task in prange(tasks):
         xt = np.empty(nb * H * W * C, dtype=o3.dtype)
@@ -640,8 +658,14 @@ def _conv_rows(x4, wr, kh, kw, o3, bias, has_bias, sh, sw, dh, dw, ph, pw, Ho, W
                     rows = rowbuf[:m * K].reshape((m, K))
                     _im2row(xt, H, W, C, grp, Cg, kh, kw, Ho, r0, r1, Wo, sh, sw, dh, dw,
                             ph, pw, rows)
-                    res = resbuf[:m * Og].reshape((m, Og))
-                    np.dot(rows, wr[grp], res)
+                    # the product as [pixel, o] or [o, pixel]: element (i, o) at
+                    # i si + o so
+                    if by_pixel:
+                        np.dot(rows, wr[grp].T, resbuf[:m * Og].reshape((m, Og)))
+                        si, so = Og, 1
+                    else:
+                        np.dot(wr[grp], rows.T, resbuf[:m * Og].reshape((Og, m)))
+                        si, so = 1, m
                     for r in range(r0, r1):
                         t, q = r // Ho, (r % Ho) * Wo
                         rb = (r - r0) * Wo
@@ -649,7 +673,37 @@ def _conv_rows(x4, wr, kh, kw, o3, bias, has_bias, sh, sw, dh, dw, ph, pw, Ho, W
                             add = bias[grp * Og + o] if has_bias else zero
                             orow = o3[b0 + t, grp * Og + o]
                             for p in range(Wo):
-                                orow[np.uint64(q + p)] = resbuf[np.uint64((rb + p) * Og + o)] + add
+                                orow[np.uint64(q + p)] = \
+                                    resbuf[np.uint64((rb + p) * si + o * so)] + add
+    _unplan(restore)
+
+
+@kernel
+def _pointwise(x4, w4, o4, stride, ph, pw, groups):
+    """A 1x1 convolution of stride 1, no padding and one group: per image the
+    product w [O, C] x[b] [C, H W] in the layout's own order, no copies."""
+    return (w4.shape[2] == 1 and w4.shape[3] == 1 and stride[0] == 1 and stride[1] == 1
+            and ph == 0 and pw == 0 and groups == 1 and o4.shape[2] == x4.shape[2]
+            and o4.shape[3] == x4.shape[3])
+
+
+@kernel(parallel=True)
+def _conv_pointwise(x4, wf, o3, bias, has_bias):
+    """out[b] = wf [O, C] x[b] [C, P] (+ bias): one GEMM per image, images split
+    over the tasks (ResNet-50's 1x1 convolutions: 1.5-3x the channels-last
+    path, which copied x to [H, W, C] and gathered rows first)."""
+    B, C = x4.shape[0], x4.shape[1]
+    O, P = o3.shape[1], o3.shape[2]
+    nb, tasks, restore = _plan(B, P, C, 1)
+    for task in prange(tasks):
+        for b in range(task, B, tasks):
+            np.dot(wf, x4[b].reshape((C, P)), o3[b])
+            if has_bias:
+                for o in range(O):
+                    orow = o3[b, o]
+                    add = bias[o]
+                    for p in range(P):
+                        orow[np.uint64(p)] += add
     _unplan(restore)
 
 
@@ -662,9 +716,13 @@ def _conv(x, w, out, bias, has_bias, stride, dil, code, lo, hi, groups):
     B, Ho, Wo = x4.shape[0], o4.shape[2], o4.shape[3]
     P = Ho * Wo
     o3 = _flat3(out)
+    if _pointwise(x4, w4, o4, stride, ph, pw, groups):
+        _conv_pointwise(x4, w4.reshape((O, Cg)), o3, bias, has_bias)
+        return
     if Cg >= ROWS_MIN_C:
         _conv_rows(x4, _rows_weights(w4, groups, False, out.dtype), kh, kw, o3, bias, has_bias,
-                   stride[0], stride[1], dil[0], dil[1], ph, pw, Ho, Wo)
+                   stride[0], stride[1], dil[0], dil[1], ph, pw, Ho, Wo,
+                   Og <= ROWS_BY_PIXEL_MAX_O)
         return
     nb, tasks, restore = _plan(B, P, K, groups)
     nc = (B + nb - 1) // nb
@@ -713,13 +771,24 @@ def _conv_back_data(g, w, dx, stride, dil, code, lo, groups):
     P = Ho * Wo
     qh, qw = dil[0] * (kh - 1) - ph, dil[1] * (kw - 1) - pw
     H, W = dx4.shape[2], dx4.shape[3]
+    if _pointwise(dx4, w4, g4, stride, ph, pw, groups):
+        # dx[b] = w^T [C, O] g[b] [O, P]
+        wt = w4.reshape((O, Cg)).T
+        gp, dp = _flat3(g), _flat3(dx)
+        nb, tasks, restore = _plan(B, P, O, 1)
+        for task in prange(tasks):
+            for b in range(task, B, tasks):
+                np.dot(wt, gp[b], dp[b])
+        _unplan(restore)
+        return
     if (stride[0] == 1 and stride[1] == 1 and min(Og, Cg) >= ROWS_MIN_C and qh >= 0
             and qw >= 0 and 2 * H * W <= 3 * P):
         # stride 1: dx is the convolution of g, padded by (qh, qw), with the
         # kernels flipped and their in/out channels swapped: channels-last (where
         # both have 16+ channels, and the padding adds at most half the work)
         _conv_rows(g4, _rows_weights(w4, groups, True, dx.dtype), kh, kw, _flat3(dx),
-                   np.zeros(1, dx.dtype), False, 1, 1, dil[0], dil[1], qh, qw, H, W)
+                   np.zeros(1, dx.dtype), False, 1, 1, dil[0], dil[1], qh, qw, H, W,
+                   Cg <= ROWS_BY_PIXEL_MAX_O)
         return
     # tasks own whole images (every group of them), so no two add into one dx
     nb, tasks, restore = _plan(B, P, K, 1)
@@ -760,10 +829,26 @@ def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
     g4, g3 = _as4(g), _flat3(g)
     B, Ho, Wo = x4.shape[0], g4.shape[2], g4.shape[3]
     P = Ho * Wo
+    if _pointwise(x4, w4, g4, stride, ph, pw, groups):
+        # dw = sum over images of g[b] [O, P] x[b]^T [P, C]: no copies
+        x3 = _flat3(x)
+        nb, tasks, restore = _plan(B, P, O, 1)
+        acc = np.zeros((tasks, O, Cg), dtype=out.dtype)
+        for task in prange(tasks):
+            part = np.empty((O, Cg), dtype=out.dtype)
+            pf = part.reshape(O * Cg)
+            mine = acc[task].reshape(O * Cg)
+            for b in range(task, B, tasks):
+                np.dot(g3[b], x3[b].T, part)
+                for q in range(O * Cg):
+                    mine[np.uint64(q)] += pf[np.uint64(q)]
+        _unplan(restore)
+        _sum_tasks(acc, out.reshape(O * K))
+        return
     nb, tasks, restore = _plan(B, P, K, groups)
     nc = (B + nb - 1) // nb
-    # each task sums its images' products into its own dw^T: cols gg^T (K x Og, the
-    # shape OpenBLAS runs fastest: many rows, few columns)
+    # each task sums its images' products cols gg^T into its own dw^T [K, O] (the
+    # GEMM's faster orientation: 1.1-1.2x gg cols^T), transposed once at the end
     acc = np.zeros((tasks, K, O), dtype=out.dtype)
     for task in prange(tasks):
         colbuf = np.empty(K * nb * P, dtype=out.dtype)
@@ -784,13 +869,29 @@ def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
                 for o in range(Og):
                     mine[np.uint64(k * O + grp * Og + o)] += pf[np.uint64(k * Og + o)]
     _unplan(restore)
+    # out [O, K] = the tasks' sum, transposed in tiles of 16 x 16 (a plain
+    # strided pass took milliseconds at 512 channels, 3x3)
     of = out.reshape((O, K))
-    for o in range(O):
-        for k in range(K):
-            v = acc[0, k, o]
-            for task in range(1, tasks):
-                v += acc[task, k, o]
-            of[o, k] = v
+    for o0 in range(0, O, 16):
+        for k0 in range(0, K, 16):
+            for o in range(o0, min(o0 + 16, O)):
+                for k in range(k0, min(k0 + 16, K)):
+                    v = acc[0, k, o]
+                    for task in range(1, tasks):
+                        v += acc[task, k, o]
+                    of[o, k] = v
+
+
+@kernel
+def _sum_tasks(acc, of):
+    """of = the sum of the tasks' parts acc[task] (each of.size long)."""
+    a = acc.reshape(acc.size)
+    n = of.size
+    for q in range(n):
+        v = a[np.uint64(q)]
+        for task in range(1, acc.shape[0]):
+            v += a[np.uint64(task * n + q)]
+        of[np.uint64(q)] = v
 
 
 @kernel

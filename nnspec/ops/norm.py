@@ -530,13 +530,20 @@ class BnSums(Op):
 
 class BatchNormSynced(Op):
     """batchnorm_synced(x, weight, bias, s1, s2, comm; eps): batchnorm in
-    training with the statistics of the whole batch, every rank's (s1, s2
-    summed by allreduce).  Its gradient sums its own statistics' gradients
-    over the ranks (comm)."""
+    training with the statistics s1, s2 of bn_sums: the whole batch's, every
+    rank's, summed by allreduce, and the gradient sums its own statistics'
+    gradients over the ranks (comm).  With synced=false it has no comm:
+    the statistics are this process's (the split form of a training
+    batchnorm, passes/sync_bn.py)."""
     name = "batchnorm_synced"
-    arity = 6
+    arity = None
 
     def infer(self, attrs, shapes, dtypes):
+        want = 6 if attrs.get("synced", True) else 5
+        if len(shapes) != want:
+            raise ShapeError(f"batchnorm_synced: takes x, weight, bias, s1, s2"
+                             f"{', comm' if want == 6 else ''} (synced="
+                             f"{str(want == 6).lower()}), got {len(shapes)} inputs")
         x = tuple(shapes[0])
         _check_x(self.name, x)
         _per_channel(self.name, x, shapes[1:3], ("weight", "bias"))
@@ -545,54 +552,67 @@ class BatchNormSynced(Op):
                              f"do not match {fmt(x)}")
         return x, dtypes[0]
 
-    def reference(self, attrs, x, w, b, s1, s2, comm):
+    def reference(self, attrs, x, w, b, s1, s2, comm=None):
         mean, var, _ = _sync_stats(s1, s2)
         inv = 1.0 / np.sqrt(var + attrs.get("eps", 1e-5))
         return (x - _bc(mean, x.ndim)) * _bc(inv * w, x.ndim) + _bc(b, x.ndim)
 
     def grad(self, gb, node, g):
-        x, w, b, s1, s2, comm = node.inputs
+        x, w, b, s1, s2 = node.inputs[:5]
+        comm = node.inputs[5:]
         at = {"eps": node.attrs.get("eps", 1e-5)}
         local = gb.add("bn_sums", (g, x, s1), {"kind": "grad"})
-        dx = dw = None
+        dx = dw = db = None
         if gb.wants(0):
-            total = gb.add("allreduce", (local, comm), {"weighted": True})
+            total = gb.add("allreduce", (local, comm[0]), {"weighted": True}) if comm \
+                else local
             dx = gb.add("batchnorm_synced_grad", (g, x, w, s1, s2, total),
                         {**at, "part": "input"})
-        if gb.wants(1):        # this rank's share; the step sums the ranks' gradients
+        # dweight and dbias: this rank's share; the step sums the ranks' gradients
+        if gb.wants(1):
             dw = gb.add("batchnorm_synced_grad", (g, x, w, s1, s2, local),
                         {**at, "part": "weight"})
-        db = gb.add("sum", (g,), {"axes": list(_channel_axes(len(node.shape)))}) \
-            if gb.wants(2) else None
-        return [dx, dw, db, None, None, None]
+        if gb.wants(2):         # sum g, which the sums hold
+            db = gb.add("batchnorm_synced_grad", (g, x, w, s1, s2, local),
+                        {**at, "part": "bias"})
+        return [dx, dw, db, None, None] + [None] * len(comm)
 
     def kernel(self, attrs):
-        return batchnorm_synced, (float(attrs.get("eps", 1e-5)),)
+        return (batchnorm_synced if attrs.get("synced", True) else batchnorm_split), \
+            (float(attrs.get("eps", 1e-5)),)
 
 
 class BatchNormSyncedGrad(Op):
     """batchnorm_synced_grad(g, x, weight, s1, s2, gs; part, eps): part
     "input": dL/dx from the whole batch's gradient sums gs (bn_grad_sums
-    summed over the ranks); part "weight": sum g * xhat from gs = this rank's."""
+    summed over the ranks); "weight": sum g * xhat, and "bias": sum g, from
+    gs = this rank's (neither reads g or x)."""
     name = "batchnorm_synced_grad"
     arity = 6
     differentiable = False
 
     def infer(self, attrs, shapes, dtypes):
+        if attrs.get("part", "input") not in ("input", "weight", "bias"):
+            raise ShapeError(f"batchnorm_synced_grad: part must be input, weight or bias, "
+                             f"got {attrs.get('part')!r}")
         return _grad_shape(self.name, attrs, shapes, dtypes)
 
     def reference(self, attrs, g, x, w, s1, s2, gs):
         mean, var, n = _sync_stats(s1, s2)
         inv = 1.0 / np.sqrt(var + attrs.get("eps", 1e-5))
-        if attrs.get("part", "input") == "weight":
+        part = attrs.get("part", "input")
+        if part == "weight":
             return gs[1] * inv
+        if part == "bias":
+            return gs[0].copy()
         xhat = (x - _bc(mean, x.ndim)) * _bc(inv, x.ndim)
         return _bc(inv * w, x.ndim) * (g - _bc(gs[0] / n, x.ndim)
                                        - xhat * _bc(gs[1] * inv / n, x.ndim))
 
     def kernel(self, attrs):
-        fn = (batchnorm_synced_grad_weight if attrs.get("part") == "weight"
-              else batchnorm_synced_grad_input)
+        part = attrs.get("part", "input")
+        fn = {"weight": batchnorm_synced_grad_weight, "bias": batchnorm_synced_grad_bias,
+              "input": batchnorm_synced_grad_input}[part]
         return fn, (float(attrs.get("eps", 1e-5)),)
 
 
@@ -655,8 +675,18 @@ def bn_grad_sums(g, x, s1, out):
         out[1, c] = e
 
 
-@kernel(parallel=True)
+@kernel
 def batchnorm_synced(x, w, b, s1, s2, comm, out, eps):
+    _batchnorm_apply(x, w, b, s1, s2, out, eps)
+
+
+@kernel
+def batchnorm_split(x, w, b, s1, s2, out, eps):
+    _batchnorm_apply(x, w, b, s1, s2, out, eps)
+
+
+@kernel(parallel=True)
+def _batchnorm_apply(x, w, b, s1, s2, out, eps):
     x3, o3 = _as3(x), _as3(out)
     T = out.dtype.type
     for c in prange(x3.shape[1]):
@@ -696,11 +726,17 @@ def batchnorm_synced_grad_weight(g, x, w, s1, s2, gs, out, eps):
     _batchnorm_synced_grad(g, x, w, s1, s2, gs, out.reshape((1, out.size, 1)), eps, True)
 
 
-@kernel(parallel=True)
+@kernel
+def batchnorm_synced_grad_bias(g, x, w, s1, s2, gs, out, eps):
+    for c in range(out.size):
+        out[c] = gs[0, c]
+
+
+@kernel
 def bn_synced_stat(s1, s2, s, out, momentum, var):
     T = out.dtype.type
     m = T(momentum)
-    for c in prange(s.shape[0]):
+    for c in range(s.shape[0]):      # [C]: threads would cost more
         n = s1[1, c]
         new = s2[c] / max(n - T(1), T(1)) if var else s1[0, c] / n
         out[c] = (T(1) - m) * s[c] + m * new

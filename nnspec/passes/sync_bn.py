@@ -13,6 +13,15 @@ statistics over the ranks too (ops/norm.py).  `comm` is a program input,
 COMM_INPUT, that the network feeds (ops/collective.py): zeros in one process,
 where every allreduce copies and the program computes what batchnorm does.
 Eval programs keep batchnorm, which reads the running statistics.
+
+Without sync_bn the same rewrite, less the allreduces and `comm`, is what a
+CPU training program runs (SPLIT): batchnorm computes its batch's mean and
+variance in each of its kernels (batchnorm, the two batchnorm_stat, the two
+parts of batchnorm_grad: ten passes over x), where the split form reads x
+twice for them once, and its gradient reads g and x once for both of its
+sums (ResNet-50's batch norms are most of its memory traffic outside the
+convolutions).  The CUDA backend keeps batchnorm (it has kernels for it,
+and none for these yet).
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ from ..ir import Graph
 from ..ops.collective import COMM_INPUT, COMM_SIZE
 from .util import add_raw, copy_node, empty_like
 
+SPLIT = True        # False: training batchnorm stays whole without sync_bn (tests compare)
 
 def wanted(graph: Graph) -> bool:
     """Whether the spec asks for synchronised batch statistics."""
@@ -29,12 +39,15 @@ def wanted(graph: Graph) -> bool:
 def synchronise(graph: Graph) -> Graph:
     bns = {n.id for n in graph.nodes()
            if n.op in ("batchnorm", "batchnorm_stat") and n.attrs.get("training")}
-    if not bns or not wanted(graph):
+    sync = wanted(graph)
+    if not bns or not (sync or SPLIT):
         return graph
-    if COMM_INPUT in graph:
+    if sync and COMM_INPUT in graph:
         raise ValueError(f"sync_bn: the graph already has a node '{COMM_INPUT}'")
     g = empty_like(graph)
-    add_raw(g, COMM_INPUT, "input", (), {"kind": "input"}, (COMM_SIZE,), "int64")
+    comm = (COMM_INPUT,) if sync else ()
+    if sync:
+        add_raw(g, COMM_INPUT, "input", (), {"kind": "input"}, (COMM_SIZE,), "int64")
     stats: dict = {}
 
     def stats_of(n):
@@ -45,10 +58,15 @@ def synchronise(graph: Graph) -> Graph:
             def node(name, op, ins, shape, attrs=None):
                 return add_raw(g, g.unique(f"{x}.{name}"), op, ins, attrs or {}, shape, dt,
                                n.layer, n.loc)
-            local = node("local_sums", "bn_sums", (x,), (2, c), {"kind": "x"})
-            s1 = node("sums", "allreduce", (local, COMM_INPUT), (2, c), {"weighted": False})
-            local = node("local_sqsums", "bn_sums", (x, s1), (c,), {"kind": "sq"})
-            s2 = node("sqsums", "allreduce", (local, COMM_INPUT), (c,), {"weighted": False})
+
+            def summed(name, local):        # over the ranks, or this process's own
+                if not sync:
+                    return local
+                return node(name, "allreduce", (local, COMM_INPUT), g.shape(local),
+                            {"weighted": False})
+            s1 = summed("sums", node("local_sums", "bn_sums", (x,), (2, c), {"kind": "x"}))
+            s2 = summed("sqsums", node("local_sqsums", "bn_sums", (x, s1), (c,),
+                                       {"kind": "sq"}))
             stats[x] = s1, s2
         return stats[x]
 
@@ -59,8 +77,9 @@ def synchronise(graph: Graph) -> Graph:
         s1, s2 = stats_of(n)
         if n.op == "batchnorm":
             x, w, b, _, _ = n.inputs
-            add_raw(g, n.id, "batchnorm_synced", (x, w, b, s1, s2, COMM_INPUT),
-                    {"eps": n.attrs.get("eps", 1e-5)}, n.shape, n.dtype, n.layer, n.loc)
+            add_raw(g, n.id, "batchnorm_synced", (x, w, b, s1, s2) + comm,
+                    {"eps": n.attrs.get("eps", 1e-5), "synced": sync}, n.shape, n.dtype,
+                    n.layer, n.loc)
         else:
             attrs = {k: v for k, v in n.attrs.items() if k in ("stat", "momentum", "updates")}
             add_raw(g, n.id, "bn_synced_stat", (s1, s2, n.inputs[1]), attrs, n.shape,
