@@ -36,7 +36,7 @@ spec, size, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(
 graph = nnspec.lower(spec)
 sets = {"size": size} if "size" in graph.meta.get("args", {}) else {}
 if "classes" in graph.meta.get("args", {}):
-    sets["classes"] = 10
+    sets["classes"] = 1000          # ImageNet's, as bench/torch_zoo.py's networks
 net = nnspec.compile(spec, set=sets, seed=0)
 rng = np.random.default_rng(0)
 (xname, shape), = net.inputs.items()

@@ -411,6 +411,24 @@ def test_channels_last_convolutions_either_blocking(small, tmp_path):
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
 
 
+def test_channels_last_weight_gradient_in_blocks_of_rows():
+    """The weight gradient gathers at most conv.ROWS_MAX floats of rows at a
+    time: at 16 x 40 x 200 with 5x5 kernels an image's rows go in two blocks
+    (26 rows and 14); every row is added once."""
+    from nnspec.backend.jit import jitted
+    from nnspec.ops import conv
+    rng = np.random.default_rng(7)
+    attrs = {"stride": [1, 1], "dilation": [1, 1], "pad": [[2, 2], [1, 3]], "groups": 1}
+    extra = conv._extra(attrs, 2)
+    x, w = rng.standard_normal((2, 16, 40, 200)), rng.standard_normal((3, 16, 5, 5))
+    g = rng.standard_normal(conv.conv_out_shape("conv", attrs, x.shape, w.shape))
+    assert 26 * 200 * 16 * 25 <= conv.ROWS_MAX < 27 * 200 * 16 * 25    # blocks of 26 rows
+    dw = np.zeros(w.shape)
+    jitted(conv.conv_grad_weight)(x, g, w, dw, *extra)
+    want = all_ops()["conv_grad_weight"].reference(attrs, x, g, w)
+    np.testing.assert_allclose(dw, want, rtol=1e-10, atol=1e-9)
+
+
 KEEP_FREED = """
 import resource, sys
 import numpy as np

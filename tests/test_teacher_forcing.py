@@ -250,7 +250,10 @@ def test_compiled_gradient_through_the_blend_matches_the_reference():
         np.testing.assert_allclose(grads[p], ref[gid], rtol=1e-9, atol=1e-12, err_msg=p)
 
 
-def test_fit_draws_masks_and_reports_both_scores():
+def test_fit_draws_masks_and_reports_both_scores(monkeypatch):
+    # fit's schedule and scores, on programs the NumPy interpreter runs (the
+    # compiled blend is checked against it above)
+    monkeypatch.setenv("NNSPEC_DRIVER", "reference")
     net = nnspec.compile(spec(train="  teacher_forcing = exponential(0.9)\n"))
     train, test = sines_subset(net)
     r = fit(net, (train, test), epochs=2, batch=16, progress=False)

@@ -585,6 +585,7 @@ ROWS_BY_PIXEL_MAX_O = 64   # up to these output channels the product is [pixel, 
 # at most this many floats of gathered rows per task (8 MB in float32): VGG-16's
 # 64-channel 3x3 convolutions at 224x224 gathered 115 MB per image and task
 ROWS_MAX = 1 << 21
+ROWS_GRAD_WEIGHT = True     # the weight gradient channels-last where the forward is
 ROWS_BLOCK = 1 << 14    # floats of gathered rows per small GEMM (64 KB: they stay in cache)
 
 
@@ -829,6 +830,11 @@ def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
     g4, g3 = _as4(g), _flat3(g)
     B, Ho, Wo = x4.shape[0], g4.shape[2], g4.shape[3]
     P = Ho * Wo
+    if Cg >= ROWS_MIN_C and ROWS_GRAD_WEIGHT and not _pointwise(x4, w4, g4, stride, ph, pw,
+                                                                 groups):
+        _grad_weight_rows(x4, g3, w4, kh, kw, stride[0], stride[1], dil[0], dil[1], ph, pw,
+                          Ho, Wo, groups)
+        return
     if _pointwise(x4, w4, g4, stride, ph, pw, groups):
         # dw = sum over images of g[b] [O, P] x[b]^T [P, C]: no copies
         x3 = _flat3(x)
@@ -880,6 +886,63 @@ def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
                     for task in range(1, tasks):
                         v += acc[task, k, o]
                     of[o, k] = v
+
+
+@kernel(parallel=True)
+def _grad_weight_rows(x4, g3, out, kh, kw, sh, sw, dh, dw, ph, pw, Ho, Wo, groups):
+    """The weight gradient channels-last, as the forward's `_conv_rows`: each task
+    turns its images to [H, W, C], gathers rows [pixel, (i, j, c)] a block of
+    output rows at a time (at most ROWS_MAX floats) and adds g's block [o, pixel]
+    times them, [o, (i, j, c)], into its own sum; the sums are added and laid
+    out as w [o, c, i, j] at the end.  Its columns in NCHW order took a whole
+    image at a time (VGG-16's first 3x3 convolutions: 115 MB per task)."""
+    B, C, H, W = x4.shape
+    O, Cg = out.shape[0], out.shape[1]
+    Og, K = O // groups, Cg * kh * kw
+    P = Ho * Wo
+    nb, tasks, restore = _plan(B, P, K, 1)
+    nc = (B + nb - 1) // nb
+    my = max(1, min(nb * Ho, ROWS_MAX // max(Wo * max(K, Og), 1)))
+    acc = np.zeros((tasks, O, K), dtype=out.dtype)
+    for task in prange(tasks):
+        xt = np.empty(nb * H * W * C, dtype=out.dtype)
+        rowbuf = np.empty(my * Wo * K, dtype=out.dtype)
+        ggbuf = np.empty(Og * my * Wo, dtype=out.dtype)
+        part = np.empty((Og, K), dtype=out.dtype)
+        pf = part.reshape(Og * K)
+        mine = acc[task].reshape(O * K)
+        for u in range(task, nc, tasks):
+            b0 = u * nb
+            n = min(nb, B - b0)
+            _to_hwc(x4, b0, n, xt)
+            for grp in range(groups):
+                for r0 in range(0, n * Ho, my):
+                    r1 = min(r0 + my, n * Ho)
+                    m = (r1 - r0) * Wo
+                    rows = rowbuf[:m * K].reshape((m, K))
+                    _im2row(xt, H, W, C, grp, Cg, kh, kw, Ho, r0, r1, Wo, sh, sw, dh, dw,
+                            ph, pw, rows)
+                    gg = ggbuf[:Og * m].reshape((Og, m))
+                    for o in range(Og):
+                        dst = gg[o]
+                        for r in range(r0, r1):
+                            src = g3[b0 + r // Ho, grp * Og + o]
+                            q, rb = (r % Ho) * Wo, (r - r0) * Wo
+                            for p in range(Wo):
+                                dst[np.uint64(rb + p)] = src[np.uint64(q + p)]
+                    np.dot(gg, rows, part)
+                    base = grp * Og * K
+                    for q in range(Og * K):
+                        mine[np.uint64(base + q)] += pf[np.uint64(q)]
+    _unplan(restore)
+    total = np.empty((O, K), dtype=out.dtype)
+    _sum_tasks(acc, total.reshape(O * K))
+    for o in range(O):         # [(i, j, c)] -> [c, i, j]
+        row = total[o]
+        for c in range(Cg):
+            for i in range(kh):
+                for j in range(kw):
+                    out[o, c, i, j] = row[np.uint64((i * kw + j) * Cg + c)]
 
 
 @kernel
