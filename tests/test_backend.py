@@ -411,18 +411,27 @@ def test_channels_last_convolutions_either_blocking(small, tmp_path):
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
 
 
-def test_channels_last_weight_gradient_in_blocks_of_rows():
-    """The weight gradient gathers at most conv.ROWS_MAX floats of rows at a
-    time: at 16 x 40 x 200 with 5x5 kernels an image's rows go in two blocks
-    (26 rows and 14); every row is added once."""
+@pytest.mark.parametrize("xs, ws, attrs", [
+    # an image's rows in two blocks (26 rows and 14)
+    ((2, 16, 40, 200), (3, 16, 5, 5), {"stride": [1, 1], "dilation": [1, 1],
+                                       "pad": [[2, 2], [1, 3]], "groups": 1}),
+    ((1, 32, 60, 400), (4, 16, 5, 5), {"stride": [2, 1], "dilation": [1, 2],
+                                       "pad": [[1, 0], [2, 1]], "groups": 2}),
+    ((2, 16, 9000), (3, 16, 15), {"stride": [1], "dilation": [1], "pad": [[7, 7]],
+                                  "groups": 1}),
+], ids=["blocks", "groups2-strided-dilated", "1d"])
+def test_channels_last_weight_gradient_in_blocks_of_rows(xs, ws, attrs):
+    """Where an image's columns would pass conv.ROWS_MAX floats, the weight
+    gradient gathers channels-last rows a block at a time; every row is added
+    once, in every group, at any stride and dilation, 1-d too."""
     from nnspec.backend.jit import jitted
     from nnspec.ops import conv
     rng = np.random.default_rng(7)
-    attrs = {"stride": [1, 1], "dilation": [1, 1], "pad": [[2, 2], [1, 3]], "groups": 1}
-    extra = conv._extra(attrs, 2)
-    x, w = rng.standard_normal((2, 16, 40, 200)), rng.standard_normal((3, 16, 5, 5))
+    extra = conv._extra(attrs, len(ws) - 2)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
     g = rng.standard_normal(conv.conv_out_shape("conv", attrs, x.shape, w.shape))
-    assert 26 * 200 * 16 * 25 <= conv.ROWS_MAX < 27 * 200 * 16 * 25    # blocks of 26 rows
+    k = int(np.prod(ws[1:]))
+    assert k * int(np.prod(g.shape[2:])) > conv.ROWS_MAX      # the channels-last path
     dw = np.zeros(w.shape)
     jitted(conv.conv_grad_weight)(x, g, w, dw, *extra)
     want = all_ops()["conv_grad_weight"].reference(attrs, x, g, w)

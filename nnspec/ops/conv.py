@@ -20,8 +20,12 @@ conv's in/out roles swapped.
 
 Kernels: im2col + one BLAS product per group and chunk of images, the
 chunks split over Numba's threads with a one-thread BLAS each (`_plan`); a
-forward with 16 or more channels per group runs channels-last (`_conv_rows`);
-1-d runs as 2-d with H = 1; 3-d runs as direct loops over the taps.
+1x1 convolution of stride 1 (ResNet's bottlenecks) is one GEMM per image in
+NCHW itself, forward and both gradients (`_pointwise`); with 16 or more
+channels per group the forward, the stride-1 input gradient and the weight
+gradient run channels-last, rows gathered in blocks of at most ROWS_MAX
+floats (`_conv_rows`, `_grad_weight_rows`); 1-d runs as 2-d with H = 1; 3-d
+runs as direct loops over the taps.
 On CUDA (`Op.cuda`) every axis count runs as 3-d: im2col into a chunk of
 columns and a GEMM per group (cuBLAS), then col2im for the input gradient;
 small groups (depthwise) run direct, one output element per thread.
@@ -585,7 +589,6 @@ ROWS_BY_PIXEL_MAX_O = 64   # up to these output channels the product is [pixel, 
 # at most this many floats of gathered rows per task (8 MB in float32): VGG-16's
 # 64-channel 3x3 convolutions at 224x224 gathered 115 MB per image and task
 ROWS_MAX = 1 << 21
-ROWS_GRAD_WEIGHT = True     # the weight gradient channels-last where the forward is
 ROWS_BLOCK = 1 << 14    # floats of gathered rows per small GEMM (64 KB: they stay in cache)
 
 
@@ -830,8 +833,9 @@ def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
     g4, g3 = _as4(g), _flat3(g)
     B, Ho, Wo = x4.shape[0], g4.shape[2], g4.shape[3]
     P = Ho * Wo
-    if Cg >= ROWS_MIN_C and ROWS_GRAD_WEIGHT and not _pointwise(x4, w4, g4, stride, ph, pw,
-                                                                 groups):
+    if Cg >= ROWS_MIN_C and K * P > ROWS_MAX:
+        # an image's columns over the cap (VGG-16's first convolutions: 115 MB per
+        # task): channels-last in blocks; below it the columns are 1.1-1.7x faster
         _grad_weight_rows(x4, g3, w4, kh, kw, stride[0], stride[1], dil[0], dil[1], ph, pw,
                           Ho, Wo, groups)
         return
