@@ -629,11 +629,12 @@ def _conv_rows(x4, wr, kh, kw, o3, bias, has_bias, sh, sw, dh, dw, ph, pw, Ho, W
                by_pixel):
     """The forward channels-last (weights from `_rows_weights`): each task turns its
     images to [H, W, C], gathers rows [pixel, (i, j, c)] (runs of C contiguous
-    values) and multiplies the weights [o, (i, j, c)] by them, transposed, into
-    [o, pixel]: the output's own order.  (As rows x weights^T, the shape
-    OpenBLAS runs fastest, its result [pixel, o] had to be written out
-    transposed, which at 7x7 and 2048 channels cost as much as the product.)
-    Where the BLAS multiplies small products without packing them
+    values) and multiplies them by the weights [o, (i, j, c)]: with `by_pixel`
+    (up to ROWS_BY_PIXEL_MAX_O output channels) as rows x weights^T into
+    [pixel, o], written out transposed (many rows and few columns, OpenBLAS's
+    faster shape: 1.1x at 64 channels), above it as weights x rows^T into
+    [o, pixel], the output's own order (within the machine's swing of the
+    other at 128-2,048 channels).  Where the BLAS multiplies small products without packing them
     (blas_small_gemm) the rows go a few output rows at a time, in the cache:
     the gather and the GEMM 1.15x faster than with a whole image's rows (1.2 MB);
     with OpenBLAS's AVX2 kernels that is 1.4x slower, and they go an image at a
