@@ -697,19 +697,14 @@ def _conv_pointwise(x4, wf, o3, bias, has_bias):
     """out[b] = wf [O, C] x[b] [C, P] (+ bias): one GEMM per image, images split
     over the tasks (ResNet-50's 1x1 convolutions: 1.5-3x the channels-last
     path, which copied x to [H, W, C] and gathered rows first)."""
-    B, C = x4.shape[0], x4.shape[1]
-    O, P = o3.shape[1], o3.shape[2]
+    B, C, P = x4.shape[0], x4.shape[1], o3.shape[2]
     nb, tasks, restore = _plan(B, P, C, 1)
     for task in prange(tasks):
         for b in range(task, B, tasks):
             np.dot(wf, x4[b].reshape((C, P)), o3[b])
-            if has_bias:
-                for o in range(O):
-                    orow = o3[b, o]
-                    add = bias[o]
-                    for p in range(P):
-                        orow[np.uint64(p)] += add
     _unplan(restore)
+    if has_bias:
+        _add_channel_bias(o3, bias)
 
 
 @kernel(parallel=True)
@@ -851,8 +846,7 @@ def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
             mine = acc[task].reshape(O * Cg)
             for b in range(task, B, tasks):
                 np.dot(g3[b], x3[b].T, part)
-                for q in range(O * Cg):
-                    mine[np.uint64(q)] += pf[np.uint64(q)]
+                _add_at(mine, 0, pf)
         _unplan(restore)
         _sum_tasks(acc, out.reshape(O * K))
         return
@@ -936,9 +930,7 @@ def _grad_weight_rows(x4, g3, out, kh, kw, sh, sw, dh, dw, ph, pw, Ho, Wo, group
                             for p in range(Wo):
                                 dst[np.uint64(rb + p)] = src[np.uint64(q + p)]
                     np.dot(gg, rows, part)
-                    base = grp * Og * K
-                    for q in range(Og * K):
-                        mine[np.uint64(base + q)] += pf[np.uint64(q)]
+                    _add_at(mine, grp * Og * K, pf)
     _unplan(restore)
     total = np.empty((O, K), dtype=out.dtype)
     _sum_tasks(acc, total.reshape(O * K))
@@ -948,6 +940,13 @@ def _grad_weight_rows(x4, g3, out, kh, kw, sh, sw, dh, dw, ph, pw, Ho, Wo, group
             for i in range(kh):
                 for j in range(kw):
                     out[o, c, i, j] = row[np.uint64((i * kw + j) * Cg + c)]
+
+
+@kernel
+def _add_at(dst, base, src):
+    """dst[base:base + src.size] += src (a task's product into its own sum)."""
+    for q in range(src.size):
+        dst[np.uint64(base + q)] += src[np.uint64(q)]
 
 
 @kernel
