@@ -17,6 +17,7 @@ import argparse
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -74,20 +75,33 @@ def torch_step(name):
     return step
 
 
-def median_s(make, name, reps, warmup):
-    """The median time of one step, or why it cannot run."""
+def median_s(make, name, reps, warmup, budget):
+    """(first, median): the seconds to build the step and run it once (the
+    compile), and the median of one step after the warm-up, timing at most
+    `reps` steps or `budget` seconds of them; or why it cannot run."""
     try:
+        t0 = time.perf_counter()
         step = make(name)
+        step()
+        first = time.perf_counter() - t0
         for _ in range(warmup):
             step()
-        times = []
-        for _ in range(max(reps, 1)):
+        from nnspec.backend.cuda import step as cuda_step
+        if cuda_step.PROFILE:              # NNSPEC_CUDA_PROFILE=1: the timed steps only
+            cuda_step.PROFILE.clear()
+        times, t_end = [], time.perf_counter() + budget
+        while len(times) < max(reps, 1) and (len(times) < 3 or time.perf_counter() < t_end):
             t = time.perf_counter()
             step()
             times.append(time.perf_counter() - t)
+        if make is nnspec_step and cuda_step.PROFILE:
+            print(f"\n{name}, {len(times)} steps:", end="")
+            cuda_step._print_profile()
+            cuda_step.PROFILE.clear()
     except Exception as e:          # noqa: BLE001 (reported in the table)
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:70]}"
-    return statistics.median(times)
+        traceback.print_exc()
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:70]}" if str(e) else type(e).__name__
+    return first, statistics.median(times)
 
 
 def main():
@@ -95,6 +109,9 @@ def main():
     ap.add_argument("--only", nargs="*", default=list(WORKLOADS) + list(ZOO))
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10, help="steps before timing (compiles)")
+    ap.add_argument("--budget", type=float, default=10.0,
+                    help="seconds of timed steps at most, per workload and side")
+    ap.add_argument("--no-torch", action="store_true", help="nnspec alone (profiles)")
     args = ap.parse_args()
     try:
         import torch
@@ -104,18 +121,21 @@ def main():
         gpu, tv = None, "no torch"
     import numba
     print(f"GPU {gpu or '?'}; numba {numba.__version__}; {tv}")
-    print(f"\n{'workload':<10} {'batch':>5} {'nnspec cuda':>12} {'torch cuda':>12} {'ratio':>7}  note")
+    print(f"\n{'workload':<10} {'batch':>5} {'nnspec first':>13} {'nnspec cuda':>12} "
+          f"{'torch cuda':>12} {'ratio':>7}  note", flush=True)
     for name in args.only:
-        ours = median_s(nnspec_step, name, args.reps, args.warmup)
-        theirs = median_s(torch_step, name, args.reps, args.warmup) if gpu else "no torch CUDA"
-        ok = isinstance(ours, float) and isinstance(theirs, float)
-        note = "" if ok else (ours if not isinstance(ours, float) else theirs)
-        print(f"{name:<10} {BATCH[name]:>5} {_fmt(ours):>12} {_fmt(theirs):>12} "
-              f"{(ours / theirs if ok else float('nan')):>7.2f}  {note}")
+        ours = median_s(nnspec_step, name, args.reps, args.warmup, args.budget)
+        theirs = (median_s(torch_step, name, args.reps, args.warmup, args.budget) if gpu and not args.no_torch
+                  else "no torch CUDA")
+        ok = isinstance(ours, tuple) and isinstance(theirs, tuple)
+        note = "" if ok else (ours if not isinstance(ours, tuple) else theirs)
+        first = f"{ours[0]:.1f} s" if isinstance(ours, tuple) else "-"
+        print(f"{name:<10} {BATCH[name]:>5} {first:>13} {_fmt(ours):>12} {_fmt(theirs):>12} "
+              f"{(ours[1] / theirs[1] if ok else float('nan')):>7.2f}  {note}", flush=True)
 
 
 def _fmt(t) -> str:
-    return f"{t * 1e3:.3f} ms" if isinstance(t, float) else "-"
+    return f"{t[1] * 1e3:.3f} ms" if isinstance(t, tuple) else "-"
 
 
 if __name__ == "__main__":

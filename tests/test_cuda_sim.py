@@ -125,7 +125,7 @@ from numba import cuda
 warnings.simplefilter("ignore", RuntimeWarning)
 from nnspec.ops import OPS, get_op, load_all
 from nnspec.backend.cuda import fused
-from nnspec.backend.cuda.gemm import TiledGemm
+from nnspec.backend.cuda.gemm import TiledGemm, gemm_provider
 from nnspec.backend.cuda.kernels import kernels
 from nnspec.backend.cuda.runtime import MAX_BLOCKS, THREADS, blocks
 load_all()
@@ -136,21 +136,23 @@ def err(name, got, want):
     errors[name] = float(np.max(np.abs(np.asarray(got, np.float64) - want), initial=0.0)
                          / max(1.0, float(np.max(np.abs(want), initial=0.0))))
 
-# (b) the tiled GEMM against NumPy: odd shapes, every transpose, accumulating
-g = TiledGemm()
-for M, N, K in [(5, 7, 3), (9, 1, 11), (1, 6, 13)]:
-    for ta in (False, True):
-        for tb in (False, True):
-            a = rng.standard_normal((K, M) if ta else (M, K))
-            b = rng.standard_normal((N, K) if tb else (K, N))
-            c = rng.standard_normal((M, N))
-            want = (a.T if ta else a) @ (b.T if tb else b)
-            out = cuda.to_device(c)
-            g(cuda.to_device(a), cuda.to_device(b), out, ta, tb)
-            err(f"gemm {M}x{N}x{K} ta={ta} tb={tb}", out.copy_to_host(), want)
-            out = cuda.to_device(c)
-            g(cuda.to_device(a), cuda.to_device(b), out, ta, tb, accumulate=True)
-            err(f"gemm+= {M}x{N}x{K} ta={ta} tb={tb}", out.copy_to_host(), c + want)
+# (b) the tiled GEMM, and the provider a step uses (cuBLAS on a GPU), against
+# NumPy: odd shapes, every transpose, accumulating
+for g in (TiledGemm(), gemm_provider()):
+    for M, N, K in [(5, 7, 3), (9, 1, 11), (1, 6, 13)]:
+        for ta in (False, True):
+            for tb in (False, True):
+                a = rng.standard_normal((K, M) if ta else (M, K))
+                b = rng.standard_normal((N, K) if tb else (K, N))
+                c = rng.standard_normal((M, N))
+                want = (a.T if ta else a) @ (b.T if tb else b)
+                what = f"{g.name} {M}x{N}x{K} ta={ta} tb={tb}"
+                out = cuda.to_device(c)
+                g(cuda.to_device(a), cuda.to_device(b), out, ta, tb)
+                err(f"gemm {what}", out.copy_to_host(), want)
+                out = cuda.to_device(c)
+                g(cuda.to_device(a), cuda.to_device(b), out, ta, tb, accumulate=True)
+                err(f"gemm+= {what}", out.copy_to_host(), c + want)
 
 # (c) every elementwise op as a fused kernel, its inputs full, a row block, a scalar
 POSITIVE = {"log", "sqrt", "sqrt_grad", "div", "div_grad_b"}
@@ -205,6 +207,46 @@ def test_kernels_match_numpy():
     assert any(k.startswith("gemm") for k in errors)
     bad = {k: e for k, e in errors.items() if not e < 1e-12}
     assert not bad, bad
+
+
+GRAPHS = r"""
+import json, os, numpy as np, nnspec
+from test_cuda_sim import SPECS
+rng = np.random.default_rng(1)
+out = {}
+for name in SPECS:
+    net = nnspec.compile(SPECS[name], dtype="float32", seed=3, device="cuda")
+    net.set_optimizer("sgd", momentum=0.9)
+    x = {"x": rng.standard_normal((5, 5)).astype(np.float32)}
+    t = ({"label": rng.integers(0, 4, 5)} if "label" in net.targets
+         else {"t": rng.standard_normal((5, 3)).astype(np.float32)})
+    losses = [float(net.train_step(x, t, lr=0.05)) for _ in range(4)]
+    prog = net._program("train")
+    out[name] = {"losses": losses, "params": {k: v.tolist() for k, v in net.params.items()},
+                 "graphs": sum(b.graph is not None for b in prog._bound.values()),
+                 "no_graph": prog.no_graph}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not REAL, reason="CUDA graphs need a GPU (NNSPEC_CUDA_REAL=1)")
+def test_graph_replay_equals_launches():
+    """From its second call a step is captured into a CUDA graph and
+    replayed: the losses and parameters after four steps equal those of the
+    same steps launched one by one (NNSPEC_CUDA_GRAPHS=0), bit for bit."""
+    runs = {}
+    for graphs in ("1", "0"):
+        env = {**child_env(), "NNSPEC_CUDA_GRAPHS": graphs}
+        r = subprocess.run([sys.executable, "-c", GRAPHS], env=env, cwd=ROOT, text=True,
+                           capture_output=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[graphs] = json.loads(r.stdout.strip().splitlines()[-1])
+    for name in SPECS:
+        on, off = runs["1"][name], runs["0"][name]
+        assert on["no_graph"] is None and on["graphs"] == 1, on
+        assert off["graphs"] == 0, off
+        assert on["losses"] == off["losses"], name
+        assert on["params"] == off["params"], name
 
 
 def test_device_cuda_without_a_gpu_is_one_line():

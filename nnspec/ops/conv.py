@@ -1109,11 +1109,12 @@ def conv3_transpose_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
 # the op's arrays in place ([O, P] of one image is a matrix), and a pointwise
 # (1x1, stride 1, unpadded) conv's columns are then its input itself.
 
-# Scratch of a GEMM-shaped kernel (each node holds its own): the columns of
-# as many images as make about CUDA_WIDTH columns, at most CUDA_SCRATCH
-# elements (at least one image).
-CUDA_WIDTH = 8192
-CUDA_SCRATCH = 1 << 22
+# Scratch of a GEMM-shaped kernel (the nodes of a step share it: they run one
+# after another): the columns of as many images as make about CUDA_WIDTH
+# columns, at most CUDA_SCRATCH elements (at least one image).  Wide: a
+# GEMM of 64K columns keeps a GPU busy, and each chunk is several launches.
+CUDA_WIDTH = 1 << 16
+CUDA_SCRATCH = 1 << 25
 # Grouped convolutions run as GEMMs per group when both sides of a group have
 # at least this many channels.
 CUDA_GEMM_CHANNELS = 16

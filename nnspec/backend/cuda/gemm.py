@@ -1,16 +1,22 @@
 """GEMMs on the device behind one small interface:
 
-    g = gemm_provider()                  # CuPy's cuBLAS where it works, else the tiled kernel
-    g(a, b, out, ta=False, tb=True)      # out = op(a) @ op(b), 2-D device arrays
-    g(a, b, out, ta, tb, accumulate=True)   # out += op(a) @ op(b)
+    g = gemm_provider()                  # cuBLAS (through CuPy) where it works, else tiled
+    call = g.bind(a, b, out, ta=False, tb=True)   # out = op(a) @ op(b), 2-D device arrays
+    call = g.bind(a, b, out, ta, tb, accumulate=True)   # out += op(a) @ op(b)
+    call()                               # as often as the step runs
+    g(a, b, out, ...)                    # bind and call once
 
-A provider is any callable with that signature (and a `name`): dense layers
-and their gradients go through it, so a later one (cuDNN, nvmath-python)
-replaces both below without touching the programs.
+A provider is any object with those two methods (and a `name`): dense layers,
+convolutions and their gradients go through it, so a later one (cuDNN,
+nvmath-python) replaces the ones below without touching the programs.
+`bind` does everything that does not change between calls (shapes, device
+pointers, the cuBLAS arguments), so a call is one library call.
 
-* `CupyGemm`: cuBLAS through CuPy, reading and writing Numba's device arrays
-  in place through `__cuda_array_interface__` (no copies), on the same
-  (default) stream as the kernels.
+* `CublasGemm`: cuBLAS's GEMM through CuPy's bindings, on Numba's device
+  arrays' memory in place (no copies), row-major as column-major with the
+  operands swapped, `accumulate` as beta = 1 (no temporary: a captured CUDA
+  graph replays exactly these calls).  On `runtime.stream()`: the calls run
+  inside `runtime.on_stream()`, whose stream CuPy gives the handle.
 * `TiledGemm`: a numba.cuda kernel, each block a TILE x TILE tile of `out`
   accumulated from shared-memory tiles of a and b; what runs where CuPy is
   absent.  Its source is rendered per dtype and tile and cached on disk
@@ -24,7 +30,7 @@ import os
 
 from .. import cache
 from ..device import simulated
-from .runtime import arch, watched
+from .runtime import arch, on_stream, stream, watched
 
 TEMPLATE = '''"""nnspec tiled GEMM, {dtype}, {tile}x{tile} tiles, {arch}."""
 import numpy as np
@@ -73,7 +79,19 @@ def _dims(a, b, ta: bool, tb: bool) -> tuple[int, int, int]:
     return M, N, K
 
 
-class TiledGemm:
+class Provider:
+    name = "?"
+
+    def bind(self, a, b, out, ta: bool = False, tb: bool = False, accumulate: bool = False):
+        return functools.partial(self._run, a, b, out, ta, tb, accumulate)
+
+    def __call__(self, a, b, out, ta: bool = False, tb: bool = False,
+                 accumulate: bool = False) -> None:
+        with on_stream():
+            self.bind(a, b, out, ta, tb, accumulate)()
+
+
+class TiledGemm(Provider):
     name = "tiled"
 
     def __init__(self, tile: int | None = None):
@@ -84,23 +102,22 @@ class TiledGemm:
         text = TEMPLATE.format(dtype=dtype, tile=self.tile, arch=arch())
         return watched(cache.load(f"cuda_{arch()}_gemm", text)).gemm
 
-    def __call__(self, a, b, out, ta: bool = False, tb: bool = False,
-                 accumulate: bool = False) -> None:
+    def _run(self, a, b, out, ta, tb, accumulate) -> None:
         M, N, K = _dims(a, b, ta, tb)
         t = self.tile
         grid = (-(-N // t), -(-M // t))
-        self._kernel(str(out.dtype))[grid, (t, t)](a, b, out, M, N, K, ta, tb, accumulate)
+        self._kernel(str(out.dtype))[grid, (t, t), stream()](a, b, out, M, N, K, ta, tb,
+                                                             accumulate)
 
 
-class HostGemm:
+class HostGemm(Provider):
     """The simulator's stand-in for cuBLAS: NumPy's matmul on the memory
     under the simulated device arrays.  A library GEMM, as cuBLAS is on a
     GPU; the tiled kernel, run by the simulator thread by thread, made the
     convolution tests minutes long, and is tested on its own."""
     name = "host"
 
-    def __call__(self, a, b, out, ta: bool = False, tb: bool = False,
-                 accumulate: bool = False) -> None:
+    def _run(self, a, b, out, ta, tb, accumulate) -> None:
         import numpy as np
         A, B, O = (getattr(x, "_ary", x) for x in (a, b, out))
         A, B = (A.T if ta else A), (B.T if tb else B)
@@ -110,22 +127,42 @@ class HostGemm:
             np.matmul(A, B, out=O)
 
 
-class CupyGemm:
+class CublasGemm(Provider):
     name = "cublas"
 
     def __init__(self):
         import cupy
-        self.cp = cupy
+        import numpy as np
+        from cupy_backends.cuda.libs import cublas
+        self.cublas = cublas
+        self.handle = cupy.cuda.device.get_cublas_handle()
+        # alpha and beta: host scalars cuBLAS reads at the call (or at capture)
+        self.scalars = {np.dtype(t): (np.ones(1, t), np.zeros(1, t))
+                        for t in (np.float32, np.float64)}
+        self.fn = {np.dtype(np.float32): cublas.sgemm, np.dtype(np.float64): cublas.dgemm}
 
-    def __call__(self, a, b, out, ta: bool = False, tb: bool = False,
-                 accumulate: bool = False) -> None:
-        cp = self.cp
-        A, B, O = cp.asarray(a), cp.asarray(b), cp.asarray(out)   # views, no copies
-        A, B = (A.T if ta else A), (B.T if tb else B)
-        if accumulate:
-            O += cp.matmul(A, B)
-        else:
-            cp.matmul(A, B, out=O)
+    def bind(self, a, b, out, ta: bool = False, tb: bool = False, accumulate: bool = False):
+        import numpy as np
+        M, N, K = _dims(a, b, ta, tb)
+        dt = np.dtype(out.dtype)
+        for x in (a, b, out):
+            if x.ndim != 2 or not x.is_c_contiguous() or np.dtype(x.dtype) != dt:
+                raise ValueError(f"cuBLAS GEMM: operands must be C-contiguous 2-d {dt} "
+                                 f"arrays, not {x.dtype} {x.shape}")
+        one, zero = self.scalars[dt]
+        N_, T_ = self.cublas.CUBLAS_OP_N, self.cublas.CUBLAS_OP_T
+        # out [M, N] row-major is out^T [N, M] column-major = op(b)^T op(a)^T
+        args = (self.handle, T_ if tb else N_, T_ if ta else N_, N, M, K,
+                one.ctypes.data, _ptr(b), max(1, b.shape[1]), _ptr(a), max(1, a.shape[1]),
+                (one if accumulate else zero).ctypes.data, _ptr(out), max(1, N))
+        fn = self.fn[dt]
+        if M == 0 or N == 0:
+            return lambda: None
+        return functools.partial(fn, *args)
+
+
+def _ptr(x) -> int:
+    return int(x.__cuda_array_interface__["data"][0])
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,9 +176,7 @@ def gemm_provider():
     if simulated():
         return HostGemm()
     try:
-        provider = CupyGemm()
-        provider.cp.cuda.runtime.getDeviceCount()
-        return provider
+        return CublasGemm()
     except Exception:              # noqa: BLE001 (no CuPy, or a CuPy without a GPU)
         if want == "cublas":
             raise

@@ -41,7 +41,7 @@ from ...passes.loop_body import DERIVED, on_features, optimise, weight_like, wit
 from ...passes.util import add_raw, copy_node, empty_like
 from .. import loops as cpu_loops
 from . import ops
-from .runtime import THREADS, blocks, empty
+from .runtime import THREADS, blocks, empty, stream
 from .step import CudaStep, _concrete, _elementwise
 
 
@@ -108,7 +108,7 @@ class Launcher:
 
     def _kernel(self, fn, nargs: int, n: int):
         kern = ops._launcher("map", (fn,), nargs, self.dtype)
-        return kern[blocks(n), THREADS], np.int64(n)
+        return kern[blocks(n), THREADS, stream()], np.int64(n)
 
     def map(self, fn, n: int, *args):
         args = tuple(_arg(a) for a in args)
@@ -238,7 +238,7 @@ class _Loop:
     def fill(self, a, value=0):
         a = _flat(a)
         val = np.dtype(a.dtype).type(value)
-        kern = self.k.fill[blocks(a.size), THREADS]
+        kern = self.k.fill[blocks(a.size), THREADS, stream()]
         return lambda: kern(a, a.size, val)
 
     def copy(self, dst, src):
@@ -646,4 +646,4 @@ def _swap01(c: Launcher, dst, src, d0: int, d1: int):
 
 
 def _gemm(gemm, a, b, out, ta: bool, accumulate: bool):
-    return lambda: gemm(a, b, out, ta, False, accumulate=accumulate)
+    return gemm.bind(a, b, out, ta, False, accumulate=accumulate)

@@ -29,7 +29,7 @@ import numpy as np
 from ...errors import DeviceError
 from ...ops.base import Gemm, Map, Reduce, Ref
 from .. import cache
-from .runtime import MAX_BLOCKS, THREADS, arch, blocks, empty, watched
+from .runtime import MAX_BLOCKS, THREADS, arch, blocks, empty, stream, watched
 
 HEAD = '''"""nnspec CUDA kernel: {what}, {dtype}, {arch}."""
 import math
@@ -155,14 +155,18 @@ def _scalar(x, T):
     raise TypeError(f"a CUDA stage's extra argument must be a number or a tuple, not {x!r}")
 
 
-def launches(node, spec, ins: list, out, dtype: str, gemm) -> list:
+def launches(node, spec, ins: list, out, dtype: str, gemm, pool: dict | None = None) -> list:
     """The calls running `spec` (an op's `Cuda`) with inputs `ins` and output
-    `out` (device arrays): a list of zero-argument functions."""
+    `out` (device arrays): a list of zero-argument functions.  Its temps are
+    the front of `pool`'s buffers ((index, dtype) -> device array) where
+    given, else new arrays."""
     T = np.dtype(dtype).type
     arrays = {f"in{i}": a for i, a in enumerate(ins)}
     arrays["out"] = out
     for i, (size, dt) in enumerate(spec.temps):
-        arrays[f"tmp{i}"] = empty(size, dt or dtype)
+        key = (i, str(np.dtype(dt or dtype)))
+        arrays[f"tmp{i}"] = pool[key][:max(int(size), 1)] if pool and key in pool else \
+            empty(size, dt or dtype)
 
     def resolve(ref: Ref):
         if ref.name not in arrays:
@@ -174,20 +178,20 @@ def launches(node, spec, ins: list, out, dtype: str, gemm) -> list:
     for st in spec.stages:
         if isinstance(st, Gemm):
             a, b, o = (resolve(r) for r in (st.a, st.b, st.out))
-            calls.append(functools.partial(gemm, a, b, o, st.ta, st.tb,
-                                           accumulate=st.accumulate))
+            calls.append(gemm.bind(a, b, o, st.ta, st.tb, accumulate=st.accumulate))
             continue
         args = tuple(resolve(r) for r in st.args) + tuple(_scalar(x, T) for x in st.extra)
         if isinstance(st, Map):
             if st.n <= 0:
                 continue
             fn = _launcher("map", (st.fn,), len(args), dtype)
-            calls.append(functools.partial(fn[blocks(st.n), THREADS], np.int64(st.n), *args))
+            calls.append(functools.partial(fn[blocks(st.n), THREADS, stream()], np.int64(st.n),
+                                           *args))
         elif isinstance(st, Reduce):
             if st.rows <= 0:
                 continue
             fn = _launcher("reduce", (st.term, st.finish), len(args), dtype)
-            grid = (min(st.rows, MAX_BLOCKS), THREADS)
+            grid = (min(st.rows, MAX_BLOCKS), THREADS, stream())
             calls.append(functools.partial(fn[grid], np.int64(st.rows), np.int64(st.count),
                                            *args))
         else:

@@ -18,9 +18,19 @@ import threading
 import types
 
 import numpy as np
-from numba import cuda
 
-from ..device import simulated
+# numba-cuda 0.30 registers an implementation of np.row_stack when its target
+# first compiles; NumPy 2.5 removed that alias of np.vstack (an AttributeError
+# then stops every kernel's compile).  Restored here, before that happens.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
+from numba import config as _numba_config, cuda  # noqa: E402
+
+from ..device import simulated  # noqa: E402
+
+# small launches (a bias of 64 values, a loss) are by design, not a fault to warn of
+_numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 
 def _shared_arrays_per_block() -> None:
     """Under the simulator, one shared array per call site and block, whichever
@@ -145,6 +155,51 @@ if simulated():
 # it gets small blocks; a reduction's block size is its shared array's length.
 THREADS = 8 if simulated() else 256
 MAX_BLOCKS = 2 if simulated() else 4096
+
+
+# ---- the stream every launch goes on ------------------------------------------------
+# One blocking stream per process (not the legacy default stream, which no
+# CUDA graph can capture; blocking, so the default stream's copies -- the
+# batch in, the loss and `Mirror`'s arenas back -- stay ordered with it).
+# With CuPy it is CuPy's stream, Numba's kernels launch on it through
+# `cuda.external_stream`, and cuBLAS (gemm.py) uses it inside `on_stream()`.
+
+
+@functools.lru_cache(maxsize=None)
+def _streams() -> tuple:
+    """(Numba's handle of the stream, CuPy's or None)."""
+    if not simulated():
+        try:
+            import cupy
+            cs = cupy.cuda.Stream(non_blocking=False)
+            return cuda.external_stream(cs.ptr), cs
+        except Exception:          # noqa: BLE001 (no CuPy, or a CuPy without this GPU)
+            pass
+    return cuda.stream(), None
+
+
+def stream():
+    """The stream nnspec's kernels launch on (`kernel[grid, block, stream()]`)."""
+    return _streams()[0]
+
+
+def cupy_stream():
+    """CuPy's handle of that stream, or None without CuPy (or under the simulator)."""
+    return _streams()[1]
+
+
+def on_stream():
+    """A context in which CuPy (and the cuBLAS calls it makes) uses `stream()`."""
+    cs = _streams()[1]
+    return cs if cs is not None else _NoContext()
+
+
+class _NoContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,11 +5,24 @@ Every value lives where the plan puts it: in a device arena per dtype
 (`Plan.offset`, the CPU's layout), in the parameters (P), state (S) or, for
 a gradient the plan pins there, in the gradients (G), all of them the
 network's `Mirror`.  A call copies the batch in, launches each node's kernel
-in order on the default stream, then the tail (gradients and state into
-place, the status kernel, the optimizer), and copies back only
-[loss, ok, clip scale].  Launchers are bound once per (batch size, arenas).
+in order on `runtime.stream()`, copies gradients and state into place, then
+runs the tail (the status kernel, the optimizer: what reads the step's
+hyperparameters), and copies back only [loss, ok, clip scale].
+
+Launchers are bound once per (batch size, arenas): every argument, device
+pointer and grid is fixed then.  So from the second call on, the launches up
+to the tail are captured once into a CUDA graph (with CuPy) and each later
+call replays it: one launch instead of hundreds, which is what limits small
+networks and recurrent loops on a GPU.  NNSPEC_CUDA_GRAPHS=0 launches one by
+one; a capture that fails (an op that synchronises, say) does too, and
+`CudaStep.no_graph` says why.
 """
 from __future__ import annotations
+
+import atexit
+import functools
+import os
+import time
 
 import numpy as np
 from numba import cuda
@@ -21,10 +34,27 @@ from ...ops.base import Op
 from . import fused, ops
 from .gemm import gemm_provider
 from .kernels import kernels
-from .runtime import MAX_BLOCKS, THREADS, blocks, empty
+from .runtime import MAX_BLOCKS, THREADS, blocks, cupy_stream, empty, on_stream, stream
 
 LEAVES = ("input", "param", "state")
 WRITES = {"train": ("P", "S", "G", "M", "V"), "grad": ("G",), "accumulate": ("G", "S")}
+
+GRAPHS = os.environ.get("NNSPEC_CUDA_GRAPHS", "1") != "0"
+
+# NNSPEC_CUDA_PROFILE=1: every launch is followed by a synchronisation and
+# timed; the seconds per op (and shape) are printed when the process ends
+PROFILE: dict | None = {} if os.environ.get("NNSPEC_CUDA_PROFILE") == "1" else None
+
+
+@atexit.register
+def _print_profile():
+    if not PROFILE:
+        return
+    total = sum(t for t, _ in PROFILE.values())
+    print(f"\nCUDA step profile: {total * 1e3:.1f} ms over every timed call")
+    for key, (t, c) in sorted(PROFILE.items(), key=lambda kv: -kv[1][0])[:25]:
+        print(f"  {t * 1e3:9.2f} ms {c:6d} calls {100 * t / total:5.1f}%  {key}")
+
 
 def _defines_cuda(op: str) -> bool:
     """The op module defines the op's CUDA kernel (`Op.cuda`), or the op is
@@ -40,6 +70,17 @@ def _elementwise(op: str) -> bool:
 
 def _concrete(shape, batch: int) -> tuple:
     return tuple(batch if d == "B" else d for d in shape)
+
+
+class _Bound:
+    """A step bound to one batch size and the mirror's arrays: the values'
+    views, the node calls, the copies into G and S, the tail's scratch, and
+    the CUDA graph of calls + copies once captured."""
+
+    def __init__(self, v: dict, calls: list, copies: list, scratch: dict):
+        self.v, self.calls, self.copies, self.scratch = v, calls, copies, scratch
+        self.graph = None
+        self.runs = 0
 
 
 class CudaStep:
@@ -75,6 +116,8 @@ class CudaStep:
         self.pinned = getattr(self.plan, "pinned_grads", set())
         self._bound: dict = {}
         self._last = None
+        self._pool: dict | None = None    # scratch shared by the nodes of a binding
+        self.no_graph: str | None = None  # why the step runs without a CUDA graph
 
     # ---- where values live -------------------------------------------------------
     def _views(self, dev: dict, batch: int) -> dict:
@@ -101,13 +144,47 @@ class CudaStep:
             v[n.id] = arena[off:off + size].reshape(shape) if shape else arena[off:off + 1]
         return v
 
-    def _bind(self, dev: dict, batch: int) -> tuple:
+    def _launcher(self, n):
+        return getattr(self, f"_op_{n.op}", self._op_elementwise if _elementwise(n.op)
+                       else self._op_defined)
+
+    def _bind(self, dev: dict, batch: int) -> "_Bound":
         v = self._views(dev, batch)
-        calls = [getattr(self, f"_op_{n.op}", self._op_elementwise if _elementwise(n.op)
-                         else self._op_defined)(n, v, batch) for n in self.nodes]
+        self._pool = self._scratch(batch)
+        calls = [self._launcher(n)(n, v, batch) for n in self.nodes]
+        self._pool = None
         dt = np.dtype(self.dtype)
         scratch = {"part": empty(MAX_BLOCKS, dt), "sq": empty(1, dt), "st": empty(3, dt)}
-        return v, calls, scratch
+        return _Bound(v, calls, self._copies(dev, v), scratch)
+
+    def _cuda_spec(self, n, batch: int):
+        g = self.graph
+        return get_op(n.op).cuda(n.attrs, [_concrete(g.shape(i), batch) for i in n.inputs],
+                                 _concrete(n.shape, batch))
+
+    def _scratch(self, batch: int) -> dict:
+        """One scratch buffer per (temp index, dtype), the largest any node asks
+        for: the nodes run one after another on one stream, so they share."""
+        sizes: dict = {}
+        for n in self.nodes:
+            if self._launcher(n) != self._op_defined:
+                continue
+            for i, (size, dt) in enumerate(self._cuda_spec(n, batch).temps):
+                key = (i, str(np.dtype(dt or self.dtype)))
+                sizes[key] = max(sizes.get(key, 0), int(size))
+        return {k: empty(size, k[1]) for k, size in sizes.items()}
+
+    def _copies(self, dev, v) -> list:
+        """The gradients and new state into G and S (device to device)."""
+        b, out = self.build, []
+        for p, gn in b.grads.items():
+            if gn not in self.pinned:
+                off, _ = self.playout[p]
+                out.append((dev["G"][off:off + v[gn].size], v[gn].reshape(-1)))
+        for s, nid in b.updates.items():
+            off, _ = self.slayout[s]
+            out.append((dev["S"][off:off + v[nid].size], v[nid].reshape(-1)))
+        return [functools.partial(dst.copy_to_device, src, stream=stream()) for dst, src in out]
 
     # ---- a call ------------------------------------------------------------------
     def __call__(self, P, S, G, M, V, hp, feeds: dict):
@@ -120,25 +197,71 @@ class CudaStep:
         if bound is None:       # views of arrays the mirror replaced are let go
             self._bound = {k: b for k, b in self._bound.items() if k[1] == key[1]}
             bound = self._bound[key] = self._bind(dev, batch)
-        v, calls, scratch = bound
-        for n, x in zip(self.inputs, xs):
+        v = bound.v
+        for n, x in zip(self.inputs, xs):      # on the default stream, before the step's
             v[n].copy_to_device(np.ascontiguousarray(x))
-        for call in calls:
-            call()
-        self._last = (v, batch)
-        loss, ok = self._tail(dev, v, scratch, hp)
+        with on_stream():
+            if PROFILE is not None:
+                self._profiled(bound.calls, batch)
+                for c in bound.copies:
+                    c()
+            else:
+                self._run(bound)
+            self._last = (v, batch)
+            loss, ok = self._tail(dev, v, bound.scratch, hp)
         self.mirror.ran(WRITES.get(self.kind, ()))
         return loss, ok
 
+    def _run(self, bound: "_Bound") -> None:
+        """The step up to its tail: the graph's replay, or its launches one by
+        one (the first call, which compiles and loads every kernel, always)."""
+        bound.runs += 1
+        if bound.graph is None and bound.runs == 2 and GRAPHS and cupy_stream() is not None:
+            bound.graph = self._capture(bound.calls + bound.copies)
+        if bound.graph is not None:
+            bound.graph.launch(stream=cupy_stream())
+            return
+        for call in bound.calls:
+            call()
+        for c in bound.copies:
+            c()
+
+    def _capture(self, calls: list):
+        """`calls` captured into a CUDA graph (not run), or None where the
+        capture failed (`no_graph` says why; the calls then run one by one)."""
+        cs = cupy_stream()
+        try:
+            cs.begin_capture()
+        except Exception as e:        # noqa: BLE001 (no graphs here: launch one by one)
+            self.no_graph = f"capture did not begin ({type(e).__name__}: {e})"
+            return None
+        graph, why = None, None
+        try:
+            for c in calls:
+                c()
+        except Exception as e:        # noqa: BLE001
+            why = f"{type(e).__name__}: {e}"
+        try:
+            graph = cs.end_capture()
+        except Exception as e:        # noqa: BLE001
+            why = why or f"{type(e).__name__}: {e}"
+            graph = None
+        if why is not None:
+            self.no_graph, graph = f"capture failed ({why.splitlines()[0][:200]})", None
+        return graph
+
+    def _profiled(self, calls, batch):
+        cuda.synchronize()
+        for n, call in zip(self.nodes, calls):
+            t = time.perf_counter()
+            call()
+            cuda.synchronize()
+            key = f"{n.op} {list(_concrete(n.shape, batch))}"
+            t0, c = PROFILE.get(key, (0.0, 0))
+            PROFILE[key] = (t0 + time.perf_counter() - t, c + 1)
+
     def _tail(self, dev, v, scratch, hp):
-        b, k, T = self.build, self.k, np.dtype(self.dtype).type
-        for p, gn in b.grads.items():
-            if gn not in self.pinned:
-                off, shape = self.playout[p]
-                dev["G"][off:off + v[gn].size].copy_to_device(v[gn].reshape(-1))
-        for s, nid in b.updates.items():
-            off, shape = self.slayout[s]
-            dev["S"][off:off + v[nid].size].copy_to_device(v[nid].reshape(-1))
+        k, T = self.k, np.dtype(self.dtype).type
         loss_id = self.graph.meta.get("loss")
         if self.kind == "infer" or loss_id not in v:
             return T(0), True
@@ -147,7 +270,7 @@ class CudaStep:
         if clip > 0:
             self._sum(dev["G"], scratch["sq"], scratch["part"], True, 1.0)
         st = scratch["st"]
-        k.status[1, 1](v[loss_id].reshape(-1), scratch["sq"], clip, st)
+        k.status[1, 1, stream()](v[loss_id].reshape(-1), scratch["sq"], clip, st)
         if self.kind == "train":
             self._update(dev, st, hp)
         host = st.copy_to_host()          # the one value back per step
@@ -159,7 +282,7 @@ class CudaStep:
              for name in ("LR", "MOMENTUM", "BETA2", "EPS", "WEIGHT_DECAY", "STEP_SIZE",
                           "BC2_RSQRT")}
         P, G, M, V = dev["P"], dev["G"], dev["M"], dev["V"]
-        grid = (blocks(P.size), THREADS)
+        grid = (blocks(P.size), THREADS, stream())
         name = self.optimizer.get("name", "sgd")
         if name == "sgd":
             self.k.sgd[grid](P, G, M, st, h["LR"], h["MOMENTUM"], h["WEIGHT_DECAY"],
@@ -182,8 +305,8 @@ class CudaStep:
         n = x.size
         nb = blocks(n)
         T = np.dtype(self.dtype).type
-        self.k.sum_part[nb, THREADS](x.reshape(-1), n, part, square)
-        self.k.sum_final[1, THREADS](part, nb, out.reshape(-1), T(scale))
+        self.k.sum_part[nb, THREADS, stream()](x.reshape(-1), n, part, square)
+        self.k.sum_final[1, THREADS, stream()](part, nb, out.reshape(-1), T(scale))
 
     # ---- one launcher per op: op_<name>(node, views, batch) -> call() ------------------
     def _op_elementwise(self, n, v, batch):
@@ -202,13 +325,15 @@ class CudaStep:
                                                 shape, 1.0))
                 x = t
             ins.append(x.reshape(-1))
-        args = [o, o.size] + ins + extra(shape)
-        grid = (blocks(o.size), THREADS)
+        launch = functools.partial(fn[blocks(o.size), THREADS, stream()], o, o.size, *ins,
+                                   *extra(shape))
+        if not pre:
+            return launch
 
         def call():
             for c in pre:
                 c()
-            fn[grid](*args)
+            launch()
         return call
 
     def _broadcast_call(self, g, o, gshape, shape, scale):
@@ -221,15 +346,16 @@ class CudaStep:
         gf, of = g.reshape(-1), o.reshape(-1)
         T = np.dtype(self.dtype).type
         shape_t, strides_t = tuple(int(d) for d in shape), tuple(strides)
-        grid = (blocks(of.size), THREADS)
-        return lambda: self.k.broadcast[grid](gf, of, of.size, shape_t, strides_t, T(scale))
+        return functools.partial(self.k.broadcast[blocks(of.size), THREADS, stream()],
+                                 gf, of, of.size, shape_t, strides_t, T(scale))
 
     def _op_defined(self, n, v, batch):
         """An op whose module defines its CUDA kernel (`Op.cuda`: stages)."""
-        g = self.graph
-        spec = get_op(n.op).cuda(n.attrs, [_concrete(g.shape(i), batch) for i in n.inputs],
-                                 _concrete(n.shape, batch))
-        calls = ops.launches(n, spec, [v[i] for i in n.inputs], v[n.id], self.dtype, self.gemm)
+        spec = self._cuda_spec(n, batch)
+        calls = ops.launches(n, spec, [v[i] for i in n.inputs], v[n.id], self.dtype, self.gemm,
+                             self._pool)
+        if len(calls) == 1:
+            return calls[0]
 
         def call():
             for c in calls:
@@ -238,24 +364,25 @@ class CudaStep:
 
     def _op_const(self, n, v, batch):
         o, val = v[n.id].reshape(-1), np.dtype(n.dtype).type(n.attrs["value"])
-        return lambda: self.k.fill[blocks(o.size), THREADS](o, o.size, val)
+        return functools.partial(self.k.fill[blocks(o.size), THREADS, stream()], o, o.size, val)
 
     def _op_fused(self, n, v, batch):
         fn, extra = self.fused[n.id]
         shape = _concrete(n.shape, batch)
         o = v[n.id].reshape(-1)
         args = [o, o.size] + [v[i].reshape(-1) for i in n.inputs] + extra(shape)
-        grid = (blocks(o.size), THREADS)
-        return lambda: fn[grid](*args)
+        return functools.partial(fn[blocks(o.size), THREADS, stream()], *args)
 
     def _op_dropout_mask(self, n, v, batch):
         o = v[n.id].reshape(-1)
         T = np.dtype(self.dtype).type
         if not n.attrs.get("training", True):
-            return lambda: self.k.fill[blocks(o.size), THREADS](o, o.size, T(1))
+            return functools.partial(self.k.fill[blocks(o.size), THREADS, stream()], o, o.size,
+                                     T(1))
         step, p = v[n.inputs[1]].reshape(-1), float(n.attrs.get("p", 0.5))
         seed, keep = int(n.attrs.get("seed", 0)), T(1.0 / (1.0 - p))
-        return lambda: self.k.dropout_mask[blocks(o.size), THREADS](step, o, o.size, p, seed, keep)
+        return functools.partial(self.k.dropout_mask[blocks(o.size), THREADS, stream()],
+                                 step, o, o.size, p, seed, keep)
 
     # ---- recurrences: loop.py runs a loop's steps ---------------------------------------
     def _op_loop(self, n, v, batch):
