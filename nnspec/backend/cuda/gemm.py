@@ -12,11 +12,11 @@ nvmath-python) replaces the ones below without touching the programs.
 `bind` does everything that does not change between calls (shapes, device
 pointers, the cuBLAS arguments), so a call is one library call.
 
-* `CublasGemm`: cuBLAS's GEMM through CuPy's bindings, on Numba's device
-  arrays' memory in place (no copies), row-major as column-major with the
-  operands swapped, `accumulate` as beta = 1 (no temporary: a captured CUDA
-  graph replays exactly these calls).  On `runtime.stream()`: the calls run
-  inside `runtime.on_stream()`, whose stream CuPy gives the handle.
+* `CublasGemm`: cuBLAS's GEMM (ctypes, a handle of its own on
+  `runtime.stream()`), on Numba's device arrays' memory in place (no
+  copies), row-major as column-major with the operands swapped,
+  `accumulate` as beta = 1: no temporaries, so a captured CUDA graph
+  replays exactly these calls.
 * `TiledGemm`: a numba.cuda kernel, each block a TILE x TILE tile of `out`
   accumulated from shared-memory tiles of a and b; what runs where CuPy is
   absent.  Its source is rendered per dtype and tile and cached on disk
@@ -25,12 +25,14 @@ pointers, the cuBLAS arguments), so a call is one library call.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 
 from .. import cache
 from ..device import simulated
-from .runtime import arch, on_stream, stream, watched
+from ...errors import DeviceError
+from .runtime import arch, empty, stream, stream_ptr, watched
 
 TEMPLATE = '''"""nnspec tiled GEMM, {dtype}, {tile}x{tile} tiles, {arch}."""
 import numpy as np
@@ -87,8 +89,7 @@ class Provider:
 
     def __call__(self, a, b, out, ta: bool = False, tb: bool = False,
                  accumulate: bool = False) -> None:
-        with on_stream():
-            self.bind(a, b, out, ta, tb, accumulate)()
+        self.bind(a, b, out, ta, tb, accumulate)()
 
 
 class TiledGemm(Provider):
@@ -128,18 +129,33 @@ class HostGemm(Provider):
 
 
 class CublasGemm(Provider):
+    """cuBLAS called through ctypes on a handle of its own, bound to
+    `runtime.stream()`: CuPy's bindings refuse to run during a stream capture,
+    which is how a step becomes a CUDA graph (step.py)."""
     name = "cublas"
 
     def __init__(self):
-        import cupy
         import numpy as np
-        from cupy_backends.cuda.libs import cublas
-        self.cublas = cublas
-        self.handle = cupy.cuda.device.get_cublas_handle()
-        # alpha and beta: host scalars cuBLAS reads at the call (or at capture)
+        lib = _libcublas()
+        c = ctypes
+        for fn in ("cublasSgemm_v2", "cublasDgemm_v2"):
+            getattr(lib, fn).argtypes = [c.c_void_p, c.c_int, c.c_int, c.c_int, c.c_int,
+                                         c.c_int, c.c_void_p, c.c_void_p, c.c_int, c.c_void_p,
+                                         c.c_int, c.c_void_p, c.c_void_p, c.c_int]
+            getattr(lib, fn).restype = c.c_int
+        self.lib, self.handle = lib, c.c_void_p()
+        _ok(lib.cublasCreate_v2(c.byref(self.handle)), "cublasCreate")
+        _ok(lib.cublasSetStream_v2(self.handle, c.c_void_p(stream_ptr())), "cublasSetStream")
+        # a workspace of its own, so that nothing allocates while a graph is captured
+        self.workspace = empty(WORKSPACE // 4, np.float32)
+        if hasattr(lib, "cublasSetWorkspace_v2"):
+            _ok(lib.cublasSetWorkspace_v2(self.handle, c.c_void_p(_ptr(self.workspace)),
+                                          c.c_size_t(WORKSPACE)), "cublasSetWorkspace")
+        # alpha and beta: host scalars cuBLAS reads at the call (or at the capture)
         self.scalars = {np.dtype(t): (np.ones(1, t), np.zeros(1, t))
                         for t in (np.float32, np.float64)}
-        self.fn = {np.dtype(np.float32): cublas.sgemm, np.dtype(np.float64): cublas.dgemm}
+        self.fn = {np.dtype(np.float32): lib.cublasSgemm_v2,
+                   np.dtype(np.float64): lib.cublasDgemm_v2}
 
     def bind(self, a, b, out, ta: bool = False, tb: bool = False, accumulate: bool = False):
         import numpy as np
@@ -149,16 +165,58 @@ class CublasGemm(Provider):
             if x.ndim != 2 or not x.is_c_contiguous() or np.dtype(x.dtype) != dt:
                 raise ValueError(f"cuBLAS GEMM: operands must be C-contiguous 2-d {dt} "
                                  f"arrays, not {x.dtype} {x.shape}")
-        one, zero = self.scalars[dt]
-        N_, T_ = self.cublas.CUBLAS_OP_N, self.cublas.CUBLAS_OP_T
-        # out [M, N] row-major is out^T [N, M] column-major = op(b)^T op(a)^T
-        args = (self.handle, T_ if tb else N_, T_ if ta else N_, N, M, K,
-                one.ctypes.data, _ptr(b), max(1, b.shape[1]), _ptr(a), max(1, a.shape[1]),
-                (one if accumulate else zero).ctypes.data, _ptr(out), max(1, N))
-        fn = self.fn[dt]
         if M == 0 or N == 0:
             return lambda: None
-        return functools.partial(fn, *args)
+        one, zero = self.scalars[dt]
+        c = ctypes
+        # out [M, N] row-major is out^T [N, M] column-major = op(b)^T op(a)^T
+        args = (self.handle, int(tb), int(ta), N, M, K,
+                c.c_void_p(one.ctypes.data), c.c_void_p(_ptr(b)), max(1, b.shape[1]),
+                c.c_void_p(_ptr(a)), max(1, a.shape[1]),
+                c.c_void_p((one if accumulate else zero).ctypes.data), c.c_void_p(_ptr(out)),
+                max(1, N))
+        fn = self.fn[dt]
+
+        def call():
+            rc = fn(*args)
+            if rc:
+                raise DeviceError(f"cuBLAS GEMM {M}x{N}x{K} failed (cublasStatus {rc})")
+        return call
+
+
+WORKSPACE = 32 << 20        # bytes; cuBLAS asks for at most 32 MiB on Hopper
+
+
+def _ok(rc: int, what: str) -> None:
+    if rc:
+        raise DeviceError(f"{what} failed (cublasStatus {rc})")
+
+
+@functools.lru_cache(maxsize=None)
+def _libcublas():
+    """The cuBLAS library: the one already in the process (CuPy loads it
+    from its wheel), else the loader's."""
+    try:
+        import cupy
+        cupy.cuda.device.get_cublas_handle()        # loads CuPy's libcublas
+    except Exception:          # noqa: BLE001 (no CuPy: the loader's copy below)
+        pass
+    paths = []
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "libcublas.so" in ln
+                            and "libcublasLt" not in ln})
+    except OSError:
+        pass
+    import ctypes.util
+    names = paths + [n for n in (ctypes.util.find_library("cublas"), "libcublas.so.13",
+                                 "libcublas.so.12", "libcublas.so") if n]
+    for name in names:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    raise DeviceError("cuBLAS (libcublas.so) was not found")
 
 
 def _ptr(x) -> int:

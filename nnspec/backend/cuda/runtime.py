@@ -161,8 +161,9 @@ MAX_BLOCKS = 2 if simulated() else 4096
 # One blocking stream per process (not the legacy default stream, which no
 # CUDA graph can capture; blocking, so the default stream's copies -- the
 # batch in, the loss and `Mirror`'s arenas back -- stay ordered with it).
-# With CuPy it is CuPy's stream, Numba's kernels launch on it through
-# `cuda.external_stream`, and cuBLAS (gemm.py) uses it inside `on_stream()`.
+# With CuPy it is CuPy's stream (CuPy captures CUDA graphs on it: step.py),
+# Numba's kernels launch on it through `cuda.external_stream`, and cuBLAS's
+# handle (gemm.py) is bound to it.
 
 
 @functools.lru_cache(maxsize=None)
@@ -183,23 +184,18 @@ def stream():
     return _streams()[0]
 
 
+def stream_ptr() -> int:
+    """The stream's CUstream, as an integer."""
+    cs = _streams()[1]
+    if cs is not None:
+        return int(cs.ptr)
+    h = stream().handle
+    return int(getattr(h, "value", None) or int(h))
+
+
 def cupy_stream():
     """CuPy's handle of that stream, or None without CuPy (or under the simulator)."""
     return _streams()[1]
-
-
-def on_stream():
-    """A context in which CuPy (and the cuBLAS calls it makes) uses `stream()`."""
-    cs = _streams()[1]
-    return cs if cs is not None else _NoContext()
-
-
-class _NoContext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 @functools.lru_cache(maxsize=None)

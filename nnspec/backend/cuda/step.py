@@ -34,7 +34,7 @@ from ...ops.base import Op
 from . import fused, ops
 from .gemm import gemm_provider
 from .kernels import kernels
-from .runtime import MAX_BLOCKS, THREADS, blocks, cupy_stream, empty, on_stream, stream
+from .runtime import MAX_BLOCKS, THREADS, blocks, cupy_stream, empty, stream
 
 LEAVES = ("input", "param", "state")
 WRITES = {"train": ("P", "S", "G", "M", "V"), "grad": ("G",), "accumulate": ("G", "S")}
@@ -200,15 +200,14 @@ class CudaStep:
         v = bound.v
         for n, x in zip(self.inputs, xs):      # on the default stream, before the step's
             v[n].copy_to_device(np.ascontiguousarray(x))
-        with on_stream():
-            if PROFILE is not None:
-                self._profiled(bound.calls, batch)
-                for c in bound.copies:
-                    c()
-            else:
-                self._run(bound)
-            self._last = (v, batch)
-            loss, ok = self._tail(dev, v, bound.scratch, hp)
+        if PROFILE is not None:
+            self._profiled(bound.calls, batch)
+            for c in bound.copies:
+                c()
+        else:
+            self._run(bound)
+        self._last = (v, batch)
+        loss, ok = self._tail(dev, v, bound.scratch, hp)
         self.mirror.ran(WRITES.get(self.kind, ()))
         return loss, ok
 
