@@ -1173,7 +1173,7 @@ def _cuda_cols(stages, gm, name, b0, n, in_place):
     N = n * P
     if in_place:
         return _cuda_blocks(name, CgK, N, b0 * C * S)
-    stages.append(Map(cuda_im2col, C * K * N, [Ref(name, (n * C * S,), b0 * C * S),
+    stages.append(Map(cuda_im2col, C * N, [Ref(name, (n * C * S,), b0 * C * S),
                                                Ref("tmp0", (C * K * N,))], (gm, N)))
     return _cuda_blocks("tmp0", CgK, N)
 
@@ -1263,11 +1263,15 @@ def _cuda_back_weight(gm, B):
 
 @cuda_kernel
 def cu_split(k, a, b, c):
-    """k as (rest, i, j, l) with l fastest, over three axes of sizes a, b, c."""
+    """k as (rest, i, j, l) with l fastest, over three axes of sizes a, b, c
+    (a == 1, a 2-d or 1-d conv's depth, skips two divisions: on a GPU they are
+    most of an index's cost)."""
     l = k % c
     r = k // c
     j = r % b
     r = r // b
+    if a == 1:
+        return r, 0, j, l
     return r // a, r % a, j, l
 
 
@@ -1286,6 +1290,8 @@ def cu_out(i, t, s, d, p, n):
     """The output index that reads input i through tap t (n outputs), or -1
     where none does."""
     u = i + p - t * d
+    if s == 1:
+        return u if 0 <= u < n else -1
     if u < 0 or u % s != 0 or u // s >= n:
         return -1
     return u // s
@@ -1394,19 +1400,27 @@ def cuda_wgrad_finish(r, total, x, g, out, gm):
 
 @cuda_kernel
 def cuda_im2col(k, x, cols, gm, N):
-    """cols [C K, N] of n images x [n, C, D, H, W] (N = n P): row c K + tap,
-    column image P + output position, the input that tap reads there (0 in
-    the padding)."""
+    """cols [C K, N] of n images x [n, C, D, H, W] (N = n P), channel c = k // N
+    at column k % N (image P + output position): its K rows c K + tap, the
+    input each tap reads there (0 in the padding).  One index split per K
+    values; neighbouring threads write neighbouring columns."""
     C, D, H, W, O, OD, OH, OW, KD, KH, KW, sd, sh, sw, dd, dh, dw, pd, ph, pw, Cg, Og = gm
-    bl, oz, oy, ox = cu_split(k % N, OD, OH, OW)
-    c, i, j, q = cu_split(k // N, KD, KH, KW)
-    zi = cu_in(oz, i, sd, dd, pd, D)
-    yi = cu_in(oy, j, sh, dh, ph, H)
-    xi = cu_in(ox, q, sw, dw, pw, W)
-    v = T(0)
-    if zi >= 0 and yi >= 0 and xi >= 0:
-        v = x[(((bl * C + c) * D + zi) * H + yi) * W + xi]
-    cols[k] = v
+    col = k % N
+    c = k // N
+    bl, oz, oy, ox = cu_split(col, OD, OH, OW)
+    base = (bl * C + c) * D
+    at = c * KD * KH * KW * N + col
+    for i in range(KD):
+        zi = cu_in(oz, i, sd, dd, pd, D)
+        for j in range(KH):
+            yi = cu_in(oy, j, sh, dh, ph, H)
+            for q in range(KW):
+                xi = cu_in(ox, q, sw, dw, pw, W)
+                v = T(0)
+                if zi >= 0 and yi >= 0 and xi >= 0:
+                    v = x[((base + zi) * H + yi) * W + xi]
+                cols[at] = v
+                at += N
 
 
 @cuda_kernel
