@@ -8,12 +8,15 @@ ResNet-18 (batch 64) and VGG-16 (batch 32) run at 224x224 from specs/ and
 bench/torch_zoo.py's PyTorch definitions of the same networks.
 
 One full training step (forward, backward, SGD update, the loss read back)
-in float32 per workload, the median over `reps` steps after a warm-up.
+in float32 per workload, the median over `reps` steps after a warm-up; the
+"first" column is nnspec's build and first step (its kernels compiled, or
+loaded from the cache).  Both sides compute in full float32 unless --tf32.
 Workloads whose ops have no CUDA kernel yet are listed with the error.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -112,15 +115,21 @@ def main():
     ap.add_argument("--budget", type=float, default=10.0,
                     help="seconds of timed steps at most, per workload and side")
     ap.add_argument("--no-torch", action="store_true", help="nnspec alone (profiles)")
+    ap.add_argument("--tf32", action="store_true",
+                    help="float32 products on tensor cores (TF32) on both sides; by default "
+                         "both compute in full float32 (PyTorch's cuDNN would use TF32)")
     args = ap.parse_args()
+    os.environ["NNSPEC_CUDA_TF32"] = "1" if args.tf32 else "0"
     try:
         import torch
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         tv = f"torch {torch.__version__}"
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     except ImportError:
         gpu, tv = None, "no torch"
     import numba
-    print(f"GPU {gpu or '?'}; numba {numba.__version__}; {tv}")
+    print(f"GPU {gpu or '?'}; numba {numba.__version__}; {tv}; "
+          f"float32 products in {'TF32' if args.tf32 else 'full float32'}")
     print(f"\n{'workload':<10} {'batch':>5} {'nnspec first':>13} {'nnspec cuda':>12} "
           f"{'torch cuda':>12} {'ratio':>7}  note", flush=True)
     for name in args.only:

@@ -16,7 +16,10 @@ pointers, the cuBLAS arguments), so a call is one library call.
   `runtime.stream()`), on Numba's device arrays' memory in place (no
   copies), row-major as column-major with the operands swapped,
   `accumulate` as beta = 1: no temporaries, so a captured CUDA graph
-  replays exactly these calls.
+  replays exactly these calls.  Full float32 by default;
+  NNSPEC_CUDA_TF32=1 lets float32 GEMMs round their inputs to TF32 on the
+  tensor cores (about 1e-3 relative, as PyTorch's cuDNN convolutions do by
+  default).
 * `TiledGemm`: a numba.cuda kernel, each block a TILE x TILE tile of `out`
   accumulated from shared-memory tiles of a and b; what runs where CuPy is
   absent.  Its source is rendered per dtype and tile and cached on disk
@@ -151,6 +154,8 @@ class CublasGemm(Provider):
         if hasattr(lib, "cublasSetWorkspace_v2"):
             _ok(lib.cublasSetWorkspace_v2(self.handle, c.c_void_p(_ptr(self.workspace)),
                                           c.c_size_t(WORKSPACE)), "cublasSetWorkspace")
+        if os.environ.get("NNSPEC_CUDA_TF32") == "1":      # float32 GEMMs on tensor cores
+            _ok(lib.cublasSetMathMode(self.handle, 3), "cublasSetMathMode")   # TF32_TENSOR_OP
         # alpha and beta: host scalars cuBLAS reads at the call (or at the capture)
         self.scalars = {np.dtype(t): (np.ones(1, t), np.zeros(1, t))
                         for t in (np.float32, np.float64)}
