@@ -6,7 +6,8 @@
 #   - runs the CUDA tests (tests/test_cuda_*.py) on the device, not the simulator;
 #   - trains specs/lenet5.nn with --device cuda (accuracy against the CPU's);
 #   - times training steps against PyTorch eager on CUDA (bench/gpu.py): one table;
-# then profiles a few of nnspec's steps per op (NNSPEC_CUDA_PROFILE=1).
+# then times the large networks again with TF32 products on both sides, and
+# profiles a few of nnspec's steps per op (NNSPEC_CUDA_PROFILE=1).
 # Each part has its own time limit (TESTS_S, BENCH_S seconds), so one that
 # hangs does not cost the others; the whole run takes about BENCH_S + 60 s.
 set -u
@@ -59,10 +60,14 @@ echo "== training steps, nnspec --device cuda against torch eager CUDA"
 timeout "$BENCH_S" $PY bench/gpu.py --only mlp resnet18 vgg16 lenet5 resnet mlp_small gru \
     lstm lstm_cell --reps 100 --warmup 5 --budget 4 "$@" 2>"$LOGS/bench.err" | tee "$LOGS/bench.log"
 
+echo "== the large networks with float32 products on tensor cores (TF32), both sides"
+timeout 120 $PY bench/gpu.py --only resnet18 vgg16 --tf32 --reps 50 --warmup 3 --budget 3 \
+    2>>"$LOGS/bench.err" | tee "$LOGS/bench_tf32.log"
+
 echo "== nnspec's steps per op (NNSPEC_CUDA_PROFILE=1)"
-NNSPEC_CUDA_PROFILE=1 timeout 60 $PY bench/gpu.py --only mlp gru resnet18 --reps 5 --warmup 1 \
-    --budget 1 --no-torch >"$LOGS/profile.log" 2>&1
-tail -n 60 "$LOGS/profile.log"
+NNSPEC_CUDA_PROFILE=1 timeout 60 $PY bench/gpu.py --only mlp gru resnet18 vgg16 --reps 3 \
+    --warmup 1 --budget 1 --no-torch >"$LOGS/profile.log" 2>&1
+grep -A 12 "steps:" "$LOGS/profile.log"
 
 wait $TESTS $LENET
 echo "== lenet5 --device cuda"
