@@ -70,8 +70,37 @@ def vgg16(classes=1000):
                          nn.Linear(4096, classes))
 
 
+class DenseLayer(nn.Module):
+    def __init__(self, cin, growth):
+        super().__init__()
+        self.f = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(True),
+                               nn.Conv2d(cin, 4 * growth, 1, bias=False),
+                               nn.BatchNorm2d(4 * growth), nn.ReLU(True),
+                               nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False))
+
+    def forward(self, x):
+        return torch.cat([x, self.f(x)], 1)
+
+
+def densenet121(classes=1000, growth=32):
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(True),
+              nn.MaxPool2d(3, 2, 1)]
+    c = 64
+    for i, n in enumerate([6, 12, 24, 16]):
+        for _ in range(n):
+            layers.append(DenseLayer(c, growth))
+            c += growth
+        if i < 3:
+            layers += [nn.BatchNorm2d(c), nn.ReLU(True), nn.Conv2d(c, c // 2, 1, bias=False),
+                       nn.AvgPool2d(2, 2)]
+            c //= 2
+    return nn.Sequential(*layers, nn.BatchNorm2d(c), nn.ReLU(True), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(c, classes))
+
+
 net = {"resnet18": lambda: resnet([2, 2, 2, 2], False),
-       "resnet50": lambda: resnet([3, 4, 6, 3], True), "vgg16": vgg16}[name]()
+       "resnet50": lambda: resnet([3, 4, 6, 3], True), "vgg16": vgg16,
+       "densenet121": densenet121}[name]()
 params = sum(p.numel() for p in net.parameters())
 opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 x = torch.randn(batch, 3, size, size)

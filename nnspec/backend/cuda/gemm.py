@@ -230,7 +230,7 @@ def _ptr(x) -> int:
 
 @functools.lru_cache(maxsize=None)
 def gemm_provider():
-    """cuBLAS through CuPy when it imports and sees a GPU, else the tiled
+    """cuBLAS where its library loads (CuPy's wheel brings it), else the tiled
     kernel; NumPy's under the simulator.  NNSPEC_CUDA_GEMM=tiled|cublas
     forces one."""
     want = os.environ.get("NNSPEC_CUDA_GEMM", "").strip()
@@ -240,7 +240,7 @@ def gemm_provider():
         return HostGemm()
     try:
         return CublasGemm()
-    except Exception:              # noqa: BLE001 (no CuPy, or a CuPy without a GPU)
+    except Exception:              # noqa: BLE001 (no libcublas, or it cannot start here)
         if want == "cublas":
             raise
         return TiledGemm()
