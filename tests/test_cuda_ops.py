@@ -121,17 +121,3 @@ def test_cuda_op_table(family):
            if not (isinstance(e, float) and e <= TOL[k.rsplit(" ", 1)[1]])}
     assert not bad, json.dumps(bad, indent=1)[:6000]
 
-
-SPLIT = """
-import nnspec.backend.cuda.ops as cuda_ops
-cuda_ops.SPLIT_BLOCKS, cuda_ops.SPLIT_COUNT = 6, 2
-"""
-
-
-@pytest.mark.parametrize("family", ["norm", "reduce"])
-def test_cuda_reductions_in_segments(family, monkeypatch):
-    """The family's cases with every reduction over fewer than 6 rows split
-    into segments of at least 2 terms (a GPU splits batch norm's long
-    channel rows so): the same results as the references."""
-    monkeypatch.setattr(sys.modules[__name__], "RUN", SPLIT + RUN)
-    test_cuda_op_table(family)

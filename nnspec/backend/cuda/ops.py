@@ -7,11 +7,8 @@ its arrays at concrete shapes.  Here each stage becomes a call:
   device function `fn(k, *args, *extra)` for k in [0, n);
 * `Reduce(term, finish, rows, count, args, extra)`: one block per row, each
   thread summing `term(r, j, ...)` over its share of j, a shared-memory tree
-  over the block (`_block_reduce`), then `finish(r, total, ...)` on thread 0;
-  where rows are few and long (batch norm's channels: 64 rows of 200,000
-  terms would keep 64 of a GPU's hundreds of block slots busy), each row is
-  split into segments, one block each, whose sums a second kernel adds
-  before `finish` (`_segments`);
+  over the block (`_block_reduce`), then `finish(r, total, ...)` on thread 0
+  (ops whose rows are few and long split them themselves: reduce.split_parts);
 * `Gemm(a, b, out, ta, tb, accumulate)`: the GEMM provider (gemm.py).
 
 The kernel module's text holds the bodies' own source (every `@cuda_kernel`
@@ -86,41 +83,6 @@ def launch(rows, count{params}):
 '''
 
 
-SPLIT_BLOCKS = 1024           # a reduction over fewer rows splits each row in segments
-SPLIT_COUNT = 16 * THREADS    # of at least this many terms, to make about this many blocks
-
-REDUCE_SPLIT = '''
-@cuda.jit(cache=True)
-def parts(rows, count, S, part{params}):
-    sh = cuda.shared.array(RED, DT)
-    for rs in range(cuda.blockIdx.x, rows * S, cuda.gridDim.x):
-        r = rs // S
-        seg = rs - r * S
-        s = T(0)
-        for j in range(seg * count // S + cuda.threadIdx.x, (seg + 1) * count // S, RED):
-            s += {term}(r, j{params})
-        s = _block_reduce(sh, s)
-        if cuda.threadIdx.x == 0:
-            part[rs] = s
-
-
-@cuda.jit(cache=True)
-def launch(rows, S, part{params}):
-    for r in range(cuda.grid(1), rows, cuda.gridsize(1)):
-        s = T(0)
-        for i in range(S):
-            s += part[r * S + i]
-        {finish}(r, s{params})
-'''
-
-
-def _segments(rows: int, count: int) -> int:
-    """Segments per row of a reduction (1: a block per row)."""
-    if rows >= SPLIT_BLOCKS:
-        return 1
-    return max(1, min(-(-SPLIT_BLOCKS // rows), count // SPLIT_COUNT))
-
-
 def _marked(module) -> dict:
     return {name: f for name, f in vars(module).items()
             if callable(f) and getattr(f, "_nnspec_cuda", False)
@@ -155,12 +117,8 @@ def _functions(fns: tuple) -> str:
     return "\n\n".join(seen[k] for k in sorted(seen))
 
 
-def _launcher(kind: str, fns: tuple, nargs: int, dtype: str):
-    return _module(kind, fns, nargs, dtype).launch
-
-
 @functools.lru_cache(maxsize=None)
-def _module(kind: str, fns: tuple, nargs: int, dtype: str):
+def _launcher(kind: str, fns: tuple, nargs: int, dtype: str):
     params = "".join(f", a{i}" for i in range(nargs))
     what = f"{fns[0].__module__.rsplit('.', 1)[-1]}." + "/".join(f.__name__ for f in fns)
     text = HEAD.format(what=what, dtype=dtype, arch=arch(), threads=THREADS)
@@ -168,10 +126,9 @@ def _module(kind: str, fns: tuple, nargs: int, dtype: str):
     if kind == "map":
         text += MAP.format(params=params, fn=fns[0].__name__)
     else:
-        body = REDUCE if kind == "reduce" else REDUCE_SPLIT
-        text += REDUCE_HELPER + body.format(params=params, term=fns[0].__name__,
-                                            finish=fns[1].__name__)
-    return watched(cache.load(f"cuda_{arch()}_op", text))
+        text += REDUCE_HELPER + REDUCE.format(params=params, term=fns[0].__name__,
+                                              finish=fns[1].__name__)
+    return watched(cache.load(f"cuda_{arch()}_op", text)).launch
 
 
 def view(a, ref: Ref):
@@ -233,17 +190,6 @@ def launches(node, spec, ins: list, out, dtype: str, gemm, pool: dict | None = N
                                            *args))
         elif isinstance(st, Reduce):
             if st.rows <= 0:
-                continue
-            S = _segments(st.rows, st.count)
-            if S > 1:
-                mod = _module("split", (st.term, st.finish), len(args), dtype)
-                part = empty(st.rows * S, dtype)
-                rows, count = np.int64(st.rows), np.int64(st.count)
-                calls.append(functools.partial(
-                    mod.parts[min(st.rows * S, MAX_BLOCKS), THREADS, stream()],
-                    rows, count, np.int64(S), part, *args))
-                calls.append(functools.partial(mod.launch[blocks(st.rows), THREADS, stream()],
-                                               rows, np.int64(S), part, *args))
                 continue
             fn = _launcher("reduce", (st.term, st.finish), len(args), dtype)
             grid = (min(st.rows, MAX_BLOCKS), THREADS, stream())
