@@ -1,6 +1,7 @@
 """PyTorch's side of bench/zoo_steps.py: a training step (forward, cross
-entropy, backward, SGD with momentum) of ResNet-18, ResNet-50 and VGG-16 as
-torchvision defines them, written out here (torchvision is not a dependency),
+entropy, backward, SGD with momentum) of ResNet-18, ResNet-50, VGG-16,
+DenseNet-121 and Inception-v3 (with its auxiliary head) as torchvision
+defines them, written out here (torchvision is not a dependency),
 at batch 8 and 224x224: first step, steady step (median), peak resident
 memory, each network in a process of its own.
 
@@ -98,9 +99,85 @@ def densenet121(classes=1000, growth=32):
                          nn.Flatten(), nn.Linear(c, classes))
 
 
+def cbr(cin, cout, k, stride=1, pad=0):          # torchvision's BasicConv2d
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad, bias=False),
+                         nn.BatchNorm2d(cout, eps=0.001), nn.ReLU(True))
+
+
+class Branches(nn.Module):
+    # branches side by side, concatenated on the channels; a branch is a
+    # module or (stem, [heads]) whose heads all read the stem's output
+    def __init__(self, *branches):
+        super().__init__()
+        self.b = nn.ModuleList(nn.ModuleList([b[0], nn.ModuleList(b[1])])
+                               if isinstance(b, tuple) else b for b in branches)
+
+    def forward(self, x):
+        out = []
+        for b in self.b:
+            if isinstance(b, nn.ModuleList):
+                y = b[0](x)
+                out += [h(y) for h in b[1]]
+            else:
+                out.append(b(x))
+        return torch.cat(out, 1)
+
+
+def inception_a(cin, pool):
+    return Branches(cbr(cin, 64, 1), nn.Sequential(cbr(cin, 48, 1), cbr(48, 64, 5, pad=2)),
+                    nn.Sequential(cbr(cin, 64, 1), cbr(64, 96, 3, pad=1), cbr(96, 96, 3, pad=1)),
+                    nn.Sequential(nn.AvgPool2d(3, 1, 1), cbr(cin, pool, 1)))
+
+
+def inception_c(c7):
+    return Branches(cbr(768, 192, 1),
+                    nn.Sequential(cbr(768, c7, 1), cbr(c7, c7, (1, 7), pad=(0, 3)),
+                                  cbr(c7, 192, (7, 1), pad=(3, 0))),
+                    nn.Sequential(cbr(768, c7, 1), cbr(c7, c7, (7, 1), pad=(3, 0)),
+                                  cbr(c7, c7, (1, 7), pad=(0, 3)), cbr(c7, c7, (7, 1), pad=(3, 0)),
+                                  cbr(c7, 192, (1, 7), pad=(0, 3))),
+                    nn.Sequential(nn.AvgPool2d(3, 1, 1), cbr(768, 192, 1)))
+
+
+def inception_e(cin):
+    return Branches(cbr(cin, 320, 1),
+                    (cbr(cin, 384, 1), [cbr(384, 384, (1, 3), pad=(0, 1)),
+                                        cbr(384, 384, (3, 1), pad=(1, 0))]),
+                    (nn.Sequential(cbr(cin, 448, 1), cbr(448, 384, 3, pad=1)),
+                     [cbr(384, 384, (1, 3), pad=(0, 1)), cbr(384, 384, (3, 1), pad=(1, 0))]),
+                    nn.Sequential(nn.AvgPool2d(3, 1, 1), cbr(cin, 192, 1)))
+
+
+class InceptionV3(nn.Module):
+    # as specs/inception_v3.nn (torchvision's, aux_logits=True): (logits, aux)
+    def __init__(self, classes=1000):
+        super().__init__()
+        self.body = nn.Sequential(
+            cbr(3, 32, 3, 2), cbr(32, 32, 3), cbr(32, 64, 3, pad=1), nn.MaxPool2d(3, 2),
+            cbr(64, 80, 1), cbr(80, 192, 3), nn.MaxPool2d(3, 2),
+            inception_a(192, 32), inception_a(256, 64), inception_a(288, 64),
+            Branches(cbr(288, 384, 3, 2),
+                     nn.Sequential(cbr(288, 64, 1), cbr(64, 96, 3, pad=1), cbr(96, 96, 3, 2)),
+                     nn.MaxPool2d(3, 2)),
+            inception_c(128), inception_c(160), inception_c(160), inception_c(192))
+        self.aux = nn.Sequential(nn.AvgPool2d(5, 3), cbr(768, 128, 1), cbr(128, 768, 5),
+                                 nn.Flatten(), nn.Linear(768, classes))
+        self.head = nn.Sequential(
+            Branches(nn.Sequential(cbr(768, 192, 1), cbr(192, 320, 3, 2)),
+                     nn.Sequential(cbr(768, 192, 1), cbr(192, 192, (1, 7), pad=(0, 3)),
+                                   cbr(192, 192, (7, 1), pad=(3, 0)), cbr(192, 192, 3, 2)),
+                     nn.MaxPool2d(3, 2)),
+            inception_e(1280), inception_e(2048), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Dropout(0.5), nn.Linear(2048, classes))
+
+    def forward(self, x):
+        y = self.body(x)
+        return self.head(y), self.aux(y)
+
+
 net = {"resnet18": lambda: resnet([2, 2, 2, 2], False),
        "resnet50": lambda: resnet([3, 4, 6, 3], True), "vgg16": vgg16,
-       "densenet121": densenet121}[name]()
+       "densenet121": densenet121, "inception_v3": InceptionV3}[name]()
 params = sum(p.numel() for p in net.parameters())
 opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 x = torch.randn(batch, 3, size, size)
@@ -109,8 +186,15 @@ y = torch.randint(0, 1000, (batch,))
 
 def step():
     opt.zero_grad()
-    loss = nn.functional.cross_entropy(net(x), y)
+    out = net(x)
+    if isinstance(out, tuple):      # Inception-v3 as its spec trains it: label smoothing
+        ce = nn.functional.cross_entropy    # 0.1, the auxiliary loss weighted 0.4, clip 2.0
+        loss = ce(out[0], y, label_smoothing=0.1) + 0.4 * ce(out[1], y, label_smoothing=0.1)
+    else:
+        loss = nn.functional.cross_entropy(out, y)
     loss.backward()
+    if isinstance(out, tuple):
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 2.0)
     opt.step()
 
 
