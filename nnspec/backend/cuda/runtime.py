@@ -32,6 +32,7 @@ from ..device import simulated  # noqa: E402
 # small launches (a bias of 64 values, a loss) are by design, not a fault to warn of
 _numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 
+
 def _shared_arrays_per_block() -> None:
     """Under the simulator, one shared array per call site and block, whichever
     thread asks first.  The simulator's own `cuda.shared.array` looks the
