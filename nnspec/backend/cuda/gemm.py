@@ -1,6 +1,6 @@
 """GEMMs on the device behind one small interface:
 
-    g = gemm_provider()                  # cuBLAS (through CuPy) where it works, else tiled
+    g = gemm_provider()                  # cuBLAS where it loads, else the tiled kernel
     call = g.bind(a, b, out, ta=False, tb=True)   # out = op(a) @ op(b), 2-D device arrays
     call = g.bind(a, b, out, ta, tb, accumulate=True)   # out += op(a) @ op(b)
     call()                               # as often as the step runs
