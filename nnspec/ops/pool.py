@@ -647,6 +647,24 @@ def avgpool(x, out, kern, stride, dil, lo, hi, include_pad):
                     o5[b, c, oz, oy, ox] = acc / T(cz * cy * cx if include_pad else nz * ny * nx)
 
 
+@kernel
+def _avg_plane_grad(gp, dp, kern, stride, lo, hi, include_pad):
+    """`_avg_plane`'s gradient into a zeroed plane dp: each window's share of
+    its gradient added along the rows."""
+    T = dp.dtype.type
+    H, W = dp.shape[0], dp.shape[1]
+    for oy in range(gp.shape[0]):
+        y0, ny, cy = _win(oy, stride[1], kern[1], 1, lo[1], hi[1], H)
+        grow = gp[oy]
+        for ox in range(gp.shape[1]):
+            x0, nx, cx = _win(ox, stride[2], kern[2], 1, lo[2], hi[2], W)
+            v = grow[ox] / T(cy * cx if include_pad else ny * nx)
+            for i in range(ny):
+                drow = dp[y0 + i]
+                for j in range(nx):
+                    drow[x0 + j] += v
+
+
 @kernel(parallel=True)
 def avgpool_grad(g, x, out, kern, stride, dil, lo, hi, include_pad):
     g5, d5 = _as5(g), _as5(out)
@@ -654,6 +672,7 @@ def avgpool_grad(g, x, out, kern, stride, dil, lo, hi, include_pad):
     Do, Ho, Wo = g5.shape[2], g5.shape[3], g5.shape[4]
     T = out.dtype.type
     tiles = x.ndim <= 4 and _tiled(kern, stride, dil, lo, Ho, Wo, H, W)
+    flat = x.ndim <= 4 and dil[1] == 1 and dil[2] == 1
     g4, d4 = _as4(g), _as4(out)
     r = T(1) / T(kern[1] * kern[2])
     out.reshape(out.size)[:] = 0
@@ -662,6 +681,9 @@ def avgpool_grad(g, x, out, kern, stride, dil, lo, hi, include_pad):
         c = t % C
         if tiles:
             _avg_tiles_grad(g4[b, c], d4[b, c], kern[1], kern[2], r)
+            continue
+        if flat:
+            _avg_plane_grad(g4[b, c], d4[b, c], kern, stride, lo, hi, include_pad)
             continue
         for oz in range(Do):
             z0, nz, cz = _win(oz, stride[0], kern[0], dil[0], lo[0], hi[0], D)
