@@ -89,22 +89,29 @@ def median_s(make, name, reps, warmup, budget):
         first = time.perf_counter() - t0
         for _ in range(warmup):
             step()
-        from nnspec.backend.cuda import step as cuda_step
-        if cuda_step.PROFILE:              # NNSPEC_CUDA_PROFILE=1: the timed steps only
-            cuda_step.PROFILE.clear()
+        profile = _profile() if make is nnspec_step else None
+        if profile:                        # NNSPEC_CUDA_PROFILE=1: the timed steps only
+            profile.clear()
         times, t_end = [], time.perf_counter() + budget
         while len(times) < max(reps, 1) and (len(times) < 3 or time.perf_counter() < t_end):
             t = time.perf_counter()
             step()
             times.append(time.perf_counter() - t)
-        if make is nnspec_step and cuda_step.PROFILE:
+        if profile:
+            from nnspec.backend.cuda.step import _print_profile
             print(f"\n{name}, {len(times)} steps:", end="")
-            cuda_step._print_profile()
-            cuda_step.PROFILE.clear()
+            _print_profile()
+            profile.clear()
     except Exception as e:          # noqa: BLE001 (reported in the table)
         traceback.print_exc()
         return f"{type(e).__name__}: {str(e).splitlines()[0][:70]}" if str(e) else type(e).__name__
     return first, statistics.median(times)
+
+
+def _profile():
+    """nnspec's per-op CUDA profile (a dict), or None when not asked for."""
+    from nnspec.backend.cuda.step import PROFILE
+    return PROFILE
 
 
 def main():
@@ -134,8 +141,8 @@ def main():
           f"{'torch cuda':>12} {'ratio':>7}  note", flush=True)
     for name in args.only:
         ours = median_s(nnspec_step, name, args.reps, args.warmup, args.budget)
-        theirs = (median_s(torch_step, name, args.reps, args.warmup, args.budget) if gpu and not args.no_torch
-                  else "no torch CUDA")
+        theirs = "no torch CUDA" if not gpu or args.no_torch else \
+            median_s(torch_step, name, args.reps, args.warmup, args.budget)
         ok = isinstance(ours, tuple) and isinstance(theirs, tuple)
         note = "" if ok else (ours if not isinstance(ours, tuple) else theirs)
         first = f"{ours[0]:.1f} s" if isinstance(ours, tuple) else "-"

@@ -120,4 +120,3 @@ def test_cuda_op_table(family):
     bad = {k: e for k, e in got.items()
            if not (isinstance(e, float) and e <= TOL[k.rsplit(" ", 1)[1]])}
     assert not bad, json.dumps(bad, indent=1)[:6000]
-

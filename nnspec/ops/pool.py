@@ -600,22 +600,32 @@ def _avg_window(x5, b, c, z0, nz, y0, ny, x0, nx, dil):
 
 
 @kernel
-def _avg_plane(xp, op, kern, stride, lo, hi, include_pad):
-    """One plane of a 1-d or 2-d average pool with undilated windows: each
-    window summed along the input's rows."""
-    T = op.dtype.type
-    H, W = xp.shape[0], xp.shape[1]
-    for oy in range(op.shape[0]):
+def _avg_plane(src, dst, kern, stride, lo, hi, include_pad, grad):
+    """One plane of a 1-d or 2-d average pool with undilated windows, each
+    window walked along the input's rows: dst = the windows' means of the
+    input src, or (grad) dst, the input's gradient, zeroed, += each window's
+    share of src, the output's gradient."""
+    T = dst.dtype.type
+    out = src if grad else dst      # the output plane: one window per element
+    H, W = (dst if grad else src).shape
+    for oy in range(out.shape[0]):
         y0, ny, cy = _win(oy, stride[1], kern[1], 1, lo[1], hi[1], H)
-        orow = op[oy]
-        for ox in range(op.shape[1]):
+        for ox in range(out.shape[1]):
             x0, nx, cx = _win(ox, stride[2], kern[2], 1, lo[2], hi[2], W)
-            acc = T(0)
-            for i in range(ny):
-                xrow = xp[y0 + i]
-                for j in range(nx):
-                    acc += xrow[x0 + j]
-            orow[ox] = acc / T(cy * cx if include_pad else ny * nx)
+            count = T(cy * cx if include_pad else ny * nx)
+            if grad:
+                v = src[oy, ox] / count
+                for i in range(ny):
+                    row = dst[y0 + i]
+                    for j in range(nx):
+                        row[x0 + j] += v
+            else:
+                acc = T(0)
+                for i in range(ny):
+                    row = src[y0 + i]
+                    for j in range(nx):
+                        acc += row[x0 + j]
+                dst[oy, ox] = acc / count
 
 
 @kernel(parallel=True)
@@ -635,7 +645,7 @@ def avgpool(x, out, kern, stride, dil, lo, hi, include_pad):
             _avg_tiles(x4[b, c], o4[b, c], kern[1], kern[2], r)
             continue
         if flat:
-            _avg_plane(x4[b, c], o4[b, c], kern, stride, lo, hi, include_pad)
+            _avg_plane(x4[b, c], o4[b, c], kern, stride, lo, hi, include_pad, False)
             continue
         for oz in range(Do):
             z0, nz, cz = _win(oz, stride[0], kern[0], dil[0], lo[0], hi[0], D)
@@ -645,24 +655,6 @@ def avgpool(x, out, kern, stride, dil, lo, hi, include_pad):
                     x0, nx, cx = _win(ox, stride[2], kern[2], dil[2], lo[2], hi[2], W)
                     acc = _avg_window(x5, b, c, z0, nz, y0, ny, x0, nx, dil)
                     o5[b, c, oz, oy, ox] = acc / T(cz * cy * cx if include_pad else nz * ny * nx)
-
-
-@kernel
-def _avg_plane_grad(gp, dp, kern, stride, lo, hi, include_pad):
-    """`_avg_plane`'s gradient into a zeroed plane dp: each window's share of
-    its gradient added along the rows."""
-    T = dp.dtype.type
-    H, W = dp.shape[0], dp.shape[1]
-    for oy in range(gp.shape[0]):
-        y0, ny, cy = _win(oy, stride[1], kern[1], 1, lo[1], hi[1], H)
-        grow = gp[oy]
-        for ox in range(gp.shape[1]):
-            x0, nx, cx = _win(ox, stride[2], kern[2], 1, lo[2], hi[2], W)
-            v = grow[ox] / T(cy * cx if include_pad else ny * nx)
-            for i in range(ny):
-                drow = dp[y0 + i]
-                for j in range(nx):
-                    drow[x0 + j] += v
 
 
 @kernel(parallel=True)
@@ -683,7 +675,7 @@ def avgpool_grad(g, x, out, kern, stride, dil, lo, hi, include_pad):
             _avg_tiles_grad(g4[b, c], d4[b, c], kern[1], kern[2], r)
             continue
         if flat:
-            _avg_plane_grad(g4[b, c], d4[b, c], kern, stride, lo, hi, include_pad)
+            _avg_plane(g4[b, c], d4[b, c], kern, stride, lo, hi, include_pad, True)
             continue
         for oz in range(Do):
             z0, nz, cz = _win(oz, stride[0], kern[0], dil[0], lo[0], hi[0], D)

@@ -117,6 +117,7 @@ class CudaStep:
         self._bound: dict = {}
         self._last = None
         self._pool: dict | None = None    # scratch shared by the nodes of a binding
+        self._specs: dict = {}            # (node, batch) -> its op's `Cuda` stages
         self.no_graph: str | None = None  # why the step runs without a CUDA graph
 
     # ---- where values live -------------------------------------------------------
@@ -151,16 +152,24 @@ class CudaStep:
     def _bind(self, dev: dict, batch: int) -> "_Bound":
         v = self._views(dev, batch)
         self._pool = self._scratch(batch)
-        calls = [self._launcher(n)(n, v, batch) for n in self.nodes]
-        self._pool = None
+        try:
+            calls = [self._launcher(n)(n, v, batch) for n in self.nodes]
+        finally:
+            self._pool = None
         dt = np.dtype(self.dtype)
         scratch = {"part": empty(MAX_BLOCKS, dt), "sq": empty(1, dt), "st": empty(3, dt)}
         return _Bound(v, calls, self._copies(dev, v), scratch)
 
     def _cuda_spec(self, n, batch: int):
-        g = self.graph
-        return get_op(n.op).cuda(n.attrs, [_concrete(g.shape(i), batch) for i in n.inputs],
-                                 _concrete(n.shape, batch))
+        """The op's `Cuda` stages at this batch size (asked once: the scratch
+        pool and the launcher both read them)."""
+        key = (n.id, batch)
+        if key not in self._specs:
+            g = self.graph
+            self._specs[key] = get_op(n.op).cuda(
+                n.attrs, [_concrete(g.shape(i), batch) for i in n.inputs],
+                _concrete(n.shape, batch))
+        return self._specs[key]
 
     def _scratch(self, batch: int) -> dict:
         """One scratch buffer per (temp index, dtype), the largest any node asks
