@@ -385,14 +385,20 @@ def test_channels_last_convolutions_either_blocking(small, tmp_path):
     """The channels-last kernels (forward, and the input gradient of a stride-1
     convolution) multiply whole images, or blocks of a few output rows that
     cross image boundaries where the BLAS has a fast path for small products;
-    both match the reference (NNSPEC_BLAS_SMALL_GEMM forces either)."""
+    both match the reference (NNSPEC_BLAS_SMALL_GEMM forces either).  Heavy
+    weights (conv.ROWS_HEAVY floats and more per group) take several images
+    per GEMM, in the forward and both gradients, on an odd batch, one group
+    or two."""
     code = textwrap.dedent("""
         import numpy as np
         from nnspec.backend.jit import jitted
         from nnspec.ops import all_ops, conv
         rng = np.random.default_rng(5)
+        heavy = [((5, 32, 5, 6), (256, 32, 3, 3), 1), ((3, 64, 3, 5), (512, 32, 3, 3), 2)]
+        for xs, ws, groups in heavy:
+            assert ws[1] * ws[2] * ws[3] * (ws[0] // groups) >= conv.ROWS_HEAVY
         for xs, ws, groups in [((3, 16, 5, 40), (24, 16, 3, 3), 1),
-                               ((2, 32, 5, 40), (32, 16, 3, 3), 2)]:
+                               ((2, 32, 5, 40), (32, 16, 3, 3), 2)] + heavy:
             attrs = {"stride": [1, 1], "dilation": [1, 1], "pad": [[1, 1], [1, 1]],
                      "groups": groups}
             extra = conv._extra(attrs, 2)
@@ -405,6 +411,10 @@ def test_channels_last_convolutions_either_blocking(small, tmp_path):
             jitted(conv.conv_grad_input)(g, w, x, dx, *extra)
             want = all_ops()["conv_grad_input"].reference(attrs, g, w, x)
             np.testing.assert_allclose(dx, want, rtol=1e-10, atol=1e-10)
+            dw = np.zeros(ws)
+            jitted(conv.conv_grad_weight)(x, g, w, dw, *extra)
+            want = all_ops()["conv_grad_weight"].reference(attrs, x, g, w)
+            np.testing.assert_allclose(dw, want, rtol=1e-10, atol=1e-9)
         print("OK")
     """)
     r = _run_fresh(code, tmp_path, {"NNSPEC_BLAS_SMALL_GEMM": small})
