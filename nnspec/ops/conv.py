@@ -593,42 +593,49 @@ ROWS_HEAVY = 1 << 16    # weights of at least this many floats (256 KB) are "hea
 ROWS_BLOCK = 1 << 14    # floats of gathered rows per small GEMM (64 KB: they stay in cache)
 
 
-@kernel
+@kernel(parallel=True)
 def _rows_weights(w4, groups, flip, dtype):
-    """The weights as the channels-last GEMM's left operand, [groups, o, (i, j, c)].
-    1x1 kernels are w itself; otherwise each output channel's [c, (i, j)] block
-    turns to [(i, j), c], a copy that stays in the cache.
-    flip: for the input gradient, a convolution of g with the kernels flipped
-    and the in/out channels swapped (o runs over w's inputs, c over its outputs)."""
+    """The weights as the channels-last GEMM's other operand.
+    Forward: [groups, o, (i, j, c)], each output channel's [c, (i, j)] block
+    turned to [(i, j), c] (1x1 kernels: w itself), output channels in parallel.
+    flip (the input gradient: a convolution of g with the kernels flipped and
+    the in/out channels swapped): [groups, (i', j', o), c], "k-major", with
+    (i', j') the flipped tap: a de-interleave of w's taps into kh kw runs, each
+    written in w's own (o, c) order (1x1: w itself).  Laid out [c, (i', j', o)],
+    as the forward's, the copy crossed 2.4M values at a stride of 18 KB at 512
+    channels and took 4-5 ms of a 13-16 ms input gradient."""
     O, Cg, kh, kw = w4.shape
     Og = O // groups
-    if kh * kw == 1 and not flip:
+    T = kh * kw
+    if T == 1:
         return w4.reshape((groups, Og, Cg))
-    cin, cout = (Og, Cg) if flip else (Cg, Og)
-    wr = np.empty((groups, cout, kh * kw * cin), dtype=dtype)
-    for grp in range(groups):
-        if flip:
-            for c in range(Cg):
-                row = wr[grp, c]
-                for i in range(kh):
-                    for j in range(kw):
-                        base = ((kh - 1 - i) * kw + kw - 1 - j) * Og
-                        for o in range(Og):
-                            row[np.uint64(base + o)] = w4[grp * Og + o, c, i, j]
-        else:
-            for o in range(Og):
-                row = wr[grp, o]
+    wf = w4.reshape(O * Cg * T)
+    if flip:
+        wk = np.empty((groups, T * Og, Cg), dtype=dtype)
+        for u in prange(groups * Og):
+            grp, o = u // Og, u % Og
+            src = u * Cg * T
+            for q in range(T):      # one run written at a time (their starts alias)
+                row = wk[grp, (T - 1 - q) * Og + o]
                 for c in range(Cg):
-                    for i in range(kh):
-                        for j in range(kw):
-                            row[np.uint64((i * kw + j) * Cg + c)] = w4[grp * Og + o, c, i, j]
+                    row[c] = wf[np.uint64(src + c * T + q)]
+        return wk
+    wr = np.empty((groups, Og, T * Cg), dtype=dtype)
+    for u in prange(groups * Og):
+        grp, o = u // Og, u % Og
+        row = wr[grp, o]
+        src = u * Cg * T
+        for q in range(T):
+            for c in range(Cg):
+                row[np.uint64(q * Cg + c)] = wf[np.uint64(src + c * T + q)]
     return wr
 
 
 @kernel(parallel=True)
 def _conv_rows(x4, wr, kh, kw, o3, bias, has_bias, sh, sw, dh, dw, ph, pw, Ho, Wo,
-               by_pixel):
-    """The forward channels-last (weights from `_rows_weights`): each task turns its
+               by_pixel, kmajor):
+    """The forward channels-last (weights from `_rows_weights`, [o, (i, j, c)], or
+    with `kmajor` [(i, j, c), o]): each task turns its
     images to [H, W, C], gathers rows [pixel, (i, j, c)] (runs of C contiguous
     values) and multiplies them by the weights [o, (i, j, c)]: with `by_pixel`
     (up to ROWS_BY_PIXEL_MAX_O output channels) as rows x weights^T into
@@ -641,7 +648,10 @@ def _conv_rows(x4, wr, kh, kw, o3, bias, has_bias, sh, sw, dh, dw, ph, pw, Ho, W
     with OpenBLAS's AVX2 kernels that is 1.4x slower, and they go an image at a
     time."""
     B, C, H, W = x4.shape
-    groups, Og, K = wr.shape
+    groups = wr.shape[0]
+    # (a swap of two names unpacked from wr.shape misleads Numba's array analysis)
+    Og = wr.shape[2] if kmajor else wr.shape[1]
+    K = wr.shape[1] if kmajor else wr.shape[2]
     Cg = K // (kh * kw)
     P = Ho * Wo
     nb, tasks, restore = _plan(B, P, K, 1)
@@ -677,10 +687,18 @@ def _conv_rows(x4, wr, kh, kw, o3, bias, has_bias, sh, sw, dh, dw, ph, pw, Ho, W
                     # the product as [pixel, o] or [o, pixel]: element (i, o) at
                     # i si + o so
                     if by_pixel:
-                        np.dot(rows, wr[grp].T, resbuf[:m * Og].reshape((m, Og)))
+                        res = resbuf[:m * Og].reshape((m, Og))
+                        if kmajor:
+                            np.dot(rows, wr[grp], res)
+                        else:
+                            np.dot(rows, wr[grp].T, res)
                         si, so = Og, 1
                     else:
-                        np.dot(wr[grp], rows.T, resbuf[:m * Og].reshape((Og, m)))
+                        res = resbuf[:m * Og].reshape((Og, m))
+                        if kmajor:
+                            np.dot(wr[grp].T, rows.T, res)
+                        else:
+                            np.dot(wr[grp], rows.T, res)
                         si, so = 1, m
                     for r in range(r0, r1):
                         t, q = r // Ho, (r % Ho) * Wo
@@ -733,7 +751,7 @@ def _conv(x, w, out, bias, has_bias, stride, dil, code, lo, hi, groups):
     if Cg >= ROWS_MIN_C:
         _conv_rows(x4, _rows_weights(w4, groups, False, out.dtype), kh, kw, o3, bias, has_bias,
                    stride[0], stride[1], dil[0], dil[1], ph, pw, Ho, Wo,
-                   Og <= ROWS_BY_PIXEL_MAX_O)
+                   Og <= ROWS_BY_PIXEL_MAX_O, False)
         return
     nb, tasks, restore = _plan(B, P, K, groups)
     nc = (B + nb - 1) // nb
@@ -799,12 +817,12 @@ def _conv_back_data(g, w, dx, stride, dil, code, lo, groups):
         # both have 16+ channels, and the padding adds at most half the work)
         _conv_rows(g4, _rows_weights(w4, groups, True, dx.dtype), kh, kw, _flat3(dx),
                    np.zeros(1, dx.dtype), False, 1, 1, dil[0], dil[1], qh, qw, H, W,
-                   Cg <= ROWS_BY_PIXEL_MAX_O)
+                   Cg <= ROWS_BY_PIXEL_MAX_O, True)
         return
     # tasks own whole images (every group of them), so no two add into one dx
     nb, tasks, restore = _plan(B, P, K, 1)
     nc = (B + nb - 1) // nb
-    wf = w4.reshape((O, K))
+    wt = _group_transposed(w4.reshape((groups, Og, K)), dx.dtype)
     g3 = _flat3(g)
     dflat = dx.reshape(dx.size)
     per = dx.size // max(B, 1)
@@ -816,7 +834,7 @@ def _conv_back_data(g, w, dx, stride, dil, code, lo, groups):
             n = min(nb, B - b0)
             _zero(dflat, b0 * per, (b0 + n) * per)
             for grp in range(groups):
-                wg = np.ascontiguousarray(wf[grp * Og:(grp + 1) * Og].T)
+                wg = wt[grp]
                 gg = ggbuf[:Og * n * P].reshape((Og, n * P))
                 _gather(g3, b0, n, grp, Og, gg)
                 dcols = dcbuf[:K * n * P].reshape((K, n * P))
@@ -824,6 +842,25 @@ def _conv_back_data(g, w, dx, stride, dil, code, lo, groups):
                 _col2im(dcols, b0, n, grp, Cg, kh, kw, Ho, Wo, stride[0], stride[1],
                         dil[0], dil[1], ph, pw, dx4)
     _unplan(restore)
+
+
+@kernel(parallel=True)
+def _group_transposed(w3, dtype):
+    """[G, K, Og] = each group's [Og, K] transposed, once per call, in tiles of
+    16 x 16 (in parallel).  The input gradient's tasks each copied w^T
+    themselves, for every chunk of images: 1.2M values read at a stride of 9 KB
+    per image at 512 channels (ResNet-18's stride-2 convolutions)."""
+    G, Og, K = w3.shape
+    wt = np.empty((G, K, Og), dtype=dtype)
+    nk = (K + 15) // 16
+    for u in prange(G * nk):
+        grp, k0 = u // nk, (u % nk) * 16
+        k1 = min(k0 + 16, K)
+        for o0 in range(0, Og, 16):
+            for k in range(k0, k1):
+                for o in range(o0, min(o0 + 16, Og)):
+                    wt[grp, k, o] = w3[grp, o, k]
+    return wt
 
 
 @kernel
@@ -861,11 +898,14 @@ def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
         _unplan(restore)
         _sum_tasks(acc, out.reshape(O * K))
         return
+    if groups == 1 and K * O >= ROWS_HEAVY:
+        _grad_weight_by_channel(x4, g3, out, kh, kw, stride[0], stride[1], dil[0], dil[1],
+                                ph, pw, Ho, Wo)
+        return
     nb, tasks, restore = _plan(B, P, K, groups)
     if K * Og >= ROWS_HEAVY:
-        # a large product [K, Og] per GEMM (ResNet's 3x3 convolutions at 14 and 7
-        # pixels, 256-512 channels): as many images per GEMM as the cap allows,
-        # not one image's 49-196 columns (2x faster at 512 channels, 7x7)
+        # a large product [K, Og] per GEMM: as many images per GEMM as the cap
+        # allows, not one image's columns
         nb = max(nb, min((B + tasks - 1) // tasks, ROWS_MAX // max(P * K, 1)))
         tasks = max(1, min(tasks, ((B + nb - 1) // nb) * groups))
         if tasks == 1:
@@ -901,10 +941,15 @@ def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
                     for o in range(Og):
                         mine[np.uint64(k * O + grp * Og + o)] += pf[np.uint64(k * Og + o)]
     _unplan(restore)
-    # out [O, K] = the tasks' sum, transposed in tiles of 16 x 16 (a plain
-    # strided pass took milliseconds at 512 channels, 3x3), tiles of output
-    # channels in parallel
-    of = out.reshape((O, K))
+    _sum_transposed(acc, out.reshape((O, K)))
+
+
+@kernel(parallel=True)
+def _sum_transposed(acc, of):
+    """of [O, K] = the sum of the tasks' acc[task] [K, O], transposed in tiles of
+    16 x 16 (a plain strided pass took milliseconds at 512 channels, 3x3),
+    tiles of output channels in parallel."""
+    tasks, K, O = acc.shape
     for ob in prange((O + 15) // 16):
         o0 = ob * 16
         for k0 in range(0, K, 16):
@@ -914,6 +959,55 @@ def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
                     for task in range(1, tasks):
                         v += acc[task, k, o]
                     of[o, k] = v
+
+
+@kernel(parallel=True)
+def _grad_weight_by_channel(x4, g3, out, kh, kw, sh, sw, dh, dw, ph, pw, Ho, Wo):
+    """The weight gradient of one group with heavy weights (K O >= ROWS_HEAVY:
+    ResNet's 3x3 convolutions at 28 to 7 pixels, 128-512 channels), its tasks
+    splitting the input channels: each gathers the columns of its channels for
+    all images (as many images per GEMM as ROWS_MAX allows) and multiplies them
+    by all of g, [K_task, B P] x [B P, O], into its own rows of dw^T.  No task's
+    sum is added to another's: split by images, each task wrote a whole
+    [K, O] (2.4M values at 512 channels) and they were summed."""
+    B, C = x4.shape[0], x4.shape[1]
+    O, T = out.shape[0], kh * kw
+    K, P = C * T, Ho * Wo
+    tasks = 1
+    if blas_get_threads() > 0:
+        tasks = max(1, min(num_threads(), C))
+        while C % tasks:            # equal blocks of channels (an _im2col "group")
+            tasks -= 1
+    cb = C // tasks
+    restore = -1
+    if tasks > 1:
+        bt = blas_get_threads()
+        if bt > 1:
+            blas_set_threads(1)
+            restore = bt
+    kt = cb * T
+    nb = max(1, min(B, ROWS_MAX // max(kt * P, 1)))
+    acc = np.empty((1, K, O), dtype=out.dtype)
+    for task in prange(tasks):
+        colbuf = np.empty(kt * nb * P, dtype=out.dtype)
+        ggbuf = np.empty(O * nb * P, dtype=out.dtype)
+        part = np.empty((kt, O), dtype=out.dtype)
+        pf = part.reshape(kt * O)
+        mine = acc[0, task * kt:(task + 1) * kt]
+        mf = mine.reshape(kt * O)
+        for b0 in range(0, B, nb):
+            n = min(nb, B - b0)
+            cols = colbuf[:kt * n * P].reshape((kt, n * P))
+            gg = ggbuf[:O * n * P].reshape((O, n * P))
+            _im2col(x4, b0, n, task, cb, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, cols)
+            _gather(g3, b0, n, 0, O, gg)
+            if b0 == 0:
+                np.dot(cols, gg.T, mine)
+            else:
+                np.dot(cols, gg.T, part)
+                _add_at(mf, 0, pf)
+    _unplan(restore)
+    _sum_transposed(acc, out.reshape((O, K)))
 
 
 @kernel(parallel=True)
