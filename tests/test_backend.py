@@ -497,3 +497,30 @@ def test_keep_freed_memory_stops_faulting_temporaries_in_again():
         faults[mode] = float(r.stdout.split("FAULTS")[1].split()[0])
     assert faults["none"] > 1000, faults       # the check sees the faults ...
     assert faults["keep"] < 20, faults          # ... and they are gone
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape, attrs", [
+    ((2, 3, 11, 12), {"kernel": [3, 3], "stride": [2, 2], "pad": [1, 1]}),
+    ((1, 2, 9, 10), {"kernel": [2, 3], "stride": [1, 2], "pad": [[1, 0], [0, 2]]}),
+    ((2, 2, 13), {"kernel": [4], "stride": [3], "pad": [[2, 1]]}),
+    ((1, 2, 7, 7), {"kernel": [3, 3], "stride": [1, 1], "pad": [0, 0], "ceil_mode": True}),
+], ids=["k3s2-pad1", "asym-sides", "1d", "k3s1"])
+def test_max_pool_switches_on_ties_take_the_first_in_row_major_order(shape, attrs, dtype):
+    """Undilated 1-d and 2-d max pools run down columns and then along rows; on
+    ties (a ReLU's zeros, small integers here) the switch is the first maximum
+    in row-major order, as the reference's argmax, and the values equal the
+    reference's."""
+    from nnspec.backend.jit import jitted
+    from nnspec.ops import pool
+    attrs = {"dilation": [1] * len(attrs["kernel"]), **attrs}
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 3, shape).astype(dtype)
+    x[0, 0] = 0                                 # a plane of nothing but ties
+    extra = pool._extra(attrs)
+    oshape = pool.pool_shape("maxpool", attrs, shape)
+    sw, y = np.zeros(oshape, np.int64), np.zeros(oshape, dtype)
+    jitted(pool.maxpool_switches)(x, sw, *extra)
+    jitted(pool.maxpool)(x, y, *extra)
+    np.testing.assert_array_equal(sw, all_ops()["maxpool_switches"].reference(attrs, x))
+    np.testing.assert_array_equal(y, all_ops()["maxpool"].reference(attrs, x))

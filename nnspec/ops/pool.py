@@ -442,6 +442,59 @@ def _max2x2(x4, o4, s4, b, c, want_sw, Ho, Wo):
 
 
 @kernel
+def _max_plane(x4, o4, s4, b, c, want_sw, kern, stride, lo, hi, Ho, Wo):
+    """One plane of a 1-d or 2-d undilated max pool, in two passes per output
+    row: the maximum down each column of the window's rows (with its first
+    row), contiguous and vectorised, then along each window's columns, with
+    selects, not branches (on random data a branch per tap mispredicts half
+    the time).  The first maximum in row-major order wins: among columns whose
+    maxima tie, the one whose maximum lies in the earliest row, then the
+    leftmost.  ResNet's 3x3 stride-2 stem pool took 15.5 ms (values) and 17.6
+    ms (switches) in the general loop at batch 8."""
+    H, W = x4.shape[2], x4.shape[3]
+    colv = np.empty(W, dtype=x4.dtype)
+    colr = np.empty(W if want_sw else 1, dtype=np.int64)
+    for oy in range(Ho):
+        y0, ny, _ = _win(oy, stride[1], kern[1], 1, lo[1], hi[1], H)
+        first = x4[b, c, y0]
+        for q in range(W):
+            colv[q] = first[q]
+        if want_sw:
+            for q in range(W):
+                colr[q] = y0
+        for i in range(1, ny):
+            r = x4[b, c, y0 + i]
+            if want_sw:
+                for q in range(W):
+                    v, u = r[q], colv[q]
+                    m = v > u
+                    colv[q] = v if m else u
+                    colr[q] = y0 + i if m else colr[q]
+            else:
+                for q in range(W):
+                    v, u = r[q], colv[q]
+                    colv[q] = v if v > u else u
+        for ox in range(Wo):
+            x0, nx, _ = _win(ox, stride[2], kern[2], 1, lo[2], hi[2], W)
+            best = colv[x0]
+            if want_sw:
+                row = colr[x0]
+                at = x0
+                for j in range(1, nx):
+                    v, rj = colv[x0 + j], colr[x0 + j]
+                    m = (v > best) | ((v == best) & (rj < row))
+                    best = v if m else best
+                    row = rj if m else row
+                    at = x0 + j if m else at
+                s4[b, c, oy, ox] = row * W + at
+            else:
+                for j in range(1, nx):
+                    v = colv[x0 + j]
+                    best = v if v > best else best
+                o4[b, c, oy, ox] = best
+
+
+@kernel
 def _as5(a):
     """a as [B, C, D, H, W]: a 1-d or 2-d pool's input with unit D (and H) axes."""
     n0, n1, nl = a.shape[0], a.shape[1], a.shape[a.ndim - 1]
@@ -459,11 +512,15 @@ def _maxpool(x, out, sw, want_sw, kern, stride, dil, lo, hi):
     pairs = x.ndim <= 4 and kern[1] == 2 and kern[2] == 2 and \
         _tiled(kern, stride, dil, lo, Ho, Wo, H, W)
     x4, o4, s4 = _as4(x), _as4(out), _as4(sw)
+    rows = x.ndim <= 4 and dil[1] == 1 and dil[2] == 1
     for t in prange(B * C):         # a plane each: ResNet-50's stem pool 108 -> ~60 ms
         b = t // C
         c = t % C
         if pairs:
             _max2x2(x4, o4, s4, b, c, want_sw, Ho, Wo)
+            continue
+        if rows:
+            _max_plane(x4, o4, s4, b, c, want_sw, kern, stride, lo, hi, Ho, Wo)
             continue
         for oz in range(Do):
             z0, nz, _ = _win(oz, stride[0], kern[0], dil[0], lo[0], hi[0], D)
