@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import DataError
 from .ir import Graph
+from .memory import zeros
 from .ops.collective import COMM_INPUT, COMM_SIZE
 
 _ALIGN = 16
@@ -56,7 +57,7 @@ class Network:
     def __init__(self, graph: Graph, dtype: str | None = None, seed: int = 0,
                  device: str = "cpu"):
         from .backend.device import resolve
-        from .init import initial_values
+        from .init import fill_initial
         from .memory import check_fits
         self.device = resolve(device)       # "cpu" or "cuda" ("auto" resolved)
         self._mirror = None                 # the device's copies of the arenas (backend/cuda)
@@ -78,15 +79,15 @@ class Network:
         check_fits(graph, self.dtype)      # before allocating: a TrainingError if too big
         self._playout, np_ = _layout(graph, graph.params)
         self._slayout, ns = _layout(graph, graph.state)
-        self._P = np.zeros(max(np_, 1), self.dtype)
+        self._P = zeros(max(np_, 1), self.dtype)
         self._S = np.zeros(max(ns, 1), self.dtype)
-        # np.zeros, not zeros_like: calloc's pages are mapped when a step first
-        # writes them, where zeros_like writes every page once more beforehand
-        self._G = np.zeros(self._P.shape, self.dtype)
+        # zeros, not zeros_like: the pages are mapped when a step first writes
+        # them, where zeros_like writes every page once more beforehand
+        self._G = zeros(self._P.size, self.dtype)
         self._params = {n: self._view(self._P, self._playout, n) for n in graph.params}
         self._state = {n: self._view(self._S, self._slayout, n) for n in graph.state}
-        for n, v in initial_values(graph, seed, self.dtype).items():
-            (self.params if n in self.params else self.state)[n][...] = v
+        for n in graph.params + graph.state:      # written in place: no copies
+            fill_initial(graph, n, seed, (self._params if n in self._params else self._state)[n])
         self._programs: dict = {}
         self._pacer = None                  # training steps' thread count (backend/cores.py)
         # sync_bn: the handles of the job's reductions, fed to training programs
@@ -420,8 +421,8 @@ class Network:
         if "betas" in h:
             h["betas"] = tuple(float(x) for x in h["betas"])
         self._opt_name, self._hyper = name, h
-        self._M = np.zeros(self._P.shape, self.dtype)
-        self._V = np.zeros(self._P.shape, self.dtype) if name != "sgd" else np.zeros(1, self.dtype)
+        self._M = zeros(self._P.size, self.dtype)
+        self._V = zeros(self._P.size, self.dtype) if name != "sgd" else np.zeros(1, self.dtype)
         self._t = 0
         self._hp0 = np.zeros(8, self.dtype)
         self._hp_key, self._hp_arr = None, None

@@ -524,3 +524,26 @@ def test_max_pool_switches_on_ties_take_the_first_in_row_major_order(shape, attr
     jitted(pool.maxpool)(x, y, *extra)
     np.testing.assert_array_equal(sw, all_ops()["maxpool_switches"].reference(attrs, x))
     np.testing.assert_array_equal(y, all_ops()["maxpool"].reference(attrs, x))
+
+
+def test_large_arrays_on_huge_page_boundaries(monkeypatch):
+    """memory.zeros: arrays of HUGE_MIN bytes and more start on a 2 MB boundary
+    (their own mapping, advised to use huge pages), are zero and writable, and
+    outlive every other reference to their mapping; small ones, and all with
+    NNSPEC_HUGEPAGES=0, are plain np.zeros."""
+    import gc
+
+    from nnspec import memory
+    n = memory.HUGE_MIN // 4 + 3
+    a = memory.zeros(n, "float32")
+    assert a.shape == (n,) and a.dtype == np.float32 and a.flags.writeable
+    assert a.ctypes.data % memory.HUGE_PAGE == 0 and not a.any()
+    a[-1] = 7.0
+    b = a[-5:]
+    del a
+    gc.collect()
+    assert b[-1] == 7.0 and not b[:-1].any()
+    small = memory.zeros(1000, "float64")
+    assert small.base is None and small.dtype == np.float64 and not small.any()
+    monkeypatch.setenv("NNSPEC_HUGEPAGES", "0")
+    assert memory.zeros(n, "float32").base is None

@@ -15,6 +15,7 @@ import threading
 
 import numpy as np
 
+from ..memory import zeros
 from ..passes.pipeline import build
 from . import cache, notice
 from .precompile import precompile
@@ -123,7 +124,7 @@ class CompiledStep:
     def arenas(self, batch: int, steps: int = 1) -> list:
         a = self._arenas.get((batch, steps))
         if a is None:
-            a = [np.zeros(max(self.plan.arena_size(dt, batch, steps), 1), dtype=dt)
+            a = [zeros(max(self.plan.arena_size(dt, batch, steps), 1), dt)
                  for dt in self.arena_dtypes]
             self._arenas[(batch, steps)] = a
         return a
