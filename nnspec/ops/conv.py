@@ -593,11 +593,11 @@ ROWS_HEAVY = 1 << 16    # weights of at least this many floats (256 KB) are "hea
 ROWS_BLOCK = 1 << 14    # floats of gathered rows per small GEMM (64 KB: they stay in cache)
 
 
-@kernel(parallel=True)
+@kernel
 def _rows_weights(w4, groups, flip, dtype):
     """The weights as the channels-last GEMM's other operand.
     Forward: [groups, o, (i, j, c)], each output channel's [c, (i, j)] block
-    turned to [(i, j), c] (1x1 kernels: w itself), output channels in parallel.
+    turned to [(i, j), c] (1x1 kernels: w itself).
     flip (the input gradient: a convolution of g with the kernels flipped and
     the in/out channels swapped): [groups, (i', j', o), c], "k-major", with
     (i', j') the flipped tap: a de-interleave of w's taps into kh kw runs, each
@@ -612,7 +612,7 @@ def _rows_weights(w4, groups, flip, dtype):
     wf = w4.reshape(O * Cg * T)
     if flip:
         wk = np.empty((groups, T * Og, Cg), dtype=dtype)
-        for u in prange(groups * Og):
+        for u in range(groups * Og):
             grp, o = u // Og, u % Og
             src = u * Cg * T
             for q in range(T):      # one run written at a time (their starts alias)
@@ -621,7 +621,7 @@ def _rows_weights(w4, groups, flip, dtype):
                     row[c] = wf[np.uint64(src + c * T + q)]
         return wk
     wr = np.empty((groups, Og, T * Cg), dtype=dtype)
-    for u in prange(groups * Og):
+    for u in range(groups * Og):
         grp, o = u // Og, u % Og
         row = wr[grp, o]
         src = u * Cg * T
@@ -854,16 +854,16 @@ def _conv_back_data(g, w, dx, stride, dil, code, lo, groups):
     _unplan(restore)
 
 
-@kernel(parallel=True)
+@kernel
 def _group_transposed(w3, dtype):
     """[G, K, Og] = each group's [Og, K] transposed, once per call, in tiles of
-    16 x 16 (in parallel).  The input gradient's tasks each copied w^T
+    16 x 16.  The input gradient's tasks each copied w^T
     themselves, for every chunk of images: 1.2M values read at a stride of 9 KB
     per image at 512 channels (ResNet-18's stride-2 convolutions)."""
     G, Og, K = w3.shape
     wt = np.empty((G, K, Og), dtype=dtype)
     nk = (K + 15) // 16
-    for u in prange(G * nk):
+    for u in range(G * nk):
         grp, k0 = u // nk, (u % nk) * 16
         k1 = min(k0 + 16, K)
         for o0 in range(0, Og, 16):
@@ -908,14 +908,11 @@ def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
         _unplan(restore)
         _sum_tasks(acc, out.reshape(O * K))
         return
-    if groups == 1 and K * O >= ROWS_HEAVY:
-        _grad_weight_by_channel(x4, g3, out, kh, kw, stride[0], stride[1], dil[0], dil[1],
-                                ph, pw, Ho, Wo)
-        return
     nb, tasks, restore = _plan(B, P, K, groups)
     if K * Og >= ROWS_HEAVY:
-        # a large product [K, Og] per GEMM: as many images per GEMM as the cap
-        # allows, not one image's columns
+        # a large product [K, Og] per GEMM (ResNet's 3x3 convolutions at 14 and 7
+        # pixels, 256-512 channels): as many images per GEMM as the cap allows,
+        # not one image's 49-196 columns (2x faster at 512 channels, 7x7)
         nb = max(nb, min((B + tasks - 1) // tasks, ROWS_MAX // max(P * K, 1)))
         tasks = max(1, min(tasks, ((B + nb - 1) // nb) * groups))
         if tasks == 1:
@@ -961,7 +958,7 @@ def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
 def _sum_transposed(acc, of):
     """of [O, K] = the sum of the tasks' acc[task] [K, O], transposed in tiles of
     16 x 16 (a plain strided pass took milliseconds at 512 channels, 3x3),
-    tiles of output channels in parallel."""
+    tiles of output channels in parallel (serial, the sum took 10+ ms there)."""
     tasks, K, O = acc.shape
     for ob in prange((O + 15) // 16):
         o0 = ob * 16
@@ -972,55 +969,6 @@ def _sum_transposed(acc, of):
                     for task in range(1, tasks):
                         v += acc[task, k, o]
                     of[o, k] = v
-
-
-@kernel(parallel=True)
-def _grad_weight_by_channel(x4, g3, out, kh, kw, sh, sw, dh, dw, ph, pw, Ho, Wo):
-    """The weight gradient of one group with heavy weights (K O >= ROWS_HEAVY:
-    ResNet's 3x3 convolutions at 28 to 7 pixels, 128-512 channels), its tasks
-    splitting the input channels: each gathers the columns of its channels for
-    all images (as many images per GEMM as ROWS_MAX allows) and multiplies them
-    by all of g, [K_task, B P] x [B P, O], into its own rows of dw^T.  No task's
-    sum is added to another's: split by images, each task wrote a whole
-    [K, O] (2.4M values at 512 channels) and they were summed."""
-    B, C = x4.shape[0], x4.shape[1]
-    O, T = out.shape[0], kh * kw
-    K, P = C * T, Ho * Wo
-    tasks = 1
-    if blas_get_threads() > 0:
-        tasks = max(1, min(num_threads(), C))
-        while C % tasks:            # equal blocks of channels (an _im2col "group")
-            tasks -= 1
-    cb = C // tasks
-    restore = -1
-    if tasks > 1:
-        bt = blas_get_threads()
-        if bt > 1:
-            blas_set_threads(1)
-            restore = bt
-    kt = cb * T
-    nb = max(1, min(B, ROWS_MAX // max(kt * P, 1)))
-    acc = np.empty((1, K, O), dtype=out.dtype)
-    for task in prange(tasks):
-        colbuf = np.empty(kt * nb * P, dtype=out.dtype)
-        ggbuf = np.empty(O * nb * P, dtype=out.dtype)
-        part = np.empty((kt, O), dtype=out.dtype)
-        pf = part.reshape(kt * O)
-        mine = acc[0, task * kt:(task + 1) * kt]
-        mf = mine.reshape(kt * O)
-        for b0 in range(0, B, nb):
-            n = min(nb, B - b0)
-            cols = colbuf[:kt * n * P].reshape((kt, n * P))
-            gg = ggbuf[:O * n * P].reshape((O, n * P))
-            _im2col(x4, b0, n, task, cb, kh, kw, Ho, Wo, sh, sw, dh, dw, ph, pw, cols)
-            _gather(g3, b0, n, 0, O, gg)
-            if b0 == 0:
-                np.dot(cols, gg.T, mine)
-            else:
-                np.dot(cols, gg.T, part)
-                _add_at(mf, 0, pf)
-    _unplan(restore)
-    _sum_transposed(acc, out.reshape((O, K)))
 
 
 @kernel(parallel=True)
