@@ -80,7 +80,8 @@ def initial_value(graph, nid: str, seed: int, dtype) -> np.ndarray:
 
 
 def fill_initial(graph, nid: str, seed: int, out: np.ndarray) -> None:
-    """Write leaf `nid`'s initial value into `out` (its shape, any float dtype).
+    """Write leaf `nid`'s initial value into `out` (its shape, any float dtype,
+    C-contiguous: a parameter arena's view).
     Random draws go a chunk at a time through one float64 buffer, cast into
     `out` as they come: the values of one whole draw in float64 then cast
     (each chunk continues the generator's stream, and loc + scale z, low +
@@ -110,6 +111,8 @@ def fill_initial(graph, nid: str, seed: int, out: np.ndarray) -> None:
     else:
         raise SpecError(f"{nid}: unknown init '{init}'", n.loc,
                         hint="use auto, he, glorot, zeros, ones, normal, uniform or a number")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{nid}: initial values go into a contiguous array")
     rng = _rng(seed, nid)
     flat = out.reshape(-1)
     buf = np.empty(min(CHUNK, max(flat.size, 1)))
@@ -124,8 +127,6 @@ def fill_initial(graph, nid: str, seed: int, out: np.ndarray) -> None:
             z *= b - a
             z += a
         flat[i:i + z.size] = z
-    if not np.may_share_memory(flat, out):     # `out` was not contiguous: flat a copy
-        out[...] = flat.reshape(out.shape)
 
 
 def initial_values(graph, seed: int = 0, dtype=None) -> dict:

@@ -547,3 +547,31 @@ def test_large_arrays_on_huge_page_boundaries(monkeypatch):
     assert small.base is None and small.dtype == np.float64 and not small.any()
     monkeypatch.setenv("NNSPEC_HUGEPAGES", "0")
     assert memory.zeros(n, "float32").base is None
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_convolutions_of_one_image_per_gemm_write_the_output_plane(bias):
+    """Where an image's columns fill a GEMM (few channels, a large plane: a
+    stem), the forward writes each product into its output plane, adds the
+    bias there, and the weight gradient takes g's plane as it is; both match
+    the reference."""
+    from nnspec.backend.jit import jitted
+    from nnspec.ops import conv
+    attrs = {"stride": [2, 2], "dilation": [1, 1], "pad": [[3, 3], [3, 3]], "groups": 1}
+    extra = conv._extra(attrs, 2)
+    rng = np.random.default_rng(17)
+    x, w = rng.standard_normal((3, 3, 121, 119)), rng.standard_normal((8, 3, 7, 7))
+    b = rng.standard_normal(8)
+    oshape = conv.conv_out_shape("conv", attrs, x.shape, w.shape)
+    assert 3 * 7 * 7 * oshape[2] * oshape[3] > 1 << 17       # one image per GEMM
+    y = np.zeros(oshape)
+    if bias:
+        jitted(conv.conv_bias)(x, w, b, y, *extra)
+    else:
+        jitted(conv.conv_nobias)(x, w, y, *extra)
+    want = all_ops()["conv"].reference(attrs, x, w, b if bias else None)
+    np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-10)
+    g, dw = rng.standard_normal(oshape), np.zeros(w.shape)
+    jitted(conv.conv_grad_weight)(x, g, w, dw, *extra)
+    np.testing.assert_allclose(dw, all_ops()["conv_grad_weight"].reference(attrs, x, g, w),
+                               rtol=1e-10, atol=1e-8)

@@ -413,6 +413,24 @@ def _plan(B, P, K, groups):
 
 
 @kernel
+def _plan_heavy(B, P, K, Og, groups):
+    """`_plan`, and where the weights are heavy (K Og >= ROWS_HEAVY floats per
+    group: ResNet's 3x3 convolutions at 28 to 7 pixels, 128-512 channels) as
+    many images per GEMM as ROWS_MAX allows: one image's 49-196 columns, or
+    one row of 7-14, per pass over up to 9 MB of weights ran at 45-55 GF/s.
+    (images per GEMM, tasks, the BLAS thread count to restore or -1, heavy)."""
+    nb, tasks, restore = _plan(B, P, K, groups)
+    heavy = K * Og >= ROWS_HEAVY
+    if heavy:
+        nb = max(nb, min((B + tasks - 1) // tasks, ROWS_MAX // max(P * K, 1)))
+        tasks = max(1, min(tasks, ((B + nb - 1) // nb) * groups))
+        if tasks == 1:
+            _unplan(restore)
+            restore = -1
+    return nb, tasks, restore, heavy
+
+
+@kernel
 def _unplan(restore):
     if restore > 0:
         blas_set_threads(restore)
@@ -654,17 +672,7 @@ def _conv_rows(x4, wr, kh, kw, o3, bias, has_bias, sh, sw, dh, dw, ph, pw, Ho, W
     K = wr.shape[1] if kmajor else wr.shape[2]
     Cg = K // (kh * kw)
     P = Ho * Wo
-    nb, tasks, restore = _plan(B, P, K, 1)
-    heavy = K * Og >= ROWS_HEAVY
-    if heavy:
-        # weights past the cache (ResNet's 3x3 convolutions at 14 and 7 pixels,
-        # 256-512 channels): as many pixels per GEMM as the cap allows, not a row
-        # of 7-14 pixels per pass over 9 MB of weights (2-3x faster)
-        nb = max(nb, min((B + tasks - 1) // tasks, ROWS_MAX // max(P * K, 1)))
-        tasks = max(1, min(tasks, (B + nb - 1) // nb))
-        if tasks == 1:
-            _unplan(restore)
-            restore = -1
+    nb, tasks, restore, heavy = _plan_heavy(B, P, K, Og, 1)
     nc = (B + nb - 1) // nb
     my = max(1, ROWS_BLOCK // max(Wo * K, 1)) if blas_small_gemm() and not heavy else \
         max(1, min(nb * Ho, ROWS_MAX // max(Wo * K, 1)))
@@ -772,10 +780,7 @@ def _conv(x, w, out, bias, has_bias, stride, dil, code, lo, hi, groups):
                 # 7x7 stem: 0.8M values per image)
                 np.dot(wg, cols, o3[b0])
                 if has_bias:
-                    for o in range(Og):
-                        orow = o3[b0, o]
-                        for p in range(P):
-                            orow[np.uint64(p)] += bias[o]
+                    _add_channel_bias(o3[b0:b0 + 1], bias)
                 continue
             res = resbuf[:Og * n * P].reshape((Og, n * P))
             np.dot(wg, cols, res)
@@ -908,16 +913,7 @@ def conv_grad_weight(x, g, w, out, stride, dil, code, lo, hi, groups):
         _unplan(restore)
         _sum_tasks(acc, out.reshape(O * K))
         return
-    nb, tasks, restore = _plan(B, P, K, groups)
-    if K * Og >= ROWS_HEAVY:
-        # a large product [K, Og] per GEMM (ResNet's 3x3 convolutions at 14 and 7
-        # pixels, 256-512 channels): as many images per GEMM as the cap allows,
-        # not one image's 49-196 columns (2x faster at 512 channels, 7x7)
-        nb = max(nb, min((B + tasks - 1) // tasks, ROWS_MAX // max(P * K, 1)))
-        tasks = max(1, min(tasks, ((B + nb - 1) // nb) * groups))
-        if tasks == 1:
-            _unplan(restore)
-            restore = -1
+    nb, tasks, restore, _ = _plan_heavy(B, P, K, Og, groups)
     nc = (B + nb - 1) // nb
     # each task sums its images' products cols gg^T into its own dw^T [K, O] (the
     # GEMM's faster orientation: 1.1-1.2x gg cols^T), transposed once at the end;
