@@ -6,6 +6,7 @@ out of memory in training says what would fit.
     out_of_memory(net, batch=512)         # the TrainingError to raise on MemoryError
 
     zeros(n, "float32")                   # a large array on 2 MB pages where it can be
+    touch(a, b)                           # map their pages now, on every core
 
 A network holds its parameters four times (values, gradients and two
 optimizer slots: Adam's moments, or SGD's momentum and a spare) plus its
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 
 import numpy as np
 
@@ -120,3 +122,36 @@ def zeros(n: int, dtype) -> np.ndarray:
         pass                  # no transparent huge pages here: plain pages
     start = np.frombuffer(m, np.uint8, count=1).ctypes.data
     return np.frombuffer(m, dtype, count=int(n), offset=(-start) % HUGE_PAGE)
+
+
+def touch(*arrays) -> None:
+    """Map every page of each large array now, the array's parts on
+    different cores, leaving its values as they are (each page's first byte
+    is or-ed with 0).  For arrays about to be written whole (the parameters
+    before their initial values, a training step's gradients, optimizer
+    slots and arenas).  A first write maps pages one fault at a time, and on
+    a virtual machine whose host backs memory only when it is first touched
+    a fault costs about 2 ms per 2 MB page: 1.3 s per 600 MB on one core
+    here, 0.6-0.7 s on two.  Arrays under HUGE_MIN bytes, or not contiguous,
+    are left alone."""
+    from .backend.cores import available
+    cores = max(1, available())
+    parts = []
+    for a in arrays:
+        if a.nbytes < HUGE_MIN or not a.flags.c_contiguous:
+            continue
+        u = a.reshape(-1).view(np.uint8)
+        step = -(-a.nbytes // cores // HUGE_PAGE) * HUGE_PAGE
+        parts += [u[lo:lo + step:4096] for lo in range(0, a.nbytes, step)]
+    shares = [parts[i::cores] for i in range(min(cores, len(parts)))]
+
+    def run(share):
+        for v in share:
+            np.bitwise_or(v, 0, out=v)
+    threads = [threading.Thread(target=run, args=(s,)) for s in shares[1:]]
+    for t in threads:
+        t.start()
+    if shares:
+        run(shares[0])
+    for t in threads:
+        t.join()

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import DataError
 from .ir import Graph
-from .memory import zeros
+from .memory import touch, zeros
 from .ops.collective import COMM_INPUT, COMM_SIZE
 
 _ALIGN = 16
@@ -80,6 +80,7 @@ class Network:
         self._playout, np_ = _layout(graph, graph.params)
         self._slayout, ns = _layout(graph, graph.state)
         self._P = zeros(max(np_, 1), self.dtype)
+        touch(self._P)                      # its pages, on every core: filled next
         self._S = np.zeros(max(ns, 1), self.dtype)
         # zeros, not zeros_like: the pages are mapped when a step first writes
         # them, where zeros_like writes every page once more beforehand
@@ -463,6 +464,7 @@ class Network:
         p = self._train
         if p is None:
             p = self._train = self._program("train")
+            touch(self._G, self._M, self._V)     # written whole by every step
             from .backend.cores import Pacer, paced
             # NNSPEC_PACE=1: one thread when that is faster (a busy machine)
             self._pacer = Pacer() if self.device == "cpu" and paced() else None

@@ -549,6 +549,33 @@ def test_large_arrays_on_huge_page_boundaries(monkeypatch):
     assert memory.zeros(n, "float32").base is None
 
 
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc/self/statm")
+def test_touch_maps_pages_and_keeps_values(monkeypatch):
+    """memory.touch maps every page of a large array (the process's resident
+    size grows by the array's size) without changing a value, on one core
+    and on several, in the huge-page mapping and in a plain array; small and
+    strided arrays are left alone."""
+    from nnspec import memory
+    from nnspec.backend import cores
+
+    def resident():
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    n = 3 * memory.HUGE_MIN // 8 + 5          # float64: not a whole number of pages
+    for n_cores, huge in [(1, "1"), (2, "1"), (3, "0")]:
+        monkeypatch.setattr(cores, "available", lambda n_cores=n_cores: n_cores)
+        monkeypatch.setenv("NNSPEC_HUGEPAGES", huge)
+        a, b = memory.zeros(n, "float64"), memory.zeros(n, "float64")
+        before = resident()
+        memory.touch(a, b)
+        assert resident() - before >= 0.9 * (a.nbytes + b.nbytes)
+        assert not a.any() and not b.any()
+        rng = np.random.default_rng(n_cores)
+        c = rng.standard_normal(n)
+        keep = c.copy()
+        memory.touch(c, c[::2], c[:10])
+        np.testing.assert_array_equal(c, keep)
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_convolutions_of_one_image_per_gemm_write_the_output_plane(bias):
     """Where an image's columns fill a GEMM (few channels, a large plane: a

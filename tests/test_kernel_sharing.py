@@ -148,6 +148,14 @@ def test_precompile_on_two_cores_loads_what_the_worker_compiled(jobs, tmp_path):
     # the same training either way (float64, same kernels)
     np.testing.assert_allclose(r["losses"], REFERENCE_LOSSES.setdefault("mlp", r["losses"]),
                                rtol=1e-12)
+    if jobs == "2":       # a second process on the same caches: nothing to compile,
+        # no worker; the kernels it needs are loaded before the first run
+        out = subprocess.run([sys.executable, "-c", PRECOMPILE], env=env, capture_output=True,
+                             text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-2000:]
+        warm = json.loads(out.stdout.strip().splitlines()[-1])
+        assert warm["tasks"] == 0 and warm["loaded"] >= r["tasks"]
+        np.testing.assert_allclose(warm["losses"], r["losses"], rtol=1e-12)
 
 
 REFERENCE_LOSSES: dict = {}

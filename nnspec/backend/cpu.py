@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from ..memory import zeros
+from ..memory import touch, zeros
 from ..passes.pipeline import build
 from . import cache, notice
 from .precompile import precompile
@@ -126,6 +126,7 @@ class CompiledStep:
         if a is None:
             a = [zeros(max(self.plan.arena_size(dt, batch, steps), 1), dt)
                  for dt in self.arena_dtypes]
+            touch(*a)
             self._arenas[(batch, steps)] = a
         return a
 

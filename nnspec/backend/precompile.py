@@ -13,10 +13,12 @@ independent, so before the first run:
    views of its arenas, so the dry run costs milliseconds and writes nothing
    but the gradient buffer G (which every step overwrites) and a copy of
    the state S;
-2. the kernels not compiled in this process yet are shared out between this
-   process and `jobs - 1` worker processes (`python -m
-   nnspec.backend.precompile`, reading their share from stdin), longest
-   first; each compiles its share with Numba's `cache=True`, so what a
+2. the kernels this process has not compiled yet and finds in the disk
+   cache it loads there and then (a warm first step starts no worker: a
+   worker would load them too, and this process again at first call); the
+   others are shared out between this process and `jobs - 1` worker
+   processes (`python -m nnspec.backend.precompile`, reading their share
+   from stdin), longest first; each compiles its share with Numba's `cache=True`, so what a
    worker compiled this process then loads from the disk cache;
 3. the first run finds every kernel compiled or on disk.
 
@@ -114,6 +116,19 @@ def _cost(task) -> int:
     return (20 if heavy else 1) * len(sigs)
 
 
+def on_disk(d, sig) -> bool:
+    """Whether Numba's disk cache lists machine code of dispatcher `d` for
+    argument types `sig` (its index, read alone: nothing is loaded)."""
+    cache = getattr(d, "_cache", None)
+    index = getattr(cache, "_cache_file", None)
+    if index is None:                      # no cache (NullCache)
+        return False
+    try:
+        return cache._index_key(sig, d.targetctx.codegen()) in index._load_index()
+    except Exception:                      # an unreadable index: the workers compile it
+        return False
+
+
 def compile_tasks(tasks, done=None) -> None:
     """Compile each (kind, where, name, signatures); `done()` after each."""
     for kind, where, name, sigs in tasks:
@@ -139,6 +154,9 @@ def precompile(step, args, progress=None) -> int:
     for (kind, where, name), sigs in calls.items():
         d = _dispatcher(kind, where, name)
         new = sorted((s for s in sigs if s not in d.overloads), key=str)
+        for sig in [s for s in new if on_disk(d, s)]:
+            d.compile(sig)                 # loads it: no worker need start for it
+            new.remove(sig)
         if new:
             tasks.append((kind, where, name, new))
     if len(tasks) < 2:
