@@ -421,6 +421,48 @@ def test_channels_last_convolutions_either_blocking(small, tmp_path):
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
 
 
+@pytest.mark.parametrize("xs, ws, pad", [
+    ((3, 16, 17, 19), (17, 16, 3, 3), [[1, 1], [1, 1]]),       # partial tiles, both sides
+    ((1, 16, 16, 17), (16, 16, 3, 3), [[2, 0], [0, 1]]),       # asymmetric padding
+    ((2, 20, 19, 18), (16, 20, 3, 3), [[0, 0], [0, 0]]),       # valid
+    ((1, 16, 12, 12), (24, 16, 3, 3), [[2, 2], [2, 2]]),       # full
+    ((2, 64, 40, 38), (32, 64, 3, 3), [[1, 1], [1, 1]]),       # several blocks per image
+], ids=["odd", "asymmetric", "valid", "full", "blocks"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_winograd_convolutions_match_the_reference(xs, ws, pad, dtype):
+    """3x3 stride-1 convolutions with 16+ channels and planes of
+    conv.WINO_MIN_PIXELS or more run as Winograd F(2x2, 3x3), the forward
+    (with and without a bias) and the input gradient: both match the
+    reference, on odd sizes, partial tiles, every padding, and planes split
+    into several blocks of tiles."""
+    from nnspec.backend.jit import jitted
+    from nnspec.ops import conv
+    rng = np.random.default_rng(11)
+    attrs = {"stride": [1, 1], "dilation": [1, 1], "pad": pad, "groups": 1}
+    extra = conv._extra(attrs, 2)
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    oshape = conv.conv_out_shape("conv", attrs, xs, ws)
+    fits = jitted(conv._wino_fits)
+    s1, d1 = np.array([1, 1]), np.array([1, 1])
+    assert fits(3, 3, s1, d1, 1, xs[1], ws[0], oshape[2], oshape[3])      # the forward
+    assert fits(3, 3, s1, d1, 1, ws[0], xs[1], xs[2], xs[3])              # the input gradient
+    tol = {"float64": 1e-10, "float32": 2e-5}[dtype]
+    f = [a.astype(dtype) for a in (x, w, b)]
+    ref = all_ops()["conv"]
+    y = np.full(oshape, np.nan, dtype)
+    jitted(conv.conv_nobias)(f[0], f[1], y, *extra)
+    want = ref.reference(attrs, x, w)
+    np.testing.assert_allclose(y, want, rtol=tol, atol=tol * np.abs(want).max())
+    jitted(conv.conv_bias)(f[0], f[1], f[2], y, *extra)
+    want = ref.reference(attrs, x, w, b)
+    np.testing.assert_allclose(y, want, rtol=tol, atol=tol * np.abs(want).max())
+    g = rng.standard_normal(oshape)
+    dx = np.full(xs, np.nan, dtype)
+    jitted(conv.conv_grad_input)(g.astype(dtype), f[1], f[0], dx, *extra)
+    want = all_ops()["conv_grad_input"].reference(attrs, g, w, x)
+    np.testing.assert_allclose(dx, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
 @pytest.mark.parametrize("xs, ws, attrs", [
     # an image's rows in two blocks (26 rows and 14)
     ((2, 16, 40, 200), (3, 16, 5, 5), {"stride": [1, 1], "dilation": [1, 1],
