@@ -431,35 +431,40 @@ def test_channels_last_convolutions_either_blocking(small, tmp_path):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_winograd_convolutions_match_the_reference(xs, ws, pad, dtype):
     """3x3 stride-1 convolutions with 16+ channels and planes of
-    conv.WINO_MIN_PIXELS or more run as Winograd F(2x2, 3x3), the forward
-    (with and without a bias) and the input gradient: both match the
-    reference, on odd sizes, partial tiles, every padding, and planes split
-    into several blocks of tiles."""
+    conv.WINO_MIN_PIXELS or more get the Winograd F(2x2, 3x3) kernels from
+    `kernel_for` (forward with and without a bias, input gradient): all match
+    the reference, on odd sizes, partial tiles, every padding, and planes split
+    into several blocks of tiles.  Other shapes keep the general kernels."""
     from nnspec.backend.jit import jitted
     from nnspec.ops import conv
     rng = np.random.default_rng(11)
     attrs = {"stride": [1, 1], "dilation": [1, 1], "pad": pad, "groups": 1}
-    extra = conv._extra(attrs, 2)
     x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
     oshape = conv.conv_out_shape("conv", attrs, xs, ws)
-    fits = jitted(conv._wino_fits)
-    s1, d1 = np.array([1, 1]), np.array([1, 1])
-    assert fits(3, 3, s1, d1, 1, xs[1], ws[0], oshape[2], oshape[3])      # the forward
-    assert fits(3, 3, s1, d1, 1, ws[0], xs[1], xs[2], xs[3])              # the input gradient
+    sym = ("B",) + tuple(oshape[1:])
+    ops = all_ops()
+    fwd, extra = ops["conv"].kernel_for(attrs, [("B",) + xs[1:], ws], sym)
+    fwd_b, _ = ops["conv"].kernel_for({**attrs, "bias": True}, [("B",) + xs[1:], ws, ws[:1]], sym)
+    gi, _ = ops["conv_grad_input"].kernel_for(attrs, [sym, ws, ("B",) + xs[1:]], ("B",) + xs[1:])
+    assert (fwd, fwd_b, gi) == (conv.conv_wino_nobias, conv.conv_wino_bias,
+                                conv.conv_wino_grad_input)
+    strided = {**attrs, "stride": [2, 1]}
+    assert ops["conv"].kernel_for(strided, [xs, ws], oshape)[0] is conv.conv_nobias
+    small = ("B", xs[1], 11, 13)                # 9x11 outputs: under WINO_MIN_PIXELS
+    assert ops["conv"].kernel_for(attrs, [small, ws], small)[0] is conv.conv_nobias
     tol = {"float64": 1e-10, "float32": 2e-5}[dtype]
     f = [a.astype(dtype) for a in (x, w, b)]
-    ref = all_ops()["conv"]
     y = np.full(oshape, np.nan, dtype)
-    jitted(conv.conv_nobias)(f[0], f[1], y, *extra)
-    want = ref.reference(attrs, x, w)
+    jitted(fwd)(f[0], f[1], y, *extra)
+    want = ops["conv"].reference(attrs, x, w)
     np.testing.assert_allclose(y, want, rtol=tol, atol=tol * np.abs(want).max())
-    jitted(conv.conv_bias)(f[0], f[1], f[2], y, *extra)
-    want = ref.reference(attrs, x, w, b)
+    jitted(fwd_b)(f[0], f[1], f[2], y, *extra)
+    want = ops["conv"].reference(attrs, x, w, b)
     np.testing.assert_allclose(y, want, rtol=tol, atol=tol * np.abs(want).max())
     g = rng.standard_normal(oshape)
     dx = np.full(xs, np.nan, dtype)
-    jitted(conv.conv_grad_input)(g.astype(dtype), f[1], f[0], dx, *extra)
-    want = all_ops()["conv_grad_input"].reference(attrs, g, w, x)
+    jitted(gi)(g.astype(dtype), f[1], f[0], dx, *extra)
+    want = ops["conv_grad_input"].reference(attrs, g, w, x)
     np.testing.assert_allclose(dx, want, rtol=tol, atol=tol * np.abs(want).max())
 
 

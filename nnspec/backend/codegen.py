@@ -382,7 +382,8 @@ class StepWriter:
             return
         if self.emit_channel_sum(body, n, ind) or self.emit_trailing(body, n, ind):
             return
-        fn, extra = get_op(n.op).kernel(n.attrs)
+        fn, extra = get_op(n.op).kernel_for(n.attrs, [self.g.shape(i) for i in n.inputs],
+                                            n.shape)
         mod = sys.modules[fn.__module__]
         if getattr(mod, fn.__name__, None) is not fn and not hasattr(getattr(mod, fn.__name__, None), "py_func"):
             raise RuntimeError(f"{n.op}: kernel {fn.__name__} is not a global of {mod.__name__}")

@@ -206,6 +206,12 @@ class Op:
     def kernel(self, attrs):
         raise NotImplementedError(f"{self.name}: no CPU kernel")
 
+    def kernel_for(self, attrs, in_shapes, out_shape):
+        """`kernel(attrs)`, or a kernel chosen for these shapes (the batch axis
+        "B" and a time axis "T" unknown): where one algorithm serves only some
+        shapes, its kernel of its own, so that the others do not compile it."""
+        return self.kernel(attrs)
+
     def cuda(self, attrs, in_shapes, out_shape) -> "Cuda":
         raise NotImplementedError(f"{self.name}: no CUDA kernel")
 

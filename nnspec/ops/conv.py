@@ -23,7 +23,8 @@ chunks split over Numba's threads with a one-thread BLAS each (`_plan`); a
 1x1 convolution of stride 1 (ResNet's bottlenecks) is one GEMM per image in
 NCHW itself, forward and both gradients (`_pointwise`); a 3x3 convolution of
 stride 1 with 16+ channels on planes of 12x12 and more runs as Winograd
-F(2x2, 3x3), forward and input gradient (`_conv_wino`); with 16 or more
+F(2x2, 3x3), forward and input gradient (`conv_wino_*`, chosen by
+`kernel_for` from the shapes); with 16 or more
 channels per group the forward, the stride-1 input gradient and the weight
 gradient run channels-last, rows gathered in blocks of at most ROWS_MAX
 floats (`_conv_rows`, `_grad_weight_rows`); 1-d runs as 2-d with H = 1; 3-d
@@ -123,6 +124,12 @@ class Conv(Op):
             return (conv3_bias if attrs.get("bias") else conv3_nobias), _extra_conv(attrs)
         return (conv_bias if attrs.get("bias") else conv_nobias), _extra_conv(attrs)
 
+    def kernel_for(self, attrs, in_shapes, out_shape):
+        if winograd_fits(attrs, in_shapes[0], in_shapes[1], out_shape):
+            return (conv_wino_bias if attrs.get("bias") else conv_wino_nobias), \
+                _extra_conv(attrs)
+        return self.kernel(attrs)
+
     def cuda(self, attrs, in_shapes, out_shape):
         x, w = in_shapes[0], in_shapes[1]
         gm = _cuda_geometry(x, w, out_shape, _pads(attrs, x[2:], w[2:]), attrs)
@@ -160,6 +167,12 @@ class ConvGradInput(Op):
     def kernel(self, attrs):
         return (conv3_grad_input if len(attrs["stride"]) == 3 else conv_grad_input), \
             _extra_conv(attrs)
+
+    def kernel_for(self, attrs, in_shapes, out_shape):
+        g, w, x = in_shapes
+        if winograd_fits(attrs, x, w, g, grad_input=True):
+            return conv_wino_grad_input, _extra_conv(attrs)
+        return self.kernel(attrs)
 
     def cuda(self, attrs, in_shapes, out_shape):
         g, w, x = in_shapes
@@ -738,48 +751,34 @@ WINO_FLOATS = 1 << 17  # floats of V (or M) per block: 512 KB, about the core's 
 WINO_MIN_TILES = 64    # but at least this many tiles (columns of the GEMMs) per block
 
 
-@kernel
-def _g3(a, b, e, half):
-    """(a, b, e) times G^T: G's four combinations of three values."""
-    return a, half * (a + b + e), half * (a - b + e), e
+# G w G^T for each 3x3 kernel w, as a [16, 9] matrix on w's 9 values (kron(G, G))
+WINO_G = np.kron(np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]]),
+                 np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]]))
 
 
 @kernel
 def _wino_weights(w4, flip, dtype):
-    """U [16, O, C] = G w[o, c] G^T; with `flip` (the input gradient: the kernels
-    flipped, in and out channels swapped) U [16, C, O] = G w[o, c]' G^T, w'
-    the 3x3 kernel turned by 180 degrees.  Written along U's last axis, the
-    arithmetic in scalars (it vectorises across channels)."""
+    """U [16, O, C] = G w[o, c] G^T, one product [16, 9] x [9, O C] of w as it
+    lies; with `flip` (the input gradient: the kernels turned by 180 degrees,
+    in and out channels swapped) U [16, C, O], each [O, C] transposed in
+    tiles of 16 x 16."""
     O, C = w4.shape[0], w4.shape[1]
-    A, Z = (C, O) if flip else (O, C)
-    U = np.empty((16, A, Z), dtype=dtype)
-    tmp = np.empty((16, Z), dtype=dtype)
-    wf = w4.reshape(O * C * 9)
-    half = w4.dtype.type(0.5)
-    for a in range(A):
-        # one row of U's 16 matrices at a time through tmp: written straight
-        # into U, the 16 streams lie O C values apart, and at 256+ channels
-        # their cache sets collide (3 ms at 256 channels, 12 at 512)
-        for z in range(Z):
-            src = np.uint64(((z * C + a) if flip else (a * C + z)) * 9)
-            if flip:
-                g00, g01, g02 = wf[src + np.uint64(8)], wf[src + np.uint64(7)], wf[src + np.uint64(6)]
-                g10, g11, g12 = wf[src + np.uint64(5)], wf[src + np.uint64(4)], wf[src + np.uint64(3)]
-                g20, g21, g22 = wf[src + np.uint64(2)], wf[src + np.uint64(1)], wf[src]
-            else:
-                g00, g01, g02 = wf[src], wf[src + np.uint64(1)], wf[src + np.uint64(2)]
-                g10, g11, g12 = wf[src + np.uint64(3)], wf[src + np.uint64(4)], wf[src + np.uint64(5)]
-                g20, g21, g22 = wf[src + np.uint64(6)], wf[src + np.uint64(7)], wf[src + np.uint64(8)]
-            r00, r01, r02, r03 = _g3(g00, g01, g02, half)      # rows times G^T
-            r10, r11, r12, r13 = _g3(g10, g11, g12, half)
-            r20, r21, r22, r23 = _g3(g20, g21, g22, half)
-            tmp[0, z], tmp[4, z], tmp[8, z], tmp[12, z] = _g3(r00, r10, r20, half)
-            tmp[1, z], tmp[5, z], tmp[9, z], tmp[13, z] = _g3(r01, r11, r21, half)
-            tmp[2, z], tmp[6, z], tmp[10, z], tmp[14, z] = _g3(r02, r12, r22, half)
-            tmp[3, z], tmp[7, z], tmp[11, z], tmp[15, z] = _g3(r03, r13, r23, half)
-        for xi in range(16):
-            U[xi, a] = tmp[xi]
-    return U
+    G = np.empty((16, 9), dtype=dtype)
+    for xi in range(16):
+        for t in range(9):
+            G[xi, t] = WINO_G[xi, 8 - t] if flip else WINO_G[xi, t]
+    U = np.empty((16, O, C), dtype=dtype)
+    np.dot(G, w4.reshape((O * C, 9)).T, U.reshape((16, O * C)))
+    if not flip:
+        return U
+    Ut = np.empty((16, C, O), dtype=dtype)
+    for xi in range(16):
+        for o0 in range(0, O, 16):
+            for c0 in range(0, C, 16):
+                for o in range(o0, min(o0 + 16, O)):
+                    for c in range(c0, min(c0 + 16, C)):
+                        Ut[xi, c, o] = U[xi, o, c]
+    return Ut
 
 
 @kernel
@@ -869,20 +868,53 @@ def _wino_out(M, o3, b, O, Ho, Wo, ty0, ty1, Tw, bias, has_bias):
                         orow[q + np.uint64(1)] = t1 - t2 - t3 + add
 
 
+@kernel
+def _wino_task(x4, U, o3, bias, has_bias, ph, pw, Ho, Wo, rb, nblk, task, tasks):
+    """Task `task` of `tasks` of a Winograd convolution (`_conv_wino`): o3 [B, O,
+    Ho Wo] = the 3x3 stride-1 convolution of x4 [B, C, H, W] padded by (ph, pw)
+    at the top and left, U from `_wino_weights`, for every tasks-th of the B
+    nblk blocks of rb rows of tiles: each block's inputs transformed into V,
+    16 GEMMs [O, C] x [C, tiles] into M, transformed back into o3."""
+    C, H, W = x4.shape[1], x4.shape[2], x4.shape[3]
+    O = U.shape[1]
+    Th, Tw = (Ho + 1) // 2, (Wo + 1) // 2
+    rows = np.empty((4, 2 * Tw + 2), dtype=o3.dtype)
+    V = np.empty((16, C * rb * Tw), dtype=o3.dtype)
+    M = np.empty((16, O * rb * Tw), dtype=o3.dtype)
+    for u in range(task, x4.shape[0] * nblk, tasks):
+        b, blk = u // nblk, u % nblk
+        ty0 = blk * rb
+        ty1 = min(ty0 + rb, Th)
+        nt = (ty1 - ty0) * Tw
+        _wino_in(x4, b, C, H, W, ph, pw, ty0, ty1, Tw, rows, V)
+        for xi in range(16):
+            np.dot(U[xi], V[xi, :C * nt].reshape((C, nt)), M[xi, :O * nt].reshape((O, nt)))
+        _wino_out(M, o3, b, O, Ho, Wo, ty0, ty1, Tw, bias, has_bias)
+
+
 WINO_MIN_PIXELS = 144  # outputs per plane from which Winograd runs (at 7x7: 0.6x)
 
 
-@kernel
-def _wino_fits(kh, kw, stride, dil, groups, Cin, Cout, Ho, Wo):
-    """Whether a convolution runs as Winograd F(2x2, 3x3): 3x3 kernels of stride 1,
-    undilated, one group, 16+ channels in and out, output planes of at least
-    WINO_MIN_PIXELS whose tiles overhang them by at most 1/8.  At batch 8 it
-    takes 0.5x the time of the channels-last GEMMs at 56x56 (64 channels) and
-    28x28 (128), 0.65x at 14x14 (256); at 7x7 (512), where a plane is 16
-    tiles and the weights' transform is 5 ms, 1.5x."""
-    if kh != 3 or kw != 3 or stride[0] != 1 or stride[1] != 1 or dil[0] != 1 \
-            or dil[1] != 1 or groups != 1 or min(Cin, Cout) < ROWS_MIN_C:
+def winograd_fits(attrs, x, w, out, grad_input=False) -> bool:
+    """Whether a 2-d convolution of input shape x, weights w and output shape
+    out (the batch unknown: "B") runs as Winograd F(2x2, 3x3) (`conv_wino_*`):
+    3x3 kernels of stride 1, undilated, one group, 16+ channels in and out,
+    output planes of at least WINO_MIN_PIXELS whose tiles overhang them by at
+    most 1/8.  `grad_input`: the input gradient's (its "output" is x's plane,
+    its padding 2 - the forward's, which must not be negative).  At batch 8
+    Winograd takes 0.5x the time of the channels-last GEMMs at 56x56 (64
+    channels) and 28x28 (128), 0.65x at 14x14 (256); at 7x7 (512), where a
+    plane is 16 tiles and the weights' transform 5 ms, 1.5x."""
+    if len(w) != 4 or tuple(w[2:]) != (3, 3) or list(attrs.get("stride", ())) != [1, 1] \
+            or list(attrs.get("dilation", ())) != [1, 1] or int(attrs.get("groups", 1)) != 1:
         return False
+    dims = list(x[1:]) + list(out[1:])
+    if not all(isinstance(d, int) for d in dims) or min(x[1], out[1]) < ROWS_MIN_C:
+        return False
+    lo = [p[0] for p in _pads(attrs, x[2:], w[2:])]
+    if grad_input and min(lo) > 2:
+        return False
+    Ho, Wo = (x[2], x[3]) if grad_input else (out[2], out[3])
     tiles = 4 * ((Ho + 1) // 2) * ((Wo + 1) // 2)
     return Ho * Wo >= WINO_MIN_PIXELS and 8 * tiles <= 9 * Ho * Wo
 
@@ -890,33 +922,58 @@ def _wino_fits(kh, kw, stride, dil, groups, Cin, Cout, Ho, Wo):
 @kernel(parallel=True)
 def _conv_wino(x4, U, o3, bias, has_bias, ph, pw, Ho, Wo):
     """o3 [B, O, Ho Wo] = the 3x3 stride-1 convolution of x4 [B, C, H, W] padded
-    by (ph, pw) at the top and left, U from `_wino_weights`: blocks of tile
-    rows of one image per task unit, each transformed into V, multiplied
-    (16 GEMMs [O, C] x [C, tiles]) and transformed back."""
-    B, C, H, W = x4.shape
-    O = U.shape[1]
+    by (ph, pw) at the top and left (zero beyond the image), U from
+    `_wino_weights`: the images' blocks of tiles shared out over the tasks."""
+    B = x4.shape[0]
+    rb, nblk = _wino_blocks(x4.shape[1], U.shape[1], Ho, Wo)
+    _, tasks, restore = _plan(B * nblk, 1, 1, 1)
+    tasks = max(1, min(tasks, B * nblk))
+    for task in prange(tasks):
+        _wino_task(x4, U, o3, bias, has_bias, ph, pw, Ho, Wo, rb, nblk, task, tasks)
+    _unplan(restore)
+
+
+# The Winograd convolutions are kernels of their own (Conv.kernel_for), not a
+# branch of conv_nobias and the others: every kernel compiles again, in LLVM,
+# all the code it reaches, and a branch added 6-10 s to conv_nobias and
+# conv_bias, and 2-3 s to conv_grad_input, in every network.
+
+@kernel
+def conv_wino_nobias(x, w, out, stride, dil, code, lo, hi, groups):
+    x4, w4, o4 = _as4(x), _as4(w), _as4(out)
+    ph, pw = _geom(x4, w4, stride, dil, code, lo)
+    _conv_wino(x4, _wino_weights(w4, False, out.dtype), _flat3(out), np.zeros(1, out.dtype),
+               False, ph, pw, o4.shape[2], o4.shape[3])
+
+
+@kernel
+def conv_wino_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
+    x4, w4, o4 = _as4(x), _as4(w), _as4(out)
+    ph, pw = _geom(x4, w4, stride, dil, code, lo)
+    _conv_wino(x4, _wino_weights(w4, False, out.dtype), _flat3(out), b, True, ph, pw,
+               o4.shape[2], o4.shape[3])
+
+
+@kernel
+def conv_wino_grad_input(g, w, x, out, stride, dil, code, lo, hi, groups):
+    """dx: the convolution of g, padded by 2 - the forward's padding, with the
+    kernels flipped and their in/out channels swapped."""
+    dx4, w4 = _as4(out), _as4(w)
+    ph, pw = _geom(dx4, w4, stride, dil, code, lo)
+    _conv_wino(_as4(g), _wino_weights(w4, True, out.dtype), _flat3(out),
+               np.zeros(1, out.dtype), False, 2 - ph, 2 - pw, dx4.shape[2], dx4.shape[3])
+
+
+@kernel
+def _wino_blocks(C, O, Ho, Wo):
+    """(tile rows per block, blocks per image): blocks of about WINO_FLOATS of V
+    and M, at least WINO_MIN_TILES tiles, the image's rows of tiles split
+    evenly."""
     Th, Tw = (Ho + 1) // 2, (Wo + 1) // 2
     per = max(WINO_FLOATS // (16 * max(C, O)), WINO_MIN_TILES)     # tiles per block
     rb = max(1, min(Th, per // Tw))                                # in rows of tiles
     nblk = (Th + rb - 1) // rb
-    rb = (Th + nblk - 1) // nblk                                   # evened out
-    units = B * nblk
-    _, tasks, restore = _plan(units, 1, 1, 1)
-    tasks = max(1, min(tasks, units))
-    for task in prange(tasks):
-        rows = np.empty((4, 2 * Tw + 2), dtype=o3.dtype)
-        V = np.empty((16, C * rb * Tw), dtype=o3.dtype)
-        M = np.empty((16, O * rb * Tw), dtype=o3.dtype)
-        for u in range(task, units, tasks):
-            b, blk = u // nblk, u % nblk
-            ty0 = blk * rb
-            ty1 = min(ty0 + rb, Th)
-            nt = (ty1 - ty0) * Tw
-            _wino_in(x4, b, C, H, W, ph, pw, ty0, ty1, Tw, rows, V)
-            for xi in range(16):
-                np.dot(U[xi], V[xi, :C * nt].reshape((C, nt)), M[xi, :O * nt].reshape((O, nt)))
-            _wino_out(M, o3, b, O, Ho, Wo, ty0, ty1, Tw, bias, has_bias)
-    _unplan(restore)
+    return (Th + nblk - 1) // nblk, nblk
 
 
 @kernel
@@ -954,9 +1011,6 @@ def _conv(x, w, out, bias, has_bias, stride, dil, code, lo, hi, groups):
     o3 = _flat3(out)
     if _pointwise(x4, w4, o4, stride, ph, pw, groups):
         _conv_pointwise(x4, w4.reshape((O, Cg)), o3, bias, has_bias)
-        return
-    if _wino_fits(kh, kw, stride, dil, groups, Cg, Og, Ho, Wo):
-        _conv_wino(x4, _wino_weights(w4, False, out.dtype), o3, bias, has_bias, ph, pw, Ho, Wo)
         return
     if Cg >= ROWS_MIN_C:
         _conv_rows(x4, _rows_weights(w4, groups, False, out.dtype), kh, kw, o3, bias, has_bias,
@@ -1026,12 +1080,6 @@ def _conv_back_data(g, w, dx, stride, dil, code, lo, groups):
             for b in range(task, B, tasks):
                 np.dot(wt, gp[b], dp[b])
         _unplan(restore)
-        return
-    if qh >= 0 and qw >= 0 and _wino_fits(kh, kw, stride, dil, groups, Og, Cg, H, W):
-        # stride 1: dx is the convolution of g, padded by (qh, qw), with the
-        # kernels flipped and their in/out channels swapped (below): Winograd
-        _conv_wino(g4, _wino_weights(w4, True, dx.dtype), _flat3(dx), np.zeros(1, dx.dtype),
-                   False, qh, qw, H, W)
         return
     if (stride[0] == 1 and stride[1] == 1 and min(Og, Cg) >= ROWS_MIN_C and qh >= 0
             and qw >= 0 and 2 * H * W <= 3 * P):
