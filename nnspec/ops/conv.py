@@ -903,8 +903,9 @@ def winograd_fits(attrs, x, w, out, grad_input=False) -> bool:
     most 1/8.  `grad_input`: the input gradient's (its "output" is x's plane,
     its padding 2 - the forward's, which must not be negative).  At batch 8
     Winograd takes 0.5x the time of the channels-last GEMMs at 56x56 (64
-    channels) and 28x28 (128), 0.65x at 14x14 (256); at 7x7 (512), where a
-    plane is 16 tiles and the weights' transform 5 ms, 1.5x."""
+    channels) and 28x28 (128), 0.7-0.9x at 14x14 and 28x28 (256 and 512
+    channels), 0.4-0.6x at VGG's 112x112 and 224x224; at 7x7, where a plane
+    is 16 tiles, slower."""
     if len(w) != 4 or tuple(w[2:]) != (3, 3) or list(attrs.get("stride", ())) != [1, 1] \
             or list(attrs.get("dilation", ())) != [1, 1] or int(attrs.get("groups", 1)) != 1:
         return False
@@ -920,14 +921,20 @@ def winograd_fits(attrs, x, w, out, grad_input=False) -> bool:
 
 
 @kernel(parallel=True)
-def _conv_wino(x4, U, o3, bias, has_bias, ph, pw, Ho, Wo):
+def _conv_wino(x4, w4, flip, o3, bias, has_bias, ph, pw, Ho, Wo):
     """o3 [B, O, Ho Wo] = the 3x3 stride-1 convolution of x4 [B, C, H, W] padded
-    by (ph, pw) at the top and left (zero beyond the image), U from
-    `_wino_weights`: the images' blocks of tiles shared out over the tasks."""
+    by (ph, pw) at the top and left (zero beyond the image) with w4 [O, C, 3,
+    3] (`flip`: w4 [C, O, 3, 3], the input gradient's): the images' blocks of
+    tiles shared out over the tasks.  The weights are transformed after the
+    BLAS is made single-threaded: transformed before, on its threads, the
+    convolution at 56x56 ran 2x slower (13 ms against 6.3), the BLAS's idle
+    threads spinning beside the tasks."""
     B = x4.shape[0]
-    rb, nblk = _wino_blocks(x4.shape[1], U.shape[1], Ho, Wo)
+    O = w4.shape[1] if flip else w4.shape[0]
+    rb, nblk = _wino_blocks(x4.shape[1], O, Ho, Wo)
     _, tasks, restore = _plan(B * nblk, 1, 1, 1)
     tasks = max(1, min(tasks, B * nblk))
+    U = _wino_weights(w4, flip, o3.dtype)
     for task in prange(tasks):
         _wino_task(x4, U, o3, bias, has_bias, ph, pw, Ho, Wo, rb, nblk, task, tasks)
     _unplan(restore)
@@ -942,16 +949,15 @@ def _conv_wino(x4, U, o3, bias, has_bias, ph, pw, Ho, Wo):
 def conv_wino_nobias(x, w, out, stride, dil, code, lo, hi, groups):
     x4, w4, o4 = _as4(x), _as4(w), _as4(out)
     ph, pw = _geom(x4, w4, stride, dil, code, lo)
-    _conv_wino(x4, _wino_weights(w4, False, out.dtype), _flat3(out), np.zeros(1, out.dtype),
-               False, ph, pw, o4.shape[2], o4.shape[3])
+    _conv_wino(x4, w4, False, _flat3(out), np.zeros(1, out.dtype), False, ph, pw,
+               o4.shape[2], o4.shape[3])
 
 
 @kernel
 def conv_wino_bias(x, w, b, out, stride, dil, code, lo, hi, groups):
     x4, w4, o4 = _as4(x), _as4(w), _as4(out)
     ph, pw = _geom(x4, w4, stride, dil, code, lo)
-    _conv_wino(x4, _wino_weights(w4, False, out.dtype), _flat3(out), b, True, ph, pw,
-               o4.shape[2], o4.shape[3])
+    _conv_wino(x4, w4, False, _flat3(out), b, True, ph, pw, o4.shape[2], o4.shape[3])
 
 
 @kernel
@@ -960,8 +966,8 @@ def conv_wino_grad_input(g, w, x, out, stride, dil, code, lo, hi, groups):
     kernels flipped and their in/out channels swapped."""
     dx4, w4 = _as4(out), _as4(w)
     ph, pw = _geom(dx4, w4, stride, dil, code, lo)
-    _conv_wino(_as4(g), _wino_weights(w4, True, out.dtype), _flat3(out),
-               np.zeros(1, out.dtype), False, 2 - ph, 2 - pw, dx4.shape[2], dx4.shape[3])
+    _conv_wino(_as4(g), w4, True, _flat3(out), np.zeros(1, out.dtype), False, 2 - ph, 2 - pw,
+               dx4.shape[2], dx4.shape[3])
 
 
 @kernel
