@@ -176,3 +176,21 @@ def test_cores_follow_affinity_and_cgroup_quota(monkeypatch, tmp_path):
     monkeypatch.setenv("NNSPEC_COMPILE_JOBS", "3")
     from nnspec.backend.precompile import jobs
     assert jobs() == 3
+
+
+def test_kernels_that_share_code_compile_in_one_process():
+    """precompile hands the kernels an op module lists in one COMPILE_TOGETHER
+    group (conv's Winograd kernels, which share their parallel loop) to one
+    process as a unit; other kernels are units of their own."""
+    from nnspec.backend import precompile
+    from nnspec.ops import conv
+    group = conv.COMPILE_TOGETHER[0]
+    tasks = [("op", "nnspec.ops.conv", "conv_wino_nobias", [()]),
+             ("op", "nnspec.ops.conv", "conv_nobias", [()]),
+             ("kernel", "x", "k1", [()]),
+             ("op", "nnspec.ops.conv", "conv_wino_grad_input", [()])]
+    units = precompile._units(tasks)
+    assert [[t[2] for t in u] for u in units] == [
+        ["conv_wino_nobias", "conv_wino_grad_input"], ["conv_nobias"], ["k1"]]
+    assert {"conv_wino_nobias", "conv_wino_grad_input"} <= set(group)
+    assert precompile._unit_cost(units[0]) < 2 * precompile._cost(tasks[0])

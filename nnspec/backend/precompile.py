@@ -18,7 +18,8 @@ independent, so before the first run:
    worker would load them too, and this process again at first call); the
    others are shared out between this process and `jobs - 1` worker
    processes (`python -m nnspec.backend.precompile`, reading their share
-   from stdin), longest first; each compiles its share with Numba's `cache=True`, so what a
+   from stdin), longest first (kernels an op module groups in its
+   COMPILE_TOGETHER to one process); each compiles its share with Numba's `cache=True`, so what a
    worker compiled this process then loads from the disk cache;
 3. the first run finds every kernel compiled or on disk.
 
@@ -116,6 +117,36 @@ def _cost(task) -> int:
     return (20 if heavy else 1) * len(sigs)
 
 
+def _units(tasks) -> list:
+    """The tasks in units that go to one process together: the kernels an op
+    module names in one of its COMPILE_TOGETHER groups share most of their
+    code, and the second compiles in a fraction of the first's time where
+    the first has compiled it (conv's Winograd kernels: 11 s, then 2 s for
+    the input gradient's; 11 s each in two processes).  Other tasks are
+    units of one."""
+    units, at = [], {}
+    for t in tasks:
+        kind, where, name, _ = t
+        key = None
+        if kind == "op":
+            for i, group in enumerate(getattr(importlib.import_module(where),
+                                              "COMPILE_TOGETHER", ())):
+                if name in group:
+                    key = (where, i)
+        if key is None:
+            units.append([t])
+        elif key in at:
+            at[key].append(t)
+        else:
+            at[key] = [t]
+            units.append(at[key])
+    return units
+
+
+def _unit_cost(unit) -> int:
+    return max(_cost(t) for t in unit) + 2 * (len(unit) - 1)
+
+
 def on_disk(d, sig) -> bool:
     """Whether Numba's disk cache lists machine code of dispatcher `d` for
     argument types `sig` (its index, read alone: nothing is loaded)."""
@@ -161,13 +192,13 @@ def precompile(step, args, progress=None) -> int:
             tasks.append((kind, where, name, new))
     if len(tasks) < 2:
         return 0
-    tasks.sort(key=_cost, reverse=True)
-    shares = [[] for _ in range(min(n_jobs, len(tasks)))]
+    units = sorted(_units(tasks), key=_unit_cost, reverse=True)
+    shares = [[] for _ in range(min(n_jobs, len(units)))]
     loads = [0] * len(shares)
-    for t in tasks:                      # longest first, each to the least loaded
+    for u in units:                      # longest first, each to the least loaded
         j = loads.index(min(loads))
-        shares[j].append(t)
-        loads[j] += _cost(t)
+        shares[j] += u
+        loads[j] += _unit_cost(u)
     total, count = len(tasks), [0]
 
     def done():

@@ -943,7 +943,10 @@ def _conv_wino(x4, w4, flip, o3, bias, has_bias, ph, pw, Ho, Wo):
 # The Winograd convolutions are kernels of their own (Conv.kernel_for), not a
 # branch of conv_nobias and the others: every kernel compiles again, in LLVM,
 # all the code it reaches, and a branch added 6-10 s to conv_nobias and
-# conv_bias, and 2-3 s to conv_grad_input, in every network.
+# conv_bias, and 2-3 s to conv_grad_input, in every network.  They share
+# _conv_wino: compiled in one process (backend/precompile.py) the second
+# takes 2 s where the first took 11.
+COMPILE_TOGETHER = (("conv_wino_nobias", "conv_wino_bias", "conv_wino_grad_input"),)
 
 @kernel
 def conv_wino_nobias(x, w, out, stride, dil, code, lo, hi, groups):
