@@ -109,20 +109,29 @@ def _dispatcher(kind, where, name):
     return getattr(module, name)
 
 
-def _cost(task) -> int:
-    """A guess of a task's compile time, to hand out the longest first
-    (a convolution's kernels take tens of seconds, a fused loop one)."""
+def _cost(task) -> float:
+    """A guess of a task's compile time in seconds, to hand out the longest
+    first: what its op module's COMPILE_SECONDS says (measured; a
+    convolution's kernels take 7-15 s, a pool's 3-5) or its
+    COMPILE_SECONDS_DEFAULT, else 1 (a fused loop, a small op), per
+    signature.  With every heavy kernel counted alike, Inception-v3's three
+    general convolution kernels (37 s) could go to one process and its
+    pools and Winograd kernels (31 s) to the other."""
     kind, where, name, sigs = task
-    heavy = kind == "op" and ("conv" in where or "pool" in where)
-    return (20 if heavy else 1) * len(sigs)
+    per = 1
+    if kind == "op":
+        module = importlib.import_module(where)
+        per = getattr(module, "COMPILE_SECONDS", {}).get(
+            name, getattr(module, "COMPILE_SECONDS_DEFAULT", 1))
+    return per * len(sigs)
 
 
 def _units(tasks) -> list:
     """The tasks in units that go to one process together: the kernels an op
     module names in one of its COMPILE_TOGETHER groups share most of their
-    code, and the second compiles in a fraction of the first's time where
-    the first has compiled it (conv's Winograd kernels: 11 s, then 2 s for
-    the input gradient's; 11 s each in two processes).  Other tasks are
+    code, and the second compiles in less time where the first has
+    compiled it (conv's Winograd kernels in a step: 9 s, then 6-8 s for the
+    input gradient's; called alone, 11 s then 2 s).  Other tasks are
     units of one."""
     units, at = [], {}
     for t in tasks:
@@ -143,8 +152,8 @@ def _units(tasks) -> list:
     return units
 
 
-def _unit_cost(unit) -> int:
-    return max(_cost(t) for t in unit) + 2 * (len(unit) - 1)
+def _unit_cost(unit) -> float:
+    return sum(_cost(t) for t in unit)
 
 
 def on_disk(d, sig) -> bool:

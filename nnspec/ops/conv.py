@@ -947,6 +947,12 @@ def _conv_wino(x4, w4, flip, o3, bias, has_bias, ph, pw, Ho, Wo):
 # _conv_wino: compiled in one process (backend/precompile.py) the second
 # takes 2 s where the first took 11.
 COMPILE_TOGETHER = (("conv_wino_nobias", "conv_wino_bias", "conv_wino_grad_input"),)
+# seconds each kernel took to compile, one process, one signature (this project's
+# two-core machine): backend/precompile.py hands out the longest first
+COMPILE_SECONDS = {"conv_nobias": 14, "conv_bias": 14, "conv_grad_weight": 14,
+                   "conv_grad_input": 10, "conv_wino_nobias": 9, "conv_wino_bias": 10,
+                   "conv_wino_grad_input": 7}
+COMPILE_SECONDS_DEFAULT = 10
 
 @kernel
 def conv_wino_nobias(x, w, out, stride, dil, code, lo, hi, groups):

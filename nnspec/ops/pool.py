@@ -47,6 +47,9 @@ from .base import (Cuda, Map, Op, T, cuda_kernel, flat, fmt, kernel, known, laye
                    pad_amounts, prange, prod, register)
 from .conv import _as4, _per_axis, side_pads
 
+# seconds a pooling kernel takes to compile (backend/precompile.py): 3-5
+COMPILE_SECONDS_DEFAULT = 4
+
 
 def pads(attrs) -> list:
     """(lo, hi) per spatial axis: `pad` holds an int (both sides) or [lo, hi]."""

@@ -24,6 +24,9 @@ from .base import (Cuda, Map, Op, Ref, T, cuda_kernel, flat, fmt, kernel, known,
 from .base import Reduce as RowSums
 from .elementwise import _bstrides, _inner_sizes, _shape_of
 
+# seconds to compile (backend/precompile.py; the others take about 1)
+COMPILE_SECONDS = {"reduce_kernel": 4, "broadcast_like": 2}
+
 
 def norm_axes(name, axes, rank) -> tuple:
     if axes is None:
