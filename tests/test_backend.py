@@ -450,7 +450,7 @@ def test_winograd_convolutions_match_the_reference(xs, ws, pad, dtype):
                                 conv.conv_wino_grad_input)
     strided = {**attrs, "stride": [2, 1]}
     assert ops["conv"].kernel_for(strided, [xs, ws], oshape)[0] is conv.conv_nobias
-    small = ("B", xs[1], 11, 13)                # 9x11 outputs: under WINO_MIN_PIXELS
+    small = ("B", xs[1], 11, 13)                # 143 outputs a plane: under WINO_MIN_PIXELS
     assert ops["conv"].kernel_for(attrs, [small, ws], small)[0] is conv.conv_nobias
     tol = {"float64": 1e-10, "float32": 2e-5}[dtype]
     f = [a.astype(dtype) for a in (x, w, b)]

@@ -194,7 +194,8 @@ def test_kernels_that_share_code_compile_in_one_process():
     assert [[t[2] for t in u] for u in units] == [
         ["conv_wino_nobias", "conv_wino_grad_input"], ["conv_nobias"], ["k1"]]
     assert {"conv_wino_nobias", "conv_wino_grad_input"} <= set(group)
-    assert precompile._unit_cost(units[0]) == precompile._cost(tasks[0]) + precompile._cost(tasks[3])
+    cost = precompile._cost
+    assert precompile._unit_cost(units[0]) == cost(tasks[0]) + cost(tasks[3])
     # the estimates come from the op modules' COMPILE_SECONDS: a general
     # convolution kernel over a Winograd one over a generated kernel
-    assert precompile._cost(tasks[1]) > precompile._cost(tasks[0]) > precompile._cost(tasks[2]) == 1
+    assert cost(tasks[1]) > cost(tasks[0]) > cost(tasks[2]) == 1

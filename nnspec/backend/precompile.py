@@ -19,8 +19,9 @@ independent, so before the first run:
    others are shared out between this process and `jobs - 1` worker
    processes (`python -m nnspec.backend.precompile`, reading their share
    from stdin), longest first (kernels an op module groups in its
-   COMPILE_TOGETHER to one process); each compiles its share with Numba's `cache=True`, so what a
-   worker compiled this process then loads from the disk cache;
+   COMPILE_TOGETHER to one process); each compiles its share with Numba's
+   `cache=True`, so what a worker compiled this process then loads from
+   the disk cache;
 3. the first run finds every kernel compiled or on disk.
 
 With the notices on (backend/notice.py) it says "compiling 23 kernels on 2

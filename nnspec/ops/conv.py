@@ -760,8 +760,8 @@ WINO_G = np.kron(np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [
 def _wino_weights(w4, flip, dtype):
     """U [16, O, C] = G w[o, c] G^T, one product [16, 9] x [9, O C] of w as it
     lies; with `flip` (the input gradient: the kernels turned by 180 degrees,
-    in and out channels swapped) U [16, C, O], each [O, C] transposed in
-    tiles of 16 x 16."""
+    in and out channels swapped) U [16, C, O], each [O, C] transposed
+    (`_group_transposed`)."""
     O, C = w4.shape[0], w4.shape[1]
     G = np.empty((16, 9), dtype=dtype)
     for xi in range(16):
@@ -769,16 +769,7 @@ def _wino_weights(w4, flip, dtype):
             G[xi, t] = WINO_G[xi, 8 - t] if flip else WINO_G[xi, t]
     U = np.empty((16, O, C), dtype=dtype)
     np.dot(G, w4.reshape((O * C, 9)).T, U.reshape((16, O * C)))
-    if not flip:
-        return U
-    Ut = np.empty((16, C, O), dtype=dtype)
-    for xi in range(16):
-        for o0 in range(0, O, 16):
-            for c0 in range(0, C, 16):
-                for o in range(o0, min(o0 + 16, O)):
-                    for c in range(c0, min(c0 + 16, C)):
-                        Ut[xi, c, o] = U[xi, o, c]
-    return Ut
+    return _group_transposed(U, dtype) if flip else U
 
 
 @kernel
@@ -932,8 +923,7 @@ def _conv_wino(x4, w4, flip, o3, bias, has_bias, ph, pw, Ho, Wo):
     B = x4.shape[0]
     O = w4.shape[1] if flip else w4.shape[0]
     rb, nblk = _wino_blocks(x4.shape[1], O, Ho, Wo)
-    _, tasks, restore = _plan(B * nblk, 1, 1, 1)
-    tasks = max(1, min(tasks, B * nblk))
+    _, tasks, restore = _plan(B * nblk, 1, 1, 1)        # tasks <= B nblk
     U = _wino_weights(w4, flip, o3.dtype)
     for task in prange(tasks):
         _wino_task(x4, U, o3, bias, has_bias, ph, pw, Ho, Wo, rb, nblk, task, tasks)
@@ -944,8 +934,7 @@ def _conv_wino(x4, w4, flip, o3, bias, has_bias, ph, pw, Ho, Wo):
 # branch of conv_nobias and the others: every kernel compiles again, in LLVM,
 # all the code it reaches, and a branch added 6-10 s to conv_nobias and
 # conv_bias, and 2-3 s to conv_grad_input, in every network.  They share
-# _conv_wino: compiled in one process (backend/precompile.py) the second
-# takes 2 s where the first took 11.
+# _conv_wino, so backend/precompile.py compiles them in one process.
 COMPILE_TOGETHER = (("conv_wino_nobias", "conv_wino_bias", "conv_wino_grad_input"),)
 # seconds each kernel took to compile, one process, one signature (this project's
 # two-core machine): backend/precompile.py hands out the longest first
@@ -953,6 +942,7 @@ COMPILE_SECONDS = {"conv_nobias": 14, "conv_bias": 14, "conv_grad_weight": 14,
                    "conv_grad_input": 10, "conv_wino_nobias": 9, "conv_wino_bias": 10,
                    "conv_wino_grad_input": 7}
 COMPILE_SECONDS_DEFAULT = 10
+
 
 @kernel
 def conv_wino_nobias(x, w, out, stride, dil, code, lo, hi, groups):
