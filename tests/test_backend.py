@@ -426,15 +426,17 @@ def test_channels_last_convolutions_either_blocking(small, tmp_path):
     ((1, 16, 16, 17), (16, 16, 3, 3), [[2, 0], [0, 1]]),       # asymmetric padding
     ((2, 20, 19, 18), (16, 20, 3, 3), [[0, 0], [0, 0]]),       # valid
     ((1, 16, 12, 12), (24, 16, 3, 3), [[2, 2], [2, 2]]),       # full
-    ((2, 64, 40, 38), (32, 64, 3, 3), [[1, 1], [1, 1]]),       # several blocks per image
+    ((2, 64, 72, 66), (32, 64, 3, 3), [[1, 1], [1, 1]]),       # several blocks per image
 ], ids=["odd", "asymmetric", "valid", "full", "blocks"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_winograd_convolutions_match_the_reference(xs, ws, pad, dtype):
     """3x3 stride-1 convolutions with 16+ channels and planes of
     conv.WINO_MIN_PIXELS or more get the Winograd F(2x2, 3x3) kernels from
-    `kernel_for` (forward with and without a bias, input gradient): all match
-    the reference, on odd sizes, partial tiles, every padding, and planes split
-    into several blocks of tiles.  Other shapes keep the general kernels."""
+    `kernel_for` (forward with and without a bias, input gradient, and the
+    weight gradient where one side has at most conv.WINO_GW_MAX_C channels):
+    all match the reference, on odd sizes, partial tiles, every padding, and
+    planes split into several blocks of tiles (12 in the forward, 3 in the
+    weight gradient).  Other shapes keep the general kernels."""
     from nnspec.backend.jit import jitted
     from nnspec.ops import conv
     rng = np.random.default_rng(11)
@@ -446,8 +448,12 @@ def test_winograd_convolutions_match_the_reference(xs, ws, pad, dtype):
     fwd, extra = ops["conv"].kernel_for(attrs, [("B",) + xs[1:], ws], sym)
     fwd_b, _ = ops["conv"].kernel_for({**attrs, "bias": True}, [("B",) + xs[1:], ws, ws[:1]], sym)
     gi, _ = ops["conv_grad_input"].kernel_for(attrs, [sym, ws, ("B",) + xs[1:]], ("B",) + xs[1:])
-    assert (fwd, fwd_b, gi) == (conv.conv_wino_nobias, conv.conv_wino_bias,
-                                conv.conv_wino_grad_input)
+    gw, _ = ops["conv_grad_weight"].kernel_for(attrs, [("B",) + xs[1:], sym, ws], ws)
+    assert (fwd, fwd_b, gi, gw) == (conv.conv_wino_nobias, conv.conv_wino_bias,
+                                    conv.conv_wino_grad_input, conv.conv_wino_grad_weight)
+    wide = (96, 96, 3, 3)                       # both sides over WINO_GW_MAX_C
+    assert ops["conv_grad_weight"].kernel_for(
+        attrs, [("B", 96) + xs[2:], ("B", 96) + sym[2:], wide], wide)[0] is conv.conv_grad_weight
     strided = {**attrs, "stride": [2, 1]}
     assert ops["conv"].kernel_for(strided, [xs, ws], oshape)[0] is conv.conv_nobias
     small = ("B", xs[1], 11, 13)                # 143 outputs a plane: under WINO_MIN_PIXELS
@@ -466,6 +472,10 @@ def test_winograd_convolutions_match_the_reference(xs, ws, pad, dtype):
     jitted(gi)(g.astype(dtype), f[1], f[0], dx, *extra)
     want = ops["conv_grad_input"].reference(attrs, g, w, x)
     np.testing.assert_allclose(dx, want, rtol=tol, atol=tol * np.abs(want).max())
+    dw = np.full(ws, np.nan, dtype)
+    jitted(gw)(f[0], g.astype(dtype), f[1], dw, *extra)
+    want = ops["conv_grad_weight"].reference(attrs, x, g, w)
+    np.testing.assert_allclose(dw, want, rtol=tol, atol=tol * np.abs(want).max())
 
 
 @pytest.mark.parametrize("xs, ws, attrs", [

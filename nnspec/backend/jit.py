@@ -175,8 +175,12 @@ def compile_module(module) -> None:
         opts = getattr(fn, "_nnspec_kernel", None)
         if opts is not None and callable(fn) and not hasattr(fn, "py_func"):
             fast = {"reassoc", "contract"} if opts.get("reassoc") else False
+            # a module's own helpers (_name) are called from compiled code only:
+            # no Python or C entry points to build (1-2 s of a convolution's 13-15)
+            inner = {"no_cpython_wrapper": True, "no_cfunc_wrapper": True} \
+                if name.startswith("_") else {}
             disp = numba.njit(cache=True, parallel=opts["parallel"], error_model="numpy",
-                              fastmath=fast)(fn)
+                              fastmath=fast, **inner)(fn)
             disp._cache = cache.recovering_cache(fn)
             disp._nnspec_kernel = opts
             setattr(module, name, disp)
