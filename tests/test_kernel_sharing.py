@@ -180,22 +180,31 @@ def test_cores_follow_affinity_and_cgroup_quota(monkeypatch, tmp_path):
 
 def test_kernels_that_share_code_compile_in_one_process():
     """precompile hands the kernels an op module lists in one COMPILE_TOGETHER
-    group (conv's Winograd kernels, which share their parallel loop) to one
-    process as a unit, its cost the sum of theirs; other kernels are units of
-    their own."""
+    group (conv's Winograd kernels, which share their parallel loop; the
+    general forward and input gradient) to one process as a unit, the
+    longest alone first; its cost is that one's alone and the others' after
+    it (COMPILE_SECONDS_SHARED, less); other kernels are units of their own."""
     from nnspec.backend import precompile
     from nnspec.ops import conv
-    group = conv.COMPILE_TOGETHER[0]
-    tasks = [("op", "nnspec.ops.conv", "conv_wino_nobias", [()]),
+    wino, general = conv.COMPILE_TOGETHER
+    tasks = [("op", "nnspec.ops.conv", "conv_wino_grad_input", [()]),
              ("op", "nnspec.ops.conv", "conv_nobias", [()]),
              ("kernel", "x", "k1", [()]),
-             ("op", "nnspec.ops.conv", "conv_wino_grad_input", [()])]
+             ("op", "nnspec.ops.conv", "conv_wino_nobias", [()]),
+             ("op", "nnspec.ops.conv", "conv_grad_weight", [()]),
+             ("op", "nnspec.ops.conv", "conv_bias", [(), ()])]
     units = precompile._units(tasks)
     assert [[t[2] for t in u] for u in units] == [
-        ["conv_wino_nobias", "conv_wino_grad_input"], ["conv_nobias"], ["k1"]]
-    assert {"conv_wino_nobias", "conv_wino_grad_input"} <= set(group)
+        ["conv_wino_nobias", "conv_wino_grad_input"], ["conv_bias", "conv_nobias"], ["k1"],
+        ["conv_grad_weight"]]
+    assert {"conv_wino_nobias", "conv_wino_grad_input"} <= set(wino)
+    assert {"conv_nobias", "conv_bias"} <= set(general)
     cost = precompile._cost
-    assert precompile._unit_cost(units[0]) == cost(tasks[0]) + cost(tasks[3])
+    assert cost(tasks[0], shared=True) < cost(tasks[0])
+    assert precompile._unit_cost(units[0]) == cost(tasks[3]) + cost(tasks[0], shared=True)
+    # two signatures of conv_bias: its cost twice, and it goes first
+    assert cost(tasks[5]) == 2 * cost(tasks[1])
+    assert precompile._unit_cost(units[1]) == cost(tasks[5]) + cost(tasks[1], shared=True)
     # the estimates come from the op modules' COMPILE_SECONDS: a general
     # convolution kernel over a Winograd one over a generated kernel
-    assert cost(tasks[1]) > cost(tasks[0]) > cost(tasks[2]) == 1
+    assert cost(tasks[1]) > cost(tasks[3]) > cost(tasks[2]) == 1

@@ -110,30 +110,33 @@ def _dispatcher(kind, where, name):
     return getattr(module, name)
 
 
-def _cost(task) -> float:
+def _cost(task, shared=False) -> float:
     """A guess of a task's compile time in seconds, to hand out the longest
     first: what its op module's COMPILE_SECONDS says (measured; a
-    convolution's kernels take 7-15 s, a pool's 3-5) or its
+    convolution's kernels take 8-14 s, a pool's 3-5) or its
     COMPILE_SECONDS_DEFAULT, else 1 (a fused loop, a small op), per
-    signature.  With every heavy kernel counted alike, Inception-v3's three
-    general convolution kernels (37 s) could go to one process and its
-    pools and Winograd kernels (31 s) to the other."""
+    signature; `shared`: after another kernel of its COMPILE_TOGETHER group,
+    what COMPILE_SECONDS_SHARED says where it says something.  With every
+    heavy kernel counted alike, Inception-v3's three general convolution
+    kernels (37 s) could go to one process and its pools and Winograd kernels
+    (31 s) to the other."""
     kind, where, name, sigs = task
     per = 1
     if kind == "op":
         module = importlib.import_module(where)
         per = getattr(module, "COMPILE_SECONDS", {}).get(
             name, getattr(module, "COMPILE_SECONDS_DEFAULT", 1))
+        if shared:
+            per = getattr(module, "COMPILE_SECONDS_SHARED", {}).get(name, per)
     return per * len(sigs)
 
 
 def _units(tasks) -> list:
-    """The tasks in units that go to one process together: the kernels an op
-    module names in one of its COMPILE_TOGETHER groups share most of their
-    code, and the second compiles in less time where the first has
-    compiled it (conv's Winograd kernels in a step: 9 s, then 6-8 s for the
-    input gradient's; called alone, 11 s then 2 s).  Other tasks are
-    units of one."""
+    """The tasks in units that go to one process together, the longest
+    first: the kernels an op module names in one of its COMPILE_TOGETHER
+    groups share most of their code, and the others compile in less time
+    where the first has compiled it (conv_nobias 13 s, then conv_bias 2 s
+    and conv_grad_input 5).  Other tasks are units of one."""
     units, at = [], {}
     for t in tasks:
         kind, where, name, _ = t
@@ -150,11 +153,12 @@ def _units(tasks) -> list:
         else:
             at[key] = [t]
             units.append(at[key])
-    return units
+    return [sorted(u, key=_cost, reverse=True) for u in units]
 
 
 def _unit_cost(unit) -> float:
-    return sum(_cost(t) for t in unit)
+    """The unit's first task alone, the others after it (`_units` orders)."""
+    return sum(_cost(t, shared=i > 0) for i, t in enumerate(unit))
 
 
 def on_disk(d, sig) -> bool:

@@ -949,15 +949,21 @@ def _conv_wino(x4, w4, flip, o3, bias, has_bias, ph, pw, Ho, Wo):
 # branch of conv_nobias and the others: every kernel compiles again, in LLVM,
 # all the code it reaches, and a branch added 6-10 s to conv_nobias and
 # conv_bias, and 2-3 s to conv_grad_input, in every network.  They share
-# _conv_wino, so backend/precompile.py compiles them in one process; the weight
-# gradient shares only the input transform with them (9.3 s alone, 8.1 after
-# them) and goes where the load is least.
-COMPILE_TOGETHER = (("conv_wino_nobias", "conv_wino_bias", "conv_wino_grad_input"),)
+# _conv_wino, so backend/precompile.py compiles them in one process, as
+# conv_nobias, conv_bias and conv_grad_input; the weight gradients share
+# little with the others (conv_grad_weight 12.6 s alone, 12.1 after
+# conv_nobias; conv_wino_grad_weight 9.3 and 8.1) and go where the load is least.
+COMPILE_TOGETHER = (("conv_wino_nobias", "conv_wino_bias", "conv_wino_grad_input"),
+                    ("conv_nobias", "conv_bias", "conv_grad_input"))
 # seconds each kernel took to compile, one process, one signature (this project's
-# two-core machine): backend/precompile.py hands out the longest first
-COMPILE_SECONDS = {"conv_nobias": 14, "conv_bias": 14, "conv_grad_weight": 14,
-                   "conv_grad_input": 10, "conv_wino_nobias": 9, "conv_wino_bias": 10,
-                   "conv_wino_grad_input": 7, "conv_wino_grad_weight": 9}
+# two-core machine): backend/precompile.py hands out the longest first; and
+# after another of its COMPILE_TOGETHER group in the same process
+COMPILE_SECONDS = {"conv_nobias": 13, "conv_bias": 13, "conv_grad_weight": 13,
+                   "conv_grad_input": 9, "conv_wino_nobias": 9, "conv_wino_bias": 9,
+                   "conv_wino_grad_input": 5, "conv_wino_grad_weight": 9}
+COMPILE_SECONDS_SHARED = {"conv_bias": 2, "conv_nobias": 2, "conv_grad_input": 5,
+                          "conv_wino_bias": 1, "conv_wino_nobias": 1,
+                          "conv_wino_grad_input": 1}
 COMPILE_SECONDS_DEFAULT = 10
 
 

@@ -47,8 +47,11 @@ from .base import (Cuda, Map, Op, T, cuda_kernel, flat, fmt, kernel, known, laye
                    pad_amounts, prange, prod, register)
 from .conv import _as4, _per_axis, side_pads
 
-# seconds a pooling kernel takes to compile (backend/precompile.py): 3-5
+# seconds a pooling kernel takes to compile (backend/precompile.py): 3-5; the
+# max pools share their code: maxpool_switches takes 0.9 s after maxpool
 COMPILE_SECONDS_DEFAULT = 4
+COMPILE_TOGETHER = (("maxpool", "maxpool_switches"),)
+COMPILE_SECONDS_SHARED = {"maxpool": 1, "maxpool_switches": 1}
 
 
 def pads(attrs) -> list:
