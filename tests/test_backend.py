@@ -433,10 +433,12 @@ def test_winograd_convolutions_match_the_reference(xs, ws, pad, dtype):
     """3x3 stride-1 convolutions with 16+ channels and planes of
     conv.WINO_MIN_PIXELS or more get the Winograd F(2x2, 3x3) kernels from
     `kernel_for` (forward with and without a bias, input gradient, and the
-    weight gradient where one side has at most conv.WINO_GW_MAX_C channels):
-    all match the reference, on odd sizes, partial tiles, every padding, and
-    planes split into several blocks of tiles (12 in the forward, 3 in the
-    weight gradient).  Other shapes keep the general kernels."""
+    weight gradient where one side has at most conv.WINO_GW_MAX_C channels
+    and the other at least conv.WINO_GW_MIN_C): all match the reference (the
+    weight gradient's on every geometry, chosen or not), on odd sizes,
+    partial tiles, every padding, and planes split into several blocks of
+    tiles (12 in the forward, 3 in the weight gradient).  Other shapes keep
+    the general kernels."""
     from nnspec.backend.jit import jitted
     from nnspec.ops import conv
     rng = np.random.default_rng(11)
@@ -448,12 +450,16 @@ def test_winograd_convolutions_match_the_reference(xs, ws, pad, dtype):
     fwd, extra = ops["conv"].kernel_for(attrs, [("B",) + xs[1:], ws], sym)
     fwd_b, _ = ops["conv"].kernel_for({**attrs, "bias": True}, [("B",) + xs[1:], ws, ws[:1]], sym)
     gi, _ = ops["conv_grad_input"].kernel_for(attrs, [sym, ws, ("B",) + xs[1:]], ("B",) + xs[1:])
+    assert (fwd, fwd_b, gi) == (conv.conv_wino_nobias, conv.conv_wino_bias,
+                                conv.conv_wino_grad_input)
+    gw_fits = (min(xs[1], ws[0]) <= conv.WINO_GW_MAX_C
+               and max(xs[1], ws[0]) >= conv.WINO_GW_MIN_C)      # "blocks": 64 and 32
     gw, _ = ops["conv_grad_weight"].kernel_for(attrs, [("B",) + xs[1:], sym, ws], ws)
-    assert (fwd, fwd_b, gi, gw) == (conv.conv_wino_nobias, conv.conv_wino_bias,
-                                    conv.conv_wino_grad_input, conv.conv_wino_grad_weight)
-    wide = (96, 96, 3, 3)                       # both sides over WINO_GW_MAX_C
-    assert ops["conv_grad_weight"].kernel_for(
-        attrs, [("B", 96) + xs[2:], ("B", 96) + sym[2:], wide], wide)[0] is conv.conv_grad_weight
+    assert gw is (conv.conv_wino_grad_weight if gw_fits else conv.conv_grad_weight)
+    for c in (96, 16):                          # both sides over WINO_GW_MAX_C, under _MIN_C
+        cw = (c, c, 3, 3)
+        assert ops["conv_grad_weight"].kernel_for(
+            attrs, [("B", c) + xs[2:], ("B", c) + sym[2:], cw], cw)[0] is conv.conv_grad_weight
     strided = {**attrs, "stride": [2, 1]}
     assert ops["conv"].kernel_for(strided, [xs, ws], oshape)[0] is conv.conv_nobias
     small = ("B", xs[1], 11, 13)                # 143 outputs a plane: under WINO_MIN_PIXELS
@@ -473,7 +479,7 @@ def test_winograd_convolutions_match_the_reference(xs, ws, pad, dtype):
     want = ops["conv_grad_input"].reference(attrs, g, w, x)
     np.testing.assert_allclose(dx, want, rtol=tol, atol=tol * np.abs(want).max())
     dw = np.full(ws, np.nan, dtype)
-    jitted(gw)(f[0], g.astype(dtype), f[1], dw, *extra)
+    jitted(conv.conv_wino_grad_weight)(f[0], g.astype(dtype), f[1], dw, *extra)
     want = ops["conv_grad_weight"].reference(attrs, x, g, w)
     np.testing.assert_allclose(dw, want, rtol=tol, atol=tol * np.abs(want).max())
 
