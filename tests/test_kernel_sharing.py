@@ -5,6 +5,7 @@ import pytest
 
 import nnspec
 from nnspec.backend import cpu
+from nnspec.ops import all_ops
 
 SPEC = """
 block basic(c)(x) {
@@ -208,3 +209,40 @@ def test_kernels_that_share_code_compile_in_one_process():
     # the estimates come from the op modules' COMPILE_SECONDS: a general
     # convolution kernel over a Winograd one over a generated kernel
     assert cost(tasks[1]) > cost(tasks[3]) > cost(tasks[2]) == 1
+
+
+def test_kernels_compile_their_callees_once_for_plain_types():
+    """A constant argument (`False`, `1`) reaches a callee as a plain bool or
+    int, not as a literal of its own (backend/jit._unliteral_calls), so the
+    forward with and without a bias, and the input gradient, share their
+    compiled helpers: a call typed with literals compiles (or loads) the
+    plain signature, and no helper of the convolution or pool modules holds
+    a literal in any signature it has."""
+    from numba.core import types
+
+    from nnspec.backend.jit import jitted
+    from nnspec.ops import conv, pool
+    rng = np.random.default_rng(3)
+    attrs = {"stride": [1, 1], "dilation": [1, 1], "pad": [[1, 1], [1, 1]], "groups": 1}
+    extra = conv._extra(attrs, 2)
+    x = rng.standard_normal((2, 16, 5, 6))          # channels-last rows: 16 channels
+    w, b = rng.standard_normal((16, 16, 3, 3)), rng.standard_normal(16)
+    y, y_b, dx = np.empty((2, 16, 5, 6)), np.empty((2, 16, 5, 6)), np.empty(x.shape)
+    jitted(conv.conv_nobias)(x, w, y, *extra)
+    jitted(conv.conv_bias)(x, w, b, y_b, *extra)
+    jitted(conv.conv_grad_input)(y, w, x, dx, *extra)
+    np.testing.assert_allclose(y_b, y + b[:, None, None], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, all_ops()["conv_grad_input"].reference(attrs, y, w, x),
+                               rtol=1e-10, atol=1e-10)
+    lit = (types.int64, types.literal(1), types.literal(1), types.literal(2))
+    _, _, args, _ = conv._chunk.get_call_template(lit, {})
+    assert not any(isinstance(a, types.Literal) for a in args)
+    assert (types.int64,) * 4 in [tuple(s) for s in conv._chunk.signatures]
+    _, _, args, _ = conv._rows_weights.get_call_template(
+        (types.float64[:, :, :, ::1], types.int64, types.literal(True),
+         types.DType(types.float64)), {})
+    assert args[2] == types.boolean
+    for module in (conv, pool):
+        for name, d in vars(module).items():
+            for sig in getattr(d, "signatures", ()):
+                assert not any(isinstance(a, types.Literal) for a in sig), (name, sig)
