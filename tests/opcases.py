@@ -149,6 +149,8 @@ CASES = [
     C("log", [X(3, 5, kind="pos")]),
     C("sqrt", [X(2, 7, kind="pos")]),
     C("leaky_relu", [X(3, 5)], alpha=0.2),
+    C("leaky_relu", [X(3, 5)], "negative-alpha", alpha=-0.3),
+    C("leaky_relu", [X(3, 5)], "zero-alpha", alpha=0.0),
     C("elu", [X(3, 5)], alpha=0.7),
     C("add", [X(3, 5), X(3, 5)], "same"),
     C("add", [X(2, 3, 4, 5), P(3, 1, 1)], "bias-chw"),

@@ -109,3 +109,22 @@ def test_shape_mismatch_in_a_grad_rule_is_reported():
             backward(g, loss, [x])
     finally:
         del OPS[_BadGrad.name]
+
+
+@pytest.mark.parametrize("alpha, reads", [(0.2, "output"), (0.0, "output"), (-0.3, "input")])
+def test_leaky_relu_gradient_reads_its_output_where_alpha_is_not_negative(alpha, reads):
+    """With alpha >= 0, leaky_relu's gradient reads its output (y > 0 exactly
+    where x > 0), so its input need not outlive the forward; a negative alpha
+    maps x < 0 to y > 0, and the gradient reads the input.  Both match finite
+    differences."""
+    g = Graph("t", "float64")
+    x = g.input("x", (BATCH, 7))
+    w = g.param("w", (7,))
+    pre = g.add("mul", (x, w))
+    y = g.add("leaky_relu", (pre,), {"alpha": alpha})
+    loss = g.add("sum", (g.add("square", (y,)),))
+    gg, grads = backward(g, loss, [w])
+    mask = [n for n in gg.nodes() if n.op == "leaky_relu_grad"]
+    assert len(mask) == 1 and mask[0].inputs[1] == (y if reads == "output" else pre)
+    rng = np.random.default_rng(4)
+    fd_check(gg, loss, {x: rng.standard_normal((5, 7)), w: rng.standard_normal(7)}, [w], grads)

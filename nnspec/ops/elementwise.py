@@ -204,6 +204,16 @@ def _on_output(op):
     return lambda gb, node, g: [gb.add(op, (g, node.id))]
 
 
+def _g_leaky_relu(gb, node, g):
+    """leaky_relu_grad(g, y) on the output, as relu's, where alpha >= 0: y > 0
+    exactly where x > 0 and y <= 0 where x <= 0 (NaN in neither), the same
+    mask bit for bit; a negative alpha turns x < 0 into y > 0, and the
+    gradient reads x."""
+    alpha = node.attrs.get("alpha", 0.01)
+    src = node.id if alpha >= 0 else node.inputs[0]
+    return [gb.add("leaky_relu_grad", (g, src), {"alpha": alpha})]
+
+
 def _g_grad_op(op, **attrs):
     """Gradient of a helper `h(g, x) = g * f'(x)` with f' piecewise constant:
     linear in g (dg = h(g', x)) and flat in x almost everywhere."""
@@ -232,7 +242,7 @@ for _op in [
     # forward (DenseNet-121's dense layers kept 0.5 GB of them at batch 8)
     _E("relu", 1, "np.maximum(a, T(0))", _on_output("relu_grad")),
     _E("leaky_relu", 1, "np.maximum(a, T(0)) + T(alpha) * np.minimum(a, T(0))",
-       _on_input("leaky_relu_grad", alpha=0.01), {"alpha": 0.01}),
+       _g_leaky_relu, {"alpha": 0.01}),
     _E("elu", 1, "np.maximum(a, T(0)) + T(alpha) * np.expm1(np.minimum(a, T(0)))",
        _on_input("elu_grad", alpha=1.0), {"alpha": 1.0}),
     _E("sigmoid", 1, "np.exp(np.minimum(a, T(0))) / (T(1) + np.exp(-np.abs(a)))",
