@@ -770,13 +770,20 @@ def _wino_weights(w4, flip, dtype):
     in and out channels swapped) U [16, C, O], each [O, C] transposed
     (`_group_transposed`)."""
     O, C = w4.shape[0], w4.shape[1]
+    U = np.empty((16, O, C), dtype=dtype)
+    np.dot(_wino_g(flip, dtype), w4.reshape((O * C, 9)).T, U.reshape((16, O * C)))
+    return _group_transposed(U, dtype) if flip else U
+
+
+@kernel
+def _wino_g(flip, dtype):
+    """WINO_G in `dtype`; with `flip`, its columns reversed (the 3x3 kernels
+    turned by 180 degrees)."""
     G = np.empty((16, 9), dtype=dtype)
     for xi in range(16):
         for t in range(9):
             G[xi, t] = WINO_G[xi, 8 - t] if flip else WINO_G[xi, t]
-    U = np.empty((16, O, C), dtype=dtype)
-    np.dot(G, w4.reshape((O * C, 9)).T, U.reshape((16, O * C)))
-    return _group_transposed(U, dtype) if flip else U
+    return G
 
 
 @kernel
@@ -1031,7 +1038,7 @@ def _wino_gout(g3, b, O, Ho, Wo, ty0, ty1, Tw, Gt):
 @kernel
 def _wino_gw_task(x4, g3, dU, ph, pw, Ho, Wo, rb, nblk, task, tasks):
     """Task `task` of `tasks` of a Winograd weight gradient (`_conv_wino_gw`):
-    dU[xi] [O, C] += Gt[xi] [O, tiles] x V[xi]^T [tiles, C] over its blocks
+    dU [16 O C] (flat) += Gt[xi] [O, tiles] x V[xi]^T [tiles, C] over its blocks
     of tiles, V the inputs' transform (`_wino_in`), Gt the output gradient's
     (`_wino_gout`)."""
     C, H, W = x4.shape[1], x4.shape[2], x4.shape[3]
@@ -1053,9 +1060,7 @@ def _wino_gw_task(x4, g3, dU, ph, pw, Ho, Wo, rb, nblk, task, tasks):
         _wino_gout(g3, b, O, Ho, Wo, ty0, ty1, Tw, Gt)
         for xi in range(16):
             np.dot(Gt[xi].reshape((O, nt)), V[xi].reshape((C, nt)).T, part)
-            acc = dU[xi].reshape(O * C)
-            for q in range(O * C):
-                acc[np.uint64(q)] += pf[np.uint64(q)]
+            _add_at(dU, xi * O * C, pf)
 
 
 @kernel(parallel=True)
@@ -1068,20 +1073,13 @@ def _conv_wino_gw(x4, g3, out, ph, pw, Ho, Wo):
     O = g3.shape[1]
     rb, nblk = _wino_blocks(C, O, Ho, Wo, WINO_GW_SCALE)
     _, tasks, restore = _plan(B * nblk, 1, 1, 1)        # tasks <= B nblk
-    acc = np.zeros((tasks, 16, O, C), dtype=out.dtype)
+    acc = np.zeros((tasks, 16 * O * C), dtype=out.dtype)
     for task in prange(tasks):
         _wino_gw_task(x4, g3, acc[task], ph, pw, Ho, Wo, rb, nblk, task, tasks)
     _unplan(restore)
-    dU = acc[0].reshape(16 * O * C)
-    for t in range(1, tasks):
-        more = acc[t].reshape(16 * O * C)
-        for q in range(16 * O * C):
-            dU[np.uint64(q)] += more[np.uint64(q)]
-    G = np.empty((16, 9), dtype=out.dtype)
-    for xi in range(16):
-        for t in range(9):
-            G[xi, t] = WINO_G[xi, t]
-    np.dot(dU.reshape((16, O * C)).T, G, out.reshape((O * C, 9)))
+    dU = np.empty((16, O * C), dtype=out.dtype)
+    _sum_tasks(acc, dU.reshape(16 * O * C))
+    np.dot(dU.T, _wino_g(False, out.dtype), out.reshape((O * C, 9)))
 
 
 @kernel
