@@ -466,7 +466,7 @@ class Network:
             p = self._train = self._program("train")
             touch(self._G, self._M, self._V)     # written whole by every step
             from .backend.cores import Pacer, paced
-            # NNSPEC_PACE=1: one thread when that is faster (a busy machine)
+            # one thread when that is faster (a busy machine; NNSPEC_PACE=0: never)
             self._pacer = Pacer() if self.device == "cpu" and paced() else None
         args = (self._P, self._S, self._G, self._M, self._V, self._hp(lr),
                 self._fed("train", feeds))

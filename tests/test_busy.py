@@ -161,10 +161,12 @@ def test_limit_caps_the_threads_the_next_step_sets():
     numba = pytest.importorskip("numba")
     from nnspec.backend import cores, cpu
     full = min(numba.config.NUMBA_NUM_THREADS, cores.available())
+    from nnspec.backend.jit import planned_threads
     try:
         cores.limit(True)
         cpu.use_threads(0)                                   # a program wanting every core
         assert numba.get_num_threads() == 1
+        assert planned_threads() == full                     # its kernels' plan stays
         cores.limit(False)
         cpu.use_threads(0)
         assert numba.get_num_threads() == full
@@ -173,6 +175,42 @@ def test_limit_caps_the_threads_the_next_step_sets():
     finally:
         cores.limit(False)
         cpu.use_threads(0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_products_give_the_same_bits_on_any_number_of_blas_threads(dtype):
+    """linalg.gemm, with more terms than OpenBLAS's threaded and serial
+    drivers sum alike (GEMM_K), on C and F operands and odd sizes: the same
+    bits on one BLAS thread and on two, and the product's values."""
+    numba = pytest.importorskip("numba")
+    from nnspec.backend import cpu
+    from nnspec.backend.jit import jitted, planned_threads, set_planned_threads
+    from nnspec.ops import linalg
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one thread")
+    gemm = jitted(linalg.gemm)
+    rng = np.random.default_rng(0)
+    before = planned_threads()
+    set_planned_threads(2)
+    try:
+        for m, k, n in [(128, 784, 512), (7, 1001, 33), (300, 257, 5), (1, 600, 9), (9, 600, 1)]:
+            a = rng.standard_normal((m, k)).astype(dtype)
+            b = rng.standard_normal((k, n)).astype(dtype)
+            want = a.astype(np.float64) @ b.astype(np.float64)
+            for a_, b_ in [(a, b), (np.asfortranarray(a), b), (a, np.asfortranarray(b)),
+                           (np.asfortranarray(a), np.asfortranarray(b)), (a[:, ::-1][:, ::-1], b)]:
+                got = []
+                for k_threads in (1, 2):
+                    cpu.blas_threads(k_threads)
+                    out = np.full((m, n), np.nan, dtype)
+                    gemm(a_, b_, out)
+                    got.append(out)
+                assert np.array_equal(got[0], got[1]), (m, k, n)
+                tol = 1e-5 if dtype == "float32" else 1e-13
+                np.testing.assert_allclose(got[0], want, rtol=tol, atol=tol * np.sqrt(k))
+    finally:
+        set_planned_threads(before)
+        cpu._threads.n = None           # the next program sets its BLAS threads again
 
 
 def test_a_one_thread_step_leaves_other_programs_their_threads(monkeypatch):
@@ -225,22 +263,65 @@ def _train_small(steps: int):
 
 
 def test_a_network_trains_through_its_pacer(monkeypatch):
-    monkeypatch.setenv("NNSPEC_PACE", "1")
+    monkeypatch.delenv("NNSPEC_PACE", raising=False)
     net, losses = _train_small(40)
     assert losses[-1] < losses[0]
     assert net._pacer is not None and not net._pacer.active   # a small step: one thread anyway
 
 
-def test_pacing_is_off_unless_asked(monkeypatch):
-    """A paced step's results depend on the load (its thread count): by
-    default a network keeps its programs' threads, and a run is repeatable."""
-    monkeypatch.delenv("NNSPEC_PACE", raising=False)
-    net, losses = _train_small(5)
-    again, losses2 = _train_small(5)
-    assert net._pacer is None
-    assert losses == losses2
-    for k in net.params:
-        assert np.array_equal(net.params[k], again.params[k])
+WIDE = """
+network wide {
+    input x: [300]
+    output logits = x -> dense(300) -> relu -> dense(10)
+}
+train {
+    target label: int
+    loss = cross_entropy(logits, label)
+    optimizer = sgd(lr = 0.01, momentum = 0.9)
+}
+"""
+
+
+def _train_wide(steps: int, one=None):
+    """Steps of a network whose step runs on every thread, its products on a
+    threaded BLAS with more terms than GEMM_K; `one(i)`: whether step i runs
+    on one thread (None: no pacer)."""
+    import numba
+
+    import nnspec
+    from nnspec.backend.cores import Pace
+    net = nnspec.compile(WIDE, dtype="float32", seed=4)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 300)).astype(np.float32)
+    y = rng.integers(0, 10, 64)
+    ran, losses = [], []
+    for i in range(steps):
+        if one is not None:
+            Pace.one = lambda self, i=i: one(i)
+        losses.append(net.train_step({"x": x}, {"label": y}, 0.01))
+        ran.append(numba.get_num_threads())
+    return net, losses, ran
+
+
+def test_pacing_is_on_by_default_and_changes_no_bit(monkeypatch):
+    """A step the pacer runs on one thread gives the bits of the same step
+    on every thread: a paced run is the run of NNSPEC_PACE=0, step for step."""
+    numba = pytest.importorskip("numba")
+    from nnspec.backend.cores import Pace, available
+    if min(numba.config.NUMBA_NUM_THREADS, available()) < 2:
+        pytest.skip("one core")
+    monkeypatch.setenv("NNSPEC_PACE", "0")
+    plain, want, ran = _train_wide(6)
+    assert plain._pacer is None and min(ran) >= 2
+    assert plain._program("train")._bound[64][1] == (0, 0)     # every thread, BLAS too
+    monkeypatch.delenv("NNSPEC_PACE")
+    monkeypatch.setattr(Pace, "one", Pace.one)                 # restored after the test
+    paced, got, ran = _train_wide(6, one=lambda i: i % 3 != 1)
+    assert paced._pacer is not None and paced._pacer.active
+    assert ran == [1, 2, 1, 1, 2, 1]
+    assert got == want
+    for k in plain.params:
+        assert np.array_equal(plain.params[k], paced.params[k]), k
 
 
 # ---- cgroup quotas -------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Loops run by two threads (backend/loops.py, backend/sync.py): the
 handshake that never leaves both threads waiting, the barrier, and a paired
 LSTM against the NumPy reference, each thread taking an uneven share of the
-batch rows."""
+batch rows, and the same bits when one thread runs both threads' parts."""
 from __future__ import annotations
 
 import os
@@ -239,6 +239,22 @@ for B in (31, 32):          # the threads take 15 and 16 rows, then 16 each
     for p, gn in gids.items():
         scale = float(np.abs(vals[gn]).max())
         np.testing.assert_allclose(grads[p], vals[gn], rtol=1e-3, atol=1e-4 * scale, err_msg=p)
+# On one thread (the pacer on a busy machine, backend/cores.py; or thread 1
+# late for the handshake) the loops compute both threads' parts, in the same
+# order: the same bits
+import numba
+from nnspec.backend import cores
+loss2, grads2 = net.gradients({"x": x}, {"label": y})
+cores.limit(True)
+try:
+    loss1, grads1 = net.gradients({"x": x}, {"label": y})
+    assert numba.get_num_threads() == 1
+finally:
+    cores.limit(False)
+assert loss1 == loss2 == loss, (loss1, loss2, loss)
+for p in grads2:
+    assert np.array_equal(grads1[p], grads2[p]), p
+    assert np.array_equal(grads2[p], grads[p]), p
 print("OK")
 """
 

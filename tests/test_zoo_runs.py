@@ -6,13 +6,18 @@ a recurrent spec once passed every check and crashed in `forward`.
 
 The ImageNet networks run as steps of calls into shared kernels (backend/
 kernels.py), so after the first convolutional network the others compile
-only their new fused loops."""
+only their new fused loops.
+
+The training step then runs again from the same start on one thread, as the
+pacer runs it on a busy machine (backend/cores.py), and gives the same bits:
+kernels plan their work for the threads chosen, not for those that run it."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import nnspec
+from nnspec.backend import cores
 from nnspec.data import is_text, load, text_info
 from nnspec.train.commands import training_args
 
@@ -55,7 +60,20 @@ def test_spec_runs_forward_and_a_training_step(path, monkeypatch):
     for name, v in out.items():
         assert v.shape[0] == 2 and np.isfinite(v).all(), name
     before = {k: v.copy() for k, v in net.params.items()}
-    loss = net.train_step(x, y, float(train["optimizer"].get("lr", 0.01)))
+    start, opt = net.state_dict(), net.optimizer_state()
+    lr = float(train["optimizer"].get("lr", 0.01))
+    loss = net.train_step(x, y, lr)
     assert np.isfinite(loss) and loss > 0
     assert any(not np.array_equal(before[k], v) for k, v in net.params.items()), \
         "the training step changed no parameter"
+    after = net.state_dict()
+    net.load_state_dict(start)
+    net.load_optimizer_state(opt)
+    cores.limit(True)
+    try:
+        again = net.train_step(x, y, lr)
+    finally:
+        cores.limit(False)
+    assert again == loss
+    differ = [k for k, v in net.state_dict().items() if not np.array_equal(v, after[k])]
+    assert not differ, f"on one thread the step changed {differ} otherwise"

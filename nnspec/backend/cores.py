@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from pathlib import Path
 import time
 from statistics import median
@@ -107,7 +106,8 @@ def _ranks_here() -> int:
 # thread that is off its core: a 784-512-256-10 MLP step took 140 ms on two
 # threads beside one busy process per core, 1 ms on a quiet machine.  On one
 # thread nothing waits for anything.  A `Pace` watches a step's times and
-# chooses between the threads its program chose and one thread.
+# chooses between the threads its program chose and one thread, on by default
+# (NNSPEC_PACE=0: off).
 
 class Pace:
     """Whether a training step runs on one thread or on the threads its
@@ -252,8 +252,8 @@ class Pace:
 
 def paced() -> bool:
     """Whether training steps on the CPU choose their thread count by the
-    load (NNSPEC_PACE=1; off by default: see Pacer)."""
-    return os.environ.get("NNSPEC_PACE", "").strip() == "1"
+    load: yes, unless NNSPEC_PACE=0."""
+    return os.environ.get("NNSPEC_PACE", "").strip() != "0"
 
 
 class Pacer:
@@ -262,10 +262,12 @@ class Pacer:
     (the programs run between them, inference, keep theirs): the steps of a
     program that runs on one thread by itself are not timed after three.
 
-    Only with NNSPEC_PACE=1 (`paced()`): a step's float results depend on
-    its thread count (the order of a GEMM's or a reduction's sums), so a
-    paced run's results depend on the load, and two runs of one seed, or a
-    run and its resumption, are no longer bit-identical."""
+    A step on one thread gives the bits of the same step on its threads:
+    its kernels keep the plan made for the threads its program chose (their
+    tasks, the parts of their sums: backend/jit.py `planned_threads`), and
+    products run the same on any number of BLAS threads (ops/linalg.py
+    `gemm`).  So pacing changes no result, and two runs of one seed, or a run
+    and its resumption, stay bit-identical whatever the load."""
 
     PAUSE = 0.05        # seconds between steps after which the next ones do not count
 
@@ -313,9 +315,6 @@ def _cpu_time():
 _thread_time = getattr(time, "thread_time", None)
 
 
-_full = threading.local()          # per thread: the bound before any limit
-
-
 def _cpu_threads():
     """cpu.py's per-thread thread counts (imported late: cpu.py imports this)."""
     from .cpu import _threads
@@ -325,15 +324,11 @@ def _cpu_threads():
 def limit(one: bool) -> None:
     """Run this thread's next programs on one thread (`one`), or on the
     threads they choose, up to the cores available (cpu.use_threads): sets
-    the bound use_threads applies, and has the next program apply it."""
+    the cap use_threads applies, and has the next program apply it.  The
+    kernels keep the plan of their chosen thread count (backend/jit.py
+    `planned_threads`): one thread runs all its parts."""
     threads = _cpu_threads()
-    full = getattr(_full, "n", None)
-    if full is None:
-        if not hasattr(threads, "default"):
-            import numba
-            threads.default = min(numba.get_num_threads(), available())
-        full = _full.n = threads.default
-    want = 1 if one else full
-    if threads.default != want:
-        threads.default = want
+    want = 1 if one else None
+    if getattr(threads, "cap", None) != want:
+        threads.cap = want
         threads.n = None

@@ -29,16 +29,23 @@ def use_threads(n: int, blas: int | None = None) -> None:
     all; `blas` defaults to `n`).  A small step runs on one thread: waking a
     second costs more than it saves, and far more when the machine is busy.
     (Numba's setting is per thread and cannot be changed from cached code, so
-    it is set here, only when it changes.)"""
+    it is set here, only when it changes.)
+
+    Kernels plan their work (tasks, parts of a sum) for Numba's count as
+    chosen here; `cores.limit` may then run them on fewer threads (a busy
+    machine), with the same plan and so the same results."""
     want = (n, n if blas is None else blas)
     if getattr(_threads, "n", None) != want:
         import numba
+        from .jit import set_planned_threads
         if not hasattr(_threads, "default"):     # the cores this process can use
             from .cores import available
             _threads.default = min(numba.get_num_threads(), available())
         k, b = (min(m, _threads.default) if m else _threads.default for m in want)
-        numba.set_num_threads(k)
-        blas_threads(b)
+        cap = getattr(_threads, "cap", None) or k
+        set_planned_threads(k)
+        numba.set_num_threads(min(k, cap))
+        blas_threads(min(b, cap))
         _threads.n = want
 
 

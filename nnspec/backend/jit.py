@@ -10,7 +10,7 @@ or in NUMBA_CACHE_DIR), stamped with the module's sources and those it
 imports, and rebuilt when it fails to load (cache.recovering_cache).
 
 The module's `prange`, `num_threads`, `blas_get_threads`, `blas_set_threads`,
-`blas_small_gemm` and `mpi_allreduce` (plain-Python stand-ins from
+`blas_small_gemm`, `blas_gemm` and `mpi_allreduce` (plain-Python stand-ins from
 ops/base.py) become Numba's:
 the BLAS ones call SciPy's OpenBLAS (the BLAS behind np.dot in compiled code)
 through symbols registered with LLVM by name, so kernels that use them still
@@ -117,21 +117,137 @@ def hooks() -> dict:
         small_fn = numba.cfunc(types.intc())(lambda: 1 if small else 0)
         keep = tuple(keep) + (small_fn,)
         llvm.add_symbol("nnspec_blas_small_gemm", small_fn.address)
-        # numba.get_num_threads would bake its address in too
+        # The threads a kernel plans its work for (its tasks, its parts): set
+        # by cpu.use_threads, and kept when the pacer (cores.py) runs a step
+        # on fewer threads than planned.  A kernel's results depend on its
+        # plan alone, never on how many threads run it.
         from numba.np.ufunc import parallel
         parallel._launch_threads()
-        llvm.add_symbol("nnspec_num_threads",
+        planned_fn = numba.cfunc(types.intc())(_planned_reader())
+        keep = tuple(keep) + (planned_fn,)
+        llvm.add_symbol("nnspec_num_threads", planned_fn.address)
+        # the threads that run this thread's parallel loops now (numba.get_num_threads
+        # would bake its address in)
+        llvm.add_symbol("nnspec_real_threads",
                         ctypes.cast(parallel._get_num_threads, ctypes.c_void_p).value)
         _hooks.update(
             mpi_allreduce=_mpi_allreduce_intrinsic(),
+            blas_gemm=_blas_gemm_intrinsic(),
             prange=numba.prange,
             num_threads=types.ExternalFunction("nnspec_num_threads", types.intc()),
+            real_threads=types.ExternalFunction("nnspec_real_threads", types.intc()),
             blas_get_threads=types.ExternalFunction("nnspec_blas_get_threads", types.intc()),
             blas_set_threads=types.ExternalFunction("nnspec_blas_set_threads",
                                                     types.void(types.intc)),
             blas_small_gemm=types.ExternalFunction("nnspec_blas_small_gemm", types.intc()),
             _keep=keep)
     return _hooks
+
+
+# the planned thread count (`planned_threads`), in memory of its own: read by
+# compiled code through `nnspec_num_threads`, set from Python
+_planned = None
+
+
+def set_planned_threads(n: int) -> None:
+    """The thread count kernels plan their work for, from now on (>= 1)."""
+    _planned_cell().value = max(int(n), 1)
+
+
+def planned_threads() -> int:
+    return _planned_cell().value
+
+
+def _planned_cell():
+    global _planned
+    if _planned is None:        # at first: Numba's thread count, as cpu.use_threads(0) sets
+        import ctypes
+
+        import numba
+
+        from .cores import available
+        _planned = ctypes.c_int32(max(min(numba.get_num_threads(), available()), 1))
+    return _planned
+
+
+def _planned_reader():
+    """A function of no arguments returning the planned thread count, for a
+    cfunc compiled in this process (the cell's address is a constant of its
+    code; cached kernels reach it by the symbol's name)."""
+    import ctypes
+
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+    addr = ctypes.addressof(_planned_cell())
+
+    @intrinsic
+    def load_i32(typingctx, a):
+        def codegen(context, builder, signature, values):
+            ptr = builder.inttoptr(values[0], ir.IntType(32).as_pointer())
+            v = builder.load_atomic(ptr, "monotonic", 4)
+            return v
+        return types.intc(types.int64), codegen
+
+    def planned():
+        return load_i32(addr)
+    return planned
+
+
+def _blas_gemm_intrinsic():
+    """ops/base.py's `blas_gemm` for compiled code: Numba's own entry to the
+    BLAS GEMM (numba_xxgemm, what np.dot calls), with the operands' leading
+    dimensions and beta given."""
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+    from numba.np.linalg import ensure_blas, get_blas_kind
+
+    @intrinsic
+    def blas_gemm(typingctx, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+        ints = (ta, tb, m, n, k, lda, ldb, ldc)
+        arrays = (a, b, c)
+        if not (all(isinstance(x, types.Integer) for x in ints)
+                and all(isinstance(x, types.Array) for x in arrays)
+                and isinstance(beta, (types.Float, types.Integer))):
+            return None
+        dtype = c.dtype
+        if dtype not in (types.float32, types.float64) or a.dtype != dtype or b.dtype != dtype:
+            return None
+        ensure_blas()
+        sig = types.int32(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc)
+
+        def codegen(context, builder, signature, values):
+            ll_char, ll_void_p = ir.IntType(8), ir.IntType(8).as_pointer()
+            intp = context.get_value_type(types.intp)
+            fnty = ir.FunctionType(ir.IntType(32), [ll_char, ll_char, ll_char, intp, intp, intp,
+                                                    ll_void_p, ll_void_p, intp, ll_void_p, intp,
+                                                    ll_void_p, ll_void_p, intp])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+            args = signature.args
+
+            def as_int(j):
+                return context.cast(builder, values[j], args[j], types.intp)
+
+            def trans(j):
+                t = builder.icmp_signed("!=", as_int(j), ir.Constant(intp, 0))
+                return builder.select(t, ir.Constant(ll_char, ord("t")),
+                                      ir.Constant(ll_char, ord("n")))
+
+            def data(j):
+                arr = context.make_array(args[j])(context, builder, values[j])
+                return builder.bitcast(arr.data, ll_void_p)
+            one = cgutils.alloca_once_value(builder, context.get_constant(dtype, 1.0))
+            bv = cgutils.alloca_once_value(builder,
+                                           context.cast(builder, values[9], args[9], dtype))
+            kind = ir.Constant(ll_char, ord(get_blas_kind(dtype)))
+            return builder.call(fn, [kind, trans(0), trans(1), as_int(2), as_int(3), as_int(4),
+                                     builder.bitcast(one, ll_void_p), data(5), as_int(6),
+                                     data(7), as_int(8), builder.bitcast(bv, ll_void_p),
+                                     data(10), as_int(11)])
+        return sig, codegen
+    return blas_gemm
 
 
 def _mpi_allreduce_intrinsic():

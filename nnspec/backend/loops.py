@@ -99,17 +99,23 @@ class _Writer:
 
     def begin_region(self):
         """What follows runs in each of a paired loop's threads: thread _q of
-        _nq, batch rows r0:r0+nb, meeting the other at barriers."""
+        _nq, meeting the other at barriers.  The work is planned in _np parts
+        (threads_for: two) whatever the number of threads that run it, and
+        thread _q takes parts _p0:_p1, batch rows r0:r0+nb: a thread that
+        runs alone (its partner late, or a step on one thread: cores.py)
+        computes every part as two would, and gives the same bits."""
         self.before, self.lines, self.pair = self.lines, [], True
-        self("r0 = _q * B // _nq")
-        self("nb = (_q + 1) * B // _nq - r0")
+        self("_p0 = _q * _np // _nq")
+        self("_p1 = (_q + 1) * _np // _nq")
+        self("r0 = _p0 * B // _np")
+        self("nb = _p1 * B // _np - r0")
         self("_k = 1")
         for fn, args in self.deferred_w:    # derived weights, split by rows
-            self(f"{fn}({', '.join(args)}, _q, _nq)")
+            self.parts(f"{fn}({', '.join(args)}", 1)
         if self.deferred_w:
             self.barrier(1)
         for fn, args in self.deferred:      # hoisted products, split by rows
-            self(f"{fn}({', '.join(args)}, _q, _nq)")
+            self.parts(f"{fn}({', '.join(args)}", 1)
         if self.deferred:
             self.barrier(1)
 
@@ -117,6 +123,12 @@ class _Writer:
         if self.macs < PAIR_MIN_ROW_MACS:
             raise _NoPair("small products")
         self.inner, self.lines, self.pair = self.lines, [], False
+
+    def parts(self, call: str, ind: int):
+        """`call` (a kernel call without its closing ", part, parts)") for
+        each part of this thread's."""
+        self("for _pp in range(_p0, _p1):", ind)
+        self(f"{call}, _pp, _np)", ind + 1)
 
     def outer(self, line: str):
         """A line before the region (a buffer the threads share)."""
@@ -250,20 +262,22 @@ class _Writer:
         # that calls `run` links and optimises its code again (8 s for an LSTM's).
         # Its parallel options allow the prange alone: no array expression of the
         # code before the region becomes a parallel loop (a thread launch).
-        src = [head, f"def {run}(_q, _nq, _sy, {params}):"] + self.inner + [""]
+        src = [head, f"def {run}(_q, _nq, _np, _sy, {params}):"] + self.inner + [""]
         src += [f"@njit(cache=True, error_model='numpy', parallel={PRANGE_ONLY!r})",
                 f"def {fname}({', '.join(args)}):"] + self.before
-        src += [f"    _nq = {S}.threads_for(B, T_ * B * {self.macs})",
+        # _np: the parts planned (by the planned thread count), and two threads
+        # if this step runs on two (the pacer may run it on one, cores.py)
+        src += [f"    _np = {S}.threads_for(B, T_ * B * {self.macs})",
                 "    _sy = np.zeros(16, np.int64)",
-                f"    _bt = {S}.blas_single(_nq)",
-                "    if _nq > 1:",
+                f"    _bt = {S}.blas_single(_np)",
+                f"    if _np > 1 and {S}.real_threads() > 1:",
                 "        for _p in prange(2):",
                 "            _q = np.int64(_p)",      # one signature of `run` (not uint64)
                 f"            _n = {S}.pair(_sy, _q)",
                 "            if _n > 0:",
-                f"                {run}(_q, _n, _sy, {params})",
-                "    else:",                          # (_q = 0, typed as in the region)
-                f"        {run}(_nq - 1, _nq, _sy, {params})",
+                f"                {run}(_q, _n, _np, _sy, {params})",
+                "    else:",                          # (_q = 0, _nq = 1, typed as in the region)
+                f"        {run}(_np - _np, _np - _np + 1, _np, _sy, {params})",
                 f"    {S}.blas_restore(_bt)"]
         return "\n".join(src + self.lines) + "\n"
 
@@ -559,7 +573,7 @@ def _paired_linear(w: _Writer, graph, n, names: dict, ind: int):
     w.outer(f"{xt}[:] = T(0)")             # the pad columns: multiplied, never read
     w.outer(f"{tmp} = np.empty(({ys[1]}, B + {pad}), T)")
     ins = ", ".join(names[i] for i in n.inputs)
-    w("if _nq == 1:", ind)         # one thread: the plain product (serial kernels)
+    w("if _np == 1:", ind)         # one part: the plain product (serial kernels)
     if len(n.inputs) == 3:
         w(f"{w.alias(_linalg.linear_rows)}({ins}, True, {names[n.id]}, 0, 1)", ind + 1)
     else:
@@ -568,8 +582,7 @@ def _paired_linear(w: _Writer, graph, n, names: dict, ind: int):
     w(f"{w.alias(_linalg.rows_t)}({names[x]}, {xt}, r0, r0 + nb)", ind + 1)
     w.barrier(ind + 1)
     part = _linalg.cols_part_bias if len(n.inputs) == 3 else _linalg.cols_part
-    w(f"{w.alias(part)}({xt}, {ins[len(names[x]) + 2:]}, {names[n.id]}, {tmp}, _q, _nq)",
-      ind + 1)
+    w.parts(f"{w.alias(part)}({xt}, {ins[len(names[x]) + 2:]}, {names[n.id]}, {tmp}", ind + 1)
     w.barrier(ind + 1)
     w.macs += xs[1] * ys[1]
 
@@ -933,10 +946,10 @@ def _backward(node, dtype: str, fname: str, namer, pair: bool):
             parts = f"{args[-1]}p"
             w.outer(f"{parts} = np.empty((2,) + {args[-1]}.shape, T)")
             part = _linalg.matmul_tn_part if fn.__name__ == "matmul_tn" else _linalg.sum_rows_part
-            w(f"{w.alias(part)}({', '.join(args[:-1])}, {parts}, _q, _nq)")
+            w.parts(f"{w.alias(part)}({', '.join(args[:-1])}, {parts}", 1)
             w.barrier(1)
             if add:
-                w(f"{w.alias(_linalg.sum_parts)}({parts}, {args[-1]}, _q, _nq)")
+                w.parts(f"{w.alias(_linalg.sum_parts)}({parts}, {args[-1]}", 1)
                 w.barrier(1)
         elif not add:
             raise _NoPair(n.id)
@@ -980,7 +993,7 @@ def _backward(node, dtype: str, fname: str, namer, pair: bool):
                     w(f"# {m} = {n.op}, over all steps, every gate at once")
                     call(n, [gc] + [big[x] for x in n.inputs[1:]] + [v], add=not straight[key])
                 if straight[key]:
-                    w(f"{w.alias(_linalg.add_parts)}({whole[key]}p, {off}, {k}, g_{i}, _q, _nq)")
+                    w.parts(f"{w.alias(_linalg.add_parts)}({whole[key]}p, {off}, {k}, g_{i}", 1)
                     done.add(root)
                 big[m] = f"{whole[key]}[{off}:{off + k}]"
                 continue

@@ -33,6 +33,7 @@ from .jit import hooks
 
 _H = hooks()
 num_threads = _H["num_threads"]
+real_threads = _H["real_threads"]
 blas_get_threads = _H["blas_get_threads"]
 blas_set_threads = _H["blas_set_threads"]
 

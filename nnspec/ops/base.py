@@ -18,7 +18,8 @@ An op is defined in one place (one module under ``nnspec/ops``):
   ``blas_get_threads()`` / ``blas_set_threads(k)`` to run BLAS calls
   single-threaded inside a ``prange`` (a threaded BLAS called from several
   threads at once oversubscribes the cores); ``blas_small_gemm()`` says
-  whether small products are fast; ``mpi_allreduce(...)`` sums a buffer
+  whether small products are fast; ``blas_gemm(...)`` is the BLAS GEMM with
+  leading dimensions and beta; ``mpi_allreduce(...)`` sums a buffer
   over the processes of an MPI job (ops/collective.py).
 * ``cuda(attrs, in_shapes, out_shape) -> Cuda``: the CUDA kernel, as stages
   over the op's arrays at concrete shapes (the batch size filled in): `Map`
@@ -74,6 +75,25 @@ def mpi_allreduce(fn: int, send: int, recv: int, count: int, datatype: int, op: 
     f = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                          i64, i64, i64)(fn)
     return f(send, recv, count, datatype, op, comm)
+
+
+def blas_gemm(ta: int, tb: int, m: int, n: int, k: int, a, lda: int, b, ldb: int,
+              beta: float, c, ldc: int) -> int:
+    """The BLAS GEMM in its column-major form: C = op(A) op(B) + beta C, where
+    A, B and C start at the first elements of the arrays a, b and c, have
+    leading dimensions lda, ldb, ldc (in elements), and op transposes where
+    ta / tb are nonzero; C is m x n, op(A) m x k.  (Compiled kernels call
+    the BLAS np.dot calls, backend/jit.py.)"""
+    from scipy.linalg import blas as _blas
+
+    def view(x, rows, cols, ld):          # column-major rows x cols from x's first element
+        return np.lib.stride_tricks.as_strided(x, (rows, cols), (x.itemsize, ld * x.itemsize))
+    ar, ac = (k, m) if ta else (m, k)
+    br, bc = (n, k) if tb else (k, n)
+    A, B, C = view(a, ar, ac, lda), view(b, br, bc, ldb), view(c, m, n, ldc)
+    f = _blas.sgemm if c.dtype == np.float32 else _blas.dgemm
+    C[...] = f(1.0, A, B, beta=beta, c=np.array(C, order="F"), trans_a=ta, trans_b=tb)
+    return 0
 
 
 def blas_small_gemm() -> int:

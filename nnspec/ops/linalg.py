@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import (Cuda, Gemm, Map, Op, Ref, T, blas_small_gemm, broadcast, cuda_kernel, flat,
-                   fmt, kernel, known, layer, prange, prod, register)
+from .base import (Cuda, Gemm, Map, Op, Ref, T, blas_gemm, blas_small_gemm, broadcast,
+                   cuda_kernel, flat, fmt, kernel, known, layer, num_threads, prange, prod,
+                   register)
 from .reduce import sum_stages
 
 
@@ -71,13 +72,64 @@ FEW_ROWS = (4, 32)
 FEW_ROWS_MIN_MACS = 1 << 16
 
 
+# A product's results must not depend on the BLAS's thread count: a step the
+# pacer runs on one thread (backend/cores.py) gives the bits of the same step
+# on every core.  OpenBLAS's serial and threaded drivers sum a product's K
+# terms in blocks of their own choosing, alike up to GEMM_Q terms (448 in
+# float32, 384 in float64 with its SkylakeX kernels) and differently above
+# (a [128, 784] x [784, 512] product differed in its last bits).  Where a
+# kernel's plan has more than one thread, products of more than GEMM_K terms
+# run as GEMMs of GEMM_K terms each, added into the result by the BLAS
+# (beta = 1): about 3% slower on one thread, up to 15% on two.
+GEMM_K = 256
+
+
+@kernel
+def _operand(x):
+    """(transposed, leading dimension) of the 2-D array x as the column-major
+    BLAS operand that holds x^T: (0, ld) where x's rows are contiguous, (1, ld)
+    where its columns are; (-1, 0) where neither is."""
+    isz = x.itemsize
+    r, c = x.shape[0], x.shape[1]
+    if c == 1 or x.strides[1] == isz:
+        return 0, max(x.strides[0] // isz, c, 1)
+    if r == 1 or x.strides[0] == isz:
+        return 1, max(x.strides[1] // isz, r, 1)
+    return -1, 0
+
+
+@kernel
+def gemm(a, b, out):
+    """out = a @ b for 2-D a [M, K], b [K, N] and out [M, N] with contiguous
+    rows, as np.dot, but the same bits on any number of BLAS threads (GEMM_K)."""
+    if a.shape[1] <= GEMM_K or num_threads() < 2:
+        np.dot(a, b, out)
+    elif _operand(a)[0] < 0 or _operand(b)[0] < 0:
+        _gemm_k(np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+    else:
+        _gemm_k(a, b, out)
+
+
+@kernel
+def _gemm_k(a, b, out):
+    """gemm's product, GEMM_K terms at a time (a and b with a contiguous axis)."""
+    ta, lda = _operand(a)
+    tb, ldb = _operand(b)
+    _, ldc = _operand(out)
+    K, M, N = a.shape[1], out.shape[0], out.shape[1]
+    for k0 in range(0, K, GEMM_K):      # out^T = b^T a^T, column-major
+        k1 = min(K, k0 + GEMM_K)
+        blas_gemm(tb, ta, N, M, k1 - k0, b[k0:k1], ldb, a[:, k0:k1], lda,
+                  0.0 if k0 == 0 else 1.0, out, ldc)
+
+
 @kernel
 def dot(a, b, out):
     """out = a @ b for 2-D a [M, K], b [K, N] (C or F contiguous)."""
     m, n = out.shape
     if FEW_ROWS[0] <= m <= FEW_ROWS[1] and m * n * a.shape[1] >= FEW_ROWS_MIN_MACS:
         tmp = np.empty((n, m), out.dtype)
-        np.dot(b.T, a.T, tmp)
+        gemm(b.T, a.T, tmp)
         if n * m <= 1 << 14:
             for i in range(m):
                 for j in range(n):
@@ -85,7 +137,7 @@ def dot(a, b, out):
         else:       # in blocks of 64 rows of tmp (in the L1 cache): [1024, 32] 15 -> 9 us
             _cols_back(tmp, out, 0, n, tmp[0], False)
     else:
-        np.dot(a, b, out)
+        gemm(a, b, out)
 
 
 @kernel
@@ -193,7 +245,7 @@ def matmul_nt(a, b, out):
 
 @kernel
 def matmul_tn(a, b, out):
-    np.dot(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]), out)
+    gemm(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]), out)
 
 
 # ---- batch_matmul: the spec's matmul(a, b) ---------------------------------------
@@ -357,13 +409,13 @@ def batch_matmul(a, b, out, ta, tb):
             ia += q * sa[k]
             ib += q * sb[k]
         if ta and tb:
-            np.dot(a3[ia].T, b3[ib].T, o3[i])
+            gemm(a3[ia].T, b3[ib].T, o3[i])
         elif ta:
-            np.dot(a3[ia].T, b3[ib], o3[i])
+            gemm(a3[ia].T, b3[ib], o3[i])
         elif tb:
-            np.dot(a3[ia], b3[ib].T, o3[i])
+            gemm(a3[ia], b3[ib].T, o3[i])
         else:
-            np.dot(a3[ia], b3[ib], o3[i])
+            gemm(a3[ia], b3[ib], o3[i])
 
 
 @layer("matmul", inputs=2)
