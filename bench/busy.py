@@ -5,7 +5,7 @@ PyTorch and JAX.
                          --jax-python /tmp/venv-jax/bin/python
     python bench/busy.py --only mlp lstm --rounds 6 --seconds 1
     python bench/busy.py --before /tmp/nnspec-before    # and another checkout, alternating
-    python bench/busy.py --variant paced:NNSPEC_PACE=1       # nnspec with other settings too
+    python bench/busy.py --variant unpaced:NNSPEC_PACE=0     # nnspec with other settings too
 
 The background load is one process per core this process may use, each a
 pure-Python busy loop at the benchmark's own nice level (a user's other job),
@@ -14,7 +14,9 @@ runs round after round, a quiet phase and a busy phase in each (the order
 alternating from round to round), every framework's worker (bench/run.py's,
 one process each) taking its turn in both, so the two phases see the same
 hour of the machine.  Reported: the median step time of each phase and the
-slowdown, busy / quiet.  A framework that adapts to the load does so inside
+slowdown, busy / quiet, and the slowdown in mean step time (what a run of
+many steps takes: the steps that waited for a thread off its core count in
+full).  A framework that adapts to the load does so inside
 the busy phases: their first steps count too.
 """
 from __future__ import annotations
@@ -151,12 +153,14 @@ def main():
                 results[name] = {
                     f: {ph: statistics.median(ts) for ph, ts in by.items()}
                     | {"steps": {ph: len(ts) for ph, ts in by.items()},
+                       "mean": {ph: statistics.fmean(ts) for ph, ts in by.items()},
                        "one_thread": {ph: sum(o) / len(o) for ph, o in ones[f].items() if o}}
                     for f, by in times.items()}
                 for f, r in results[name].items():
                     print(f"  {name:<10} {f:<18} quiet {_fmt(r['quiet']):>10}  "
                           f"busy {_fmt(r['busy']):>10}  x{r['busy'] / r['quiet']:.1f}"
-                          f"{_paced(r)}", file=sys.stderr, flush=True)
+                          f"  mean x{_mean_slowdown(r):.1f}{_paced(r)}", file=sys.stderr,
+                          flush=True)
         finally:
             for w in workers.values():
                 w.close()
@@ -164,17 +168,25 @@ def main():
         load.close()
 
     print(f"\n{'workload':<10} {'batch':>5}  {'framework':<18} {'quiet':>10} {'busy':>10} "
-          f"{'slowdown':>8}  steps the pacer ran on one thread, quiet / busy")
+          f"{'slowdown':>8} {'mean busy':>10} {'slowdown':>8}  "
+          f"steps the pacer ran on one thread, quiet / busy")
     for name, by in results.items():
         for f, r in by.items():
             print(f"{name:<10} {WORKLOADS[name][1]:>5}  {f:<18} {_fmt(r['quiet']):>10} "
-                  f"{_fmt(r['busy']):>10} {r['busy'] / r['quiet']:>7.1f}x{_paced(r)}")
+                  f"{_fmt(r['busy']):>10} {r['busy'] / r['quiet']:>7.1f}x "
+                  f"{_fmt(r['mean']['busy']):>10} {_mean_slowdown(r):>7.1f}x{_paced(r)}")
     print(f"load average at the end: {loadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "cpu": cpu_model(), "cores": cores(), "load": args.load,
             "gemm_gflops": {"quiet": quiet_gemm, "busy": busy_gemm}, "results": results},
             indent=1))
+
+
+def _mean_slowdown(r) -> float:
+    """Busy over quiet in mean step time (the time a run of many steps takes:
+    a step that waits for a thread off its core counts in full)."""
+    return r["mean"]["busy"] / r["mean"]["quiet"]
 
 
 def _paced(r) -> str:

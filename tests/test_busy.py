@@ -119,6 +119,17 @@ def test_its_own_core_again_brings_the_threads_back_soon():
     assert spent < Pace.FIRST + 0.05
 
 
+def test_faster_steps_on_a_core_of_its_own_bring_the_threads_back_at_once():
+    """On one thread that had its core (almost) to itself under the load
+    too, the steps getting faster say the load has gone: a probe within a
+    window of steps, whatever the last one lost."""
+    pace = Pace()
+    drive(pace, lambda one, i: (BUSY[one], BUSY[one]), 2000)
+    assert pace.single and pace.free and pace.hold > 1.0
+    ran = drive(pace, lambda one, i: (QUIET[one], QUIET[one]), 40)
+    assert not pace.single and ran.index(False) <= Pace.WINDOW
+
+
 def test_a_core_to_itself_alone_does_not_call_the_threads_back():
     """One thread has a core to itself, two would share one (one busy
     process on two cores): probes come ever less often."""
@@ -141,6 +152,22 @@ def test_a_pause_is_not_taken_for_the_load():
         pace.rest()
         assert not any(drive(pace, after_pause, 20))
     assert any(drive(pace, after_pause, 20))                # not told: taken for the load
+
+
+def test_a_probe_does_not_count_the_wake_up_of_the_threads():
+    """The first step on two threads after steps on one is slower (the pool
+    wakes up): a probe that counted it would keep one thread for good."""
+    pace = Pace()
+    drive(pace, lambda one, i: BUSY[one], 2000)
+    assert pace.single
+    last = [True]
+
+    def times(one, i):
+        t = 3.8e-3 if not one and last[0] else QUIET[one]
+        last[0] = one
+        return t
+    drive(pace, times, 5000)
+    assert not pace.single
 
 
 def test_a_probe_ends_at_its_first_much_slower_step():
@@ -211,6 +238,26 @@ def test_products_give_the_same_bits_on_any_number_of_blas_threads(dtype):
     finally:
         set_planned_threads(before)
         cpu._threads.n = None           # the next program sets its BLAS threads again
+
+
+def test_a_program_in_another_thread_does_not_change_the_plan_of_this_ones():
+    """The planned thread count is the process's; Numba's count is each
+    Python thread's: a program of another thread choosing one thread must not
+    leave this thread's next program planning for one."""
+    numba = pytest.importorskip("numba")
+    import threading
+
+    from nnspec.backend import cores, cpu
+    from nnspec.backend.jit import planned_threads
+    full = min(numba.config.NUMBA_NUM_THREADS, cores.available())
+    cpu.use_threads(0)
+    assert planned_threads() == full
+    t = threading.Thread(target=cpu.use_threads, args=(1,))
+    t.start()
+    t.join()
+    assert planned_threads() == 1
+    cpu.use_threads(0)                  # this thread's choice is unchanged, its plan set again
+    assert planned_threads() == full
 
 
 def test_a_one_thread_step_leaves_other_programs_their_threads(monkeypatch):

@@ -116,20 +116,25 @@ class Pace:
 
     * on many threads, the median of the last WINDOW steps JUMP times the
       reference: one thread at once (the load came);
-    * a probe runs the other choice and the current one in turn, PAIRS
-      steps each, and keeps the faster (the other only when it is faster by
-      MARGIN); a probe step JUMP times slower than the current choice ends
-      it.  A probe comes after `interval` seconds of steps, which doubles
+    * a probe runs the other choice, then the current one, 1 + PAIRS steps
+      each, the first of each not counted (waking a thread pool makes the
+      first step on two threads after steps on one slower: a probe that
+      switched at every step took the MLP's 2.6 ms steps for 3.7 ms), and
+      keeps the faster (the other only when it is faster by MARGIN); a probe
+      step JUMP times slower than the current choice ends it.  A probe comes after `interval` seconds of steps, which doubles
       each time the probe keeps the choice (up to LONGEST), and at once
       when the median of the last WINDOW steps DRIFTs from the reference
       either way (the load came or went);
     * but no probe before COST times what the last one lost has passed in
       steps (two threads under load: one step of theirs can cost ten of
-      one thread's), or SOONER times that when the steps got faster;
+      one thread's), or SOONER times that when the steps got faster, or
+      none at all when they got faster on one thread that has its core to
+      itself (the load has gone: one busy process per core left our one
+      thread most of its core, so the core alone says too little);
     * on one thread, steps that had their core to themselves (CPU time at
       least FREE of the wall time, the median of WINDOW steps) after steps
-      that shared it say the load has gone: a probe after FIRST seconds of
-      steps, whatever the last one lost.
+      that shared it say the load has gone: a probe at once, whatever the
+      last one lost.
 
     `one()` says how to run the next step; `record(seconds, cpu)` is told
     how long it took and, where known, how much CPU time its thread had;
@@ -167,9 +172,8 @@ class Pace:
         p = self.probe
         if p is None:
             self._ran = self.single
-        else:                       # the other choice first, then in turn
-            other = not self.single
-            self._ran = other if len(p[other]) <= len(p[self.single]) else self.single
+        else:                       # the other choice first, then the current one
+            self._ran = (not self.single) if p["n"] <= self.PAIRS else self.single
         return self._ran
 
     def rest(self) -> None:
@@ -202,7 +206,7 @@ class Pace:
             self.interval = self.FIRST
         elif m * self.DRIFT < ref:              # faster: the load may have gone
             self.interval = self.FIRST
-            if self.since >= self.SOONER * self.hold:
+            if self.since >= self.SOONER * self.hold or (self.single and self.free):
                 return self._start()
         if self.since >= (self.interval if self.free else max(self.interval, self.hold)):
             self._start()
@@ -214,21 +218,27 @@ class Pace:
             del sh[0]
         if len(sh) == self.WINDOW:
             free = median(sh) >= self.FREE
-            if free and self.free is False:     # the core is ours again
+            if free and self.free is False:     # the core is ours again: a probe now
                 self.interval = self.FIRST
+                self.since = max(self.since, self.FIRST)
             self.free = free
 
     def _start(self):
-        self.probe = {True: [], False: []}
+        self.probe = {True: [], False: [], "n": 0}
 
     def _probed(self, seconds):
         p, other = self.probe, not self.single
-        p[self._ran].append(seconds)
+        n = p["n"]
+        p["n"] = n + 1
         cur = median(p[self.single]) if p[self.single] else self.ref
         if self._ran == other and seconds > self.JUMP * cur:
+            p[other].append(seconds)
             return self._keep(p, cur)
-        if len(p[self.single]) < self.PAIRS:
+        if n != 0 and n != self.PAIRS + 1:      # a block's first step does not count
+            p[self._ran].append(seconds)
+        if p["n"] < 2 * (self.PAIRS + 1):
             return
+        cur = median(p[self.single])
         if median(p[other]) < self.MARGIN * cur:
             self.hold = 0.0
             self._choose(other, self.FIRST)

@@ -22,6 +22,7 @@ from .precompile import precompile
 from .codegen import PAR_MIN_LOOP_STEP, PAR_MIN_WORK, StepWriter, work_estimate
 
 _threads = threading.local()
+_planner = [None]       # the Python thread whose program set the planned thread count last
 
 
 def use_threads(n: int, blas: int | None = None) -> None:
@@ -35,7 +36,7 @@ def use_threads(n: int, blas: int | None = None) -> None:
     chosen here; `cores.limit` may then run them on fewer threads (a busy
     machine), with the same plan and so the same results."""
     want = (n, n if blas is None else blas)
-    if getattr(_threads, "n", None) != want:
+    if getattr(_threads, "n", None) != want or _planner[0] != threading.get_ident():
         import numba
         from .jit import set_planned_threads
         if not hasattr(_threads, "default"):     # the cores this process can use
@@ -43,7 +44,8 @@ def use_threads(n: int, blas: int | None = None) -> None:
             _threads.default = min(numba.get_num_threads(), available())
         k, b = (min(m, _threads.default) if m else _threads.default for m in want)
         cap = getattr(_threads, "cap", None) or k
-        set_planned_threads(k)
+        set_planned_threads(k)          # for the whole process: its last setter noted
+        _planner[0] = threading.get_ident()
         numba.set_num_threads(min(k, cap))
         blas_threads(min(b, cap))
         _threads.n = want
@@ -179,7 +181,7 @@ class CompiledStep:
                 blas = 1
             bound = self._bound[key] = (tuple(self.arenas(batch, self._steps)), (n, blas))
         arenas, n = bound
-        if getattr(_threads, "n", None) != n:
+        if getattr(_threads, "n", None) != n or _planner[0] != threading.get_ident():
             use_threads(*n)
         if self._fresh:            # Numba compiles it, or loads it from the cache
             self._fresh = False
