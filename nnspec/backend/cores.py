@@ -131,6 +131,9 @@ class Pace:
       none at all when they got faster on one thread that has its core to
       itself (the load has gone: one busy process per core left our one
       thread most of its core, so the core alone says too little);
+    * on one thread, a reference DRIFT times faster than the last one of one
+      thread (measured before the choice went to two threads and back: the
+      load went while the choice changed) probes at once;
     * on one thread, steps that had their core to themselves (CPU time at
       least FREE of the wall time, the median of WINDOW steps) after steps
       that shared it say the load has gone: a probe at once, whatever the
@@ -166,6 +169,7 @@ class Pace:
         self.probe = None           # during a probe: {True: [...], False: [...]} by choice
         self.warm = self.WARM       # steps not to count
         self._ran = False
+        self.refs = {}              # the last reference of each choice
 
     def one(self) -> bool:
         """Whether the next step runs on one thread."""
@@ -198,6 +202,10 @@ class Pace:
         if ref is None:
             if len(r) == self.WINDOW:
                 self.ref = median(r)
+                before = self.refs.get(self.single)
+                self.refs[self.single] = self.ref
+                if self.single and before is not None and self.ref * self.DRIFT < before:
+                    self._start()       # one thread, faster than when last measured
             return
         m = median(r)
         if m > self.DRIFT * ref:                # slower: the load may have come
