@@ -130,6 +130,44 @@ def test_faster_steps_on_a_core_of_its_own_bring_the_threads_back_at_once():
     assert not pace.single and ran.index(False) <= Pace.WINDOW
 
 
+def test_idle_cores_bring_the_threads_back_at_once():
+    """One thread that had its core to itself under the load, its steps no
+    slower when the load went: only the other cores standing idle say so."""
+    pace = Pace()
+    drive(pace, lambda one, i: (BUSY[True], BUSY[True]) if one else BUSY[False], 2000)
+    assert pace.single and pace.free and pace.probe is None
+    pace.idle(0.05)                                          # the other core busy
+    drive(pace, lambda one, i: (BUSY[True], BUSY[True]), 5)
+    assert pace.probe is None
+    pace.idle(0.9)                                           # now idle
+    assert pace.probe is not None
+    ran = drive(pace, lambda one, i: (QUIET[one], QUIET[one]), 2 * (Pace.PAIRS + 1) + 1)
+    assert not pace.single and not all(ran)
+    pace = Pace()                                # idle all along: one probe for it, not more
+    drive(pace, lambda one, i: (1.0e-3, 1.0e-3) if one else 1.5e-3, 2000)
+    assert pace.single
+    probes = 0
+    for i in range(2000):
+        pace.idle(0.9)
+        probes += pace.probe is not None and pace.probe["n"] == 0
+        one = pace.one()
+        pace.record(*((1.0e-3, 1.0e-3) if one else (1.5e-3,)))
+    assert pace.single and probes <= 2
+
+
+def test_idle_ticks_of_the_process_cores_from_proc_stat(tmp_path):
+    from nnspec.backend.cores import _cpu_ticks
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 0 10 100 5 0 0 3 0 0\n"
+                    "cpu0 1 0 1 10 1 0 0 1 0 0\n"
+                    "cpu1 2 0 2 20 2 0 0 2 0 0\n"
+                    "cpu2 4 0 4 40 4 0 0 4 0 0\n"
+                    "intr 5 6\n")
+    assert _cpu_ticks([0, 2], str(stat)) == (55, 70)       # idle + iowait; steal counts busy
+    assert _cpu_ticks([7], str(stat)) is None
+    assert _cpu_ticks([0], str(tmp_path / "none")) is None
+
+
 def test_a_core_to_itself_alone_does_not_call_the_threads_back():
     """One thread has a core to itself, two would share one (one busy
     process on two cores): probes come ever less often."""

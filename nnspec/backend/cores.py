@@ -134,6 +134,8 @@ class Pace:
     * on one thread, a reference DRIFT times faster than the last one of one
       thread (measured before the choice went to two threads and back: the
       load went while the choice changed) probes at once;
+    * on one thread, the process's other cores standing idle (`idle`, from
+      /proc/stat) after they were busy: a probe at once;
     * on one thread, steps that had their core to themselves (CPU time at
       least FREE of the wall time, the median of WINDOW steps) after steps
       that shared it say the load has gone: a probe at once, whatever the
@@ -156,6 +158,7 @@ class Pace:
     COST = 20.0
     SOONER = 0.5        # of that, when the steps got faster
     FREE = 0.9
+    IDLE = 0.5          # cores standing idle (beside one thread of ours): the load has gone
 
     def __init__(self):
         self.single = False         # the choice: one thread
@@ -170,6 +173,7 @@ class Pace:
         self.warm = self.WARM       # steps not to count
         self._ran = False
         self.refs = {}              # the last reference of each choice
+        self.cores_idle = None      # on one thread: whether the other cores stood idle
 
     def one(self) -> bool:
         """Whether the next step runs on one thread."""
@@ -182,6 +186,19 @@ class Pace:
 
     def rest(self) -> None:
         self.warm = self.WARM
+
+    def idle(self, cores: float) -> None:
+        """Told, on one thread, how many of the process's cores stood idle
+        over its last steps (on average; from /proc/stat): from IDLE on,
+        first since the choice went to one thread or after readings that
+        found them busy, the load has gone, whatever the
+        thread's own times say (beside one busy process per core, one thread
+        of ours had its core to itself as often as not, and its steps were
+        no slower than on a quiet machine): a probe at once."""
+        was, self.cores_idle = self.cores_idle, cores >= self.IDLE
+        if (self.single and self.cores_idle and not was and self.probe is None
+                and self.ref is not None and not self.warm):
+            self._start()
 
     def record(self, seconds: float, cpu: float | None = None) -> None:
         """The time of the step `one()` was last asked about, and its
@@ -261,7 +278,7 @@ class Pace:
     def _choose(self, single, interval):
         """Decided: `single`; the reference is measured afresh."""
         if single != self.single:
-            self.free = None
+            self.free = self.cores_idle = None
             del self.shares[:]
         self.single, self.ref, self.interval = single, None, interval
         self.probe, self.since = None, 0.0
@@ -288,12 +305,18 @@ class Pacer:
     and its resumption, stay bit-identical whatever the load."""
 
     PAUSE = 0.05        # seconds between steps after which the next ones do not count
+    STAT_EVERY = 0.05   # seconds between readings of the cores' idle time (one thread)
 
     def __init__(self):
         self.paces: dict = {}
         self.alone = 0
         self.active = True
         self.end = None
+        self.stat = None            # (time, idle ticks, all ticks) of the last reading
+        try:
+            self.cpus = sorted(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self.cpus = None
 
     def run(self, program, args, feeds):
         threads = _cpu_threads()
@@ -314,12 +337,53 @@ class Pacer:
                 limit(False)
         self.end = perf_counter()
         pace.record(self.end - t0, None if c0 is None else _cpu_time() - c0)
+        if one:
+            self._idle(pace)
+        else:
+            self.stat = None
         if getattr(threads, "n", None) == (1, 1):       # the program's own choice
             self.alone += 1
             self.active = self.alone < 3
         else:
             self.alone = 0
         return out
+
+
+    def _idle(self, pace):
+        """Every STAT_EVERY seconds of one-thread steps, tell `pace` how many
+        of the process's cores stood idle since the last reading."""
+        now = self.end
+        if self.stat is not None and now - self.stat[0] < self.STAT_EVERY:
+            return
+        ticks = _cpu_ticks(self.cpus)
+        if ticks is None:
+            return
+        if self.stat is not None and ticks[1] > self.stat[2]:
+            idle, total = ticks[0] - self.stat[1], ticks[1] - self.stat[2]
+            pace.idle(len(self.cpus) * idle / total)
+        self.stat = (now,) + ticks
+
+
+def _cpu_ticks(cpus, path: str = "/proc/stat"):
+    """(idle, all) clock ticks of the CPUs `cpus` since boot (idle and I/O
+    wait are idle; stolen time is not), or None where they cannot be read."""
+    if not cpus:
+        return None
+    want = {f"cpu{c}" for c in cpus}
+    idle = total = 0
+    try:
+        with open(path) as f:
+            for line in f:
+                if not line.startswith("cpu"):
+                    break
+                parts = line.split()
+                if parts[0] in want:
+                    v = [int(x) for x in parts[1:9]]
+                    idle += v[3] + v[4]
+                    total += sum(v)
+    except (OSError, ValueError, IndexError):
+        return None
+    return (idle, total) if total > 0 else None
 
 
 def _cpu_time():
