@@ -14,7 +14,9 @@ around each product.
 `pair(sync, q)` is the handshake that starts it: thread 0 and thread 1 agree
 to run together, or thread 0 goes on alone, never both waiting for each other
 (a thread pool may run both halves of a `prange(2)` one after the other on one
-thread).  `sync` is an int64 array of zeros, fresh for each region.
+thread).  A thread alone computes both threads' parts, in order, so the loop's
+results do not depend on whether its partner came (backend/loops.py).  `sync`
+is an int64 array of zeros, fresh for each region.
 """
 from __future__ import annotations
 
