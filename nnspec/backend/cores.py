@@ -121,10 +121,11 @@ class Pace:
       first step on two threads after steps on one slower: a probe that
       switched at every step took the MLP's 2.6 ms steps for 3.7 ms), and
       keeps the faster (the other only when it is faster by MARGIN); a probe
-      step JUMP times slower than the current choice ends it.  A probe comes after `interval` seconds of steps, which doubles
-      each time the probe keeps the choice (up to LONGEST), and at once
-      when the median of the last WINDOW steps DRIFTs from the reference
-      either way (the load came or went);
+      step JUMP times slower than the current choice ends it.  A probe
+      comes after `interval` seconds of steps, which doubles each time the
+      probe keeps the choice (up to LONGEST), and at once when the median
+      of the last WINDOW steps DRIFTs from the reference either way (the
+      load came or went);
     * but no probe before COST times what the last one lost has passed in
       steps (two threads under load: one step of theirs can cost ten of
       one thread's), or SOONER times that when the steps got faster, or
@@ -143,9 +144,11 @@ class Pace:
 
     `one()` says how to run the next step; `record(seconds, cpu)` is told
     how long it took and, where known, how much CPU time its thread had;
-    `rest()` that the steps stopped for a while (the next WARM steps wake
-    threads and caches up, and do not count).  Nothing here reads a clock:
-    the decisions depend on the times given alone."""
+    `idle(cores)` how many of the process's cores stood idle meanwhile (on
+    one thread); `rest()` that the steps stopped for a while (the next WARM
+    steps wake threads and caches up, and do not count).  Nothing here
+    reads a clock or a file: the decisions depend on what it is told alone
+    (`Pacer` reads them)."""
 
     WARM = 2            # steps not counted at first (compiling, first touches)
     WINDOW = 5          # steps that set the reference after a change
@@ -169,7 +172,8 @@ class Pace:
         self.since = 0.0            # seconds of steps since the last decision
         self.interval = self.FIRST
         self.hold = 0.0             # seconds of steps before any probe
-        self.probe = None           # during a probe: {True: [...], False: [...]} by choice
+        self.probe = None           # during a probe: {True: [...], False: [...]} by choice,
+                                    # and "n": its steps so far
         self.warm = self.WARM       # steps not to count
         self._ran = False
         self.refs = {}              # the last reference of each choice
