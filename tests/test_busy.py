@@ -367,10 +367,10 @@ train {
 """
 
 
-def _train_wide(steps: int, one=None):
+def _train_wide(steps: int, monkeypatch, one=None):
     """Steps of a network whose step runs on every thread, its products on a
-    threaded BLAS with more terms than GEMM_K; `one(i)`: whether step i runs
-    on one thread (None: no pacer)."""
+    threaded BLAS with more terms than GEMM_K; `one(i)`: whether the pacer
+    runs step i on one thread (None: as it chooses)."""
     import numba
 
     import nnspec
@@ -382,7 +382,7 @@ def _train_wide(steps: int, one=None):
     ran, losses = [], []
     for i in range(steps):
         if one is not None:
-            Pace.one = lambda self, i=i: one(i)
+            monkeypatch.setattr(Pace, "one", lambda self, i=i: one(i))
         losses.append(net.train_step({"x": x}, {"label": y}, 0.01))
         ran.append(numba.get_num_threads())
     return net, losses, ran
@@ -392,16 +392,15 @@ def test_pacing_is_on_by_default_and_changes_no_bit(monkeypatch):
     """A step the pacer runs on one thread gives the bits of the same step
     on every thread: a paced run is the run of NNSPEC_PACE=0, step for step."""
     numba = pytest.importorskip("numba")
-    from nnspec.backend.cores import Pace, available
+    from nnspec.backend.cores import available
     if min(numba.config.NUMBA_NUM_THREADS, available()) < 2:
         pytest.skip("one core")
     monkeypatch.setenv("NNSPEC_PACE", "0")
-    plain, want, ran = _train_wide(6)
+    plain, want, ran = _train_wide(6, monkeypatch)
     assert plain._pacer is None and min(ran) >= 2
     assert plain._program("train")._bound[64][1] == (0, 0)     # every thread, BLAS too
     monkeypatch.delenv("NNSPEC_PACE")
-    monkeypatch.setattr(Pace, "one", Pace.one)                 # restored after the test
-    paced, got, ran = _train_wide(6, one=lambda i: i % 3 != 1)
+    paced, got, ran = _train_wide(6, monkeypatch, one=lambda i: i % 3 != 1)
     assert paced._pacer is not None and paced._pacer.active
     assert ran == [1, 2, 1, 1, 2, 1]
     assert got == want

@@ -84,6 +84,13 @@ def available() -> int:
     return max(n // _ranks_here(), 1)
 
 
+def chosen_threads() -> int:
+    """The threads a program that asks for all gets: Numba's thread count for
+    the calling thread, at most the cores available."""
+    import numba
+    return max(min(numba.get_num_threads(), available()), 1)
+
+
 def _ranks_here() -> int:
     """How many processes of an MPI job share this process's cores: the job's
     ranks on this machine when the launcher left each the whole machine, 1
@@ -351,7 +358,6 @@ class Pacer:
         else:
             self.alone = 0
         return out
-
 
     def _idle(self, pace):
         """Every STAT_EVERY seconds of one-thread steps, tell `pace` how many

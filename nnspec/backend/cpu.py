@@ -40,8 +40,8 @@ def use_threads(n: int, blas: int | None = None) -> None:
         import numba
         from .jit import set_planned_threads
         if not hasattr(_threads, "default"):     # the cores this process can use
-            from .cores import available
-            _threads.default = min(numba.get_num_threads(), available())
+            from .cores import chosen_threads
+            _threads.default = chosen_threads()
         k, b = (min(m, _threads.default) if m else _threads.default for m in want)
         cap = getattr(_threads, "cap", None) or k
         set_planned_threads(k)          # for the whole process: its last setter noted

@@ -160,13 +160,11 @@ def planned_threads() -> int:
 
 def _planned_cell():
     global _planned
-    if _planned is None:        # at first: Numba's thread count, as cpu.use_threads(0) sets
+    if _planned is None:        # at first: as cpu.use_threads(0) sets
         import ctypes
 
-        import numba
-
-        from .cores import available
-        _planned = ctypes.c_int32(max(min(numba.get_num_threads(), available()), 1))
+        from .cores import chosen_threads
+        _planned = ctypes.c_int32(chosen_threads())
     return _planned
 
 
