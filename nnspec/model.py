@@ -463,7 +463,7 @@ class Network:
         feeds = self._feeds(inputs, targets)
         p = self._train
         if p is None:
-            p = self._train = self._program("train")
+            p = self._train = self._train_program()
             touch(self._G, self._M, self._V)     # written whole by every step
             from .backend.cores import Pacer, paced
             # one thread when that is faster (a busy machine; NNSPEC_PACE=0: never)
@@ -479,6 +479,19 @@ class Network:
             self._t += 1
             return float(loss)
         return float(loss) if not math.isfinite(loss) else float("nan")
+
+    def _train_program(self):
+        """The training step: on a CPU of two cores or more, a network whose
+        examples never meet runs it as halves of the batch (backend/split.py),
+        else the compiled train program."""
+        if self.device == "cpu" and self._comm is None:
+            from .backend import split
+            from .backend.cores import chosen_threads
+            if split.enabled() and chosen_threads() >= 2 and split.why_not(self.graph) is None:
+                acc = self._program("accumulate")
+                if getattr(acc, "whole", False):
+                    return split.SplitStep(acc, self._G, {"name": self._opt_name, **self._hyper})
+        return self._program("train")
 
     def optimizer_state(self) -> dict:
         self.sync()

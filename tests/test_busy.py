@@ -370,8 +370,10 @@ train {
 def _train_wide(steps: int, monkeypatch, one=None):
     """Steps of a network whose step runs on every thread, its products on a
     threaded BLAS with more terms than GEMM_K; `one(i)`: whether the pacer
-    runs step i on one thread (None: as it chooses)."""
+    runs step i on one thread (None: as it chooses); the whole step, not
+    halves of the batch (backend/split.py: tests/test_split.py)."""
     import numba
+    monkeypatch.setenv("NNSPEC_SPLIT", "0")
 
     import nnspec
     from nnspec.backend.cores import Pace

@@ -731,7 +731,7 @@ class StepWriter:
         args = ["P", "S", "G", "M", "V", "hp"] + [f"W_{d}" for d in self.arenas]
         args += [f"x_{j}" for j in range(len(self.inputs))]
         if self.whole:
-            head("@njit(cache=True, error_model='numpy')")
+            head("@njit(cache=True, error_model='numpy', nogil=True)")
         head(f"def step({', '.join(args)}):")
         batched = [j for j, n in enumerate(self.inputs)
                    if self.g.shape(n) and self.g.shape(n)[0] == "B"]

@@ -352,7 +352,9 @@ class Pacer:
             self._idle(pace)
         else:
             self.stat = None
-        if getattr(threads, "n", None) == (1, 1):       # the program's own choice
+        if getattr(program, "splits", False):       # its halves run on one thread each
+            self.alone = 0
+        elif getattr(threads, "n", None) == (1, 1):       # the program's own choice
             self.alone += 1
             self.active = self.alone < 3
         else:

@@ -181,6 +181,7 @@ class CompiledStep:
                 blas = 1
             bound = self._bound[key] = (tuple(self.arenas(batch, self._steps)), (n, blas))
         arenas, n = bound
+        n = getattr(_threads, "only", None) or n     # a half of a split step (split.py)
         if getattr(_threads, "n", None) != n or _planner[0] != threading.get_ident():
             use_threads(*n)
         if self._fresh:            # Numba compiles it, or loads it from the cache

@@ -17,7 +17,8 @@ import threading
 import time
 
 EVERY = 0.5          # seconds between redraws of the elapsed time
-NAMES = {"train": "training step", "eval": "evaluation step", "infer": "inference step"}
+NAMES = {"train": "training step", "accumulate": "training step", "eval": "evaluation step",
+         "infer": "inference step"}
 
 _on = threading.local()
 
