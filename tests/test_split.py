@@ -195,3 +195,21 @@ def test_a_thread_pool_two_threads_may_not_share_runs_the_halves_in_turn(two_cor
         x, y = _data(net, 30, rng)
         assert np.isfinite(net.train_step(x, y, 0.05))
     assert type(net._train).__name__ == "SplitStep" and net._train.worker is None
+
+
+def test_a_clipped_split_step_is_the_whole_batch_step(two_cores, monkeypatch):
+    """With clipping the norm is the whole sum's: the update after it runs in
+    one piece."""
+    rng = np.random.default_rng(6)
+    batches = [_data(_net(MLP), 33, rng) for _ in range(3)]
+    params = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("NNSPEC_SPLIT", mode)
+        net = _net(MLP)
+        net.set_optimizer("sgd", momentum=0.9, clip=0.05)
+        for x, y in batches:
+            net.train_step(x, y, 0.5)
+        params[mode] = net.params
+    for k in params["0"]:
+        np.testing.assert_allclose(params["1"][k], params["0"][k], rtol=1e-10, atol=1e-12,
+                                   err_msg=k)

@@ -176,7 +176,7 @@ class SplitStep:
                 losses[k] = _half(self.programs[k], args[k])
         else:
             w = self._worker()
-            w.start(self.programs[1], args[1])
+            w.start(_half, self.programs[1], args[1])
             try:
                 losses[0] = _half(self.programs[0], args[0])
             finally:
@@ -186,8 +186,24 @@ class SplitStep:
         loss = float(a0) * losses[0] + float(a1) * losses[1]
         if not np.isfinite(loss):
             return loss, False
-        _combine(G, self.G1, a0, a1)
-        return self._update(loss, P, G, M, V, hp)
+        if self.worker is None or getattr(_threads, "cap", None) == 1 or hp[optim.CLIP] > 0:
+            _combine(G, self.G1, a0, a1)       # (clipping: the norm of the whole sum first)
+            return self._update(loss, P, G, M, V, hp)
+        # the sum and the update are memory-bound: each thread takes half the
+        # parameters (elementwise: the same bits as in one piece)
+        mid = (G.size // 2) // 64 * 64
+        self.worker.start(self._finish, mid, G.size, a0, a1, P, G, M, V, hp)
+        try:
+            self._finish(0, mid, a0, a1, P, G, M, V, hp)
+        finally:
+            self.worker.join()
+        return loss, True
+
+    def _finish(self, lo, hi, a0, a1, P, G, M, V, hp):
+        """The weighted sum and the update (no clipping) of parameters lo:hi."""
+        _combine(G[lo:hi], self.G1[lo:hi], a0, a1)
+        optim.update(P[lo:hi], G[lo:hi], M[lo:hi], V[lo:hi] if V.size == P.size else V, hp,
+                     self.optimizer)
 
     def _update(self, loss, P, G, M, V, hp):
         if not np.isfinite(loss):
@@ -237,20 +253,23 @@ def _twin(program):
 
 
 class _Worker:
-    """The thread that runs the second half (a daemon: it holds nothing that
-    needs an orderly end)."""
+    """The thread that runs the second half and the update of the second
+    half of the parameters (a daemon: it holds nothing that needs an orderly
+    end)."""
 
     def __init__(self):
         self.go, self.done = threading.Event(), threading.Event()
         self.job = self.out = self.error = None
         threading.Thread(target=self._loop, daemon=True, name="nnspec-half").start()
 
-    def start(self, program, args):
-        self.job, self.out, self.error = (program, args), None, None
+    def start(self, fn, *args):
+        """Run fn(*args) on the worker thread."""
+        self.job, self.out, self.error = (fn, args), None, None
         self.done.clear()
         self.go.set()
 
-    def join(self) -> float:
+    def join(self):
+        """fn's result, or its exception raised here."""
         self.done.wait()
         if self.error is not None:
             raise self.error
@@ -260,8 +279,9 @@ class _Worker:
         while True:
             self.go.wait()
             self.go.clear()
+            fn, args = self.job
             try:
-                self.out = _half(*self.job)
+                self.out = fn(*args)
             except BaseException as e:      # noqa: BLE001 -- handed to the caller
                 self.error = e
             self.job = None
