@@ -40,17 +40,24 @@ def few(data: str) -> str:
 SMALL = {"hidden": 8, "embed": 8}
 
 
-@pytest.mark.parametrize("path", ZOO, ids=lambda p: p.stem)
-def test_spec_runs_forward_and_a_training_step(path, monkeypatch):
-    # steps of calls: the kernels they call are the ones every other test
-    # compiles (in the shared Numba cache), so this test compiles little
-    monkeypatch.setenv("NNSPEC_DRIVER", "calls")
+def _settings(path):
+    """The spec's train section, its data (few examples) and the network
+    arguments `nnspec train SPEC` would set (recurrent specs at 8 units)."""
     graph = nnspec.lower(path)
     train = graph.meta["train"]
     data = few(train["data"])
     info = text_info(data) if is_text(data) else None
     sets = training_args(graph, data, {}, info)
     sets.update({k: v for k, v in SMALL.items() if k in graph.meta.get("args", {})})
+    return train, data, sets
+
+
+@pytest.mark.parametrize("path", ZOO, ids=lambda p: p.stem)
+def test_spec_runs_forward_and_a_training_step(path, monkeypatch):
+    # steps of calls: the kernels they call are the ones every other test
+    # compiles (in the shared Numba cache), so this test compiles little
+    monkeypatch.setenv("NNSPEC_DRIVER", "calls")
+    train, data, sets = _settings(path)
     net = nnspec.compile(path, set=sets, seed=int(train.get("seed") or 0))
     arrays, _ = load(data, net)
     x = {k: arrays[k][:2] for k in net.inputs}
@@ -77,3 +84,41 @@ def test_spec_runs_forward_and_a_training_step(path, monkeypatch):
     assert again == loss
     differ = [k for k, v in net.state_dict().items() if not np.array_equal(v, after[k])]
     assert not differ, f"on one thread the step changed {differ} otherwise"
+
+
+def _splittable():
+    from nnspec.backend.split import why_not
+    return [p for p in ZOO if why_not(nnspec.lower(p)) is None]
+
+
+@pytest.mark.parametrize("path", _splittable(), ids=lambda p: p.stem)
+def test_a_split_step_of_a_spec_is_its_whole_step(path, monkeypatch):
+    """Every zoo spec that trains as halves of the batch (backend/split.py):
+    one step on 5 examples as halves of 3 and 2 rows moves every parameter
+    as the whole batch's step does (to float32 rounding), so no op of theirs
+    that split.why_not lets through mixes examples."""
+    from nnspec.backend import split
+    monkeypatch.setenv("NNSPEC_DRIVER", "calls")        # the kernels test_spec_runs compiled
+    monkeypatch.setattr(split, "WHOLE_ONLY", False)
+    monkeypatch.setattr(split, "MIN_ROWS", 1)
+    monkeypatch.setattr(split, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(cores, "chosen_threads", lambda: 2)
+    train, data, sets = _settings(path)
+    lr = float(train["optimizer"].get("lr", 0.01))
+    moved = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("NNSPEC_SPLIT", mode)
+        net = nnspec.compile(path, set=sets, seed=int(train.get("seed") or 0))
+        arrays, _ = load(data, net)
+        n = min(5, len(next(iter(arrays.values()))))
+        x = {k: arrays[k][:n] for k in net.inputs}
+        y = {k: arrays[k][:n] for k in net.targets}
+        before = {k: v.copy() for k, v in net.params.items()}
+        loss = net.train_step(x, y, lr)
+        assert type(net._train).__name__ == ("SplitStep" if mode == "1" else "CompiledStep")
+        moved[mode] = (loss, {k: net.params[k] - before[k] for k in before})
+    (l0, d0), (l1, d1) = moved["0"], moved["1"]
+    assert l1 == pytest.approx(l0, rel=1e-5)
+    for k in d0:
+        scale = max(float(np.abs(d0[k]).max()), 1e-12)
+        assert float(np.abs(d1[k] - d0[k]).max()) <= 1e-3 * scale, k

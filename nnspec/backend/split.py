@@ -45,6 +45,9 @@ ROW_OPS = frozenset({
 LOSS_OPS = frozenset({"cross_entropy", "nll"})
 # at least this many rows in each half
 MIN_ROWS = 8
+# only whole-step programs split (a step of calls is a large network's: its
+# kernels release no GIL, and the threads' meetings are few against their time)
+WHOLE_ONLY = True
 
 
 def enabled() -> bool:
