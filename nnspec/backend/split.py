@@ -101,6 +101,8 @@ def why_not(graph) -> str | None:
                 if 0 in axes:
                     return f"{n.op} over the batch"
                 continue
+            if n.op == "transpose" and list(n.attrs["perm"])[:1] == [0]:
+                continue            # the batch axis stays first
             if n.op not in rows:
                 return f"{n.op} is not known to keep examples apart"
             body = n.attrs.get("body")
