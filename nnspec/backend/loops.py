@@ -573,17 +573,11 @@ def _paired_linear(w: _Writer, graph, n, names: dict, ind: int):
     w.outer(f"{xt}[:] = T(0)")             # the pad columns: multiplied, never read
     w.outer(f"{tmp} = np.empty(({ys[1]}, B + {pad}), T)")
     ins = ", ".join(names[i] for i in n.inputs)
-    w("if _np == 1:", ind)         # one part: the plain product (serial kernels)
-    if len(n.inputs) == 3:
-        w(f"{w.alias(_linalg.linear_rows)}({ins}, True, {names[n.id]}, 0, 1)", ind + 1)
-    else:
-        w(f"{w.alias(_linalg.linear_nobias)}({ins}, {names[n.id]})", ind + 1)
-    w("else:", ind)
-    w(f"{w.alias(_linalg.rows_t)}({names[x]}, {xt}, r0, r0 + nb)", ind + 1)
-    w.barrier(ind + 1)
+    w(f"{w.alias(_linalg.rows_t)}({names[x]}, {xt}, r0, r0 + nb)", ind)
+    w.barrier(ind)
     part = _linalg.cols_part_bias if len(n.inputs) == 3 else _linalg.cols_part
-    w.parts(f"{w.alias(part)}({xt}, {ins[len(names[x]) + 2:]}, {names[n.id]}, {tmp}", ind + 1)
-    w.barrier(ind + 1)
+    w.parts(f"{w.alias(part)}({xt}, {ins[len(names[x]) + 2:]}, {names[n.id]}, {tmp}", ind)
+    w.barrier(ind)
     w.macs += xs[1] * ys[1]
 
 
