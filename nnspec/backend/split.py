@@ -135,7 +135,7 @@ class SplitStep:
         touch(self.G1)
         self.optimizer = dict(optimizer)
         self.worker = None
-        self.whole_batch: dict = {}      # batch -> whether it splits
+        self._splits: dict = {}          # batch -> whether it splits
 
     # what memory.step_bytes reads: the halves' arenas are about the whole
     # batch's (two halves of n/2 rows)
@@ -154,11 +154,11 @@ class SplitStep:
     def split(self, batch: int) -> bool:
         """Whether a batch of this size runs as halves: each at least MIN_ROWS
         rows, and a step that would not run on one thread by itself."""
-        s = self.whole_batch.get(batch)
+        s = self._splits.get(batch)
         if s is None:
             per_ex, fixed, loops, step, gemm = self.programs[0]._work
             work = batch * (per_ex + loops) + fixed
-            s = self.whole_batch[batch] = batch >= 2 * MIN_ROWS and work >= PAR_MIN_WORK
+            s = self._splits[batch] = batch >= 2 * MIN_ROWS and work >= PAR_MIN_WORK
         return s
 
     def __call__(self, P, S, G, M, V, hp, feeds: dict):
