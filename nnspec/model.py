@@ -489,8 +489,7 @@ class Network:
             from .backend.cores import chosen_threads
             if split.enabled() and chosen_threads() >= 2 and split.why_not(self.graph) is None:
                 acc = self._program("accumulate")
-                if getattr(acc, "whole", False) or (not split.WHOLE_ONLY
-                                                     and hasattr(acc, "whole")):
+                if split.takes(acc):
                     return split.SplitStep(acc, self._G, {"name": self._opt_name, **self._hyper})
         return self._program("train")
 

@@ -86,16 +86,27 @@ def _shared_layout(x, w, q, nq):
 @pytest.mark.parametrize("B", [1, 2, 7, 31, 32, 33])
 def test_paired_product_layout(B):
     """A paired product's shared buffers start on a cache line, the second
-    thread's half of x^T on its own line (pair_pad), and the two threads'
-    parts give x w^T."""
+    thread's half of x^T on its own line (pair_pad) where the plan has two
+    threads, no pad where it has one (a split step's half), and the parts
+    give x w^T either way."""
+    from nnspec.backend.jit import planned_threads, set_planned_threads
     rng = np.random.default_rng(B)
     x = rng.standard_normal((B, 37)).astype(np.float32)
     w = rng.standard_normal((45, 37)).astype(np.float32)
-    for nq in (1, 2):
-        out, ax, at, pad = _shared_layout(x, w, 0, nq)
-        np.testing.assert_allclose(out, x @ w.T, rtol=1e-5, atol=1e-5)
-        assert ax == 0 and at == 0
-        assert (B // 2 + pad) * 4 % 64 == 0 and pad < 16
+    was = planned_threads()
+    try:
+        for planned in (2, 1):
+            set_planned_threads(planned)
+            for nq in (1, 2):
+                out, ax, at, pad = _shared_layout(x, w, 0, nq)
+                np.testing.assert_allclose(out, x @ w.T, rtol=1e-5, atol=1e-5)
+                assert ax == 0 and at == 0
+                if planned == 2:
+                    assert (B // 2 + pad) * 4 % 64 == 0 and pad < 16
+                else:
+                    assert pad == 0
+    finally:
+        set_planned_threads(was)
 
 
 @njit

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import nnspec
-from nnspec.backend import cores, split
+from nnspec.backend import cores, cpu, split
 
 MLP = """
 network mlp {
@@ -54,7 +54,7 @@ def _data(net, batch, rng, steps=5):
 def two_cores(monkeypatch):
     """Split steps whatever the machine: two cores, and any step large enough."""
     monkeypatch.setattr(cores, "chosen_threads", lambda: 2)
-    monkeypatch.setattr(split, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(cpu, "PAR_MIN_WORK", 0)
     monkeypatch.delenv("NNSPEC_SPLIT", raising=False)
 
 

@@ -97,11 +97,11 @@ def test_a_split_step_of_a_spec_is_its_whole_step(path, monkeypatch):
     one step on 5 examples as halves of 3 and 2 rows has the whole batch's
     loss and gradient (to float32 rounding), so no op of theirs that
     split.why_not lets through mixes examples."""
-    from nnspec.backend import split
+    from nnspec.backend import cpu, split
     monkeypatch.setenv("NNSPEC_DRIVER", "calls")        # the kernels test_spec_runs compiled
     monkeypatch.setattr(split, "WHOLE_ONLY", False)
     monkeypatch.setattr(split, "MIN_ROWS", 1)
-    monkeypatch.setattr(split, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(cpu, "PAR_MIN_WORK", 0)
     monkeypatch.setattr(cores, "chosen_threads", lambda: 2)
     train, data, sets = _settings(path)
     lr = float(train["optimizer"].get("lr", 0.01))

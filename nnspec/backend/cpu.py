@@ -155,6 +155,26 @@ class CompiledStep:
             self._views[key] = v
         return v
 
+    def threads_for(self, batch: int) -> tuple:
+        """(Numba's, the BLAS's) thread counts for a step of `batch` rows, as
+        use_threads takes them: 1, or 0 for all."""
+        per_ex, fixed, loops, step, gemm = self._work
+        work = batch * per_ex + fixed
+        if batch * step >= PAR_MIN_LOOP_STEP:
+            work += batch * loops
+        n = 1 if work < PAR_MIN_WORK else 0
+        # A threaded BLAS only where its products are most of the work: its
+        # threads spin after each call and take the cores from the parallel
+        # kernels (LeNet-5: 4.3 ms with a threaded BLAS, 3.2 ms without).
+        blas = n if 2 * batch * gemm >= work else 1
+        # Loops whose products run on two threads of ours (backend/loops.py)
+        # call the BLAS on one thread; where they are most of the step, the
+        # rest does too: OpenBLAS's threads spin for a while after each call,
+        # and a spinning thread halves the paired loop's speed.
+        if self._paired and batch >= 2 and 2 * batch * loops >= work:
+            blas = 1
+        return n, blas
+
     def __call__(self, P, S, G, M, V, hp, feeds: dict):
         xs = [feeds[n] for n in self.inputs]
         batch = xs[self._batch_arg].shape[0] if self._batch_arg is not None else 1
@@ -164,22 +184,8 @@ class CompiledStep:
             self._steps = key[1]
         bound = self._bound.get(key)
         if bound is None:       # first call at this batch size: arenas and threads
-            per_ex, fixed, loops, step, gemm = self._work
-            work = batch * per_ex + fixed
-            if batch * step >= PAR_MIN_LOOP_STEP:
-                work += batch * loops
-            n = 1 if work < PAR_MIN_WORK else 0
-            # A threaded BLAS only where its products are most of the work: its
-            # threads spin after each call and take the cores from the parallel
-            # kernels (LeNet-5: 4.3 ms with a threaded BLAS, 3.2 ms without).
-            blas = n if 2 * batch * gemm >= work else 1
-            # Loops whose products run on two threads of ours (backend/loops.py)
-            # call the BLAS on one thread; where they are most of the step, the
-            # rest does too: OpenBLAS's threads spin for a while after each call,
-            # and a spinning thread halves the paired loop's speed.
-            if self._paired and batch >= 2 and 2 * batch * loops >= work:
-                blas = 1
-            bound = self._bound[key] = (tuple(self.arenas(batch, self._steps)), (n, blas))
+            bound = self._bound[key] = (tuple(self.arenas(batch, self._steps)),
+                                        self.threads_for(batch))
         arenas, n = bound
         n = getattr(_threads, "only", None) or n     # a half of a split step (split.py)
         if getattr(_threads, "n", None) != n or _planner[0] != threading.get_ident():

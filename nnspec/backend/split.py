@@ -9,12 +9,13 @@ each on one thread with a one-thread BLAS, into two gradient arenas; then
 
 and the optimizer's update (backend/optim.py `update`).  The two threads meet
 once per step, where the paired loops' threads (backend/loops.py) and
-OpenBLAS's meet at every product: on a quiet machine the two ways are about
-as fast (the digits MLP 2.2 against 2.0 ms, the benchmark's LSTM 28 against
-25 ms), but beside a busy process per core a thread that has lost its core
-holds up the other for a whole time slice at each meeting, and the split
-step's busy steps took 2-2.6x its quiet ones against 3.5-13x (BENCHMARKS.md,
-"A busy machine").
+OpenBLAS's meet at every product.  On a quiet machine the benchmark's LSTM
+steps as fast either way (23.0 against 23.6 ms) and its 784-512-256-10 MLP
+10-20% slower split (2.5 against 2.15 ms: each half's products have half the
+rows); beside a busy process per core, where a thread that has lost its core
+holds up the other for a whole time slice at each meeting, their busy steps
+took 1.7-2.1x their quiet ones split against 2.8-3.8x whole (BENCHMARKS.md,
+"A busy machine: split steps").
 
 The halves are the same computation whichever thread runs them: the pacer
 (cores.py) runs both on one thread, one after the other, when that is
@@ -33,7 +34,6 @@ import numpy as np
 from numba import njit, prange
 
 from . import optim
-from .codegen import PAR_MIN_WORK
 
 # ops in which an example meets none of the others (elementwise ops come from
 # ops/elementwise.py's registry); loss reductions are checked apart (`why_not`)
@@ -52,6 +52,13 @@ WHOLE_ONLY = True
 
 def enabled() -> bool:
     return os.environ.get("NNSPEC_SPLIT", "").strip() != "0"
+
+
+def takes(program) -> bool:
+    """Whether a compiled "accumulate" program can run the halves: a whole
+    step (or, without WHOLE_ONLY, a step of calls), not the NumPy interpreter."""
+    whole = getattr(program, "whole", None)
+    return whole is not None and (whole or not WHOLE_ONLY)
 
 
 def _row_ops() -> frozenset:
@@ -156,42 +163,37 @@ class SplitStep:
         rows, and a step that would not run on one thread by itself."""
         s = self._splits.get(batch)
         if s is None:
-            per_ex, fixed, loops, step, gemm = self.programs[0]._work
-            work = batch * (per_ex + loops) + fixed
-            s = self._splits[batch] = batch >= 2 * MIN_ROWS and work >= PAR_MIN_WORK
+            s = self._splits[batch] = (batch >= 2 * MIN_ROWS
+                                       and self.programs[0].threads_for(batch)[0] != 1)
         return s
 
     def __call__(self, P, S, G, M, V, hp, feeds: dict):
         from .cpu import _threads
-        first = next(iter(feeds.values()))
-        n = first.shape[0]
+        n = next(iter(feeds.values())).shape[0]
         if not self.split(n):
             loss, _ = self.programs[0](P, S, G, M, V, hp, feeds)
             return self._update(float(loss), P, G, M, V, hp)
         h = (n + 1) // 2
         halves = [{k: v[:h] for k, v in feeds.items()}, {k: v[h:] for k, v in feeds.items()}]
-        grads = (G, self.G1)
-        args = [(P, S, grads[k], M, V, hp, halves[k]) for k in (0, 1)]
-        losses = [0.0, 0.0]
-        # the pacer's one-thread step, a first call (its compiling on one
-        # thread), or a thread pool that two threads may not enter at once
-        if getattr(_threads, "cap", None) == 1 or any(p._fresh for p in self.programs) \
-                or not _concurrent():
-            for k in (0, 1):
-                losses[k] = _half(self.programs[k], args[k])
-        else:
+        args = [(P, S, G, M, V, hp, halves[0]), (P, S, self.G1, M, V, hp, halves[1])]
+        # on two threads, but not for the pacer's one-thread step, a first call
+        # (its compiling: the second half's program shares the compiled code),
+        # or a thread pool that two threads may not enter at once
+        two = getattr(_threads, "cap", None) != 1 and not self.programs[0]._fresh \
+            and _concurrent()
+        if two:
             w = self._worker()
             w.start(_half, self.programs[1], args[1])
             try:
-                losses[0] = _half(self.programs[0], args[0])
+                loss0 = _half(self.programs[0], args[0])
             finally:
-                losses[1] = w.join()
+                loss1 = w.join()
+        else:
+            loss0, loss1 = (_half(p, a) for p, a in zip(self.programs, args))
         T = G.dtype.type
         a0, a1 = T(h / n), T((n - h) / n)
-        loss = float(a0) * losses[0] + float(a1) * losses[1]
-        if not np.isfinite(loss):
-            return loss, False
-        if self.worker is None or getattr(_threads, "cap", None) == 1 or hp[optim.CLIP] > 0:
+        loss = float(a0) * loss0 + float(a1) * loss1
+        if not two or hp[optim.CLIP] > 0 or not np.isfinite(loss):
             _combine(G, self.G1, a0, a1)       # (clipping: the norm of the whole sum first)
             return self._update(loss, P, G, M, V, hp)
         # the sum and the update are memory-bound: each thread takes half the
@@ -211,6 +213,7 @@ class SplitStep:
                      self.optimizer)
 
     def _update(self, loss, P, G, M, V, hp):
+        """The update from G, or none for a non-finite loss."""
         if not np.isfinite(loss):
             return loss, False
         return loss, optim.update(P, G, M, V, hp, self.optimizer)
